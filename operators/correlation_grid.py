@@ -1,0 +1,165 @@
+"""Cross-symbol correlations on the bar grid (see the metric spec).
+
+Symbols report their closed bars and how far their grid is final
+(``closed_through``); the grid index advances only as far as every known
+symbol is final, so the output does not depend on how symbols interleave.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from operators.grid_returns import GridReturns
+from operators.rolling_correlation import RollingCorrelation
+from schemas.records import Correlation
+
+
+@dataclass(frozen=True, slots=True)
+class CorrelationSettings:
+    """Parameters of :class:`CorrelationGrid`.
+
+    Parameters
+    ----------
+    bar_interval_ms
+        Grid step D in ms.
+    window
+        Wc, returns per correlation window (>= 2).
+    every
+        Emit at grid indices k with k % every == 0 (>= 1).
+    """
+
+    bar_interval_ms: int = 1000
+    window: int = 300
+    every: int = 60
+
+    def __post_init__(self) -> None:
+        if self.window < 2 or self.every < 1 or self.bar_interval_ms <= 0:
+            msg = f"invalid correlation settings {self}"
+            raise ValueError(msg)
+
+
+@dataclass(slots=True)
+class _Slot:
+    col: int
+    grid: GridReturns = field(default_factory=GridReturns)
+    pending: deque = field(default_factory=deque)  # returns from index next_k on
+    next_k: int | None = None
+    known_through: int | None = None
+
+
+class CorrelationGrid:
+    """Aligns symbols' returns on the grid and emits rolling correlations.
+
+    >>> cg = CorrelationGrid(CorrelationSettings(bar_interval_ms=1, window=3, every=1))
+    >>> cg.update("A", [(0, 1.0), (1, 2.0), (2, 1.0), (3, 3.0)], 3, peers=("B",))
+    []
+    >>> [(c.ts, round(c.corr, 9)) for c in cg.update("B", [(0, 1.0), (1, 1.5), (2, 1.2), (3, 2.0)], 3)]
+    [(3, 0.996444876)]
+    """
+
+    def __init__(self, settings: CorrelationSettings) -> None:
+        self.settings = settings
+        self.slots: dict[str, _Slot] = {}
+        self.names: list[str] = []
+        self.rc = RollingCorrelation(settings.window)
+        self.done: int | None = None  # last grid index processed
+        self.max_bar: int | None = None
+
+    def _slot(self, symbol: str) -> _Slot:
+        slot = self.slots.get(symbol)
+        if slot is None:
+            slot = _Slot(self.rc.add_column())
+            self.slots[symbol] = slot
+            self.names.append(symbol)
+        return slot
+
+    def update(
+        self,
+        symbol: str,
+        bars: list[tuple[int, float]],
+        closed_through: int,
+        peers: tuple[str, ...] = (),
+    ) -> list[Correlation]:
+        """Take a symbol's newly closed bars (grid index, close) and progress.
+
+        ``peers`` names symbols that arrived in the same input chunk: the
+        grid waits for their own report before it moves on, so the order in
+        which symbols are processed cannot change the output.
+        """
+        for peer in peers:
+            self._slot(peer)
+        slot = self._slot(symbol)
+        for k, close in bars:
+            self._extend(slot, k, slot.grid.update(k, close))
+            self.max_bar = k if self.max_bar is None else max(self.max_bar, k)
+        if slot.known_through is None or closed_through > slot.known_through:
+            slot.known_through = closed_through
+            self._extend(slot, closed_through, slot.grid.extend_to(closed_through))
+        known = [s.known_through for s in self.slots.values()]
+        if None in known:
+            return []
+        return self._advance(min(known))
+
+    def finish(self) -> list[Correlation]:
+        """End of input: forward-fill every symbol to the run's last index."""
+        if self.max_bar is None:
+            return []
+        for slot in self.slots.values():
+            slot.known_through = self.max_bar
+            self._extend(slot, self.max_bar, slot.grid.extend_to(self.max_bar))
+        return self._advance(self.max_bar)
+
+    def _extend(self, slot: _Slot, k: int, returns: list[float]) -> None:
+        if not returns:
+            return
+        if slot.next_k is None:
+            slot.next_k = k - len(returns) + 1
+        slot.pending.extend(returns)
+        done = self.done
+        if done is not None and slot.next_k <= done:
+            # a symbol reported after the grid passed it: backfill the window
+            stale = min(done - slot.next_k + 1, len(slot.pending))
+            back = [slot.pending.popleft() for _ in range(stale)]
+            slot.next_k += stale
+            self.rc.set_recent(slot.col, back[-self.settings.window :])
+
+    def _advance(self, target: int) -> list[Correlation]:
+        out: list[Correlation] = []
+        if self.done is None:
+            starts = [s.next_k for s in self.slots.values() if s.next_k is not None]
+            if not starts:
+                return out
+            self.done = min(starts) - 1
+        st = self.settings
+        slots = list(self.slots.values())
+        while self.done < target:
+            k = self.done + 1
+            row = [0.0] * self.rc.columns
+            for s in slots:
+                if s.next_k is not None and s.next_k == k and s.pending:
+                    row[s.col] = s.pending.popleft()
+                    s.next_k = k + 1
+            self.rc.update(row)
+            self.done = k
+            if k % st.every == 0:
+                out.extend(self._emit(k))
+        return out
+
+    def _emit(self, k: int) -> list[Correlation]:
+        wc = self.settings.window
+        if self.rc.n < wc:
+            return []
+        constant = self.rc.constant()
+        ready = sorted(
+            name
+            for name, s in self.slots.items()
+            if s.grid.first is not None and s.grid.first <= k - wc and not constant[s.col]
+        )
+        ts = k * self.settings.bar_interval_ms
+        out = []
+        for i, a in enumerate(ready):
+            ca = self.slots[a].col
+            for b in ready[i + 1 :]:
+                out.append(Correlation(ts, a, b, self.rc.corr(ca, self.slots[b].col)))
+        return out

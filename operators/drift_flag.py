@@ -1,0 +1,41 @@
+"""River's ADWIN on absolute returns in basis points, as a 0/1 flag.
+
+The flag is 1 when ADWIN reported a drift after any update since the flag
+was last taken.
+
+>>> flag = DriftFlag()
+>>> for i in range(400):
+...     flag.update(0.0001 if i < 200 else 0.01)
+>>> flag.take()
+1
+>>> flag.take()
+0
+"""
+
+from __future__ import annotations
+
+from river import drift
+
+BP = 10_000.0
+
+
+class DriftFlag:
+    """One ``river.drift.ADWIN()`` (default parameters) fed ``|r| * 10000``."""
+
+    __slots__ = ("_adwin", "_seen")
+
+    def __init__(self) -> None:
+        self._adwin = drift.ADWIN()
+        self._seen = False
+
+    def update(self, ret: float) -> None:
+        adwin = self._adwin
+        adwin.update(abs(ret) * BP)
+        if adwin.drift_detected:
+            self._seen = True
+
+    def take(self) -> int:
+        """1 if a drift was detected since the last take, else 0; resets."""
+        seen = self._seen
+        self._seen = False
+        return int(seen)

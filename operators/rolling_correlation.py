@@ -1,0 +1,110 @@
+"""Pearson correlations of every pair of columns over a sliding window.
+
+Co-moments are updated in O(N^2) per row with Welford's add and remove
+steps (N columns), whatever the window length, and recomputed from the
+window every ``window`` rows to keep float error from building up.
+
+>>> rc = RollingCorrelation(3, columns=2)
+>>> for row in ([0.1, 0.2], [0.2, 0.1], [0.3, 0.4], [0.5, 0.3]):
+...     rc.update(row)
+>>> round(rc.corr(0, 1), 12)   # corr((.2, .3, .5), (.1, .4, .3))
+0.5
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class RollingCorrelation:
+    """Rolling means and co-moments of the last ``window`` rows.
+
+    Parameters
+    ----------
+    window
+        Rows per window, >= 2.
+    columns
+        Initial number of columns; :meth:`add_column` grows it.
+    """
+
+    def __init__(self, window: int, columns: int = 0) -> None:
+        if window < 2:
+            msg = f"window must be >= 2, got {window}"
+            raise ValueError(msg)
+        self.window = window
+        self.ring = np.zeros((window, columns))
+        self.pos = 0  # next row of the ring to write
+        self.n = 0
+        self.mean = np.zeros(columns)
+        self.com = np.zeros((columns, columns))
+        self._since = 0
+
+    @property
+    def columns(self) -> int:
+        return self.ring.shape[1]
+
+    def add_column(self) -> int:
+        """Add a column of zeros (its past rows read as 0); its index."""
+        c = self.columns
+        self.ring = np.hstack([self.ring, np.zeros((self.window, 1))])
+        self.mean = np.append(self.mean, 0.0)
+        com = np.zeros((c + 1, c + 1))
+        com[:c, :c] = self.com
+        self.com = com
+        self.refresh()
+        return c
+
+    def update(self, row) -> None:
+        """Slide the window by one row (a sequence of ``columns`` floats)."""
+        x = np.asarray(row, dtype=np.float64)
+        if self.n == self.window:
+            old = self.ring[self.pos]
+            n = self.n - 1
+            d = old - self.mean
+            self.mean -= d / n
+            self.com -= np.outer(d, old - self.mean)
+            self.n = n
+        self.ring[self.pos] = x
+        self.pos = (self.pos + 1) % self.window
+        self.n += 1
+        d = x - self.mean
+        self.mean += d / self.n
+        self.com += np.outer(d, x - self.mean)
+        self._since += 1
+        if self._since >= self.window:
+            self.refresh()
+
+    def rows(self) -> np.ndarray:
+        """The window's rows, oldest first."""
+        if self.n < self.window:
+            return self.ring[: self.n]
+        return np.roll(self.ring, -self.pos, axis=0)
+
+    def set_recent(self, col: int, values: list[float]) -> None:
+        """Overwrite the newest ``len(values)`` rows of one column (backfill)."""
+        m = min(len(values), self.n)
+        for back in range(1, m + 1):
+            self.ring[(self.pos - back) % self.window, col] = values[-back]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the means and co-moments from the window."""
+        x = self.rows()
+        if len(x) == 0:
+            self.mean[:] = 0.0
+            self.com[:] = 0.0
+        else:
+            self.mean = x.mean(axis=0)
+            xc = x - self.mean
+            self.com = xc.T @ xc
+        self._since = 0
+
+    def constant(self) -> np.ndarray:
+        """Boolean per column: all values in the window are equal."""
+        x = self.rows()
+        return (x == x[0]).all(axis=0) if len(x) else np.ones(self.columns, dtype=bool)
+
+    def corr(self, a: int, b: int) -> float:
+        """Pearson correlation of columns a and b (window assumed full)."""
+        den = np.sqrt(self.com[a, a] * self.com[b, b])
+        return float(min(1.0, max(-1.0, self.com[a, b] / den)))

@@ -1,0 +1,102 @@
+"""ClickHouse tables for qbtc's records, created idempotently.
+
+Every table is a ReplacingMergeTree on the record's key (see the metric
+spec's "exactly once at the store"), so replays and restarts that write a
+row again leave it once; read with ``FINAL`` to see the merged state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TS = "DateTime64(3, 'UTC')"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A table's name, columns (name, ClickHouse type) and sorting key."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+    def create_sql(self) -> str:
+        cols = ",\n    ".join(f"`{name}` {ctype}" for name, ctype in self.columns)
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.name} (\n    {cols}\n)\n"
+            f"ENGINE = ReplacingMergeTree\nORDER BY ({', '.join(self.key)})"
+        )
+
+
+TICKS = Table(
+    "ticks",
+    (
+        ("exchange", "LowCardinality(String)"),
+        ("symbol", "LowCardinality(String)"),
+        ("trade_id", "String"),
+        ("ts", TS),
+        ("price", "Float64"),
+        ("qty", "Float64"),
+        ("side", "LowCardinality(String)"),
+        ("seq", "UInt64"),
+    ),
+    # seq is 0 for ticks with a trade id, else the tick's arrival ordinal
+    # within its symbol, so identical prints without ids stay apart.
+    ("exchange", "symbol", "trade_id", "ts", "price", "qty", "seq"),
+)
+BARS = Table(
+    "bars",
+    (
+        ("symbol", "LowCardinality(String)"),
+        ("ts", TS),
+        ("open", "Float64"),
+        ("high", "Float64"),
+        ("low", "Float64"),
+        ("close", "Float64"),
+        ("volume", "Float64"),
+        ("vwap", "Float64"),
+        ("trades", "UInt64"),
+    ),
+    ("symbol", "ts"),
+)
+FEATURES = Table(
+    "features",
+    (
+        ("symbol", "LowCardinality(String)"),
+        ("ts", TS),
+        ("ret", "Float64"),
+        ("volatility", "Float64"),
+        ("entropy", "Float64"),
+        ("var95", "Float64"),
+        ("es95", "Float64"),
+        ("qvar95", "Float64"),
+        ("drift", "UInt8"),
+    ),
+    ("symbol", "ts"),
+)
+CORRELATIONS = Table(
+    "correlations",
+    (
+        ("ts", TS),
+        ("symbol_a", "LowCardinality(String)"),
+        ("symbol_b", "LowCardinality(String)"),
+        ("corr", "Float64"),
+    ),
+    ("ts", "symbol_a", "symbol_b"),
+)
+DEAD_LETTERS = Table(
+    "dead_letters",
+    (
+        ("ingest_ts", TS),
+        ("source", "String"),
+        ("reason", "LowCardinality(String)"),
+        ("message", "String"),
+        ("payload", "String"),
+    ),
+    ("source",),
+)
+TABLES = {t.name: t for t in (TICKS, BARS, FEATURES, CORRELATIONS, DEAD_LETTERS)}
