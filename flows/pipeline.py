@@ -1,0 +1,294 @@
+"""The embedded dataflow: read, validate, bars, features, correlations, store.
+
+One Bytewax dataflow wires the pure operators of ``operators/``:
+
+    read (files | simulator) ─┬─ dead letters (parse, schema, value) ──────────┐
+                              └─ per-symbol batches ─ bars (late, duplicate) ─┼─ store
+                                   ├─ features                                │
+                                   └─ progress ─ correlation grid ────────────┘
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import bytewax.operators as op
+from bytewax._bytewax import cli_main, run_main
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.operators import StatefulBatchLogic
+
+from flows.config import ConfigError, Settings
+from operators.bar_builder import BarBuilder, BarSettings
+from operators.correlation_grid import CorrelationGrid, CorrelationSettings
+from operators.symbol_features import FeatureSettings, SymbolFeatures
+from schemas.records import DeadLetter
+from sinks.store_sink import RowCounter, StoreSink
+from sources.tick_files import Chunk, TickFileReader
+
+
+KEEP_STATE = False
+"""Snapshot operator state for recovery. Off for embedded runs, which have no
+recovery store, because Bytewax asks for a snapshot at every epoch anyway."""
+
+
+def wall_ms() -> int:
+    """Wall-clock epoch ms: the one place the flow reads the clock."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Progress:
+    """Shared progress of a run: records read, bytes consumed."""
+
+    total_bytes: int = 0
+    done_bytes: int = 0
+    records: int = 0
+    ticks_dead_on_read: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    report: Callable[[Progress], None] | None = None
+    last_report: float = 0.0
+
+    def tick(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.report is not None and (force or now - self.last_report >= 1.0):
+            self.last_report = now
+            self.report(self)
+
+
+# -- source -------------------------------------------------------------------
+
+
+ChunkFactory = Callable[[int], Iterator[Chunk]]
+"""Makes an input's chunks, resuming after that many records/lines."""
+
+
+class _ChunkPartition(StatefulSourcePartition):
+    def __init__(self, inputs: list[ChunkFactory], progress: Progress, resume) -> None:
+        self.inputs = inputs
+        self.progress = progress
+        self.index, self.skip = resume if resume is not None else (0, 0)
+        self.offset_base = 0
+        self.it: Iterator[Chunk] | None = None
+        self.lines = self.skip
+
+    def next_batch(self) -> list[Chunk]:
+        while self.index < len(self.inputs):
+            if self.it is None:
+                self.it = iter(self.inputs[self.index](self.skip))
+            chunk = next(self.it, None)
+            if chunk is None:
+                self.offset_base = self.progress.done_bytes
+                self.index += 1
+                self.it = None
+                self.skip = self.lines = 0
+                continue
+            p = self.progress
+            p.records += chunk.records
+            p.done_bytes = self.offset_base + chunk.position
+            p.ticks_dead_on_read += len(chunk.dead)
+            p.tick()
+            return [chunk]
+        raise StopIteration
+
+    def snapshot(self):
+        return (self.index, self.lines)
+
+
+class ChunkSource(FixedPartitionedSource):
+    """All inputs, in order, as one partition (so replays are deterministic)."""
+
+    def __init__(self, inputs: list[ChunkFactory], progress: Progress) -> None:
+        self.inputs = inputs
+        self.progress = progress
+
+    def list_parts(self) -> list[str]:
+        return ["inputs"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state) -> _ChunkPartition:
+        return _ChunkPartition(self.inputs, self.progress, resume_state)
+
+
+def file_inputs(paths: list[str], settings: Settings) -> tuple[list[ChunkFactory], int]:
+    """Chunk factories for tick files, and their total size in bytes."""
+    readers = [
+        TickFileReader(p, settings.input.exchange, wall_ms, settings.input.block_bytes) for p in paths
+    ]
+    return [r.chunks for r in readers], sum(r.size for r in readers)
+
+
+def simulator_settings(settings: Settings):
+    """The simulator's settings from the ``[simulator]`` config section."""
+    from sources.simulator import DEFAULT_SYMBOLS, SimulatorSettings
+
+    sim = settings.simulator
+    if sim.symbols > len(DEFAULT_SYMBOLS):
+        msg = f"simulator.symbols must be <= {len(DEFAULT_SYMBOLS)}"
+        raise ConfigError(msg)
+    return SimulatorSettings(
+        symbols=DEFAULT_SYMBOLS[: sim.symbols],
+        seed=sim.seed,
+        duration_s=sim.duration_s,
+        trades_per_s=sim.trades_per_s,
+    )
+
+
+def simulator_inputs(settings: Settings) -> tuple[list[ChunkFactory], int]:
+    """The simulator as one input, and its expected tick count (for progress)."""
+    from sources.simulator import simulate
+
+    sim = simulator_settings(settings)
+
+    def chunks(skip: int) -> Iterator[Chunk]:
+        done = 0
+        for batches in simulate(sim):
+            n = sum(len(b) for b in batches)
+            done += n
+            if done <= skip:
+                continue
+            yield Chunk(batches, [], n, done)
+
+    return [chunks], int(sim.trades_per_s * sim.duration_s)
+
+
+# -- per-symbol and correlation logic -----------------------------------------
+
+
+class SymbolLogic(StatefulBatchLogic):
+    """Bars and features of one symbol; reports its progress to the grid."""
+
+    def __init__(self, bar_settings: BarSettings, feature_settings: FeatureSettings, resume) -> None:
+        # Bytewax passes no key to the builder: the symbol comes with the first batch.
+        self.bar_settings = bar_settings
+        self.feature_settings = feature_settings
+        self.bars: BarBuilder | None = None
+        self.features: SymbolFeatures | None = None
+        if resume is not None:
+            self.bars, self.features = pickle.loads(resume)
+            self.symbol = self.bars.symbol
+
+    def _emit(self, out: list, closed: list, peers: tuple) -> None:
+        if closed:
+            out.append(("bars", closed))
+            update = self.features.update
+            feats = [f for f in map(update, closed) if f is not None]
+            if feats:
+                out.append(("features", feats))
+        d = self.bars.settings.interval_ms
+        out.append(("progress", (self.symbol, [(b.ts // d, b.close) for b in closed], self.bars.closed_through(), peers)))
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        out: list = []
+        if self.bars is None:
+            self.symbol = values[0][0].symbol
+            self.bars = BarBuilder(self.bar_settings, self.symbol)
+            self.features = SymbolFeatures(self.feature_settings, self.symbol)
+        for cols, peers in values:
+            up = self.bars.update(cols)
+            if len(up.accepted):
+                out.append(("ticks", (up.accepted, up.seq)))
+            if up.rejected:
+                now = wall_ms()
+                out.append(
+                    ("dead_letters", [DeadLetter(now, cols.source(i), r, m, cols.payload(i)) for i, r, m in up.rejected])
+                )
+            self._emit(out, up.closed, peers)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list, bool]:
+        out: list = []
+        self._emit(out, self.bars.flush(), ())
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self):
+        # Bytewax snapshots every epoch; the pickled bytes are the immutable copy.
+        return pickle.dumps((self.bars, self.features), protocol=pickle.HIGHEST_PROTOCOL) if KEEP_STATE else None
+
+
+class CorrelationLogic(StatefulBatchLogic):
+    """The one cross-symbol correlation grid."""
+
+    def __init__(self, settings: CorrelationSettings, resume) -> None:
+        self.grid = pickle.loads(resume) if resume is not None else CorrelationGrid(settings)
+
+    def on_batch(self, values: list) -> tuple[list, bool]:
+        out = []
+        update = self.grid.update
+        for symbol, bars, closed_through, peers in values:
+            out.extend(update(symbol, bars, closed_through, peers))
+        return ([("correlations", out)] if out else []), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list, bool]:
+        out = self.grid.finish()
+        return ([("correlations", out)] if out else []), StatefulBatchLogic.RETAIN
+
+    def snapshot(self):
+        return pickle.dumps(self.grid, protocol=pickle.HIGHEST_PROTOCOL) if KEEP_STATE else None
+
+
+# -- the dataflow ---------------------------------------------------------------
+
+
+def _split(chunk: Chunk) -> list:
+    peers = tuple(b.symbol for b in chunk.batches)
+    return [(b.symbol, (b, peers)) for b in chunk.batches]
+
+
+def build_flow(source, settings: Settings, sink) -> Dataflow:
+    """The dataflow from ``source`` (Chunks) to ``sink`` ((table, payload) items)."""
+    f = settings.features
+    d = f.bar_interval * 1000
+    bar_settings = BarSettings(d, f.allowed_lateness_ms, f.dedup_horizon_ms)
+    feature_settings = FeatureSettings(d, f.window, f.qvar_entropy_coef)
+    corr_settings = CorrelationSettings(d, f.corr_window, f.corr_every)
+
+    flow = Dataflow("qbtc")
+    chunks = op.input("read", flow, source)
+    dead_on_read = op.filter_map("dead_on_read", chunks, lambda c: ("dead_letters", c.dead) if c.dead else None)
+    per_symbol = op.flat_map("split_symbols", chunks, _split)
+    symbol_out = op.stateful_batch(
+        "bars_features",
+        per_symbol,
+        lambda resume: SymbolLogic(bar_settings, feature_settings, resume),
+    )
+    symbol_out = op.key_rm("unkey_symbols", symbol_out)
+    routed = op.branch("route_progress", symbol_out, lambda item: item[0] == "progress")
+    progress = op.map("key_progress", routed.trues, lambda item: ("grid", item[1]))
+    corr_out = op.stateful_batch("correlations", progress, lambda resume: CorrelationLogic(corr_settings, resume))
+    corr_out = op.key_rm("unkey_grid", corr_out)
+    store_items = op.merge("store_items", dead_on_read, routed.falses, corr_out)
+    op.output("store", store_items, sink)
+    return flow
+
+
+def run_flow(flow: Dataflow, workers: int = 1) -> None:
+    """Run in this process with ``workers`` worker threads."""
+    interval = timedelta(seconds=10)
+    if workers == 1:
+        run_main(flow, epoch_interval=interval)
+    else:
+        cli_main(flow, workers_per_process=workers, epoch_interval=interval)
+
+
+def stderr_progress(p: Progress) -> None:
+    """Print a one-line progress report to stderr."""
+    secs = max(time.perf_counter() - p.started, 1e-9)
+    pct = f"{100.0 * p.done_bytes / p.total_bytes:5.1f}% " if p.total_bytes else ""
+    end = "\r" if sys.stderr.isatty() else "\n"
+    sys.stderr.write(f"qbtc: {pct}{p.records:,} records, {p.records / secs:,.0f} rec/s{end}")
+    sys.stderr.flush()
+
+
+def replay(source_inputs: list[ChunkFactory], settings: Settings, dsn: str | None, progress: Progress) -> RowCounter:
+    """Run the flow over inputs into the store at ``dsn`` (None: the null sink)."""
+    counter = RowCounter()
+    sink = StoreSink(dsn, counter, settings.store.batch_rows)
+    flow = build_flow(ChunkSource(source_inputs, progress), settings, sink)
+    run_flow(flow, settings.run.workers)
+    progress.tick(force=True)
+    return counter

@@ -1,0 +1,151 @@
+"""The ClickHouse store: embedded chDB by default, a server over HTTP(S) when configured.
+
+DSNs: ``chdb://PATH`` (``chdb:///abs/path`` or a relative ``chdb://var/x``;
+``chdb://:memory:`` for a throw-away store) or
+``http(s)://user:password@host:port/database``. Tables are created
+idempotently when a store opens. Writes go through Arrow in column batches.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from urllib.parse import unquote, urlparse
+
+import clickhouse_connect
+import numpy as np
+import pyarrow as pa
+
+from schemas.ddl import TABLES, TS, Table
+
+DEFAULT_DSN = "chdb://var/qbtc.chdb"
+
+
+class StoreError(Exception):
+    """A store that cannot be opened or written, with the reason."""
+
+
+def chdb_path(dsn: str) -> str | None:
+    """The on-disk path of a chdb DSN (None for memory or non-chdb DSNs).
+
+    >>> chdb_path("chdb:///tmp/q.chdb")
+    '/tmp/q.chdb'
+    >>> chdb_path("chdb://var/q.chdb") == os.path.abspath("var/q.chdb")
+    True
+    >>> chdb_path("chdb://:memory:") is None
+    True
+    """
+    if not dsn.startswith("chdb://"):
+        return None
+    rest = dsn[len("chdb://") :]
+    if rest in ("", ":memory:", "memory"):
+        return None
+    return os.path.abspath(rest)
+
+
+def redact(dsn: str) -> str:
+    """The DSN with its password hidden, for messages and logs.
+
+    >>> redact("https://u:secret@h:8443/db")
+    'https://u:***@h:8443/db'
+    """
+    parsed = urlparse(dsn)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return parsed._replace(netloc=netloc).geturl()
+    return dsn
+
+
+_clients: dict[str, object] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(dsn: str):
+    """One client per DSN per process (chdb allows one engine per process)."""
+    with _clients_lock:
+        client = _clients.get(dsn)
+        if client is not None:
+            return client
+        try:
+            if dsn.startswith("chdb://"):
+                path = chdb_path(dsn)
+                if path is not None:
+                    os.makedirs(path, exist_ok=True)
+                    client = clickhouse_connect.get_client(interface="chdb", path=path)
+                else:
+                    client = clickhouse_connect.get_client(interface="chdb")
+            elif dsn.startswith(("http://", "https://")):
+                p = urlparse(dsn)
+                client = clickhouse_connect.get_client(
+                    host=p.hostname,
+                    port=p.port or (8443 if p.scheme == "https" else 8123),
+                    username=unquote(p.username or "default"),
+                    password=unquote(p.password or ""),
+                    database=(p.path.strip("/") or "default"),
+                    secure=p.scheme == "https",
+                )
+            else:
+                msg = f"store DSN {redact(dsn)!r} is neither chdb://PATH nor http(s)://..."
+                raise StoreError(msg)
+        except StoreError:
+            raise
+        except Exception as exc:
+            msg = f"cannot open store {redact(dsn)}: {exc}"
+            raise StoreError(msg) from exc
+        _clients[dsn] = client
+        return client
+
+
+class Store:
+    """Tables of one ClickHouse database.
+
+    Parameters
+    ----------
+    dsn
+        Where the data lives (see the module docstring).
+    """
+
+    def __init__(self, dsn: str = DEFAULT_DSN) -> None:
+        self.dsn = dsn
+        self.client = _client(dsn)
+        self.lock = threading.Lock()
+        for table in TABLES.values():
+            self.command(table.create_sql())
+
+    def command(self, sql: str):
+        with self.lock:
+            return self.client.command(sql)
+
+    def query(self, sql: str):
+        """Run a query; the clickhouse-connect result (column_names, result_rows)."""
+        with self.lock:
+            return self.client.query(sql)
+
+    def insert(self, table: Table, columns: dict[str, Sequence]) -> int:
+        """Insert one column batch; returns the row count."""
+        arrays = []
+        for name, ctype in table.columns:
+            values = columns[name]
+            if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                arr = values
+            elif ctype == TS:
+                arr = pa.array(np.asarray(values, dtype=np.int64)).cast(pa.timestamp("ms", tz="UTC"))
+            elif isinstance(values, np.ndarray) and values.dtype != object:
+                arr = pa.array(values)
+            else:
+                arr = pa.array(values if isinstance(values, list) else list(values))
+            arrays.append(arr)
+        batch = pa.table(arrays, names=list(table.column_names))
+        if batch.num_rows == 0:
+            return 0
+        with self.lock:
+            # Deduplication is the ReplacingMergeTree's job at merge and FINAL
+            # time; doing it on insert as well triples the cost of a batch.
+            self.client.insert_arrow(table.name, batch, settings={"optimize_on_insert": 0})
+        return batch.num_rows
+
+    def counts(self, final: bool = True) -> dict[str, int]:
+        """Rows per table (merged with FINAL unless told otherwise)."""
+        fin = " FINAL" if final else ""
+        return {name: int(self.query(f"SELECT count() FROM {name}{fin}").result_rows[0][0]) for name in TABLES}

@@ -1,0 +1,169 @@
+"""A batched, idempotent Bytewax sink into the ClickHouse store (or nowhere).
+
+Items are ``(table, payload)``: ``("ticks", (TickColumns, seq))`` or a list
+of records for ``bars``, ``features``, ``correlations``, ``dead_letters``.
+Rows are buffered per table and written in column batches; idempotence
+comes from the tables' ReplacingMergeTree keys.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import fields
+
+import numpy as np
+import pyarrow as pa
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from schemas.ddl import TABLES
+from schemas.records import Bar, Correlation, DeadLetter, Feature
+from schemas.tick_columns import SIDES
+from sinks.clickhouse_store import Store
+
+_RECORD_FIELDS = {
+    "bars": [f.name for f in fields(Bar)],
+    "features": [f.name for f in fields(Feature)],
+    "correlations": [f.name for f in fields(Correlation)],
+    "dead_letters": [f.name for f in fields(DeadLetter)],
+}
+
+
+class RowCounter:
+    """Thread-safe rows-written counters per table, plus store write time."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = defaultdict(int)
+        self.write_seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, table: str, n: int, seconds: float = 0.0) -> None:
+        with self._lock:
+            self.rows[table] += n
+            self.write_seconds += seconds
+
+
+def _dictionary(values: np.ndarray) -> pa.Array:
+    """An object array of str as an Arrow dictionary array (LowCardinality)."""
+    if len(values) and values[0] == values[-1] and (values == values[0]).all():
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(values), np.int32)), pa.array([values[0]]))
+    return pa.array(values, pa.string()).dictionary_encode()
+
+
+def tick_columns(parts: list) -> dict:
+    """Columns of the ``ticks`` table from (TickColumns, seq) parts."""
+    cat = np.concatenate
+    names = sorted({c.symbol for c, _ in parts})
+    code = {name: i for i, name in enumerate(names)}
+    symbol_idx = cat([np.full(len(c), code[c.symbol], np.int32) for c, _ in parts])
+    return {
+        "exchange": _dictionary(cat([c.exchange for c, _ in parts])),
+        "symbol": pa.DictionaryArray.from_arrays(pa.array(symbol_idx), pa.array(names)),
+        "trade_id": pa.array(cat([c.trade_id for c, _ in parts]), pa.string()),
+        "ts": cat([c.ts for c, _ in parts]),
+        "price": cat([c.price for c, _ in parts]),
+        "qty": cat([c.qty for c, _ in parts]),
+        "side": pa.DictionaryArray.from_arrays(
+            pa.array(cat([c.side for c, _ in parts]).astype(np.int32)), pa.array(list(SIDES))
+        ),
+        "seq": cat([s for _, s in parts]),
+    }
+
+
+def record_columns(table: str, records: list) -> dict:
+    """Columns of a record table from its records."""
+    return {name: [getattr(r, name) for r in records] for name in _RECORD_FIELDS[table]}
+
+
+class StoreWriter:
+    """Buffers rows per table and writes a table once it holds ``batch_rows``.
+
+    Parameters
+    ----------
+    store
+        Where to write; None counts rows and writes nothing (the null sink).
+    counter
+        Counts what was written.
+    batch_rows
+        Rows buffered per table before a write.
+    """
+
+    def __init__(self, store: Store | None, counter: RowCounter, batch_rows: int = 250_000) -> None:
+        self.store = store
+        self.counter = counter
+        self.batch_rows = batch_rows
+        self.buffers: dict[str, list] = defaultdict(list)
+        self.sizes: dict[str, int] = defaultdict(int)
+        # One background writer: the store's insert releases the GIL, so it
+        # overlaps with the dataflow's Python work; at most 2 batches wait.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qbtc-store")
+        self.pending: deque[Future] = deque()
+
+    def add(self, table: str, payload) -> None:
+        if table == "ticks":
+            n = len(payload[0])
+            if n == 0:
+                return
+            self.buffers[table].append(payload)
+        else:
+            n = len(payload)
+            if n == 0:
+                return
+            self.buffers[table].extend(payload)
+        self.sizes[table] += n
+        if self.sizes[table] >= self.batch_rows:
+            self.flush_table(table)
+
+    def flush_table(self, table: str) -> None:
+        parts = self.buffers.pop(table, [])
+        n = self.sizes.pop(table, 0)
+        if not parts:
+            return
+        if self.store is None:
+            self.counter.add(table, n)
+            return
+        cols = tick_columns(parts) if table == "ticks" else record_columns(table, parts)
+        while len(self.pending) >= 2:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._write, table, cols, n))
+
+    def _write(self, table: str, cols: dict, n: int) -> None:
+        start = time.perf_counter()
+        self.store.insert(TABLES[table], cols)
+        self.counter.add(table, n, time.perf_counter() - start)
+
+    def flush(self) -> None:
+        """Write everything buffered and wait until it is stored."""
+        for table in list(self.buffers):
+            self.flush_table(table)
+        while self.pending:
+            self.pending.popleft().result()
+
+
+class _Partition(StatelessSinkPartition):
+    def __init__(self, writer: StoreWriter) -> None:
+        self.writer = writer
+
+    def write_batch(self, items: list) -> None:
+        add = self.writer.add
+        for table, payload in items:
+            add(table, payload)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.pool.shutdown()
+
+
+class StoreSink(DynamicSink):
+    """Bytewax sink writing ``(table, payload)`` items; ``dsn=None`` is the null sink."""
+
+    def __init__(self, dsn: str | None, counter: RowCounter, batch_rows: int = 250_000) -> None:
+        self.dsn = dsn
+        self.counter = counter
+        self.batch_rows = batch_rows
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
+        store = None if self.dsn is None else Store(self.dsn)
+        return _Partition(StoreWriter(store, self.counter, self.batch_rows))

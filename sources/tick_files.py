@@ -1,0 +1,389 @@
+"""Tick files (CSV or JSON Lines, optionally gzip) as columnar chunks.
+
+CSV columns are mapped by header name (``ts,symbol,price,qty`` required,
+``side,trade_id,exchange`` optional, others ignored); a file without a
+header must use that canonical order. ``ts`` is epoch ms or ISO-8601 with
+an offset. Blocks of lines are parsed by pyarrow when they are clean; a
+block that pyarrow refuses is read again line by line, so each bad record
+becomes a dead letter with its own reason, line number and raw bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from schemas.records import PARSE, SCHEMA, VALUE, DeadLetter
+from schemas.tick_columns import SIDE_CODES, RawSlices, TickColumns
+from schemas.validation import (
+    FIELDS,
+    MAX_SYMBOL_LEN,
+    REQUIRED,
+    Rejected,
+    check_record,
+    value_problem,
+    value_problems,
+)
+
+ALIASES = {
+    "timestamp": "ts",
+    "time": "ts",
+    "amount": "qty",
+    "quantity": "qty",
+    "size": "qty",
+    "id": "trade_id",
+    "tradeid": "trade_id",
+}
+_ARROW_TYPES = {
+    "ts": pa.int64(),
+    "symbol": pa.string(),
+    "price": pa.float64(),
+    "qty": pa.float64(),
+    "side": pa.string(),
+    "trade_id": pa.string(),
+    "exchange": pa.string(),
+}
+
+
+class InputError(Exception):
+    """An input that cannot be read at all (missing file, no usable header)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One block of an input: per-symbol tick batches plus dead letters.
+
+    Parameters
+    ----------
+    batches
+        One :class:`TickColumns` per symbol present, rows in arrival order.
+    dead
+        Records rejected while reading (parse, schema, value).
+    records
+        Records read in this block (blank lines are not records).
+    position
+        Bytes of the (compressed) file consumed so far.
+    """
+
+    batches: list[TickColumns]
+    dead: list[DeadLetter]
+    records: int
+    position: int
+
+
+def file_format(path: str) -> str:
+    """``csv`` or ``jsonl`` from the file name."""
+    name = path.lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith((".csv", ".txt")):
+        return "csv"
+    msg = f"{path}: unknown tick file type (expected .csv, .jsonl or .ndjson, optionally .gz)"
+    raise InputError(msg)
+
+
+def _split_lines(block: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and ends of the lines of a block (no trailing newline kept)."""
+    nl = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+    starts = np.r_[0, nl + 1][: len(nl) + (0 if block.endswith(b"\n") else 1)]
+    ends = np.r_[nl, len(block)][: len(starts)]
+    if len(ends):
+        # drop a carriage return before the newline
+        cr = np.zeros(len(ends), dtype=bool)
+        nonempty = ends > starts
+        cr[nonempty] = np.frombuffer(block, dtype=np.uint8)[ends[nonempty] - 1] == 13
+        ends = ends - cr
+    return starts.astype(np.int64), ends.astype(np.int64)
+
+
+class TickFileReader:
+    """Reads one tick file as :class:`Chunk` s.
+
+    Parameters
+    ----------
+    path
+        The file; ``.gz`` is decompressed.
+    default_exchange
+        Exchange of ticks whose record names none.
+    block_bytes
+        Size of the blocks parsed at once.
+    now_ms
+        Clock for dead letters' ingest time.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        default_exchange: str,
+        now_ms: Callable[[], int],
+        block_bytes: int = 4 << 20,
+    ) -> None:
+        self.path = path
+        self.format = file_format(path)
+        if not os.path.isfile(path):
+            msg = f"{path}: no such file"
+            raise InputError(msg)
+        self.default_exchange = default_exchange
+        self.block_bytes = block_bytes
+        self.now_ms = now_ms
+        self.size = os.path.getsize(path)
+        self.columns: list[str] | None = None
+        self.has_header = False
+        if self.format == "csv":
+            self.has_header = self._read_header(self._first_line())
+
+    def _first_line(self) -> bytes:
+        try:
+            raw, stream = self._open()
+            with raw, stream:
+                return stream.readline(1 << 20).rstrip(b"\r\n")
+        except (OSError, EOFError) as exc:
+            msg = f"{self.path}: cannot read: {exc}"
+            raise InputError(msg) from None
+
+    def _open(self) -> tuple[io.BufferedIOBase, io.BufferedIOBase]:
+        raw = open(self.path, "rb")  # noqa: SIM115 - closed by chunks()
+        if self.path.lower().endswith(".gz"):
+            return raw, gzip.GzipFile(fileobj=raw, mode="rb")
+        return raw, raw
+
+    def chunks(self, skip_lines: int = 0) -> Iterator[Chunk]:
+        """Yield the file's chunks; ``skip_lines`` resumes after that many lines."""
+        raw, stream = self._open()
+        try:
+            yield from self._chunks(raw, stream, skip_lines)
+        finally:
+            stream.close()
+            raw.close()
+
+    def _chunks(self, raw, stream, skip_lines: int) -> Iterator[Chunk]:
+        line_no = 0  # lines consumed before the current block
+        rest = b""
+        header_done = self.format == "jsonl"
+        while True:
+            data = stream.read(self.block_bytes)
+            eof = not data
+            block = rest + data
+            if not eof:
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:
+                    rest = block
+                    continue
+                block, rest = block[:cut], block[cut:]
+            else:
+                rest = b""
+            if not block:
+                if eof:
+                    return
+                continue
+            if not header_done:
+                header_done = True
+                if self.has_header:
+                    first_end = block.find(b"\n")
+                    line_no += 1
+                    block = b"" if first_end < 0 else block[first_end + 1 :]
+            starts, ends = _split_lines(block)
+            n_lines = len(starts)
+            if skip_lines > line_no:
+                drop = min(skip_lines - line_no, n_lines)
+                starts, ends = starts[drop:], ends[drop:]
+                first_line = line_no + drop + 1
+            else:
+                first_line = line_no + 1
+            keep = ends > starts
+            numbers = np.arange(first_line, first_line + len(starts), dtype=np.int64)[keep]
+            starts, ends = starts[keep], ends[keep]
+            line_no += n_lines
+            if len(starts):
+                yield self._parse(block, starts, ends, numbers, raw.tell())
+            if eof:
+                return
+
+    def _read_header(self, first: bytes) -> bool:
+        """Set the CSV columns; True when ``first`` was a header line."""
+        text = first.decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+        names = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in next(csv.reader([text]), [])]
+        if names and names[0] and names[0].lstrip("-").replace(".", "", 1).isdigit():
+            self.columns = list(FIELDS)
+            return False
+        missing = [n for n in REQUIRED if n not in names]
+        if missing:
+            msg = f"{self.path}: header has no column {', '.join(missing)} (found {', '.join(names)})"
+            raise InputError(msg)
+        self.columns = names
+        return True
+
+    def _parse(self, block, starts, ends, numbers, position) -> Chunk:
+        if self.format == "csv":
+            fast = self._fast_csv(block, starts, ends, numbers)
+            if fast is not None:
+                return Chunk(fast[0], fast[1], len(starts), position)
+        batches, dead = self._slow(block, starts, ends, numbers)
+        return Chunk(batches, dead, len(starts), position)
+
+    # -- fast path ----------------------------------------------------------
+
+    def _fast_csv(self, block, starts, ends, numbers):
+        cols = self.columns
+        wanted = {c: _ARROW_TYPES[c] for c in cols if c in _ARROW_TYPES}
+        if len(wanted) != len(set(wanted)):
+            return None
+        try:
+            table = pacsv.read_csv(
+                io.BytesIO(block),
+                read_options=pacsv.ReadOptions(column_names=cols, use_threads=False),
+                parse_options=pacsv.ParseOptions(newlines_in_values=False),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=wanted,
+                    include_columns=list(wanted),
+                    null_values=[""],
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        if table.num_rows != len(starts):
+            return None
+        for name in REQUIRED:
+            if table.column(name).null_count:
+                return None
+        ts = table.column("ts").to_numpy()
+        price = table.column("price").to_numpy()
+        qty = table.column("qty").to_numpy()
+        bad = value_problems(ts, price, qty)
+        sym = table.column("symbol").combine_chunks().dictionary_encode()
+        sym_names = sym.dictionary.to_pylist()
+        if "" in sym_names:
+            return None  # a missing symbol: the slow path says which line
+        sym_codes = sym.indices.to_numpy()
+        bad_syms = [i for i, s in enumerate(sym_names) if not _symbol_ok(s)]
+        if bad_syms:
+            bad |= np.isin(sym_codes, bad_syms)
+        if "side" in wanted:
+            side_arr = pc.utf8_lower(table.column("side")).combine_chunks().dictionary_encode()
+            names = side_arr.dictionary.to_pylist()
+            lut = np.array([SIDE_CODES.get(s, -1) for s in names] or [0], dtype=np.int8)
+            side_idx = side_arr.indices.to_numpy()
+            side = lut[side_idx]
+            bad |= side < 0
+        else:
+            side = np.zeros(len(ts), dtype=np.int8)
+            names = side_idx = None
+        n = len(ts)
+        if "trade_id" in wanted:
+            trade_id = table.column("trade_id").to_numpy(zero_copy_only=False).astype(object)
+        else:
+            trade_id = np.full(n, "", dtype=object)
+        if "exchange" in wanted:
+            ex = table.column("exchange").combine_chunks().dictionary_encode()
+            ex_names = np.array([e or self.default_exchange for e in ex.dictionary.to_pylist()], dtype=object)
+            exchange = ex_names[ex.indices.to_numpy()] if len(ex_names) else np.full(n, "", dtype=object)
+        else:
+            exchange = np.full(n, self.default_exchange, dtype=object)
+        dead: list[DeadLetter] = []
+        if bad.any():
+            now = self.now_ms()
+            for i in np.flatnonzero(bad).tolist():
+                s = sym_names[sym_codes[i]]
+                sd = "" if names is None else names[side_idx[i]]
+                problem = value_problem(int(ts[i]), s, float(price[i]), float(qty[i]), sd)
+                dead.append(self._dead(now, numbers[i], VALUE, problem or "invalid", block[starts[i] : ends[i]]))
+        raw = RawSlices(block, starts, ends)
+        good = ~bad
+        codes = np.where(good, sym_codes, -1)
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        bounds = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1], True])
+        batches = []
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            code = int(sorted_codes[a])
+            if code < 0:
+                continue
+            idx = order[a:b]
+            batches.append(
+                TickColumns(
+                    sym_names[code],
+                    ts[idx],
+                    price[idx],
+                    qty[idx],
+                    side[idx],
+                    trade_id[idx],
+                    exchange[idx],
+                    self.path,
+                    numbers[idx],
+                    raw.take(idx),
+                )
+            )
+        return batches, dead
+
+    # -- slow path ----------------------------------------------------------
+
+    def _slow(self, block, starts, ends, numbers):
+        now = self.now_ms()
+        dead: list[DeadLetter] = []
+        rows: dict[str, list] = {}
+        for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            line = block[s:e]
+            try:
+                fields = self._fields(line)
+                tick = check_record(fields, self.default_exchange)
+            except Rejected as rej:
+                dead.append(self._dead(now, numbers[i], rej.reason, rej.message, line))
+                continue
+            rows.setdefault(tick.symbol, []).append((i, tick))
+        batches = []
+        for symbol, items in rows.items():
+            idx = np.fromiter((i for i, _ in items), np.int64, len(items))
+            ticks = [t for _, t in items]
+            cols = TickColumns.from_ticks(ticks, self.path)
+            batches.append(
+                TickColumns(
+                    symbol, cols.ts, cols.price, cols.qty, cols.side, cols.trade_id, cols.exchange,
+                    self.path, numbers[idx], RawSlices(block, starts[idx], ends[idx]),
+                )
+            )
+        return batches, dead
+
+    def _fields(self, line: bytes) -> dict:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected(PARSE, f"invalid UTF-8 at byte {exc.start}") from None
+        if self.format == "jsonl":
+            try:
+                obj = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise Rejected(PARSE, f"malformed JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise Rejected(PARSE, f"expected a JSON object, got {type(obj).__name__}")
+            unknown = obj.keys() - set(FIELDS)
+            if unknown:
+                raise Rejected(SCHEMA, f"unknown field(s) {', '.join(sorted(unknown))[:200]}")
+            return obj
+        try:
+            values = next(csv.reader([text], strict=True))
+        except csv.Error as exc:
+            raise Rejected(PARSE, f"malformed CSV: {exc}") from None
+        cols = self.columns
+        if len(values) != len(cols):
+            raise Rejected(SCHEMA, f"{len(values)} fields, the header has {len(cols)}")
+        return {c: v for c, v in zip(cols, values, strict=True) if c in _ARROW_TYPES}
+
+    def _dead(self, now: int, line: int, reason: str, message: str, payload: bytes) -> DeadLetter:
+        return DeadLetter(now, f"{self.path}:{line}", reason, message, payload)
+
+
+def _symbol_ok(symbol: str) -> bool:
+    return bool(symbol) and len(symbol) <= MAX_SYMBOL_LEN and symbol.isprintable()
+
