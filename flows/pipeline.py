@@ -278,7 +278,7 @@ def run_flow(flow: Dataflow, workers: int = 1) -> None:
 def stderr_progress(p: Progress) -> None:
     """Print a one-line progress report to stderr."""
     secs = max(time.perf_counter() - p.started, 1e-9)
-    pct = f"{100.0 * p.done_bytes / p.total_bytes:5.1f}% " if p.total_bytes else ""
+    pct = f"{min(100.0, 100.0 * p.done_bytes / p.total_bytes):5.1f}% " if p.total_bytes else ""
     end = "\r" if sys.stderr.isatty() else "\n"
     sys.stderr.write(f"qbtc: {pct}{p.records:,} records, {p.records / secs:,.0f} rec/s{end}")
     sys.stderr.flush()

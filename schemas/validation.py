@@ -89,6 +89,8 @@ def value_problem(ts: int, symbol: str, price: float, qty: float, side: str) -> 
         return f"price {price!r} is not finite and > 0"
     if not (math.isfinite(qty) and qty > 0):
         return f"qty {qty!r} is not finite and > 0"
+    if not math.isfinite(price * qty):
+        return f"notional price*qty of {price!r} * {qty!r} overflows"
     if side not in ("", "buy", "sell"):
         return f"side {side[:40]!r} is not buy or sell"
     return None
@@ -100,6 +102,8 @@ def value_problems(ts: np.ndarray, price: np.ndarray, qty: np.ndarray) -> np.nda
         ok = (ts >= 0) & (ts <= MAX_TS)
         ok &= np.isfinite(price) & (price > 0)
         ok &= np.isfinite(qty) & (qty > 0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ok &= np.isfinite(price * qty)
     return ~ok
 
 
