@@ -1,0 +1,102 @@
+"""Throughput benchmark (prints figures; not a test).
+
+Usage: python tests/bench_pipeline.py [--ticks 2000000] [--symbols 10] [--skip-naive]
+
+On one generated tick CSV, in one run:
+  (a) baseline: Python's csv module reading the file, converting each field to its type
+  (b) the full pipeline into a null sink
+  (c) the full pipeline into chDB
+  (d) a naive recomputation: pandas reads the file, then every feature and
+      correlation is recomputed from its whole window at every bar
+Prints ticks/s for each and the ratios b/a, c/a, c/d.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import spec_reference as ref  # noqa: E402
+from flows.config import load_settings  # noqa: E402
+from flows.pipeline import Progress, file_inputs, replay  # noqa: E402
+from sources.simulator import DEFAULT_SYMBOLS, SimulatorSettings, write_csv  # noqa: E402
+
+
+def baseline(path: str) -> int:
+    n = 0
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        for row in reader:
+            (int(row[0]), row[1], float(row[2]), float(row[3]), row[4], row[5], row[6])
+            n += 1
+    return n
+
+
+def pipeline(path: str, dsn: str | None, overrides: list[str]) -> int:
+    settings = load_settings(None, overrides)
+    inputs, total = file_inputs([path], settings)
+    progress = Progress(total_bytes=total)
+    replay(inputs, settings, dsn, progress)
+    return progress.records
+
+
+def naive(path: str, overrides: list[str]) -> int:
+    f = load_settings(None, overrides).features
+    ticks = pd.read_csv(path, dtype={"trade_id": str})
+    d = f.bar_interval * 1000
+    bars = ref.bars(ticks, d)
+    ref.features(bars, f.window, f.qvar_entropy_coef)
+    ref.correlations(bars, d, f.corr_window, f.corr_every)
+    return len(ticks)
+
+
+def timed(label: str, fn, *args) -> float:
+    start = time.perf_counter()
+    n = fn(*args)
+    secs = time.perf_counter() - start
+    rate = n / secs
+    print(f"{label:<44}{n:>12,} ticks {secs:8.2f} s {rate:>14,.0f} ticks/s", flush=True)
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ticks", type=int, default=2_000_000)
+    parser.add_argument("--symbols", type=int, default=10)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="qbtc-bench-")
+    try:
+        path = os.path.join(tmp, "ticks.csv")
+        duration = 1800.0
+        sim = SimulatorSettings(
+            symbols=DEFAULT_SYMBOLS[: args.symbols], duration_s=duration, trades_per_s=args.ticks / duration, seed=11
+        )
+        rows = write_csv(path, sim)
+        size = os.path.getsize(path) / 1e6
+        print(f"input: {rows:,} ticks, {args.symbols} symbols, {duration:.0f} s of market, {size:.0f} MB CSV")
+        print(f"settings: {args.overrides or 'defaults'}; machine: {os.cpu_count()} cores; 1 worker\n")
+        a = timed("(a) csv module + field conversion", baseline, path)
+        b = timed("(b) pipeline -> null sink", pipeline, path, None, args.overrides)
+        c = timed("(c) pipeline -> chDB", pipeline, path, f"chdb://{tmp}/bench.chdb", args.overrides)
+        print(f"\nb/a = {b / a:.2f}   c/a = {c / a:.2f}")
+        if not args.skip_naive:
+            d = timed("(d) naive pandas per-bar recomputation", naive, path, args.overrides)
+            print(f"c/d = {c / d:.1f}x")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The qbtc command line, end to end in subprocesses (each has its own chDB engine)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+T = 1_700_000_000_000
+
+
+def qbtc(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["replay"], ["sql"], ["simulate"]])
+def test_help(command):
+    out = qbtc(*command, "--help")
+    assert out.returncode == 0
+    assert "usage: qbtc" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["replay", "/nonexistent/ticks.csv"], "no such file"),
+        (["replay", "ticks.parquet"], "unknown tick file type"),
+        (["replay", "x.csv", "--set", "features.window"], "expected section.key=value"),
+        (["replay", "x.csv", "--set", "features.nope=1"], "unknown key"),
+        (["replay", "x.csv", "--set", "features.window=abc"], "must be int"),
+        (["replay", "x.csv", "--config", "/nonexistent.toml"], "cannot read config"),
+        (["sql", "SELECT", "--store", "ftp://x"], "neither chdb"),
+    ],
+)
+def test_unusable_arguments_exit_2_with_one_line(tmp_path, args, words):
+    out = qbtc(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert words in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_header_is_a_clear_error(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,c\n1,2,3\n")
+    out = qbtc("replay", "t.csv", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "header has no column ts" in out.stderr
+
+
+def _ticks(tmp_path):
+    path = tmp_path / "ticks.csv"
+    lines = ["ts,symbol,price,qty,side,trade_id,exchange"]
+    for i in range(400):
+        for j, sym in enumerate(("BTC/USDT", "ETH/USDT")):
+            price = 100 * (j + 1) + (i * 7919 % 13) * 0.1
+            lines.append(f"{T + i * 1000 + j},{sym},{price},{1 + i % 3},buy,{i},test")
+    lines.append("bad,line")
+    lines.append(f"{T},BTC/USDT,1,1,buy,x,test")  # late
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_replay_twice_leaves_every_key_once(tmp_path):
+    path = _ticks(tmp_path)
+    store = f"chdb://{tmp_path}/store.chdb"
+    conf = tmp_path / "qbtc.toml"
+    conf.write_text("[features]\nwindow = 50\ncorr_window = 60\ncorr_every = 10\n")
+    for _ in range(2):
+        out = qbtc("replay", str(path), "--store", store, "--config", str(conf), "--quiet")
+        assert out.returncode == 0, out.stderr
+    counts = {}
+    for table, key in [("ticks", "exchange, symbol, trade_id, ts, price, qty, seq"), ("bars", "symbol, ts"),
+                       ("features", "symbol, ts"), ("correlations", "ts, symbol_a, symbol_b"),
+                       ("dead_letters", "source")]:
+        out = qbtc("sql", f"SELECT count(), uniqExact({key}) FROM {table} FINAL", "--store", store, "--format", "csv")
+        assert out.returncode == 0, out.stderr
+        total, unique = map(int, out.stdout.splitlines()[1].split(","))
+        assert total == unique > 0, table
+        counts[table] = total
+    assert counts["ticks"] == 800
+    assert counts["dead_letters"] == 2
+    assert counts["bars"] == 800
+    assert counts["features"] == 2 * (400 - 50)
+
+
+def test_sql_prints_a_table(tmp_path):
+    out = qbtc("sql", "SELECT 1 AS one, 'x' AS s", "--store", f"chdb://{tmp_path}/s.chdb")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split() == ["one", "|", "s"]
+    assert "(1 row)" in out.stdout
+
+
+def test_run_small_market(tmp_path):
+    out = qbtc("run", "--quiet", "--set", "simulator.duration_s=420", "--set", "simulator.trades_per_s=200",
+               "--set", "features.window=60", "--set", "features.corr_window=120", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for table in ("ticks", "bars", "features", "correlations"):
+        line = next(x for x in out.stdout.splitlines() if x.strip().startswith(table))
+        assert int(line.split()[1].replace(",", "")) > 0, line
+    assert "qbtc sql" in out.stdout
+    assert (tmp_path / "var" / "qbtc.chdb").is_dir()

@@ -1,0 +1,54 @@
+"""Codec round trips (hypothesis) and strictness."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas import REASONS, SCHEMA_VERSION, Bar, Correlation, DeadLetter, Feature, SchemaError, Tick, decode, encode
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+ints = st.integers(min_value=-(2**53), max_value=2**53)
+text = st.text(max_size=20)
+
+RECORDS = st.one_of(
+    st.builds(Tick, ints, text, finite, finite, st.sampled_from(["", "buy", "sell"]), text, text),
+    st.builds(Bar, text, ints, finite, finite, finite, finite, finite, finite, ints),
+    st.builds(Feature, text, ints, finite, finite, finite, finite, finite, finite, st.integers(0, 1)),
+    st.builds(Correlation, ints, text, text, finite),
+    st.builds(DeadLetter, ints, text, st.sampled_from(REASONS), text, st.binary(max_size=100)),
+)
+
+
+@given(RECORDS)
+def test_every_record_type_round_trips(record):
+    assert decode(encode(record)) == record
+
+
+def test_the_schema_version_is_in_every_message():
+    assert orjson.loads(encode(Tick(1, "A", 1.0, 1.0)))["v"] == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda m: m.pop("qty"), "missing field"),
+        (lambda m: m.update(extra=1), "unknown field"),
+        (lambda m: m.update(v=99), "schema version"),
+        (lambda m: m.update(price="1.0"), "must be float"),
+        (lambda m: m.update(ts=True), "must be int"),
+        (lambda m: m.update(type="nope"), "unknown record type"),
+    ],
+)
+def test_decode_is_strict(change, words):
+    msg = orjson.loads(encode(Tick(1, "A", 1.0, 1.0)))
+    change(msg)
+    with pytest.raises(SchemaError, match=words):
+        decode(orjson.dumps(msg))
+
+
+def test_decode_pins_the_type():
+    with pytest.raises(SchemaError, match="expected a bar"):
+        decode(encode(Tick(1, "A", 1.0, 1.0)), Bar)
