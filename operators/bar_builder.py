@@ -95,8 +95,8 @@ class BarBuilder:
         self.max_ts = NO_WATERMARK
         # bar index -> [open_ts, open, high, low, close_ts, close, volume, pv, trades]
         self.open_bars: dict[int, list] = {}
-        self.ids_now: set = set()
-        self.ids_before: set = set()
+        # exchange -> (ids of this generation, ids of the previous one)
+        self.ids: dict[str, tuple[set, set]] = {}
         self.ids_rotate_at = NO_WATERMARK
         self.seq = 0
 
@@ -112,31 +112,40 @@ class BarBuilder:
 
     def _duplicates(self, cols: TickColumns) -> np.ndarray | None:
         """Mask of rows repeating an earlier (exchange, trade_id), or None."""
-        ids = cols.trade_id
-        if len(ids) == 0:
-            return None
         ex = cols.exchange
+        if len(ex) == 0:
+            return None
         if ex[0] == ex[-1] and (ex == ex[0]).all():
-            keys = ids.tolist()
-        else:
-            keys = [f"{e}\x00{i}" for e, i in zip(ex.tolist(), ids.tolist(), strict=True)]
-        now, before = self.ids_now, self.ids_before
-        batch = set(keys)
-        batch.discard("")
-        if "" in keys or len(batch) != len(keys) or not now.isdisjoint(batch) or not before.isdisjoint(batch):
-            seen: set = set()
-            dup = np.zeros(len(keys), dtype=bool)
-            for i, key in enumerate(keys):
-                if key == "":
-                    continue
-                if key in seen or key in now or key in before:
-                    dup[i] = True
-                else:
-                    seen.add(key)
-            now.update(seen)
-            return dup if dup.any() else None
-        now.update(batch)
-        return None
+            return self._duplicates_on(ex[0], cols.trade_id.tolist())
+        dup = np.zeros(len(ex), dtype=bool)
+        for name in dict.fromkeys(ex.tolist()):
+            rows = np.flatnonzero(ex == name)
+            part = self._duplicates_on(name, cols.trade_id[rows].tolist())
+            if part is not None:
+                dup[rows[part]] = True
+        return dup if dup.any() else None
+
+    def _duplicates_on(self, exchange: str, ids: list) -> np.ndarray | None:
+        """Duplicates among one exchange's trade ids (in arrival order)."""
+        gens = self.ids.get(exchange)
+        if gens is None:
+            gens = self.ids[exchange] = (set(), set())
+        now, before = gens
+        batch = set(ids)
+        if "" not in batch and len(batch) == len(ids) and now.isdisjoint(batch) and before.isdisjoint(batch):
+            now.update(batch)
+            return None
+        seen: set = set()
+        dup = np.zeros(len(ids), dtype=bool)
+        for i, key in enumerate(ids):
+            if key == "":
+                continue
+            if key in seen or key in now or key in before:
+                dup[i] = True
+            else:
+                seen.add(key)
+        now.update(seen)
+        return dup if dup.any() else None
 
     def update(self, cols: TickColumns) -> BarUpdate:
         """Take one batch of this symbol's ticks, in arrival order."""
@@ -236,8 +245,7 @@ class BarBuilder:
     def _rotate_ids(self) -> None:
         wm = self.watermark
         if wm >= self.ids_rotate_at:
-            self.ids_before = self.ids_now
-            self.ids_now = set()
+            self.ids = {ex: (set(), now) for ex, (now, _) in self.ids.items()}
             self.ids_rotate_at = wm + self.settings.dedup_horizon_ms
 
     def flush(self) -> list[Bar]:

@@ -37,6 +37,7 @@ class RollingCorrelation:
         self.n = 0
         self.mean = np.zeros(columns)
         self.com = np.zeros((columns, columns))
+        self.peak = np.zeros(columns)
         self._since = 0
 
     @property
@@ -51,6 +52,7 @@ class RollingCorrelation:
         com = np.zeros((c + 1, c + 1))
         com[:c, :c] = self.com
         self.com = com
+        self.peak = np.append(self.peak, 0.0)
         self.refresh()
         return c
 
@@ -71,7 +73,9 @@ class RollingCorrelation:
         self.mean += d / self.n
         self.com += np.outer(d, x - self.mean)
         self._since += 1
-        if self._since >= self.window:
+        diag = self.com.diagonal()
+        np.maximum(self.peak, diag, out=self.peak)
+        if self._since >= self.window or (diag < self.peak * 1e-6).any():
             self.refresh()
 
     def rows(self) -> np.ndarray:
@@ -97,6 +101,7 @@ class RollingCorrelation:
             self.mean = x.mean(axis=0)
             xc = x - self.mean
             self.com = xc.T @ xc
+        self.peak = self.com.diagonal().copy()
         self._since = 0
 
     def constant(self) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Sample variance over a sliding window, updated in O(1).
 
 Welford's add and remove steps keep the mean and the sum of squared
-deviations; every ``window`` updates both are recomputed from the window so
-float error cannot build up over long streams.
+deviations. Both are recomputed from the window every ``window`` updates, so
+float error cannot build up over long streams, and also as soon as the sum
+falls below 1e-6 of its peak since the last recomputation (a large value
+leaving the window), where the running sum would have lost its digits.
 
 >>> rv = RollingVariance(3)
 >>> for x in [1.0, 2.0, 4.0, 8.0]:
@@ -16,6 +18,9 @@ from __future__ import annotations
 import math
 from collections import deque
 
+CANCELLATION = 1e-6
+"""Recompute when the running sum drops below this share of its peak."""
+
 
 class RollingVariance:
     """Sample variance (ddof=1) of the last ``window`` values.
@@ -26,7 +31,7 @@ class RollingVariance:
         Number of values, >= 2.
     """
 
-    __slots__ = ("_buf", "_m2", "_mean", "_since", "window")
+    __slots__ = ("_buf", "_m2", "_mean", "_peak", "_since", "window")
 
     def __init__(self, window: int) -> None:
         if window < 2:
@@ -36,6 +41,7 @@ class RollingVariance:
         self._buf: deque[float] = deque()
         self._mean = 0.0
         self._m2 = 0.0
+        self._peak = 0.0
         self._since = 0
 
     def update(self, x: float) -> None:
@@ -56,14 +62,17 @@ class RollingVariance:
         self._mean += delta / n
         self._m2 += delta * (x - self._mean)
         self._since += 1
-        if self._since >= self.window:
+        m2 = self._m2
+        if m2 > self._peak:
+            self._peak = m2
+        if self._since >= self.window or m2 < self._peak * CANCELLATION:
             self._refresh()
 
     def _refresh(self) -> None:
         n = len(self._buf)
         mean = math.fsum(self._buf) / n
         self._mean = mean
-        self._m2 = math.fsum((v - mean) ** 2 for v in self._buf)
+        self._m2 = self._peak = math.fsum((v - mean) ** 2 for v in self._buf)
         self._since = 0
 
     def get(self) -> float | None:
