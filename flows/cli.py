@@ -26,11 +26,21 @@ class UsageError(Exception):
 
 def _common(p: argparse.ArgumentParser, store: bool = True) -> None:
     if store:
-        p.add_argument("--store", metavar="DSN", help="chdb://PATH (default from config: chdb://var/qbtc.chdb) "
-                       "or http(s)://user:password@host:port/db")
+        p.add_argument(
+            "--store",
+            metavar="DSN",
+            help="chdb://PATH (default from config: chdb://var/qbtc.chdb) "
+            "or http(s)://user:password@host:port/db",
+        )
     p.add_argument("--config", metavar="FILE", help="TOML config file")
-    p.add_argument("--set", dest="overrides", metavar="SECTION.KEY=VALUE", action="append", default=[],
-                   help="override one config key, e.g. --set features.window=60 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one config key, e.g. --set features.window=60 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,31 +51,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="the main job: a simulated market through the pipeline into the store",
-                         description="Simulate a market ([simulator] config) and run it through the "
-                         "pipeline into the store, then print a summary.")
+    run = sub.add_parser(
+        "run",
+        help="the main job: a simulated market through the pipeline into the store",
+        description="Simulate a market ([simulator] config) and run it through the "
+        "pipeline into the store, then print a summary.",
+    )
     _common(run)
     run.add_argument("--workers", type=int, help="worker threads (default 1)")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    rep = sub.add_parser("replay", help="replay tick files through the pipeline as fast as possible",
-                         description="Replay tick files (CSV or JSON Lines, optionally .gz) through the "
-                         "pipeline into the store. Columns: ts,symbol,price,qty[,side,trade_id,exchange].")
+    rep = sub.add_parser(
+        "replay",
+        help="replay tick files through the pipeline as fast as possible",
+        description="Replay tick files (CSV or JSON Lines, optionally .gz) through the "
+        "pipeline into the store. Columns: ts,symbol,price,qty[,side,trade_id,exchange].",
+    )
     rep.add_argument("inputs", nargs="+", metavar="INPUT", help="tick files, read in the order given")
     _common(rep)
     rep.add_argument("--workers", type=int, help="worker threads (default 1)")
     rep.add_argument("--null-sink", action="store_true", help="compute everything, store nothing")
     rep.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    sql = sub.add_parser("sql", help="run SQL against the store and print a table",
-                         description="Run one SQL statement against the store. Tables: "
-                         + ", ".join(TABLES) + ". Use FINAL to read merged rows.")
+    sql = sub.add_parser(
+        "sql",
+        help="run SQL against the store and print a table",
+        description="Run one SQL statement against the store. Tables: "
+        + ", ".join(TABLES)
+        + ". Use FINAL to read merged rows.",
+    )
     sql.add_argument("query", help='e.g. "SELECT count() FROM features FINAL"')
     _common(sql)
     sql.add_argument("--format", choices=("table", "csv", "tsv"), default="table", help="output format")
 
-    sim = sub.add_parser("simulate", help="write a simulated market to a tick CSV file",
-                         description="Write the [simulator] market to a canonical tick CSV (gzip if .gz).")
+    sim = sub.add_parser(
+        "simulate",
+        help="write a simulated market to a tick CSV file",
+        description="Write the [simulator] market to a canonical tick CSV (gzip if .gz).",
+    )
     sim.add_argument("output", help="file to write, e.g. ticks.csv.gz")
     _common(sim, store=False)
     return parser
@@ -112,7 +135,7 @@ def _summary(kind: str, store: Store | None, dsn: str, records: int, seconds: fl
     out.write(f"store: {redact(dsn)}\n")
     for table, n in counts.items():
         out.write(f"  {table:<14}{n:>12,} rows\n")
-    path = dsn[len("chdb://"):] if dsn.startswith("chdb://") else None
+    path = dsn[len("chdb://") :] if dsn.startswith("chdb://") else None
     store_arg = "" if dsn == load_settings(None).store.dsn else f" --store {shlex.quote(dsn)}"
     if path:
         out.write(f"data: {os.path.abspath(path)}\n")

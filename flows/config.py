@@ -138,7 +138,9 @@ def load_settings(path: str | None, overrides: list[str] | None = None) -> Setti
         if unknown:
             msg = f"unknown key(s) {', '.join(f'{sec_field.name}.{k}' for k in sorted(unknown))}"
             raise ConfigError(msg)
-        sections[sec_field.name] = cls(**{k: _coerce(sec_field.name, k, known[k], v) for k, v in given.items()})
+        sections[sec_field.name] = cls(
+            **{k: _coerce(sec_field.name, k, known[k], v) for k, v in given.items()}
+        )
     if raw:
         msg = f"unknown section(s) {', '.join(sorted(raw))}"
         raise ConfigError(msg)

@@ -31,7 +31,6 @@ from schemas.records import DeadLetter
 from sinks.store_sink import RowCounter, StoreSink
 from sources.tick_files import Chunk, TickFileReader
 
-
 KEEP_STATE = False
 """Snapshot operator state for recovery. Off for embedded runs, which have no
 recovery store, because Bytewax asks for a snapshot at every epoch anyway."""
@@ -116,9 +115,7 @@ class ChunkSource(FixedPartitionedSource):
 
 def file_inputs(paths: list[str], settings: Settings) -> tuple[list[ChunkFactory], int]:
     """Chunk factories for tick files, and their total size in bytes."""
-    readers = [
-        TickFileReader(p, settings.input.exchange, wall_ms, settings.input.block_bytes) for p in paths
-    ]
+    readers = [TickFileReader(p, settings.input.exchange, wall_ms, settings.input.block_bytes) for p in paths]
     return [r.chunks for r in readers], sum(r.size for r in readers)
 
 
@@ -180,7 +177,12 @@ class SymbolLogic(StatefulBatchLogic):
             if feats:
                 out.append(("features", feats))
         d = self.bars.settings.interval_ms
-        out.append(("progress", (self.symbol, [(b.ts // d, b.close) for b in closed], self.bars.closed_through(), peers)))
+        out.append(
+            (
+                "progress",
+                (self.symbol, [(b.ts // d, b.close) for b in closed], self.bars.closed_through(), peers),
+            )
+        )
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         out: list = []
@@ -195,7 +197,10 @@ class SymbolLogic(StatefulBatchLogic):
             if up.rejected:
                 now = wall_ms()
                 out.append(
-                    ("dead_letters", [DeadLetter(now, cols.source(i), r, m, cols.payload(i)) for i, r, m in up.rejected])
+                    (
+                        "dead_letters",
+                        [DeadLetter(now, cols.source(i), r, m, cols.payload(i)) for i, r, m in up.rejected],
+                    )
                 )
             self._emit(out, up.closed, peers)
         return out, StatefulBatchLogic.RETAIN
@@ -207,7 +212,9 @@ class SymbolLogic(StatefulBatchLogic):
 
     def snapshot(self):
         # Bytewax snapshots every epoch; the pickled bytes are the immutable copy.
-        return pickle.dumps((self.bars, self.features), protocol=pickle.HIGHEST_PROTOCOL) if KEEP_STATE else None
+        return (
+            pickle.dumps((self.bars, self.features), protocol=pickle.HIGHEST_PROTOCOL) if KEEP_STATE else None
+        )
 
 
 class CorrelationLogic(StatefulBatchLogic):
@@ -249,7 +256,9 @@ def build_flow(source, settings: Settings, sink) -> Dataflow:
 
     flow = Dataflow("qbtc")
     chunks = op.input("read", flow, source)
-    dead_on_read = op.filter_map("dead_on_read", chunks, lambda c: ("dead_letters", c.dead) if c.dead else None)
+    dead_on_read = op.filter_map(
+        "dead_on_read", chunks, lambda c: ("dead_letters", c.dead) if c.dead else None
+    )
     per_symbol = op.flat_map("split_symbols", chunks, _split)
     symbol_out = op.stateful_batch(
         "bars_features",
@@ -259,7 +268,9 @@ def build_flow(source, settings: Settings, sink) -> Dataflow:
     symbol_out = op.key_rm("unkey_symbols", symbol_out)
     routed = op.branch("route_progress", symbol_out, lambda item: item[0] == "progress")
     progress = op.map("key_progress", routed.trues, lambda item: ("grid", item[1]))
-    corr_out = op.stateful_batch("correlations", progress, lambda resume: CorrelationLogic(corr_settings, resume))
+    corr_out = op.stateful_batch(
+        "correlations", progress, lambda resume: CorrelationLogic(corr_settings, resume)
+    )
     corr_out = op.key_rm("unkey_grid", corr_out)
     store_items = op.merge("store_items", dead_on_read, routed.falses, corr_out)
     op.output("store", store_items, sink)
@@ -284,7 +295,9 @@ def stderr_progress(p: Progress) -> None:
     sys.stderr.flush()
 
 
-def replay(source_inputs: list[ChunkFactory], settings: Settings, dsn: str | None, progress: Progress) -> RowCounter:
+def replay(
+    source_inputs: list[ChunkFactory], settings: Settings, dsn: str | None, progress: Progress
+) -> RowCounter:
     """Run the flow over inputs into the store at ``dsn`` (None: the null sink)."""
     counter = RowCounter()
     sink = StoreSink(dsn, counter, settings.store.batch_rows)

@@ -81,8 +81,10 @@ class BarBuilder:
     ...          Tick(800, "X", 9.0, 1.0, trade_id="4"),
     ...          Tick(1600, "X", 11.0, 2.0, trade_id="3")]
     >>> up = b.update(TickColumns.from_ticks(ticks, "t.csv", 2))
-    >>> up.rejected
-    [(3, 'late', 'ts 800 falls in bar 0 ending 1000 <= watermark 1500'), (4, 'duplicate', 'trade_id 3 repeats an earlier tick')]
+    >>> for row in up.rejected:
+    ...     print(row)
+    (3, 'late', 'ts 800 falls in bar 0 ending 1000 <= watermark 1500')
+    (4, 'duplicate', 'trade_id 3 repeats an earlier tick')
     >>> up.closed
     [Bar(symbol='X', ts=0, open=10.0, high=12.0, low=10.0, close=12.0, volume=2.0, vwap=11.0, trades=2)]
     >>> b.flush()
@@ -173,7 +175,14 @@ class BarBuilder:
             for j in np.flatnonzero(late).tolist():
                 i = j if cand is None else int(cand[j])
                 wm = int(prev_max[j]) - st.allowed_lateness_ms
-                rejected.append((i, LATE, f"ts {int(ts[i])} falls in bar {int(bars[j])} ending {int((bars[j] + 1) * d)} <= watermark {wm}"))
+                rejected.append(
+                    (
+                        i,
+                        LATE,
+                        f"ts {int(ts[i])} falls in bar {int(bars[j])} ending "
+                        f"{int((bars[j] + 1) * d)} <= watermark {wm}",
+                    )
+                )
             keep_local = np.flatnonzero(~late)
             keep = keep_local if cand is None else cand[keep_local]
         else:
@@ -221,8 +230,15 @@ class BarBuilder:
             bar = open_bars.get(k)
             if bar is None:
                 open_bars[k] = [
-                    int(ts[s]), float(price[s]), float(highs[g]), float(lows[g]),
-                    int(ts[e]), float(price[e]), float(vols[g]), float(pvs[g]), int(counts[g]),
+                    int(ts[s]),
+                    float(price[s]),
+                    float(highs[g]),
+                    float(lows[g]),
+                    int(ts[e]),
+                    float(price[e]),
+                    float(vols[g]),
+                    float(pvs[g]),
+                    int(counts[g]),
                 ]
                 continue
             if ts[s] < bar[0]:
@@ -240,7 +256,9 @@ class BarBuilder:
         return [self._bar(k, self.open_bars.pop(k)) for k in ready]
 
     def _bar(self, k: int, b: list) -> Bar:
-        return Bar(self.symbol, k * self.settings.interval_ms, b[1], b[2], b[3], b[5], b[6], b[7] / b[6], b[8])
+        return Bar(
+            self.symbol, k * self.settings.interval_ms, b[1], b[2], b[3], b[5], b[6], b[7] / b[6], b[8]
+        )
 
     def _rotate_ids(self) -> None:
         wm = self.watermark

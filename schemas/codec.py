@@ -31,10 +31,7 @@ RECORD_TYPES: dict[str, type] = {
     "dead_letter": DeadLetter,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
-_FIELDS = {
-    cls: tuple((f.name, f.type) for f in dataclasses.fields(cls))
-    for cls in RECORD_TYPES.values()
-}
+_FIELDS = {cls: tuple((f.name, f.type) for f in dataclasses.fields(cls)) for cls in RECORD_TYPES.values()}
 _PY_TYPES = {"int": (int,), "float": (float, int), "str": (str,), "bytes": (str,)}
 
 

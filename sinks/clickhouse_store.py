@@ -148,4 +148,6 @@ class Store:
     def counts(self, final: bool = True) -> dict[str, int]:
         """Rows per table (merged with FINAL unless told otherwise)."""
         fin = " FINAL" if final else ""
-        return {name: int(self.query(f"SELECT count() FROM {name}{fin}").result_rows[0][0]) for name in TABLES}
+        return {
+            name: int(self.query(f"SELECT count() FROM {name}{fin}").result_rows[0][0]) for name in TABLES
+        }

@@ -48,7 +48,9 @@ class RowCounter:
 def _dictionary(values: np.ndarray) -> pa.Array:
     """An object array of str as an Arrow dictionary array (LowCardinality)."""
     if len(values) and values[0] == values[-1] and (values == values[0]).all():
-        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(values), np.int32)), pa.array([values[0]]))
+        return pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(len(values), np.int32)), pa.array([values[0]])
+        )
     return pa.array(values, pa.string()).dictionary_encode()
 
 

@@ -298,7 +298,9 @@ class TickFileReader:
                 s = sym_names[sym_codes[i]]
                 sd = "" if names is None else names[side_idx[i]]
                 problem = value_problem(int(ts[i]), s, float(price[i]), float(qty[i]), sd)
-                dead.append(self._dead(now, numbers[i], VALUE, problem or "invalid", block[starts[i] : ends[i]]))
+                dead.append(
+                    self._dead(now, numbers[i], VALUE, problem or "invalid", block[starts[i] : ends[i]])
+                )
         raw = RawSlices(block, starts, ends)
         good = ~bad
         codes = np.where(good, sym_codes, -1)
@@ -349,8 +351,16 @@ class TickFileReader:
             cols = TickColumns.from_ticks(ticks, self.path)
             batches.append(
                 TickColumns(
-                    symbol, cols.ts, cols.price, cols.qty, cols.side, cols.trade_id, cols.exchange,
-                    self.path, numbers[idx], RawSlices(block, starts[idx], ends[idx]),
+                    symbol,
+                    cols.ts,
+                    cols.price,
+                    cols.qty,
+                    cols.side,
+                    cols.trade_id,
+                    cols.exchange,
+                    self.path,
+                    numbers[idx],
+                    RawSlices(block, starts[idx], ends[idx]),
                 )
             )
         return batches, dead
@@ -386,4 +396,3 @@ class TickFileReader:
 
 def _symbol_ok(symbol: str) -> bool:
     return bool(symbol) and len(symbol) <= MAX_SYMBOL_LEN and symbol.isprintable()
-

@@ -26,6 +26,7 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(__file__))
 
 import spec_reference as ref  # noqa: E402
+
 from flows.config import load_settings  # noqa: E402
 from flows.pipeline import Progress, file_inputs, replay  # noqa: E402
 from sources.simulator import DEFAULT_SYMBOLS, SimulatorSettings, write_csv  # noqa: E402
@@ -70,7 +71,9 @@ def timed(label: str, fn, *args) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ticks", type=int, default=2_000_000)
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--skip-naive", action="store_true")
@@ -81,7 +84,10 @@ def main() -> None:
         path = os.path.join(tmp, "ticks.csv")
         duration = 1800.0
         sim = SimulatorSettings(
-            symbols=DEFAULT_SYMBOLS[: args.symbols], duration_s=duration, trades_per_s=args.ticks / duration, seed=11
+            symbols=DEFAULT_SYMBOLS[: args.symbols],
+            duration_s=duration,
+            trades_per_s=args.ticks / duration,
+            seed=11,
         )
         rows = write_csv(path, sim)
         size = os.path.getsize(path) / 1e6

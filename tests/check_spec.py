@@ -10,9 +10,9 @@ import sys
 
 import numpy as np
 import pandas as pd
-
 import spec_reference as ref
 from flow_harness import run_files
+
 from flows.config import load_settings
 
 FEATURE_COLS = ["ret", "volatility", "entropy", "var95", "es95", "qvar95"]
@@ -38,8 +38,13 @@ def compare(got: pd.DataFrame, want: pd.DataFrame, keys: list[str], cols: list[s
             rel = max(rel, float((diff[nz] / scale[nz]).max()))
         within &= bool(np.all(diff <= 1e-12 + 1e-9 * scale))
     return {
-        "rows": len(g), "expected": len(w), "missing": len(missing), "extra": len(extra),
-        "max_rel": rel, "max_abs": absdiff, "within_spec": within,
+        "rows": len(g),
+        "expected": len(w),
+        "missing": len(missing),
+        "extra": len(extra),
+        "max_rel": rel,
+        "max_abs": absdiff,
+        "within_spec": within,
     }
 
 

@@ -120,5 +120,7 @@ def correlations(bar_df: pd.DataFrame, d_ms: int, window: int, every: int) -> pd
                 xb = win[b].to_numpy()
                 if np.all(xb == xb[0]):
                     continue
-                rows.append({"ts": k * d_ms, "symbol_a": a, "symbol_b": b, "corr": float(np.corrcoef(xa, xb)[0, 1])})
+                rows.append(
+                    {"ts": k * d_ms, "symbol_a": a, "symbol_b": b, "corr": float(np.corrcoef(xa, xb)[0, 1])}
+                )
     return pd.DataFrame(rows, columns=["ts", "symbol_a", "symbol_b", "corr"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 
 import pytest
-
 from flow_harness import run_files
 
 T = 1_700_000_000_000
@@ -45,7 +44,11 @@ CSV_CORPUS: list[tuple[bytes, str | None]] = [
 
 JSONL_CORPUS: list[tuple[bytes, str | None]] = [
     (b'{"ts": %d, "symbol": "SOL/USDT", "price": 50.5, "qty": 2}' % T, None),
-    (b'{"ts": "2023-11-14T22:13:20.010+00:00", "symbol": "SOL/USDT", "price": "50.6", "qty": 1, "side": "sell"}', None),
+    (
+        b'{"ts": "2023-11-14T22:13:20.010+00:00", "symbol": "SOL/USDT", '
+        b'"price": "50.6", "qty": 1, "side": "sell"}',
+        None,
+    ),
     (b'{"ts": %d, "symbol": "SOL/USDT", "price": 50.7' % T, "parse"),
     (b"[1, 2, 3]", "parse"),
     (b'{"ts": %d, "symbol": "SOL/USDT", "price": NaN, "qty": 1}' % T, "parse"),
@@ -82,7 +85,11 @@ def _line_numbers(header: bool, corpus) -> list[int]:
 
 @pytest.mark.parametrize(
     ("name", "header", "corpus"),
-    [("ticks.csv", HEADER, CSV_CORPUS), ("ticks.csv.gz", HEADER, CSV_CORPUS), ("ticks.jsonl", b"", JSONL_CORPUS)],
+    [
+        ("ticks.csv", HEADER, CSV_CORPUS),
+        ("ticks.csv.gz", HEADER, CSV_CORPUS),
+        ("ticks.jsonl", b"", JSONL_CORPUS),
+    ],
 )
 def test_every_bad_record_is_a_dead_letter_with_its_reason(tmp_path, name, header, corpus):
     path = tmp_path / name

@@ -11,8 +11,9 @@ T = 1_700_000_000_000
 
 
 def qbtc(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["replay"], ["sql"], ["simulate"]])
@@ -70,10 +71,16 @@ def test_replay_twice_leaves_every_key_once(tmp_path):
         out = qbtc("replay", str(path), "--store", store, "--config", str(conf), "--quiet")
         assert out.returncode == 0, out.stderr
     counts = {}
-    for table, key in [("ticks", "exchange, symbol, trade_id, ts, price, qty, seq"), ("bars", "symbol, ts"),
-                       ("features", "symbol, ts"), ("correlations", "ts, symbol_a, symbol_b"),
-                       ("dead_letters", "source")]:
-        out = qbtc("sql", f"SELECT count(), uniqExact({key}) FROM {table} FINAL", "--store", store, "--format", "csv")
+    for table, key in [
+        ("ticks", "exchange, symbol, trade_id, ts, price, qty, seq"),
+        ("bars", "symbol, ts"),
+        ("features", "symbol, ts"),
+        ("correlations", "ts, symbol_a, symbol_b"),
+        ("dead_letters", "source"),
+    ]:
+        out = qbtc(
+            "sql", f"SELECT count(), uniqExact({key}) FROM {table} FINAL", "--store", store, "--format", "csv"
+        )
         assert out.returncode == 0, out.stderr
         total, unique = map(int, out.stdout.splitlines()[1].split(","))
         assert total == unique > 0, table
@@ -92,8 +99,19 @@ def test_sql_prints_a_table(tmp_path):
 
 
 def test_run_small_market(tmp_path):
-    out = qbtc("run", "--quiet", "--set", "simulator.duration_s=420", "--set", "simulator.trades_per_s=200",
-               "--set", "features.window=60", "--set", "features.corr_window=120", cwd=tmp_path)
+    out = qbtc(
+        "run",
+        "--quiet",
+        "--set",
+        "simulator.duration_s=420",
+        "--set",
+        "simulator.trades_per_s=200",
+        "--set",
+        "features.window=60",
+        "--set",
+        "features.corr_window=120",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     for table in ("ticks", "bars", "features", "correlations"):
         line = next(x for x in out.stdout.splitlines() if x.strip().startswith(table))

@@ -7,7 +7,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import REASONS, SCHEMA_VERSION, Bar, Correlation, DeadLetter, Feature, SchemaError, Tick, decode, encode
+from schemas import (
+    REASONS,
+    SCHEMA_VERSION,
+    Bar,
+    Correlation,
+    DeadLetter,
+    Feature,
+    SchemaError,
+    Tick,
+    decode,
+    encode,
+)
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 ints = st.integers(min_value=-(2**53), max_value=2**53)

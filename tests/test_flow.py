@@ -6,13 +6,15 @@ import os
 
 import pandas as pd
 import pytest
-
 from check_spec import check
 from flow_harness import run_files
+
 from sources.simulator import SimulatorSettings, write_csv
 
 SMALL = ["features.window=30", "features.corr_window=40", "features.corr_every=7"]
-REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "binance-trades-2024-08-08T2354Z.csv.gz")
+REAL = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "binance-trades-2024-08-08T2354Z.csv.gz"
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,12 @@ def test_flow_matches_the_spec_with_wider_bars_and_lateness(sim_file):
 
 def _frames(path, workers):
     got, _ = run_files([path], SMALL, workers=workers)
-    keys = {"ticks": ["symbol", "trade_id"], "bars": ["symbol", "ts"], "features": ["symbol", "ts"],
-            "correlations": ["ts", "symbol_a", "symbol_b"]}
+    keys = {
+        "ticks": ["symbol", "trade_id"],
+        "bars": ["symbol", "ts"],
+        "features": ["symbol", "ts"],
+        "correlations": ["ts", "symbol_a", "symbol_b"],
+    }
     return {t: got[t].sort_values(k).reset_index(drop=True) for t, k in keys.items()}
 
 
@@ -61,7 +67,14 @@ def test_same_output_whatever_the_worker_count(sim_file):
 
 @pytest.mark.skipif(not os.path.exists(REAL), reason="../shared/data recordings are not present")
 def test_real_binance_ticks_match_the_spec():
-    result = check(REAL, ["features.bar_interval=1", "features.window=60", "features.corr_window=60",
-                          "features.corr_every=10"])
+    result = check(
+        REAL,
+        [
+            "features.bar_interval=1",
+            "features.window=60",
+            "features.corr_window=60",
+            "features.corr_every=10",
+        ],
+    )
     _assert_exact(result)
     print("real data check:", result)

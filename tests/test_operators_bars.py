@@ -316,9 +316,7 @@ def test_equal_ts_open_and_close_follow_arrival_across_batches() -> None:
         np.testing.assert_allclose([bar.open, bar.close, bar.high, bar.low], [1.0, 4.0, 4.0, 1.0], rtol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "kw", [{"interval_ms": 0}, {"allowed_lateness_ms": -1}, {"dedup_horizon_ms": -1}]
-)
+@pytest.mark.parametrize("kw", [{"interval_ms": 0}, {"allowed_lateness_ms": -1}, {"dedup_horizon_ms": -1}])
 def test_bar_settings_are_validated(kw: dict) -> None:
     with pytest.raises(ValueError):
         BarSettings(**kw)

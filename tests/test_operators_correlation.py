@@ -87,7 +87,9 @@ def chunked_calls(series: Series, chunk: int, seed: int) -> list[list[Call]]:
             calls.append((sym, bars[sent[sym] : j], through, tuple(p for p in present if p != sym)))
             sent[sym] = j
         chunks.append(calls)
-    chunks.append([(s, bars[sent[s] :], bars[-1][0], ()) for s, bars in series.items() if sent[s] < len(bars)])
+    chunks.append(
+        [(s, bars[sent[s] :], bars[-1][0], ()) for s, bars in series.items() if sent[s] < len(bars)]
+    )
     return chunks
 
 
@@ -113,7 +115,9 @@ def assert_correlations_equal(got: list, expected: dict[tuple[int, str, str], fl
     assert all(a < b for _, a, b in keys)
     missing = sorted(set(expected) - set(keys))
     extra = sorted(set(keys) - set(expected))
-    assert not missing and not extra, f"missing {missing[:5]} (of {len(missing)}), extra {extra[:5]} (of {len(extra)})"
+    assert not missing and not extra, (
+        f"missing {missing[:5]} (of {len(missing)}), extra {extra[:5]} (of {len(extra)})"
+    )
     got_by_key = {(c.ts, c.symbol_a, c.symbol_b): c.corr for c in got}
     ordered = sorted(expected)
     np.testing.assert_allclose(
@@ -158,7 +162,9 @@ def market(seed: int, n: int = 900) -> Series:
     e = thin(rng, ks_all[5:], 0.5)
     series["EEE"] = [(int(k), 7.0) for k in e]
     f = thin(rng, ks_all[60:], 0.2)
-    series["FFF"] = [(int(k), float(x)) for k, x in zip(f, rng.choice([1.0, 1.01, 1.02], len(f)), strict=True)]
+    series["FFF"] = [
+        (int(k), float(x)) for k, x in zip(f, rng.choice([1.0, 1.01, 1.02], len(f)), strict=True)
+    ]
     return series
 
 
@@ -211,7 +217,9 @@ def test_correlation_grid_output_does_not_depend_on_interleaving(window: int, ev
     rev = run_grid([calls[::-1] for calls in chunks], window, every, order_seed=None)
     assert len(one) > 0
     for other in (two, rev):
-        assert [(c.ts, c.symbol_a, c.symbol_b) for c in other] == [(c.ts, c.symbol_a, c.symbol_b) for c in one]
+        assert [(c.ts, c.symbol_a, c.symbol_b) for c in other] == [
+            (c.ts, c.symbol_a, c.symbol_b) for c in one
+        ]
         np.testing.assert_allclose([c.corr for c in other], [c.corr for c in one], rtol=1e-12, atol=0)
     assert_correlations_equal(one, ref_correlations(series, window, every))
 

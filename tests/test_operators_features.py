@@ -264,7 +264,9 @@ def test_drift_flag_counts_detections_inside_gaps() -> None:
     assert_features_equal(got, expected)
 
 
-@pytest.mark.parametrize(("kw", "match"), [({"window": 2}, "window"), ({"bar_interval_ms": 0}, "bar_interval")])
+@pytest.mark.parametrize(
+    ("kw", "match"), [({"window": 2}, "window"), ({"bar_interval_ms": 0}, "bar_interval")]
+)
 def test_feature_settings_are_validated(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         FeatureSettings(**kw)

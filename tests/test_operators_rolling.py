@@ -34,9 +34,7 @@ def ref_var(win: np.ndarray) -> float:
 
 def ref_entropy(win: np.ndarray) -> float:
     """The spec, literally: stable argsort of each triple, -sum p ln p / ln 6."""
-    patterns = Counter(
-        tuple(np.argsort(win[i : i + 3], kind="stable").tolist()) for i in range(len(win) - 2)
-    )
+    patterns = Counter(tuple(np.argsort(win[i : i + 3], kind="stable").tolist()) for i in range(len(win) - 2))
     m = len(win) - 2
     h = -sum((c / m) * math.log(c / m) for c in patterns.values())
     return h / math.log(6.0)
@@ -302,8 +300,14 @@ def _assert_same(a, b) -> None:
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: RollingVariance(5), lambda: PermutationEntropy(5), lambda: RollingTail(5),
-     lambda: RollingVariance(300), lambda: PermutationEntropy(300), lambda: RollingTail(300)],
+    [
+        lambda: RollingVariance(5),
+        lambda: PermutationEntropy(5),
+        lambda: RollingTail(5),
+        lambda: RollingVariance(300),
+        lambda: PermutationEntropy(300),
+        lambda: RollingTail(300),
+    ],
     ids=["var5", "pe5", "tail5", "var300", "pe300", "tail300"],
 )
 @pytest.mark.parametrize("cut", [2, 4, 450, 777])
