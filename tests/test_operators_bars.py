@@ -13,6 +13,7 @@ Results must not depend on how the stream is cut into batches.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -314,6 +315,22 @@ def test_equal_ts_open_and_close_follow_arrival_across_batches() -> None:
         got = check_against_reference(ticks, cuts, BarSettings(interval_ms=1000))
         (bar,) = [b for batch in got.closed for b in batch] + got.flushed
         np.testing.assert_allclose([bar.open, bar.close, bar.high, bar.low], [1.0, 4.0, 4.0, 1.0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("cut", [1, 150, 399])
+def test_pickle_round_trip_between_batches(cut: int) -> None:
+    """A restored builder (open bars, watermark, remembered ids) continues like the original."""
+    ticks = tick_stream(9, 400, ("binance", "kraken"))
+    st_ = BarSettings(interval_ms=1000, allowed_lateness_ms=400)
+    b = BarBuilder(st_, SYMBOL)
+    b.update(TickColumns.from_ticks(ticks[:cut], "t.csv", first_arrival=0))
+    clone = pickle.loads(pickle.dumps(b))
+    rest = TickColumns.from_ticks(ticks[cut:], "t.csv", first_arrival=cut)
+    u1, u2 = b.update(rest), clone.update(rest)
+    assert [r[:2] for r in u1.rejected] == [r[:2] for r in u2.rejected]
+    assert u1.accepted.arrival.tolist() == u2.accepted.arrival.tolist()
+    assert u1.closed_through == u2.closed_through
+    assert_bars_equal(u2.closed + clone.flush(), u1.closed + b.flush())
 
 
 @pytest.mark.parametrize("kw", [{"interval_ms": 0}, {"allowed_lateness_ms": -1}, {"dedup_horizon_ms": -1}])

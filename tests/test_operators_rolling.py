@@ -142,6 +142,18 @@ def test_rolling_variance_flat_window_after_large_values(x: list[float]) -> None
     np.testing.assert_allclose(rv.std(), np.std(win, ddof=1), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("ratio", [300, 1000, 3000, 1e4, 1e6])
+def test_rolling_std_after_a_volatility_collapse(ratio: float) -> None:
+    """Window 300: 450 values at 1% then 1/ratio as large, std checked at every step."""
+    rng = np.random.default_rng(0)
+    w = 300
+    x = rng.normal(0.0, 1.0, 1050)
+    x[:450] *= 1e-2
+    x[450:] *= 1e-2 / ratio
+    _, std = _feed_variance(x, w)
+    np.testing.assert_allclose(std, np.std(windows(x, w), axis=1, ddof=1), rtol=RTOL, atol=ATOL)
+
+
 def test_rolling_variance_long_stream_has_no_float_drift() -> None:
     rng = np.random.default_rng(7)
     n, w = 200_000, 300
