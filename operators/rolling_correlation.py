@@ -75,7 +75,7 @@ class RollingCorrelation:
         self._since += 1
         diag = self.com.diagonal()
         np.maximum(self.peak, diag, out=self.peak)
-        if self._since >= self.window or (diag < self.peak * 1e-6).any():
+        if self._since >= self.window or (diag < self.peak * 1e-3).any():
             self.refresh()
 
     def rows(self) -> np.ndarray:

@@ -3,7 +3,7 @@
 Welford's add and remove steps keep the mean and the sum of squared
 deviations. Both are recomputed from the window every ``window`` updates, so
 float error cannot build up over long streams, and also as soon as the sum
-falls below 1e-6 of its peak since the last recomputation (a large value
+falls below 1e-3 of its peak since the last recomputation (a large value
 leaving the window), where the running sum would have lost its digits.
 
 >>> rv = RollingVariance(3)
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-CANCELLATION = 1e-6
+CANCELLATION = 1e-3
 """Recompute when the running sum drops below this share of its peak."""
 
 
