@@ -2,7 +2,9 @@
 
 Co-moments are updated in O(N^2) per row with Welford's add and remove
 steps (N columns), whatever the window length, and recomputed from the
-window every ``window`` rows to keep float error from building up.
+window every ``window`` rows to keep float error from building up, and as
+soon as a column's variance falls below 1e-3 of its peak since the last
+recomputation (large rows leaving the window would cost digits).
 
 >>> rc = RollingCorrelation(3, columns=2)
 >>> for row in ([0.1, 0.2], [0.2, 0.1], [0.3, 0.4], [0.5, 0.3]):
