@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -10,7 +11,7 @@ import time
 
 from flows.config import ConfigError, Settings, load_settings
 from schemas.ddl import TABLES
-from sinks.clickhouse_store import Store, StoreError, redact
+from sinks.clickhouse_store import DEFAULT_DSN, Store, StoreError, redact
 from sources.tick_files import InputError
 
 EXAMPLE_SQL = (
@@ -108,18 +109,7 @@ def _with_workers(settings: Settings, workers: int | None) -> Settings:
     if workers < 1:
         msg = "--workers must be >= 1"
         raise UsageError(msg)
-    return load_settings(None, [*_as_overrides(settings), f"run.workers={workers}"])
-
-
-def _as_overrides(settings: Settings) -> list[str]:
-    import dataclasses
-
-    out = []
-    for sec in dataclasses.fields(settings):
-        section = getattr(settings, sec.name)
-        for f in dataclasses.fields(section):
-            out.append(f"{sec.name}.{f.name}={getattr(section, f.name)}")
-    return out
+    return dataclasses.replace(settings, run=dataclasses.replace(settings.run, workers=workers))
 
 
 def _summary(kind: str, store: Store | None, dsn: str, records: int, seconds: float, written) -> None:
@@ -136,7 +126,7 @@ def _summary(kind: str, store: Store | None, dsn: str, records: int, seconds: fl
     for table, n in counts.items():
         out.write(f"  {table:<14}{n:>12,} rows\n")
     path = dsn[len("chdb://") :] if dsn.startswith("chdb://") else None
-    store_arg = "" if dsn == load_settings(None).store.dsn else f" --store {shlex.quote(dsn)}"
+    store_arg = "" if dsn == DEFAULT_DSN else f" --store {shlex.quote(dsn)}"
     if path:
         out.write(f"data: {os.path.abspath(path)}\n")
     out.write(f"try:  qbtc sql {shlex.quote(EXAMPLE_SQL)}{store_arg}\n")

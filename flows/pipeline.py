@@ -64,7 +64,7 @@ class Progress:
 
 
 ChunkFactory = Callable[[int], Iterator[Chunk]]
-"""Makes an input's chunks, resuming after that many records/lines."""
+"""Makes an input's chunks, resuming at a chunk's ``resume_at``."""
 
 
 class _ChunkPartition(StatefulSourcePartition):
@@ -74,7 +74,6 @@ class _ChunkPartition(StatefulSourcePartition):
         self.index, self.skip = resume if resume is not None else (0, 0)
         self.offset_base = 0
         self.it: Iterator[Chunk] | None = None
-        self.lines = self.skip
 
     def next_batch(self) -> list[Chunk]:
         while self.index < len(self.inputs):
@@ -85,18 +84,19 @@ class _ChunkPartition(StatefulSourcePartition):
                 self.offset_base = self.progress.done_bytes
                 self.index += 1
                 self.it = None
-                self.skip = self.lines = 0
+                self.skip = 0
                 continue
             p = self.progress
             p.records += chunk.records
             p.done_bytes = self.offset_base + chunk.position
             p.ticks_dead_on_read += len(chunk.dead)
             p.tick()
+            self.skip = chunk.resume_at
             return [chunk]
         raise StopIteration
 
     def snapshot(self):
-        return (self.index, self.lines)
+        return (self.index, self.skip)
 
 
 class ChunkSource(FixedPartitionedSource):
@@ -148,7 +148,7 @@ def simulator_inputs(settings: Settings) -> tuple[list[ChunkFactory], int]:
             done += n
             if done <= skip:
                 continue
-            yield Chunk(batches, [], n, done)
+            yield Chunk(batches, [], n, done, done)
 
     return [chunks], int(sim.trades_per_s * sim.duration_s)
 

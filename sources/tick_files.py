@@ -73,12 +73,16 @@ class Chunk:
         Records read in this block (blank lines are not records).
     position
         Bytes of the (compressed) file consumed so far.
+    resume_at
+        Lines consumed so far, header included: pass it to
+        :meth:`TickFileReader.chunks` to resume after this chunk.
     """
 
     batches: list[TickColumns]
     dead: list[DeadLetter]
     records: int
     position: int
+    resume_at: int
 
 
 def file_format(path: str) -> str:
@@ -205,7 +209,7 @@ class TickFileReader:
             starts, ends = starts[keep], ends[keep]
             line_no += n_lines
             if len(starts):
-                yield self._parse(block, starts, ends, numbers, raw.tell())
+                yield self._parse(block, starts, ends, numbers, raw.tell(), line_no)
             if eof:
                 return
 
@@ -216,6 +220,10 @@ class TickFileReader:
         if names and names[0] and names[0].lstrip("-").replace(".", "", 1).isdigit():
             self.columns = list(FIELDS)
             return False
+        repeated = sorted({n for n in names if n in FIELDS and names.count(n) > 1})
+        if repeated:
+            msg = f"{self.path}: header names column {', '.join(repeated)} more than once"
+            raise InputError(msg)
         missing = [n for n in REQUIRED if n not in names]
         if missing:
             msg = f"{self.path}: header has no column {', '.join(missing)} (found {', '.join(names)})"
@@ -223,21 +231,17 @@ class TickFileReader:
         self.columns = names
         return True
 
-    def _parse(self, block, starts, ends, numbers, position) -> Chunk:
-        if self.format == "csv":
-            fast = self._fast_csv(block, starts, ends, numbers)
-            if fast is not None:
-                return Chunk(fast[0], fast[1], len(starts), position)
-        batches, dead = self._slow(block, starts, ends, numbers)
-        return Chunk(batches, dead, len(starts), position)
+    def _parse(self, block, starts, ends, numbers, position, resume_at) -> Chunk:
+        parsed = self._fast_csv(block, starts, ends, numbers) if self.format == "csv" else None
+        if parsed is None:
+            parsed = self._slow(block, starts, ends, numbers)
+        return Chunk(parsed[0], parsed[1], len(starts), position, resume_at)
 
     # -- fast path ----------------------------------------------------------
 
     def _fast_csv(self, block, starts, ends, numbers):
         cols = self.columns
         wanted = {c: _ARROW_TYPES[c] for c in cols if c in _ARROW_TYPES}
-        if len(wanted) != len(set(wanted)):
-            return None
         try:
             table = pacsv.read_csv(
                 io.BytesIO(block),
