@@ -118,3 +118,25 @@ def test_run_small_market(tmp_path):
         assert int(line.split()[1].replace(",", "")) > 0, line
     assert "qbtc sql" in out.stdout
     assert (tmp_path / "var" / "qbtc.chdb").is_dir()
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "sql",
+            "SELECT number FROM numbers(200000)",
+            "--store",
+            f"chdb://{tmp_path}/s.chdb",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err
+    assert proc.returncode == 141
