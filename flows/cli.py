@@ -1,4 +1,4 @@
-"""The ``qbtc`` command line: run, replay, sql, simulate."""
+"""The ``qbtc`` command line: run, replay, sql, simulate; kafka, publish, stream, record."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shlex
 import sys
 import time
 
-from flows.config import ConfigError, Settings, load_settings
+from flows.config import ConfigError, Settings, load_settings, scrub
 from schemas.ddl import TABLES
 from sinks.clickhouse_store import DEFAULT_DSN, Store, StoreError, redact
 from sources.tick_files import InputError
@@ -44,6 +44,100 @@ def _common(p: argparse.ArgumentParser, store: bool = True) -> None:
     )
 
 
+def _cluster(p) -> None:
+    p.add_argument("--recovery-dir", metavar="DIR", help="Bytewax recovery partitions (resume after a crash)")
+    p.add_argument(
+        "--snapshot-interval", type=float, metavar="S", help="seconds between snapshots (default 10)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on 127.0.0.1:PORT"
+    )
+    p.add_argument("--process-id", type=int, metavar="I", help="this process's index in a cluster")
+    p.add_argument(
+        "--addresses", metavar="HOST:PORT;...", help="every cluster process's address, in process-id order"
+    )
+
+
+def _kafka_parsers(sub) -> None:
+    kafka = sub.add_parser(
+        "kafka",
+        help="a local Apache Kafka broker (up/down/status) and qbtc's topics",
+        description="Start, stop or inspect a local Apache Kafka 4.x broker (KRaft, jars from Maven "
+        "Central, cached after the first download), and create qbtc's topics.",
+    )
+    ksub = kafka.add_subparsers(dest="kafka_command", metavar="ACTION", required=True)
+    try:
+        from infra.kafka.broker import configure
+    except ImportError:  # pragma: no cover - the broker module ships with qbtc
+        configure = None
+    if configure is not None:
+        configure(ksub)
+    topics = ksub.add_parser(
+        "topics",
+        help="create qbtc's topics where missing (ticks, bars, features, correlations, dead-letters)",
+        description="Create the topics idempotently; existing topics are left as they are.",
+    )
+    topics.add_argument("--kafka", metavar="BROKERS", help="bootstrap servers (default from config)")
+    topics.add_argument("--partitions", type=int, help="partitions of new topics (default kafka.partitions)")
+    _common(topics, store=False)
+    topics.set_defaults(func=cmd_kafka_topics)
+
+    pub = sub.add_parser(
+        "publish",
+        help="publish tick files or the simulator onto the ticks topic",
+        description="Publish ticks (key = symbol, value = the codec's tick record) with delivery "
+        "reports; records rejected while reading go to the dead-letters topic.",
+    )
+    pub.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="tick files (CSV or JSON Lines, optionally .gz)"
+    )
+    pub.add_argument(
+        "--simulate", action="store_true", help="publish the [simulator] market instead of files"
+    )
+    pub.add_argument("--kafka", metavar="BROKERS", help="bootstrap servers (default from config)")
+    pub.add_argument("--topic", help="tick topic (default: <prefix>ticks)")
+    pub.add_argument(
+        "--rate", type=float, metavar="N", help="ticks per second (default: as fast as possible)"
+    )
+    pub.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _common(pub, store=False)
+
+    st = sub.add_parser(
+        "stream",
+        help="the features flow on Kafka: ticks topic -> bars/features/correlations topics + store",
+        description="Run the features flow on the ticks topic until stopped (or --until-end), writing "
+        "the output topics and the store. With --recovery-dir a restart resumes where it stopped.",
+    )
+    _common(st)
+    st.add_argument("--kafka", metavar="BROKERS", help="bootstrap servers (default from config)")
+    st.add_argument("--topic", help="tick topic (default: <prefix>ticks)")
+    st.add_argument("--workers", type=int, help="worker threads per process (default 1)")
+    st.add_argument("--null-sink", action="store_true", help="store nothing (topics still written)")
+    st.add_argument("--until-end", action="store_true", help="stop at the end offsets found at start")
+    st.add_argument("--from-offset", type=int, metavar="O", help="start every partition at offset O")
+    st.add_argument(
+        "--from-ts", metavar="T", help="start at record time T (epoch ms or ISO-8601 with offset)"
+    )
+    st.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _cluster(st)
+
+    rec = sub.add_parser(
+        "record",
+        help="record live trades from an exchange (ccxt) to the ticks topic or a file",
+        description="Watch an exchange's trades through ccxt (websocket watch_trades, or polling "
+        "fetch_trades where that is unavailable) and write them as ticks.",
+    )
+    rec.add_argument("--exchange", required=True, help="ccxt exchange id, e.g. binance")
+    rec.add_argument("--symbols", required=True, help="comma-separated ccxt symbols, e.g. BTC/USDT,ETH/USDT")
+    rec.add_argument(
+        "--to", required=True, metavar="TARGET", help="kafka://BROKERS[/TOPIC] or a file (.csv, .jsonl, .gz)"
+    )
+    rec.add_argument("--poll", action="store_true", help="poll fetch_trades instead of websockets")
+    rec.add_argument("--max-ticks", type=int, help="stop after this many ticks")
+    rec.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    _common(rec, store=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qbtc",
@@ -68,11 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay tick files (CSV or JSON Lines, optionally .gz) through the "
         "pipeline into the store. Columns: ts,symbol,price,qty[,side,trade_id,exchange].",
     )
-    rep.add_argument("inputs", nargs="+", metavar="INPUT", help="tick files, read in the order given")
+    rep.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="tick files, read in the order given, or one recorded topic kafka://BROKERS/TOPIC",
+    )
     _common(rep)
     rep.add_argument("--workers", type=int, help="worker threads (default 1)")
     rep.add_argument("--null-sink", action="store_true", help="compute everything, store nothing")
     rep.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    topic = rep.add_argument_group("topic replays (kafka://)")
+    topic.add_argument("--from-offset", type=int, metavar="O", help="start every partition at offset O")
+    topic.add_argument(
+        "--from-ts", metavar="T", help="start at record time T (epoch ms or ISO-8601 with offset)"
+    )
+    topic.add_argument("--to-ts", metavar="T", help="stop before record time T")
+    topic.add_argument(
+        "--outputs", action="store_true", help="also write the bars/features/... topics (default: store only)"
+    )
+    _cluster(topic)
+
+    _kafka_parsers(sub)
 
     sql = sub.add_parser(
         "sql",
@@ -146,9 +257,58 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _time_arg(name: str, value: str | None) -> int | None:
+    from schemas.validation import Rejected, parse_ts
+
+    if value is None:
+        return None
+    try:
+        return parse_ts(value)
+    except Rejected as exc:
+        msg = f"{name}: {exc.message}"
+        raise UsageError(msg) from None
+
+
+def _kafka_settings(args, settings: Settings) -> Settings:
+    """Settings with the command line's Kafka and cluster options applied."""
+    from flows.kafka_flow import with_brokers
+
+    settings = with_brokers(settings, getattr(args, "kafka", None))
+    changes = {}
+    if getattr(args, "recovery_dir", None):
+        changes["recovery_dir"] = args.recovery_dir
+    if getattr(args, "snapshot_interval", None) is not None:
+        if args.snapshot_interval <= 0:
+            msg = "--snapshot-interval must be > 0"
+            raise UsageError(msg)
+        changes["snapshot_interval_s"] = args.snapshot_interval
+    if getattr(args, "metrics_port", None) is not None:
+        changes["metrics_port"] = args.metrics_port
+    if changes:
+        settings = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, **changes))
+    return settings
+
+
+def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outputs: bool, kind: str) -> int:
+    from flows.kafka_flow import execution_from, stream
+    from flows.pipeline import Progress, stderr_progress
+
+    execution = execution_from(settings, args.process_id, args.addresses)
+    progress = Progress(report=None if args.quiet else stderr_progress)
+    start = time.perf_counter()
+    metrics = stream(settings, topic, span, dsn, execution, outputs=outputs, progress=progress)
+    seconds = time.perf_counter() - start
+    owns_store = dsn is not None and any(metrics.rows.values())
+    store = Store(dsn) if owns_store else None
+    _summary(kind, store, dsn or "", metrics.records, seconds, dict(metrics.rows))
+    return 0
+
+
 def cmd_replay(args) -> int:
     from flows.pipeline import Progress, file_inputs, replay, stderr_progress
 
+    if args.inputs[0].startswith("kafka://"):
+        return _replay_topic(args)
     settings = _with_workers(_settings(args), args.workers)
     dsn = None if args.null_sink else _dsn(args, settings)
     inputs, total = file_inputs(args.inputs, settings)
@@ -158,6 +318,97 @@ def cmd_replay(args) -> int:
     counter = replay(inputs, settings, dsn, progress)
     _summary("replay", store, dsn or "", progress.records, time.perf_counter() - start, dict(counter.rows))
     return 0
+
+
+def _replay_topic(args) -> int:
+    from flows.kafka_flow import KafkaUrl, topic_names
+    from sources.kafka_ticks import TopicRange
+
+    if len(args.inputs) != 1:
+        msg = "a topic replay takes one kafka://BROKERS/TOPIC input"
+        raise UsageError(msg)
+    url = KafkaUrl.parse(args.inputs[0])
+    args.kafka = url.brokers
+    settings = _kafka_settings(args, _with_workers(_settings(args), args.workers))
+    topic = url.topic or topic_names(settings.kafka)["ticks"]
+    try:
+        span = TopicRange(
+            args.from_offset, _time_arg("--from-ts", args.from_ts), _time_arg("--to-ts", args.to_ts), True
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    dsn = None if args.null_sink else _dsn(args, settings)
+    return _run_topic(args, settings, topic, span, dsn, args.outputs, "replay")
+
+
+def cmd_stream(args) -> int:
+    from flows.kafka_flow import topic_names
+    from sources.kafka_ticks import TopicRange
+
+    settings = _kafka_settings(args, _with_workers(_settings(args), args.workers))
+    topic = args.topic or topic_names(settings.kafka)["ticks"]
+    try:
+        span = TopicRange(args.from_offset, _time_arg("--from-ts", args.from_ts), None, args.until_end)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    dsn = None if args.null_sink else _dsn(args, settings)
+    return _run_topic(args, settings, topic, span, dsn, True, "stream")
+
+
+def cmd_kafka(args) -> int:
+    return args.func(args)
+
+
+def cmd_kafka_topics(args) -> int:
+    from flows.kafka_flow import ensure
+
+    settings = _kafka_settings(args, _settings(args))
+    if args.partitions is not None:
+        if args.partitions < 1:
+            msg = "--partitions must be >= 1"
+            raise UsageError(msg)
+        kafka = dataclasses.replace(settings.kafka, partitions=args.partitions)
+        settings = dataclasses.replace(settings, kafka=kafka)
+    for name, state in ensure(settings).items():
+        sys.stdout.write(f"{name:<28}{state}\n")
+    return 0
+
+
+def _publish_progress(report) -> None:
+    rate = report.ticks / report.seconds if report.seconds > 0 else 0.0
+    end = "\r" if sys.stderr.isatty() else "\n"
+    sys.stderr.write(f"qbtc: published {report.ticks:,} ticks, {rate:,.0f} ticks/s{end}")
+    sys.stderr.flush()
+
+
+def cmd_publish(args) -> int:
+    from flows.kafka_flow import ensure, publish, topic_names
+    from flows.pipeline import file_inputs, simulator_inputs
+
+    settings = _kafka_settings(args, _settings(args))
+    if args.simulate == bool(args.inputs):
+        msg = "give tick files or --simulate (one of the two)"
+        raise UsageError(msg)
+    if args.rate is not None and args.rate <= 0:
+        msg = "--rate must be > 0"
+        raise UsageError(msg)
+    inputs = simulator_inputs(settings)[0] if args.simulate else file_inputs(args.inputs, settings)[0]
+    topic = args.topic or topic_names(settings.kafka)["ticks"]
+    ensure(settings, topic)
+    report = publish(settings, inputs, topic, args.rate, None if args.quiet else _publish_progress)
+    rate = report.ticks / report.seconds if report.seconds > 0 else 0.0
+    sys.stdout.write(
+        f"published {report.ticks:,} ticks to {topic} in {report.seconds:.1f} s ({rate:,.0f} ticks/s), "
+        f"all acknowledged; {report.dead:,} dead letters to {topic_names(settings.kafka)['dead_letters']}\n"
+    )
+    return 0
+
+
+def cmd_record(args) -> int:
+    from flows.recording import record_command
+
+    settings = _kafka_settings(args, _settings(args))
+    return record_command(args, settings)
 
 
 def _cell(value) -> str:
@@ -207,17 +458,53 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "replay": cmd_replay, "sql": cmd_sql, "simulate": cmd_simulate}
+COMMANDS = {
+    "run": cmd_run,
+    "replay": cmd_replay,
+    "sql": cmd_sql,
+    "simulate": cmd_simulate,
+    "kafka": cmd_kafka,
+    "publish": cmd_publish,
+    "stream": cmd_stream,
+    "record": cmd_record,
+}
+
+
+def _failures() -> tuple[type, ...]:
+    """Errors of the outside world (broker, delivery): a message and exit code 1."""
+    from confluent_kafka import KafkaException
+
+    from infra.kafka_topics import TopicError
+    from sinks.kafka_producer import DeliveryError
+
+    kinds: list[type] = [KafkaException, TopicError, DeliveryError]
+    try:
+        from infra.kafka.broker import BrokerError
+
+        kinds.append(BrokerError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    settings_for_scrub = None
+    try:
+        settings_for_scrub = load_settings(getattr(args, "config", None), getattr(args, "overrides", []))
+    except ConfigError:
+        pass
     try:
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, InputError, StoreError) as exc:
-        sys.stderr.write(f"qbtc {args.command}: error: {exc}\n")
+        text = str(exc) if settings_for_scrub is None else scrub(str(exc), settings_for_scrub)
+        sys.stderr.write(f"qbtc {args.command}: error: {text}\n")
         return 2
+    except _failures() as exc:
+        text = str(exc) if settings_for_scrub is None else scrub(str(exc), settings_for_scrub)
+        sys.stderr.write(f"qbtc {args.command}: failed: {text}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"qbtc {args.command}: interrupted\n")
         return 130

@@ -1,6 +1,9 @@
 """Typed settings from a TOML file plus ``--set section.key=value`` overrides.
 
-Parsed once at start-up; every key has the metric spec's default.
+Parsed once at start-up; every key has the metric spec's default. Precedence:
+defaults, then the file, then ``QBTC_<SECTION>_<KEY>`` environment variables
+(how secrets should arrive), then ``--set``. ``[kafka.consumer]`` and
+``[kafka.producer]`` pass librdkafka settings through as they are.
 
 >>> s = load_settings(None, ["features.window=60", "features.bar_interval=1"])
 >>> (s.features.window, s.features.corr_every)
@@ -10,7 +13,9 @@ Parsed once at start-up; every key has the metric spec's default.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sinks.clickhouse_store import DEFAULT_DSN
@@ -67,6 +72,70 @@ class RunConfig:
     progress: bool = True
 
 
+class Secret:
+    """A string that never shows itself in reprs, messages or logs.
+
+    >>> s = Secret("hunter2")
+    >>> s, str(s), s.reveal()
+    (Secret('***'), '***', 'hunter2')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = "") -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    def __str__(self) -> str:
+        return "***" if self._value else ""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """``[kafka]``: the cluster, topics, client security and tuning, recovery, metrics.
+
+    Secrets (``sasl_password``, ``ssl_key_password``) belong in the
+    environment: ``QBTC_KAFKA_SASL_PASSWORD``. ``consumer`` and ``producer``
+    are librdkafka settings passed through (``[kafka.producer]`` tables or
+    ``--set kafka.producer.linger.ms=20``).
+    """
+
+    brokers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication: int = 1
+    consume_batch: int = 20_000
+    timeout_s: float = 30.0
+    security_protocol: str = ""
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: Secret = Secret()
+    ssl_ca_location: str = ""
+    ssl_certificate_location: str = ""
+    ssl_key_location: str = ""
+    ssl_key_password: Secret = Secret()
+    consumer: dict = field(default_factory=dict)
+    producer: dict = field(default_factory=dict)
+    recovery_dir: str = ""
+    recovery_partitions: int = 1
+    snapshot_interval_s: float = 10.0
+    metrics_port: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
@@ -74,6 +143,7 @@ class Settings:
     store: StoreConfig = field(default_factory=StoreConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
 
 def _coerce(section: str, key: str, ftype: str, value):
@@ -102,12 +172,58 @@ def _coerce(section: str, key: str, ftype: str, value):
     elif ftype == "str":
         if isinstance(value, str):
             return value
+    elif ftype == "Secret":
+        if isinstance(value, Secret):
+            return value
+        if isinstance(value, str):
+            return Secret(value)
+        msg = f"{where} must be a string"  # never echo a secret
+        raise ConfigError(msg)
+    elif ftype == "dict":
+        if isinstance(value, dict) and all(
+            isinstance(v, (str, int, float, bool)) and not isinstance(v, dict) for v in value.values()
+        ):
+            return {str(k): v for k, v in value.items()}
+        msg = f"{where} must be a table of librdkafka settings"
+        raise ConfigError(msg)
     msg = f"{where} must be {ftype}, got {value!r}"
     raise ConfigError(msg)
 
 
-def load_settings(path: str | None, overrides: list[str] | None = None) -> Settings:
-    """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides."""
+ENV_PREFIX = "QBTC_"
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """``QBTC_SECTION_KEY=value`` variables as (section, key, value)."""
+    sections = {
+        f.name: {g.name for g in dataclasses.fields(f.default_factory)} for f in dataclasses.fields(Settings)
+    }
+    out = []
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section, keys in sections.items():
+            key = rest[len(section) + 1 :]
+            if rest.startswith(section + "_") and key in keys:
+                out.append((section, key, value))
+    return out
+
+
+def _put(raw: dict, section: str, key: str, value) -> None:
+    table = raw.setdefault(section, {})
+    head, dot, tail = key.partition(".")
+    if section == "kafka" and dot and head in ("consumer", "producer"):
+        table.setdefault(head, {})[tail] = value
+    else:
+        table[key] = value
+
+
+def load_settings(
+    path: str | None, overrides: list[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, the TOML file at ``path``, ``QBTC_*`` variables of ``env``
+    (default ``os.environ``), then ``section.key=value`` overrides."""
     raw: dict[str, dict] = {}
     if path is not None:
         try:
@@ -119,13 +235,15 @@ def load_settings(path: str | None, overrides: list[str] | None = None) -> Setti
         except tomllib.TOMLDecodeError as exc:
             msg = f"config {path} is not valid TOML: {exc}"
             raise ConfigError(msg) from None
+    for section, key, value in _env_overrides(os.environ if env is None else env):
+        _put(raw, section, key, value)
     for item in overrides or []:
         name, sep, value = item.partition("=")
         section, dot, key = name.strip().partition(".")
         if not sep or not dot:
-            msg = f"--set {item!r}: expected section.key=value"
+            msg = f"--set {item.partition('=')[0]!r}=...: expected section.key=value"
             raise ConfigError(msg)
-        raw.setdefault(section, {})[key] = value.strip()
+        _put(raw, section, key, value.strip())
     sections = {}
     for sec_field in dataclasses.fields(Settings):
         cls = sec_field.default_factory
@@ -164,7 +282,92 @@ def _validate(s: Settings) -> None:
         (s.input.block_bytes >= 4096, "input.block_bytes must be >= 4096"),
         (s.simulator.symbols >= 1, "simulator.symbols must be >= 1"),
         (s.simulator.duration_s > 0, "simulator.duration_s must be > 0"),
+        (s.kafka.partitions >= 1, "kafka.partitions must be >= 1"),
+        (s.kafka.replication >= 1, "kafka.replication must be >= 1"),
+        (s.kafka.consume_batch >= 1, "kafka.consume_batch must be >= 1"),
+        (s.kafka.timeout_s > 0, "kafka.timeout_s must be > 0"),
+        (s.kafka.recovery_partitions >= 1, "kafka.recovery_partitions must be >= 1"),
+        (s.kafka.snapshot_interval_s > 0, "kafka.snapshot_interval_s must be > 0"),
+        (0 <= s.kafka.metrics_port <= 65535, "kafka.metrics_port must be 0 (off) or a port"),
+        (bool(s.kafka.brokers.strip()), "kafka.brokers must name at least one broker"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+_SECURITY_KEYS = (
+    ("security_protocol", "security.protocol"),
+    ("sasl_mechanism", "sasl.mechanism"),
+    ("sasl_username", "sasl.username"),
+    ("sasl_password", "sasl.password"),
+    ("ssl_ca_location", "ssl.ca.location"),
+    ("ssl_certificate_location", "ssl.certificate.location"),
+    ("ssl_key_location", "ssl.key.location"),
+    ("ssl_key_password", "ssl.key.password"),
+)
+SECRET_WORDS = ("password", "secret", "token", "jaas")
+"""librdkafka keys containing these words are never shown."""
+
+
+def kafka_client_config(k: KafkaConfig, role: str) -> dict:
+    """The librdkafka settings of a ``consumer``, ``producer`` or ``admin`` client.
+
+    >>> conf = kafka_client_config(KafkaConfig(sasl_password=Secret("s3")), "producer")
+    >>> conf["sasl.password"], conf["enable.idempotence"]
+    ('s3', True)
+    """
+    conf: dict = {"bootstrap.servers": k.brokers, "client.id": f"qbtc-{role}"}
+    for name, key in _SECURITY_KEYS:
+        value = getattr(k, name)
+        value = value.reveal() if isinstance(value, Secret) else value
+        if value:
+            conf[key] = value
+    if role == "producer":
+        conf.update(
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
+        conf.update(k.producer)
+    elif role == "consumer":
+        conf.update(
+            {
+                "group.id": "qbtc",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "fetch.max.bytes": 64 << 20,
+                "max.partition.fetch.bytes": 16 << 20,
+                "queued.min.messages": 200_000,
+            }
+        )
+        conf.update(k.consumer)
+    return conf
+
+
+def redacted(conf: Mapping) -> dict:
+    """A client config safe to print: secret values replaced by ``***``.
+
+    >>> redacted({"sasl.password": "s3", "linger.ms": 5})
+    {'sasl.password': '***', 'linger.ms': 5}
+    """
+    return {key: "***" if any(w in key.lower() for w in SECRET_WORDS) else v for key, v in conf.items()}
+
+
+def scrub(text: str, settings: Settings) -> str:
+    """``text`` with every configured secret value replaced by ``***``."""
+    k = settings.kafka
+    secrets = [k.sasl_password.reveal(), k.ssl_key_password.reveal()]
+    secrets += [
+        str(v)
+        for conf in (k.consumer, k.producer)
+        for key, v in conf.items()
+        if any(w in key.lower() for w in SECRET_WORDS)
+    ]
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

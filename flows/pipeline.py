@@ -22,6 +22,7 @@ from bytewax._bytewax import cli_main, run_main
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
+from bytewax.recovery import RecoveryConfig
 
 from flows.config import ConfigError, Settings
 from operators.bar_builder import BarBuilder, BarSettings
@@ -30,10 +31,6 @@ from operators.symbol_features import FeatureSettings, SymbolFeatures
 from schemas.records import DeadLetter
 from sinks.store_sink import RowCounter, StoreSink
 from sources.tick_files import Chunk, TickFileReader
-
-KEEP_STATE = False
-"""Snapshot operator state for recovery. Off for embedded runs, which have no
-recovery store, because Bytewax asks for a snapshot at every epoch anyway."""
 
 
 def wall_ms() -> int:
@@ -156,20 +153,43 @@ def simulator_inputs(settings: Settings) -> tuple[list[ChunkFactory], int]:
 # -- per-symbol and correlation logic -----------------------------------------
 
 
-class SymbolLogic(StatefulBatchLogic):
-    """Bars and features of one symbol; reports its progress to the grid."""
+@dataclass(frozen=True, slots=True)
+class PartitionSeen:
+    """An input partition's report to the correlation grid (see ``CorrelationGrid.announce``)."""
 
-    def __init__(self, bar_settings: BarSettings, feature_settings: FeatureSettings, resume) -> None:
+    part: int
+    parts: int
+    known: tuple[str, ...]
+
+
+class SymbolLogic(StatefulBatchLogic):
+    """Bars and features of one symbol; reports its progress to the grid.
+
+    ``keep_state`` pickles the state at every epoch for recovery (Bytewax asks
+    for a snapshot at every epoch even without a recovery store, so flows
+    without one leave it off).
+    """
+
+    def __init__(
+        self,
+        bar_settings: BarSettings,
+        feature_settings: FeatureSettings,
+        resume,
+        keep_state: bool = False,
+        metrics=None,
+    ) -> None:
         # Bytewax passes no key to the builder: the symbol comes with the first batch.
         self.bar_settings = bar_settings
         self.feature_settings = feature_settings
+        self.keep_state = keep_state
+        self.metrics = metrics
         self.bars: BarBuilder | None = None
         self.features: SymbolFeatures | None = None
         if resume is not None:
             self.bars, self.features = pickle.loads(resume)
             self.symbol = self.bars.symbol
 
-    def _emit(self, out: list, closed: list, peers: tuple) -> None:
+    def _emit(self, out: list, closed: list, peers: tuple, part: tuple[int, int] | None) -> None:
         if closed:
             out.append(("bars", closed))
             update = self.features.update
@@ -180,54 +200,74 @@ class SymbolLogic(StatefulBatchLogic):
         out.append(
             (
                 "progress",
-                (self.symbol, [(b.ts // d, b.close) for b in closed], self.bars.closed_through(), peers),
+                (
+                    self.symbol,
+                    [(b.ts // d, b.close) for b in closed],
+                    self.bars.closed_through(),
+                    peers,
+                    part,
+                ),
             )
         )
 
     def on_batch(self, values: list) -> tuple[list, bool]:
+        started = time.perf_counter()
         out: list = []
         if self.bars is None:
             self.symbol = values[0][0].symbol
             self.bars = BarBuilder(self.bar_settings, self.symbol)
             self.features = SymbolFeatures(self.feature_settings, self.symbol)
-        for cols, peers in values:
+        for cols, peers, part in values:
             up = self.bars.update(cols)
             if len(up.accepted):
                 out.append(("ticks", (up.accepted, up.seq)))
             if up.rejected:
-                now = wall_ms()
-                out.append(
-                    (
-                        "dead_letters",
-                        [DeadLetter(now, cols.source(i), r, m, cols.payload(i)) for i, r, m in up.rejected],
-                    )
-                )
-            self._emit(out, up.closed, peers)
+                now = wall_ms() if cols.received is None else None
+                recv = cols.received
+                dead = [
+                    DeadLetter(now if recv is None else int(recv[i]), cols.source(i), r, m, cols.payload(i))
+                    for i, r, m in up.rejected
+                ]
+                out.append(("dead_letters", dead))
+                if self.metrics is not None:
+                    self.metrics.dead(dead)
+            if self.metrics is not None:
+                self.metrics.accepted(len(up.accepted))
+            self._emit(out, up.closed, peers, part)
+        if self.metrics is not None:
+            self.metrics.batch_seconds(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list, bool]:
         out: list = []
-        self._emit(out, self.bars.flush(), ())
+        self._emit(out, self.bars.flush(), (), None)
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self):
         # Bytewax snapshots every epoch; the pickled bytes are the immutable copy.
-        return (
-            pickle.dumps((self.bars, self.features), protocol=pickle.HIGHEST_PROTOCOL) if KEEP_STATE else None
-        )
+        if not self.keep_state:
+            return None
+        return pickle.dumps((self.bars, self.features), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class CorrelationLogic(StatefulBatchLogic):
     """The one cross-symbol correlation grid."""
 
-    def __init__(self, settings: CorrelationSettings, resume) -> None:
+    def __init__(self, settings: CorrelationSettings, resume, keep_state: bool = False) -> None:
         self.grid = pickle.loads(resume) if resume is not None else CorrelationGrid(settings)
+        self.keep_state = keep_state
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         out = []
-        update = self.grid.update
-        for symbol, bars, closed_through, peers in values:
-            out.extend(update(symbol, bars, closed_through, peers))
+        grid = self.grid
+        for value in values:
+            if isinstance(value, PartitionSeen):
+                out.extend(grid.announce(value.part, value.parts, value.known))
+            else:
+                symbol, bars, closed_through, peers, part = value
+                if part is not None:
+                    grid.expect_sources(part[1])
+                out.extend(grid.update(symbol, bars, closed_through, peers))
         return ([("correlations", out)] if out else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list, bool]:
@@ -235,7 +275,7 @@ class CorrelationLogic(StatefulBatchLogic):
         return ([("correlations", out)] if out else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self):
-        return pickle.dumps(self.grid, protocol=pickle.HIGHEST_PROTOCOL) if KEEP_STATE else None
+        return pickle.dumps(self.grid, protocol=pickle.HIGHEST_PROTOCOL) if self.keep_state else None
 
 
 # -- the dataflow ---------------------------------------------------------------
@@ -243,11 +283,24 @@ class CorrelationLogic(StatefulBatchLogic):
 
 def _split(chunk: Chunk) -> list:
     peers = tuple(b.symbol for b in chunk.batches)
-    return [(b.symbol, (b, peers)) for b in chunk.batches]
+    return [(b.symbol, (b, peers, chunk.part)) for b in chunk.batches]
 
 
-def build_flow(source, settings: Settings, sink) -> Dataflow:
-    """The dataflow from ``source`` (Chunks) to ``sink`` ((table, payload) items)."""
+def _announce(chunk: Chunk):
+    if chunk.part is None:
+        return None
+    return ("grid", PartitionSeen(chunk.part[0], chunk.part[1], chunk.known))
+
+
+def build_flow(
+    source, settings: Settings, sink, keep_state: bool = False, metrics=None, keyed_sink: bool = False
+) -> Dataflow:
+    """The dataflow from ``source`` (Chunks) to ``sink`` ((table, payload) items).
+
+    ``keep_state`` snapshots operator state (for recovery); ``metrics`` gets
+    the flow's counts (see ``flows.metrics``); ``keyed_sink`` sends items as
+    ``("out", item)`` to a partitioned sink.
+    """
     f = settings.features
     d = f.bar_interval * 1000
     bar_settings = BarSettings(d, f.allowed_lateness_ms, f.dedup_horizon_ms)
@@ -256,34 +309,81 @@ def build_flow(source, settings: Settings, sink) -> Dataflow:
 
     flow = Dataflow("qbtc")
     chunks = op.input("read", flow, source)
-    dead_on_read = op.filter_map(
-        "dead_on_read", chunks, lambda c: ("dead_letters", c.dead) if c.dead else None
-    )
+
+    def dead_on_read(chunk: Chunk):
+        if metrics is not None:
+            metrics.read(chunk)
+        return ("dead_letters", chunk.dead) if chunk.dead else None
+
+    dead = op.filter_map("dead_on_read", chunks, dead_on_read)
     per_symbol = op.flat_map("split_symbols", chunks, _split)
     symbol_out = op.stateful_batch(
         "bars_features",
         per_symbol,
-        lambda resume: SymbolLogic(bar_settings, feature_settings, resume),
+        lambda resume: SymbolLogic(bar_settings, feature_settings, resume, keep_state, metrics),
     )
     symbol_out = op.key_rm("unkey_symbols", symbol_out)
     routed = op.branch("route_progress", symbol_out, lambda item: item[0] == "progress")
     progress = op.map("key_progress", routed.trues, lambda item: ("grid", item[1]))
+    seen = op.filter_map("announce_partitions", chunks, _announce)
+    grid_in = op.merge("grid_in", progress, seen)
     corr_out = op.stateful_batch(
-        "correlations", progress, lambda resume: CorrelationLogic(corr_settings, resume)
+        "correlations", grid_in, lambda resume: CorrelationLogic(corr_settings, resume, keep_state)
     )
     corr_out = op.key_rm("unkey_grid", corr_out)
-    store_items = op.merge("store_items", dead_on_read, routed.falses, corr_out)
+    store_items = op.merge("store_items", dead, routed.falses, corr_out)
+    if keyed_sink:
+        store_items = op.map("key_out", store_items, lambda item: ("out", item))
     op.output("store", store_items, sink)
     return flow
 
 
-def run_flow(flow: Dataflow, workers: int = 1) -> None:
-    """Run in this process with ``workers`` worker threads."""
-    interval = timedelta(seconds=10)
-    if workers == 1:
-        run_main(flow, epoch_interval=interval)
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """How a flow runs: workers, epochs, recovery and the process cluster.
+
+    Parameters
+    ----------
+    workers
+        Worker threads in this process.
+    epoch_s
+        Epoch length in seconds: state snapshots (and sink flushes) happen
+        at every epoch end.
+    recovery_dir
+        Directory of Bytewax's SQLite recovery partitions ("" = no recovery).
+    process_id, addresses
+        This process's index and every process's ``host:port`` when the flow
+        runs as a cluster of processes (None / () = a single process).
+    """
+
+    workers: int = 1
+    epoch_s: float = 10.0
+    recovery_dir: str = ""
+    process_id: int | None = None
+    addresses: tuple[str, ...] = ()
+
+    def recovery(self) -> RecoveryConfig | None:
+        return RecoveryConfig(self.recovery_dir) if self.recovery_dir else None
+
+
+def run_flow(flow: Dataflow, workers: int = 1, execution: Execution | None = None) -> None:
+    """Run in this process with ``workers`` worker threads (or as ``execution`` says)."""
+    ex = execution or Execution(workers=workers)
+    interval = timedelta(seconds=ex.epoch_s)
+    recovery = ex.recovery()
+    if ex.workers == 1 and ex.process_id is None:
+        run_main(flow, epoch_interval=interval, recovery_config=recovery)
+    elif ex.process_id is None:
+        cli_main(flow, workers_per_process=ex.workers, epoch_interval=interval, recovery_config=recovery)
     else:
-        cli_main(flow, workers_per_process=workers, epoch_interval=interval)
+        cli_main(
+            flow,
+            workers_per_process=ex.workers,
+            process_id=ex.process_id,
+            addresses=list(ex.addresses),
+            epoch_interval=interval,
+            recovery_config=recovery,
+        )
 
 
 def stderr_progress(p: Progress) -> None:

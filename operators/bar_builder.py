@@ -6,6 +6,7 @@ aggregates are vectorised, so the cost per tick is a few array operations.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,13 +222,14 @@ class BarBuilder:
         ends = np.r_[starts[1:], m] - 1
         highs = np.maximum.reduceat(price, starts)
         lows = np.minimum.reduceat(price, starts)
-        vols = np.add.reduceat(qty, starts)
-        pvs = np.add.reduceat(price * qty, starts)
+        notional = price * qty
         counts = np.diff(np.r_[starts, m])
         open_bars = self.open_bars
         for g, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
             k = int(bars[s])
             bar = open_bars.get(k)
+            # volume and notional parts are summed exactly (math.fsum) at close,
+            # so a bar does not depend on how its ticks were split into batches
             if bar is None:
                 open_bars[k] = [
                     int(ts[s]),
@@ -236,8 +238,8 @@ class BarBuilder:
                     float(lows[g]),
                     int(ts[e]),
                     float(price[e]),
-                    float(vols[g]),
-                    float(pvs[g]),
+                    [qty[s : e + 1]],
+                    [notional[s : e + 1]],
                     int(counts[g]),
                 ]
                 continue
@@ -247,8 +249,8 @@ class BarBuilder:
             bar[3] = min(bar[3], float(lows[g]))
             if ts[e] >= bar[4]:
                 bar[4], bar[5] = int(ts[e]), float(price[e])
-            bar[6] += float(vols[g])
-            bar[7] += float(pvs[g])
+            bar[6].append(qty[s : e + 1])
+            bar[7].append(notional[s : e + 1])
             bar[8] += int(counts[g])
 
     def _close(self, through: int) -> list[Bar]:
@@ -256,8 +258,18 @@ class BarBuilder:
         return [self._bar(k, self.open_bars.pop(k)) for k in ready]
 
     def _bar(self, k: int, b: list) -> Bar:
+        volume = math.fsum(np.concatenate(b[6]) if len(b[6]) > 1 else b[6][0])
+        notional = math.fsum(np.concatenate(b[7]) if len(b[7]) > 1 else b[7][0])
         return Bar(
-            self.symbol, k * self.settings.interval_ms, b[1], b[2], b[3], b[5], b[6], b[7] / b[6], b[8]
+            self.symbol,
+            k * self.settings.interval_ms,
+            b[1],
+            b[2],
+            b[3],
+            b[5],
+            volume,
+            notional / volume,
+            b[8],
         )
 
     def _rotate_ids(self) -> None:

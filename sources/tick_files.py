@@ -75,7 +75,13 @@ class Chunk:
         Bytes of the (compressed) file consumed so far.
     resume_at
         Lines consumed so far, header included: pass it to
-        :meth:`TickFileReader.chunks` to resume after this chunk.
+        :meth:`TickFileReader.chunks` to resume after this chunk (for a
+        topic partition: the next offset).
+    part
+        ``(partition, partitions)`` when the input is one of several
+        partitions read in parallel, else None.
+    known
+        Every symbol the partition has carried so far (with ``part``).
     """
 
     batches: list[TickColumns]
@@ -83,6 +89,8 @@ class Chunk:
     records: int
     position: int
     resume_at: int
+    part: tuple[int, int] | None = None
+    known: tuple[str, ...] = ()
 
 
 def file_format(path: str) -> str:

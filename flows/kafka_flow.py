@@ -1,0 +1,272 @@
+"""The flows on a Kafka cluster: publish ticks, run the features flow, replay a topic.
+
+    ticks topic ─ features flow (the embedded flow's operators) ─┬─ bars, features,
+                                                                  │  correlations, dead-letters topics
+                                                                  └─ ClickHouse store
+
+Topics are created idempotently at start. With a recovery directory the
+flow snapshots its state at every epoch (``kafka.snapshot_interval_s``) and
+a restart resumes after the last committed epoch; the sink makes each epoch
+durable before it commits (see ``sinks.output_sink``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
+from flows.metrics import FlowMetrics
+from flows.pipeline import Execution, Progress, build_flow, run_flow
+from infra.kafka_topics import OUTPUT_TABLES, ensure_topics, topology
+from schemas.codec import encode
+from sinks.kafka_producer import RecordProducer
+from sinks.output_sink import OutputSink
+from sources.kafka_ticks import KafkaTickSource, TopicRange
+from sources.tick_files import Chunk
+
+
+def topic_names(k: KafkaConfig) -> dict[str, str]:
+    """Topic of ``ticks`` and of each output table, with the configured prefix.
+
+    >>> topic_names(KafkaConfig(topic_prefix="lab-"))["dead_letters"]
+    'lab-dead-letters'
+    """
+    names = {"ticks": k.topic_prefix + "ticks"}
+    names.update({table: k.topic_prefix + topic for table, topic in OUTPUT_TABLES.items()})
+    return names
+
+
+def ensure(settings: Settings, ticks_topic: str | None = None) -> dict[str, str]:
+    """Create qbtc's topics (and ``ticks_topic`` if named) where missing."""
+    k = settings.kafka
+    specs = topology(k.topic_prefix, k.partitions, k.replication)
+    if ticks_topic is not None and ticks_topic != specs[0].name:
+        specs.append(type(specs[0])(ticks_topic, k.partitions, k.replication))
+    return ensure_topics(kafka_client_config(k, "admin"), specs, k.timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaUrl:
+    """``kafka://BROKER[,BROKER...][/TOPIC]``.
+
+    >>> KafkaUrl.parse("kafka://h1:9092,h2:9092/ticks")
+    KafkaUrl(brokers='h1:9092,h2:9092', topic='ticks')
+    """
+
+    brokers: str
+    topic: str | None
+
+    @staticmethod
+    def parse(url: str) -> KafkaUrl:
+        parsed = urlparse(url)
+        if parsed.scheme != "kafka" or not parsed.netloc:
+            msg = f"{url!r} is not kafka://BROKERS[/TOPIC]"
+            raise ConfigError(msg)
+        topic = parsed.path.strip("/") or None
+        return KafkaUrl(parsed.netloc, topic)
+
+
+def with_brokers(settings: Settings, brokers: str | None) -> Settings:
+    """Settings with ``kafka.brokers`` replaced (when given)."""
+    import dataclasses
+
+    if not brokers:
+        return settings
+    return dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, brokers=brokers))
+
+
+# -- publish -------------------------------------------------------------------------
+
+
+@dataclass
+class PublishReport:
+    ticks: int = 0
+    dead: int = 0
+    seconds: float = 0.0
+    waits: int = 0
+
+
+def _arrival_order(chunk: Chunk) -> Iterator[tuple[str, list[bytes]]]:
+    """The chunk's ticks as runs of one symbol, in the order they were read."""
+    if len(chunk.batches) == 1:
+        b = chunk.batches[0]
+        yield b.symbol, b.encoded()
+        return
+    arrival = np.concatenate([b.arrival for b in chunk.batches])
+    which = np.concatenate([np.full(len(b), i, np.int32) for i, b in enumerate(chunk.batches)])
+    encoded = [b.encoded() for b in chunk.batches]
+    position = np.concatenate([np.arange(len(b)) for b in chunk.batches])
+    order = np.argsort(arrival, kind="stable")
+    w, pos = which[order].tolist(), position[order].tolist()
+    start = 0
+    for i in range(1, len(w) + 1):
+        if i == len(w) or w[i] != w[start]:
+            b = w[start]
+            yield chunk.batches[b].symbol, [encoded[b][p] for p in pos[start:i]]
+            start = i
+
+
+def publish(
+    settings: Settings,
+    inputs: list[Callable[[int], Iterator[Chunk]]],
+    topic: str,
+    rate: float | None = None,
+    report: Callable[[PublishReport], None] | None = None,
+) -> PublishReport:
+    """Publish every input's ticks onto ``topic`` (key = symbol), in read order.
+
+    Records rejected while reading go to the dead-letters topic. ``rate``
+    caps ticks per second (None: as fast as possible). Returns once the
+    broker acknowledged everything; raises ``DeliveryError`` otherwise.
+    """
+    names = topic_names(settings.kafka)
+    producer = RecordProducer(kafka_client_config(settings.kafka, "producer"))
+    out = PublishReport()
+    started = time.perf_counter()
+    last_report = started
+    step = max(1, int(rate // 200)) if rate else 0
+    for make in inputs:
+        for chunk in make(0):
+            if chunk.dead:
+                producer.produce_many(
+                    names["dead_letters"],
+                    [encode(d) for d in chunk.dead],
+                    [d.source.encode() for d in chunk.dead],
+                )
+                out.dead += len(chunk.dead)
+            for symbol, values in _arrival_order(chunk):
+                key = symbol.encode()
+                if not rate:
+                    producer.produce_many(topic, values, [key] * len(values))
+                    out.ticks += len(values)
+                    continue
+                for a in range(0, len(values), step):
+                    part = values[a : a + step]
+                    producer.produce_many(topic, part, [key] * len(part))
+                    out.ticks += len(part)
+                    due = started + out.ticks / rate
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+            producer.check()
+            now = time.perf_counter()
+            if report is not None and now - last_report >= 1.0:
+                last_report = now
+                out.seconds = now - started
+                report(out)
+    producer.flush()
+    out.seconds = time.perf_counter() - started
+    out.waits = producer.waits
+    return out
+
+
+# -- the features flow ---------------------------------------------------------------
+
+
+def _init_recovery(ex: Execution, partitions: int) -> None:
+    """Create the recovery partitions once (process 0 does it; others wait)."""
+    if not ex.recovery_dir:
+        return
+    from bytewax.recovery import init_db_dir
+
+    path = Path(ex.recovery_dir)
+    if any(path.glob("part-*.sqlite3")):
+        return
+    if ex.process_id in (None, 0):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, partitions)
+        return
+    deadline = time.monotonic() + 60
+    while not any(path.glob("part-*.sqlite3")):
+        if time.monotonic() > deadline:
+            msg = f"no recovery partitions appeared in {path} (process 0 creates them)"
+            raise ConfigError(msg)
+        time.sleep(0.2)
+
+
+def stream(
+    settings: Settings,
+    topic: str,
+    span: TopicRange,
+    dsn: str | None,
+    execution: Execution,
+    metrics: FlowMetrics | None = None,
+    outputs: bool = True,
+    progress: Progress | None = None,
+) -> FlowMetrics:
+    """Run the features flow from ``topic`` into the store at ``dsn`` and the output topics.
+
+    ``span.bounded`` makes it a replay that ends at the topic's end offsets
+    found at start; otherwise it runs until stopped. ``outputs=False``
+    writes no output topics (a store-only replay).
+    """
+    k = settings.kafka
+    ensure(settings, topic)
+    _init_recovery(execution, k.recovery_partitions)
+    metrics = metrics or FlowMetrics()
+    if k.metrics_port:
+        port = k.metrics_port + (execution.process_id or 0)
+        metrics.serve(port)
+    consumer_conf = kafka_client_config(k, "consumer")
+    source = KafkaTickSource(consumer_conf, topic, span, k.consume_batch, metrics.partition, k.timeout_s)
+    if progress is not None:
+        source.observe = _progress_observer(metrics, progress)
+    names = topic_names(k)
+    sink = OutputSink(
+        dsn,
+        metrics,
+        settings.store.batch_rows,
+        kafka_client_config(k, "producer") if outputs else None,
+        names,
+    )
+    flow = build_flow(
+        source, settings, sink, keep_state=bool(execution.recovery_dir), metrics=metrics, keyed_sink=True
+    )
+    run_flow(flow, execution=execution)
+    if progress is not None:
+        progress.records = metrics.records
+        progress.tick(force=True)
+    return metrics
+
+
+def _progress_observer(metrics: FlowMetrics, progress: Progress):
+    positions: dict[int, tuple[int, int]] = {}
+
+    def observe(topic: str, partition: int, position: int, high: int) -> None:
+        metrics.partition(topic, partition, position, high)
+        positions[partition] = (position, high)
+        progress.records = metrics.records
+        progress.done_bytes = sum(p for p, _ in positions.values())
+        progress.total_bytes = sum(h for _, h in positions.values())
+        progress.tick()
+
+    return observe
+
+
+def execution_from(settings: Settings, process_id: int | None, addresses: str | None) -> Execution:
+    """Execution settings from the config and the cluster options."""
+    k = settings.kafka
+    addrs = tuple(a.strip() for a in (addresses or "").replace(",", ";").split(";") if a.strip())
+    if process_id is not None and not addrs:
+        msg = "--process-id needs --addresses"
+        raise ConfigError(msg)
+    if addrs and process_id is None:
+        msg = "--addresses needs --process-id"
+        raise ConfigError(msg)
+    if process_id is not None and not 0 <= process_id < len(addrs):
+        msg = f"--process-id must be in 0..{len(addrs) - 1}"
+        raise ConfigError(msg)
+    return Execution(
+        workers=settings.run.workers,
+        epoch_s=k.snapshot_interval_s,
+        recovery_dir=os.path.abspath(k.recovery_dir) if k.recovery_dir else "",
+        process_id=process_id,
+        addresses=addrs,
+    )

@@ -1,0 +1,85 @@
+"""qbtc's topic topology, created idempotently on a Kafka cluster.
+
+``ticks`` carries trade ticks keyed by symbol (so one symbol's ticks stay in
+order in one partition); ``bars``, ``features``, ``correlations`` and
+``dead-letters`` carry the flows' output records. Values are the codec's
+orjson records with the schema version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+OUTPUT_TABLES = {
+    "bars": "bars",
+    "features": "features",
+    "correlations": "correlations",
+    "dead_letters": "dead-letters",
+}
+"""Output topic name (before the prefix) of each store table."""
+
+
+class TopicError(Exception):
+    """A topic that cannot be created or read."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int
+
+
+def topology(prefix: str, partitions: int, replication: int) -> list[TopicSpec]:
+    """Every qbtc topic with its partitions and replication.
+
+    >>> [t.name for t in topology("t-", 4, 1)]
+    ['t-ticks', 't-bars', 't-features', 't-correlations', 't-dead-letters']
+    """
+    names = ["ticks", *OUTPUT_TABLES.values()]
+    return [TopicSpec(prefix + n, partitions, replication) for n in names]
+
+
+def ensure_topics(admin_conf: dict, specs: list[TopicSpec], timeout_s: float = 30.0) -> dict[str, str]:
+    """Create the topics that do not exist; returns name -> ``created`` or ``exists``.
+
+    An existing topic is left as it is (its partition count included).
+    """
+    admin = AdminClient(admin_conf)
+    try:
+        futures = admin.create_topics(
+            [NewTopic(s.name, s.partitions, s.replication) for s in specs], operation_timeout=timeout_s
+        )
+    except KafkaException as exc:
+        msg = f"cannot create topics: {exc}"
+        raise TopicError(msg) from None
+    out = {}
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            out[name] = "created"
+        except TimeoutError:
+            msg = f"cannot create topic {name!r}: no answer from the cluster in {timeout_s:.0f} s"
+            raise TopicError(msg) from None
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                out[name] = "exists"
+                continue
+            msg = f"cannot create topic {name!r}: {err.str() if isinstance(err, KafkaError) else exc}"
+            raise TopicError(msg) from None
+    return out
+
+
+def describe(admin_conf: dict, names: list[str], timeout_s: float = 15.0) -> dict[str, int]:
+    """Partition count of each existing topic among ``names``."""
+    admin = AdminClient(admin_conf)
+    try:
+        meta = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        msg = f"cannot reach the cluster: {exc}"
+        raise TopicError(msg) from None
+    return {n: len(meta.topics[n].partitions) for n in names if n in meta.topics}

@@ -1,0 +1,391 @@
+"""A Kafka tick topic as a Bytewax source of columnar chunks, one partition each.
+
+Messages are the codec's tick records (key = symbol). A batch of messages is
+decoded at once when every message is a well-formed tick (the fast path);
+otherwise each message is decoded alone, so every bad one becomes a dead
+letter with its own reason, ``topic[partition]@offset`` and raw value. The
+resume state of a partition is its next offset, so with Bytewax recovery a
+restarted flow goes on exactly where the last committed epoch ended.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from schemas.codec import SCHEMA_VERSION, SchemaError, decode
+from schemas.records import PARSE, SCHEMA, VALUE, DeadLetter, Tick
+from schemas.tick_columns import SIDE_CODES, RawValues, TickColumns
+from schemas.validation import MAX_SYMBOL_LEN, value_problem, value_problems
+from sources.tick_files import Chunk, InputError
+
+_FIELDS = ("v", "type", "ts", "symbol", "price", "qty", "side", "trade_id", "exchange")
+_ROW = operator.itemgetter(*_FIELDS)
+_NUMBER = {int, float}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRange:
+    """Which records of a topic to read.
+
+    Parameters
+    ----------
+    from_offset
+        First offset of every partition (None: the beginning).
+    from_ts, to_ts
+        Record-timestamp bounds in epoch ms: the first record at or after
+        ``from_ts``, up to the last one before ``to_ts``.
+    bounded
+        Stop at the end offsets found at start-up (a replay) instead of
+        waiting for new records (a live flow).
+    """
+
+    from_offset: int | None = None
+    from_ts: int | None = None
+    to_ts: int | None = None
+    bounded: bool = True
+
+    def __post_init__(self) -> None:
+        if self.from_offset is not None and self.from_ts is not None:
+            msg = "give a start offset or a start time, not both"
+            raise ValueError(msg)
+        if self.from_offset is not None and self.from_offset < 0:
+            msg = f"start offset {self.from_offset} is negative"
+            raise ValueError(msg)
+        if self.to_ts is not None and not self.bounded:
+            msg = "an end time makes a bounded read"
+            raise ValueError(msg)
+
+
+def _symbol_ok(s: str) -> bool:
+    return 0 < len(s) <= MAX_SYMBOL_LEN and s.isprintable()
+
+
+def decode_ticks(
+    values: list, offsets: list[int], received: list[int], origin: str
+) -> tuple[list[TickColumns], list[DeadLetter]]:
+    """Per-symbol tick columns and dead letters from one partition's messages.
+
+    >>> from schemas.codec import encode
+    >>> good = encode(Tick(5, "A/B", 2.0, 1.0, "buy", "1", "x"))
+    >>> batches, dead = decode_ticks([good, b"{"], [10, 11], [7, 8], "ticks[0]")
+    >>> batches[0].symbol, batches[0].ts.tolist(), batches[0].arrival.tolist()
+    ('A/B', [5], [10])
+    >>> dead[0].source, dead[0].reason, dead[0].ingest_ts
+    ('ticks[0]@11', 'parse', 8)
+    """
+    fast = _decode_fast(values)
+    if fast is None:
+        return _decode_slow(values, offsets, received, origin)
+    symbols, ts, price, qty, side, side_names, trade_id, exchange, bad = fast
+    dead: list[DeadLetter] = []
+    if bad.any():
+        for i in np.flatnonzero(bad).tolist():
+            problem = value_problem(int(ts[i]), symbols[i], float(price[i]), float(qty[i]), side_names[i])
+            dead.append(
+                DeadLetter(received[i], f"{origin}@{offsets[i]}", VALUE, problem or "invalid", values[i])
+            )
+    return _group(
+        symbols, ts, price, qty, side, trade_id, exchange, ~bad, values, offsets, received, origin
+    ), dead
+
+
+def _decode_fast(values: list):
+    """All columns when every message is a well-typed tick record, else None."""
+    try:
+        objs = list(map(orjson.loads, values))
+        rows = list(map(_ROW, objs))
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    if set(map(len, objs)) != {len(_FIELDS)}:
+        return None
+    v, typ, ts, sym, price, qty, side, tid, ex = zip(*rows, strict=True)
+    if (
+        set(v) != {SCHEMA_VERSION}
+        or set(map(type, v)) != {int}
+        or set(typ) != {"tick"}
+        or set(map(type, ts)) != {int}
+        or not set(map(type, price)) <= _NUMBER
+        or not set(map(type, qty)) <= _NUMBER
+        or set(map(type, sym)) != {str}
+        or set(map(type, side)) != {str}
+        or set(map(type, tid)) != {str}
+        or set(map(type, ex)) != {str}
+    ):
+        return None
+    try:
+        ts_a = np.array(ts, dtype=np.int64)
+        price_a = np.array(price, dtype=np.float64)
+        qty_a = np.array(qty, dtype=np.float64)
+    except (OverflowError, ValueError):
+        return None
+    side_a = np.array([SIDE_CODES.get(s, -1) for s in side], dtype=np.int8)
+    bad = value_problems(ts_a, price_a, qty_a) | (side_a < 0)
+    bad_symbols = [s for s in set(sym) if not _symbol_ok(s)]
+    if bad_symbols:
+        bad |= np.isin(np.array(sym, dtype=object), bad_symbols)
+    return list(sym), ts_a, price_a, qty_a, side_a, side, tid, ex, bad
+
+
+def _group(symbols, ts, price, qty, side, trade_id, exchange, good, values, offsets, received, origin):
+    lut: dict[str, int] = {}
+    codes = np.fromiter((lut.setdefault(s, len(lut)) for s in symbols), np.int64, len(symbols))
+    codes[~good] = -1
+    names = list(lut)
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    bounds = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1], True])
+    tid = np.array(trade_id, dtype=object)
+    ex = np.array(exchange, dtype=object)
+    raw = np.empty(len(values), dtype=object)
+    raw[:] = values
+    off = np.array(offsets, dtype=np.int64)
+    rec = np.array(received, dtype=np.int64)
+    batches = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        code = int(sorted_codes[a])
+        if code < 0:
+            continue
+        idx = order[a:b]
+        batches.append(
+            TickColumns(
+                names[code],
+                ts[idx],
+                price[idx],
+                qty[idx],
+                side[idx],
+                tid[idx],
+                ex[idx],
+                origin,
+                off[idx],
+                RawValues(raw[idx]),
+                rec[idx],
+            )
+        )
+    return batches
+
+
+def _decode_slow(values, offsets, received, origin):
+    dead: list[DeadLetter] = []
+    keep: list[int] = []
+    ticks: list[Tick] = []
+    for i, value in enumerate(values):
+        source = f"{origin}@{offsets[i]}"
+        if value is None:
+            dead.append(DeadLetter(received[i], source, PARSE, "empty message (no value)", b""))
+            continue
+        try:
+            tick = decode(value, expect=Tick)
+        except SchemaError as exc:
+            reason = PARSE if str(exc).startswith("not JSON") else SCHEMA
+            dead.append(DeadLetter(received[i], source, reason, str(exc)[:500], value))
+            continue
+        problem = value_problem(tick.ts, tick.symbol, tick.price, tick.qty, tick.side)
+        if problem is not None:
+            dead.append(DeadLetter(received[i], source, VALUE, problem, value))
+            continue
+        keep.append(i)
+        ticks.append(tick)
+    if not ticks:
+        return [], dead
+    n = len(ticks)
+    good = np.ones(n, dtype=bool)
+    batches = _group(
+        [t.symbol for t in ticks],
+        np.fromiter((t.ts for t in ticks), np.int64, n),
+        np.fromiter((t.price for t in ticks), np.float64, n),
+        np.fromiter((t.qty for t in ticks), np.float64, n),
+        np.fromiter((SIDE_CODES[t.side] for t in ticks), np.int8, n),
+        [t.trade_id for t in ticks],
+        [t.exchange for t in ticks],
+        good,
+        [values[i] for i in keep],
+        [offsets[i] for i in keep],
+        [received[i] for i in keep],
+        origin,
+    )
+    return batches, dead
+
+
+# -- the Bytewax source ----------------------------------------------------------
+
+
+PartitionObserver = Callable[[str, int, int, int], None]
+"""Called after each batch with (topic, partition, next offset, high watermark)."""
+
+
+class _TopicPartition(StatefulSourcePartition):
+    def __init__(self, source: KafkaTickSource, partition: int, resume: int | None) -> None:
+        self.source = source
+        self.partition = partition
+        self.origin = f"{source.topic}[{partition}]"
+        self.consumer = Consumer(source.conf)
+        tp = TopicPartition(source.topic, partition)
+        self.start, self.end = source.offset_range(self.consumer, tp, resume)
+        self.pos = self.start
+        self.consumer.assign([TopicPartition(source.topic, partition, self.start)])
+        self.known: dict[str, None] = {}
+        self.announced = False
+        self.awake: datetime | None = None
+        self.last_observed = 0.0
+
+    def next_batch(self) -> list[Chunk]:
+        src = self.source
+        if self.end is not None and self.pos >= self.end:
+            if not self.announced:
+                return [self._chunk([], [], 0)]
+            raise StopIteration
+        msgs = self.consumer.consume(src.batch, 0)
+        if not msgs:
+            self.awake = datetime.now(UTC) + timedelta(milliseconds=5)
+            self._observe(force=False)
+            # an idle partition tells the grid it has nothing, but only once it
+            # has read everything there is (not merely nothing fetched yet)
+            return [self._chunk([], [], 0)] if not self.announced and self._at_end() else []
+        self.awake = None
+        for m in msgs:
+            err = m.error()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(err)
+        msgs = [m for m in msgs if m.error() is None]
+        if self.end is not None:
+            msgs = [m for m in msgs if m.offset() < self.end]
+        if not msgs:
+            return []
+        values = [m.value() for m in msgs]
+        offsets = [m.offset() for m in msgs]
+        received = [m.timestamp()[1] for m in msgs]
+        batches, dead = decode_ticks(values, offsets, received, self.origin)
+        self.pos = offsets[-1] + 1
+        for b in batches:
+            if b.symbol not in self.known:
+                self.known[b.symbol] = None
+        self._observe(force=False)
+        return [self._chunk(batches, dead, len(msgs))]
+
+    def _chunk(self, batches, dead, records) -> Chunk:
+        self.announced = True
+        src = self.source
+        return Chunk(
+            batches, dead, records, self.pos, self.pos, (self.partition, src.partitions), tuple(self.known)
+        )
+
+    def _at_end(self) -> bool:
+        tp = TopicPartition(self.source.topic, self.partition)
+        try:
+            _, high = self.consumer.get_watermark_offsets(tp, timeout=self.source.timeout_s)
+        except KafkaException:
+            return False
+        return self.pos >= high
+
+    def _observe(self, force: bool) -> None:
+        observe = self.source.observe
+        now = time.monotonic()
+        if observe is None or (not force and now - self.last_observed < 1.0):
+            return
+        self.last_observed = now
+        tp = TopicPartition(self.source.topic, self.partition)
+        try:
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            return
+        if high >= 0:
+            observe(self.source.topic, self.partition, self.pos, high)
+
+    def next_awake(self) -> datetime | None:
+        return self.awake
+
+    def snapshot(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class KafkaTickSource(FixedPartitionedSource):
+    """Every partition of a tick topic; resume state: the next offset.
+
+    Parameters
+    ----------
+    conf
+        librdkafka consumer settings (brokers, security, tuning).
+    topic
+        The tick topic.
+    span
+        Which records to read and whether to stop at the end.
+    batch
+        Messages consumed per batch.
+    observe
+        Optional :data:`PartitionObserver` (consumer lag for metrics).
+    """
+
+    def __init__(
+        self,
+        conf: dict,
+        topic: str,
+        span: TopicRange,
+        batch: int = 20_000,
+        observe: PartitionObserver | None = None,
+        timeout_s: float = 15.0,
+    ) -> None:
+        self.conf = conf
+        self.timeout_s = timeout_s
+        self.topic = topic
+        self.span = span
+        self.batch = batch
+        self.observe = observe
+        self.partitions = len(self._partitions())
+
+    def _partitions(self) -> list[int]:
+        consumer = Consumer(self.conf)
+        try:
+            meta = consumer.list_topics(self.topic, timeout=self.timeout_s)
+        except KafkaException as exc:
+            msg = f"cannot read topic {self.topic!r}: {exc.args[0].str() if exc.args else exc}"
+            raise InputError(msg) from None
+        finally:
+            consumer.close()
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            why = "no such topic" if topic is None or not topic.partitions else topic.error.str()
+            msg = f"cannot read topic {self.topic!r}: {why}"
+            raise InputError(msg)
+        return sorted(topic.partitions)
+
+    def list_parts(self) -> list[str]:
+        return [str(p) for p in range(self.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state) -> _TopicPartition:
+        return _TopicPartition(self, int(for_part), resume_state)
+
+    def offset_range(
+        self, consumer: Consumer, tp: TopicPartition, resume: int | None
+    ) -> tuple[int, int | None]:
+        """First offset to read and the end (exclusive; None when unbounded)."""
+        span = self.span
+        low, high = consumer.get_watermark_offsets(tp, timeout=self.timeout_s)
+        if resume is not None:
+            start = resume
+        elif span.from_offset is not None:
+            start = max(span.from_offset, low)
+        elif span.from_ts is not None:
+            start = _offset_for_time(consumer, tp, span.from_ts, high)
+        else:
+            start = low if low >= 0 else OFFSET_BEGINNING
+        if not span.bounded:
+            return start, None
+        end = high if span.to_ts is None else _offset_for_time(consumer, tp, span.to_ts, high)
+        return start, end
+
+
+def _offset_for_time(consumer: Consumer, tp: TopicPartition, ts: int, high: int) -> int:
+    found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, ts)], timeout=15)[0]
+    return high if found.offset < 0 else found.offset
