@@ -476,8 +476,9 @@ def _failures() -> tuple[type, ...]:
 
     from infra.kafka_topics import TopicError
     from sinks.kafka_producer import DeliveryError
+    from sources.exchange_trades import RecordError
 
-    kinds: list[type] = [KafkaException, TopicError, DeliveryError]
+    kinds: list[type] = [KafkaException, TopicError, DeliveryError, RecordError]
     try:
         from infra.kafka.broker import BrokerError
 

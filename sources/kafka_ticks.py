@@ -10,7 +10,6 @@ restarted flow goes on exactly where the last committed epoch ended.
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from schemas.validation import MAX_SYMBOL_LEN, value_problem, value_problems
 from sources.tick_files import Chunk, InputError
 
 _FIELDS = ("v", "type", "ts", "symbol", "price", "qty", "side", "trade_id", "exchange")
-_ROW = operator.itemgetter(*_FIELDS)
 _NUMBER = {int, float}
 
 
@@ -102,16 +100,23 @@ def _decode_fast(values: list):
     """All columns when every message is a well-typed tick record, else None."""
     try:
         objs = list(map(orjson.loads, values))
-        rows = list(map(_ROW, objs))
+        if set(map(len, objs)) != {len(_FIELDS)}:
+            return None
+        ts = [o["ts"] for o in objs]
+        sym = [o["symbol"] for o in objs]
+        price = [o["price"] for o in objs]
+        qty = [o["qty"] for o in objs]
+        side = [o["side"] for o in objs]
+        tid = [o["trade_id"] for o in objs]
+        ex = [o["exchange"] for o in objs]
+        v = {o["v"] for o in objs}
+        typ = {o["type"] for o in objs}
     except (orjson.JSONDecodeError, TypeError, KeyError):
         return None
-    if set(map(len, objs)) != {len(_FIELDS)}:
-        return None
-    v, typ, ts, sym, price, qty, side, tid, ex = zip(*rows, strict=True)
     if (
-        set(v) != {SCHEMA_VERSION}
-        or set(map(type, v)) != {int}
-        or set(typ) != {"tick"}
+        v != {SCHEMA_VERSION}
+        or {type(x) for x in v} != {int}
+        or typ != {"tick"}
         or set(map(type, ts)) != {int}
         or not set(map(type, price)) <= _NUMBER
         or not set(map(type, qty)) <= _NUMBER
@@ -127,19 +132,25 @@ def _decode_fast(values: list):
         qty_a = np.array(qty, dtype=np.float64)
     except (OverflowError, ValueError):
         return None
-    side_a = np.array([SIDE_CODES.get(s, -1) for s in side], dtype=np.int8)
-    bad = value_problems(ts_a, price_a, qty_a) | (side_a < 0)
-    bad_symbols = [s for s in set(sym) if not _symbol_ok(s)]
+    n = len(ts)
+    try:
+        side_a = np.fromiter(map(SIDE_CODES.__getitem__, side), np.int8, n)
+    except KeyError:
+        side_a = np.fromiter((SIDE_CODES.get(x, -1) for x in side), np.int8, n)
+    bad = value_problems(ts_a, price_a, qty_a)
+    if side_a.min() < 0:
+        bad |= side_a < 0
+    bad_symbols = [x for x in set(sym) if not _symbol_ok(x)]
     if bad_symbols:
         bad |= np.isin(np.array(sym, dtype=object), bad_symbols)
-    return list(sym), ts_a, price_a, qty_a, side_a, side, tid, ex, bad
+    return sym, ts_a, price_a, qty_a, side_a, side, tid, ex, bad
 
 
 def _group(symbols, ts, price, qty, side, trade_id, exchange, good, values, offsets, received, origin):
-    lut: dict[str, int] = {}
-    codes = np.fromiter((lut.setdefault(s, len(lut)) for s in symbols), np.int64, len(symbols))
+    names = sorted(set(symbols))
+    lut = {name: i for i, name in enumerate(names)}
+    codes = np.fromiter(map(lut.__getitem__, symbols), np.int64, len(symbols))
     codes[~good] = -1
-    names = list(lut)
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
     bounds = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1], True])

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -83,9 +84,11 @@ def read_topic(brokers: str, topic: str, timeout_s: float = 10.0) -> list[tuple[
                 continue
             consumer.assign([TopicPartition(topic, p, low)])
             got = 0
+            deadline = time.monotonic() + timeout_s
             while got < high - low:
-                msgs = consumer.consume(10_000, timeout_s)
-                if not msgs:
+                # consume() waits for the whole batch or the timeout: ask often, briefly
+                msgs = consumer.consume(10_000, 0.2)
+                if not msgs and time.monotonic() > deadline:
                     msg = f"{topic}[{p}]: read {got} of {high - low} records"
                     raise AssertionError(msg)
                 for m in msgs:

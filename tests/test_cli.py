@@ -16,7 +16,11 @@ def qbtc(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["replay"], ["sql"], ["simulate"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["run"], ["replay"], ["sql"], ["simulate"], ["kafka"], ["kafka", "up"], ["kafka", "topics"],
+     ["publish"], ["stream"], ["record"]],
+)  # fmt: skip
 def test_help(command):
     out = qbtc(*command, "--help")
     assert out.returncode == 0
@@ -33,6 +37,15 @@ def test_help(command):
         (["replay", "x.csv", "--set", "features.window=abc"], "must be int"),
         (["replay", "x.csv", "--config", "/nonexistent.toml"], "cannot read config"),
         (["sql", "SELECT", "--store", "ftp://x"], "neither chdb"),
+        (["replay", "kafka://"], "is not kafka://BROKERS"),
+        (["replay", "kafka://h:1/t", "--from-ts", "yesterday"], "neither epoch ms nor ISO-8601"),
+        (["replay", "kafka://h:1/t", "--from-offset", "1", "--from-ts", "5"], "not both"),
+        (["publish", "--simulate", "x.csv"], "one of the two"),
+        (["publish", "--simulate", "--rate", "0"], "--rate must be > 0"),
+        (["stream", "--process-id", "0"], "--process-id needs --addresses"),
+        (["record", "--exchange", "nosuchexchange", "--symbols", "A/B", "--to", "x.csv"], "nosuchexchange"),
+        (["record", "--exchange", "binance", "--symbols", "BTCUSDT", "--to", "x.csv"], "BTCUSDT"),
+        (["stream", "--set", "kafka.partitions=0"], "kafka.partitions must be >= 1"),
     ],
 )
 def test_unusable_arguments_exit_2_with_one_line(tmp_path, args, words):

@@ -9,22 +9,33 @@ import uuid
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, PartitionMetadata
 from kafka_fixture import free_settings, start_or_give_up
 
 from infra.kafka.broker import bootstrap, down, start_node, status, stop_node, up
 
 pytestmark = pytest.mark.kafka
+LOG = logging.getLogger("test_kafka_broker.librdkafka")  # client chatter goes to captured logging
 
 
-def create_topic(servers: str, partitions: int = 1, **config: str) -> str:
+def create_topic(servers: str) -> str:
+    """A fresh one-partition topic with the cluster's default replication (auto-create is off)."""
     topic = f"test-{uuid.uuid4().hex[:12]}"
-    admin = AdminClient({"bootstrap.servers": servers})
-    futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, config=config)], request_timeout=30
-    )
-    futures[topic].result(timeout=30)
+    admin = AdminClient({"bootstrap.servers": servers, "logger": LOG})
+    admin.create_topics([NewTopic(topic, num_partitions=1)], request_timeout=30)[topic].result(timeout=30)
     return topic
+
+
+def partition0(admin: AdminClient, topic: str, isr: int, timeout: float = 30) -> PartitionMetadata:
+    """Metadata of the topic's partition 0 once it has a leader and ``isr`` in-sync replicas."""
+    deadline = time.monotonic() + timeout
+    while True:
+        parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
+        p = parts.get(0)
+        if (p is not None and p.leader >= 0 and len(p.isrs) == isr) or time.monotonic() > deadline:
+            assert p is not None, f"{topic} has no partition 0 after {timeout}s"
+            return p
+        time.sleep(0.2)
 
 
 def produce(servers: str, topic: str, values: list[bytes], timeout: float = 60) -> None:
@@ -35,7 +46,13 @@ def produce(servers: str, topic: str, values: list[bytes], timeout: float = 60) 
             errors.append(err)
 
     producer = Producer(
-        {"bootstrap.servers": servers, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+        {
+            "bootstrap.servers": servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "logger": LOG,
+        }
     )
     for v in values:
         producer.produce(topic, value=v, key=v[-1:], on_delivery=on_delivery)
@@ -64,6 +81,7 @@ def group_consumer(servers: str, topic: str, group: str) -> Consumer:
             "group.id": group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "logger": LOG,
         }
     )
     consumer.subscribe([topic])
@@ -118,9 +136,9 @@ def test_three_nodes_survive_a_killed_node(kafka_cluster3):
     servers = bootstrap(s)
     assert all(st["answering"] for st in status(s).values())
     topic = create_topic(servers)  # replication factor 3 is the cluster's default
-    admin = AdminClient({"bootstrap.servers": servers})
-    partition = admin.list_topics(topic, timeout=10).topics[topic].partitions[0]
-    assert sorted(partition.replicas) == [1, 2, 3]
+    admin = AdminClient({"bootstrap.servers": servers, "logger": LOG})
+    partition = partition0(admin, topic, isr=3)  # brokers learn of a new topic one after the other
+    assert sorted(partition.replicas) == [1, 2, 3] and sorted(partition.isrs) == [1, 2, 3]
     consumer = group_consumer(servers, topic, "fault")
     try:
         first = [f"a-{i}".encode() for i in range(20)]
@@ -135,14 +153,11 @@ def test_three_nodes_survive_a_killed_node(kafka_cluster3):
         produce(servers, topic, second)  # acks=all with 2 of 3 replicas (min.insync.replicas=2)
         assert consume(consumer, 20) == second
         consumer.commit(asynchronous=False)
+        moved = partition0(admin, topic, isr=2)
+        assert moved.leader != victim and victim not in moved.isrs
 
         assert start_node(s, victim) == f"127.0.0.1:{s.node_port(victim)}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            isr = admin.list_topics(topic, timeout=10).topics[topic].partitions[0].isrs
-            if sorted(isr) == [1, 2, 3]:
-                break
-            time.sleep(0.5)
+        isr = partition0(admin, topic, isr=3, timeout=60).isrs
         assert sorted(isr) == [1, 2, 3], f"node {victim} did not rejoin the ISR: {isr}"
         third = [f"c-{i}".encode() for i in range(20)]
         produce(servers, topic, third)
