@@ -298,8 +298,12 @@ def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outp
     start = time.perf_counter()
     metrics = stream(settings, topic, span, dsn, execution, outputs=outputs, progress=progress)
     seconds = time.perf_counter() - start
-    owns_store = dsn is not None and any(metrics.rows.values())
-    store = Store(dsn) if owns_store else None
+    if dsn is not None and not metrics.writes_here:
+        # another process of the cluster held the sink (and the store)
+        done = f"{metrics.records:,} records in {seconds:.1f} s"
+        sys.stdout.write(f"\n{kind}: {done}; stored by another process\n")
+        return 0
+    store = None if dsn is None else Store(dsn)
     _summary(kind, store, dsn or "", metrics.records, seconds, dict(metrics.rows))
     return 0
 

@@ -102,6 +102,7 @@ class OutputSink(FixedPartitionedSink):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state) -> _OutPartition:
+        self.counter.writes_here = True
         store = None if self.dsn is None else Store(self.dsn)
         producer = None if self.producer_conf is None else RecordProducer(self.producer_conf)
         return _OutPartition(StoreWriter(store, self.counter, self.batch_rows), producer, self.topics)

@@ -37,6 +37,7 @@ class RowCounter:
     def __init__(self) -> None:
         self.rows: dict[str, int] = defaultdict(int)
         self.write_seconds = 0.0
+        self.writes_here = False  # this process built the (single) store writer
         self._lock = threading.Lock()
 
     def add(self, table: str, n: int, seconds: float = 0.0) -> None:

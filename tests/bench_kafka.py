@@ -284,7 +284,9 @@ def latency(brokers: str, partitions: int, tmp: str, prefixes: list[str]) -> Non
             msg = f"qbtc stream exited {proc.returncode} while publishing:\n{tail(log_path)}"
             raise RuntimeError(msg)
     finally:
-        print(f"qbtc stream {stop(proc)}", flush=True)
+        how = stop(proc)
+        last = tail(log_path, 1).strip()
+        print(f"qbtc stream {how}" + (f": {last[:200]}" if last else ""), flush=True)
     bar_ms = settings.features.bar_interval * 1000
     lat = bar_latencies(brokers, names["ticks"], names["features"], bar_ms)
     if lat["count"] == 0:
@@ -381,8 +383,8 @@ def throughput(args: argparse.Namespace, brokers: str, tmp: str, prefixes: list[
     )
     print(
         f"settings: default features (window {settings.features.window}, bar "
-        f"{settings.features.bar_interval} s); machine: {os.cpu_count()} cores; 1 worker; "
-        f"broker {brokers}; each case in a fresh process\n",
+        f"{settings.features.bar_interval} s); machine: {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}; 1 worker; broker {brokers}; each case in a fresh process\n",
         flush=True,
     )
     common = (brokers, prefix, args.partitions)
