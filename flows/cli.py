@@ -9,6 +9,8 @@ import shlex
 import sys
 import time
 
+from bytewax.errors import BytewaxRuntimeError
+
 from flows.config import ConfigError, Settings, load_settings, scrub
 from schemas.ddl import TABLES
 from sinks.clickhouse_store import DEFAULT_DSN, Store, StoreError, redact
@@ -492,6 +494,12 @@ def _failures() -> tuple[type, ...]:
     return tuple(kinds)
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -508,6 +516,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except _failures() as exc:
         text = str(exc) if settings_for_scrub is None else scrub(str(exc), settings_for_scrub)
+        sys.stderr.write(f"qbtc {args.command}: failed: {text}\n")
+        return 1
+    except BytewaxRuntimeError as exc:
+        # errors inside a dataflow arrive wrapped; say what the cause was
+        cause = _root_cause(exc)
+        if "signal received" in str(exc):
+            sys.stderr.write(f"qbtc {args.command}: interrupted\n")
+            return 130
+        if not isinstance(cause, _failures()):
+            raise
+        text = str(cause) if settings_for_scrub is None else scrub(str(cause), settings_for_scrub)
         sys.stderr.write(f"qbtc {args.command}: failed: {text}\n")
         return 1
     except KeyboardInterrupt:

@@ -118,7 +118,7 @@ class KafkaConfig:
     topic_prefix: str = ""
     partitions: int = 4
     replication: int = 1
-    consume_batch: int = 20_000
+    consume_batch: int = 3_000
     timeout_s: float = 30.0
     security_protocol: str = ""
     sasl_mechanism: str = ""

@@ -8,6 +8,7 @@ orjson records with the schema version.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
@@ -71,7 +72,32 @@ def ensure_topics(admin_conf: dict, specs: list[TopicSpec], timeout_s: float = 3
                 continue
             msg = f"cannot create topic {name!r}: {err.str() if isinstance(err, KafkaError) else exc}"
             raise TopicError(msg) from None
+    _wait_for_leaders(admin, [n for n, state in out.items() if state == "created"], timeout_s)
     return out
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Return once every partition of the new topics has a leader (clients may use them)."""
+    deadline = time.monotonic() + timeout_s
+    while names:
+        try:
+            meta = admin.list_topics(timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException:
+            meta = None
+        if meta is not None:
+            names = [
+                n
+                for n in names
+                if n not in meta.topics
+                or not meta.topics[n].partitions
+                or any(p.leader < 0 for p in meta.topics[n].partitions.values())
+            ]
+        if not names:
+            return
+        if time.monotonic() > deadline:
+            msg = f"topics {', '.join(names)} have no leader after {timeout_s:.0f} s"
+            raise TopicError(msg)
+        time.sleep(0.1)
 
 
 def describe(admin_conf: dict, names: list[str], timeout_s: float = 15.0) -> dict[str, int]:

@@ -35,18 +35,34 @@ class RawSlices:
         return RawSlices(self.block, self.starts[idx], self.ends[idx])
 
 
-@dataclass(frozen=True, slots=True)
 class RawValues:
-    """The raw records of a batch as separate byte strings (Kafka values)."""
+    """The raw records of a batch as separate byte strings (Kafka values).
 
-    values: np.ndarray  # object array of bytes
+    Rows are ``values[idx[i]]``: taking rows only narrows ``idx``, so a batch
+    split by symbol shares one list; a pickled copy holds only its own rows.
+    """
+
+    __slots__ = ("idx", "values")
+
+    def __init__(self, values: list, idx: np.ndarray | None = None) -> None:
+        self.values = values
+        self.idx = idx
 
     def get(self, i: int) -> bytes:
-        value = self.values[i]
+        value = self.values[i if self.idx is None else int(self.idx[i])]
         return b"" if value is None else value
 
     def take(self, idx: np.ndarray) -> RawValues:
-        return RawValues(self.values[idx])
+        if self.idx is None:
+            return RawValues(self.values, np.arange(len(self.values))[idx])
+        return RawValues(self.values, self.idx[idx])
+
+    def __len__(self) -> int:
+        return len(self.values) if self.idx is None else len(self.idx)
+
+    def __reduce__(self):
+        own = self.values if self.idx is None else [self.values[i] for i in self.idx.tolist()]
+        return (RawValues, (own,))
 
 
 @dataclass(frozen=True, slots=True)

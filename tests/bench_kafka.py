@@ -444,7 +444,8 @@ def main() -> None:
         if broker is not None:
             down(broker)
         elif prefixes:
-            delete_topics(args.brokers, prefixes)
+            with contextlib.suppress(KafkaException):
+                delete_topics(args.brokers, prefixes)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from kafka_helpers import SMALL, dump, qbtc, read_topic, unique
 
 from schemas.codec import decode
@@ -62,12 +63,18 @@ def _start(args: list[str], cwd) -> tuple[subprocess.Popen, list[str]]:
     return proc, lines
 
 
-def _processed(lines: list[str]) -> int:
-    """Records the run reported processed so far (its progress lines on stderr)."""
-    counts = [
-        int(m.group(1).replace(",", "")) for line in lines if (m := re.search(r"([\d,]+) records", line))
-    ]
-    return max(counts, default=0)
+def _records_in(brokers: str, topic: str) -> int:
+    """Records on a topic so far (the sum of its partitions' end offsets)."""
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "qbtc-test"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or not meta.partitions:
+            return 0
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions
+        )
+    finally:
+        consumer.close()
 
 
 def _topic_records(brokers: str, prefix: str) -> dict[str, list]:
@@ -88,22 +95,23 @@ def test_sigkill_at_five_points_loses_and_duplicates_nothing(kafka_bootstrap, tm
         "--recovery-dir", "recovery", "--snapshot-interval", "0.3", *_sets(rec),
     ]  # fmt: skip
     kills = []
+    written = 0
     while len(kills) < 5:
         proc, lines = _start(args, tmp_path)
         deadline = time.monotonic() + 120
-        # wait until this run has processed records, then a random moment more
-        while _processed(lines) == 0 and proc.poll() is None:
+        # kill once this run has written a random number of bar records more
+        target = written + rng.randint(100, 400)
+        while (written := _records_in(kafka_bootstrap, f"{rec}bars")) < target and proc.poll() is None:
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is not None:
             pytest.fail(
                 f"the flow finished before kill {len(kills) + 1}; use a longer topic:\n{''.join(lines)}"
             )
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL
-        kills.append(_processed(lines))
-    assert len(kills) == 5 and min(kills) > 0
+        kills.append(written)
+    assert len(kills) == 5 and kills == sorted(kills) and kills[0] > 0
     final = qbtc(*args, "--quiet", cwd=tmp_path)
     assert "replay:" in final.stdout
 
