@@ -194,27 +194,10 @@ def wait_readable(brokers: str, names: list[str], timeout_s: float = 60.0) -> No
 
 def read_with_timestamps(brokers: str, topic: str, timeout_s: float = 30.0):
     """(partition, kafka timestamp ms, value) of every record of ``topic`` up to its current end."""
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "qbtc-bench", "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s)
-        for p in sorted(meta.topics[topic].partitions):
-            tp = TopicPartition(topic, p)
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(topic, p, low)])
-            got = 0
-            while got < high - low:
-                msgs = consumer.consume(min(20_000, high - low - got), timeout_s)
-                if not msgs:
-                    msg = f"{topic}[{p}]: read {got} of {high - low} records"
-                    raise RuntimeError(msg)
-                for m in msgs:
-                    if m.error() is None:
-                        yield p, m.timestamp()[1], m.value()
-                        got += 1
-    finally:
-        consumer.close()
+    from kafka_helpers import read_messages
+
+    for m in read_messages(brokers, topic, timeout_s):
+        yield m.partition(), m.timestamp()[1], m.value()
 
 
 def stop(proc: subprocess.Popen) -> str:

@@ -71,12 +71,11 @@ def dump(dsn: str, cwd: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def read_topic(brokers: str, topic: str, timeout_s: float = 10.0) -> list[tuple[bytes | None, bytes]]:
-    """Every (key, value) of a topic, partition by partition, up to its current end."""
+def read_messages(brokers: str, topic: str, timeout_s: float = 10.0):
+    """Every message of a topic (no errors), partition by partition, up to its current end."""
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "qbtc-test", "enable.auto.commit": False})
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s)
-        out = []
         for p in sorted(meta.topics[topic].partitions):
             tp = TopicPartition(topic, p)
             low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
@@ -87,14 +86,18 @@ def read_topic(brokers: str, topic: str, timeout_s: float = 10.0) -> list[tuple[
             deadline = time.monotonic() + timeout_s
             while got < high - low:
                 # consume() waits for the whole batch or the timeout: ask often, briefly
-                msgs = consumer.consume(10_000, 0.2)
+                msgs = consumer.consume(min(10_000, high - low - got), 0.2)
                 if not msgs and time.monotonic() > deadline:
                     msg = f"{topic}[{p}]: read {got} of {high - low} records"
                     raise AssertionError(msg)
                 for m in msgs:
                     if m.error() is None:
-                        out.append((m.key(), m.value()))
+                        yield m
                         got += 1
-        return out
     finally:
         consumer.close()
+
+
+def read_topic(brokers: str, topic: str, timeout_s: float = 10.0) -> list[tuple[bytes | None, bytes]]:
+    """Every (key, value) of a topic, partition by partition, up to its current end."""
+    return [(m.key(), m.value()) for m in read_messages(brokers, topic, timeout_s)]
