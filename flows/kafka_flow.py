@@ -24,6 +24,7 @@ import numpy as np
 from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
 from flows.metrics import FlowMetrics
 from flows.pipeline import Execution, Progress, build_flow, run_flow
+from flows.recovery_store import RecoveryDirError, discard_unfinished
 from infra.kafka_topics import OUTPUT_TABLES, ensure_topics, topology
 from schemas.codec import encode
 from sinks.kafka_producer import RecordProducer
@@ -171,13 +172,22 @@ def publish(
 
 
 def _init_recovery(ex: Execution, partitions: int) -> None:
-    """Create the recovery partitions once (process 0 does it; others wait)."""
+    """Create the recovery partitions once, or clean them up for a resume.
+
+    Process 0 does both; the others wait for the partitions to exist (they
+    read no snapshot before every process has connected).
+    """
     if not ex.recovery_dir:
         return
     from bytewax.recovery import init_db_dir
 
     path = Path(ex.recovery_dir)
     if any(path.glob("part-*.sqlite3")):
+        if ex.process_id in (None, 0):
+            try:
+                discard_unfinished(path)
+            except RecoveryDirError as exc:
+                raise ConfigError(str(exc)) from None
         return
     if ex.process_id in (None, 0):
         path.mkdir(parents=True, exist_ok=True)
