@@ -12,6 +12,10 @@ from schemas.records import (
     Correlation,
     DeadLetter,
     Feature,
+    Fill,
+    Order,
+    RiskEvent,
+    Signal,
     Tick,
 )
 from schemas.tick_columns import TickColumns
@@ -23,7 +27,11 @@ __all__ = [
     "Correlation",
     "DeadLetter",
     "Feature",
+    "Fill",
+    "Order",
+    "RiskEvent",
     "SchemaError",
+    "Signal",
     "Tick",
     "TickColumns",
     "decode",

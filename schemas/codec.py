@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from schemas.records import Bar, Correlation, DeadLetter, Feature, Tick
+from schemas.records import Bar, Correlation, DeadLetter, Feature, Fill, Order, RiskEvent, Signal, Tick
 
 SCHEMA_VERSION = 1
 
@@ -29,6 +29,10 @@ RECORD_TYPES: dict[str, type] = {
     "feature": Feature,
     "correlation": Correlation,
     "dead_letter": DeadLetter,
+    "signal": Signal,
+    "risk_event": RiskEvent,
+    "order": Order,
+    "fill": Fill,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 _FIELDS = {cls: tuple((f.name, f.type) for f in dataclasses.fields(cls)) for cls in RECORD_TYPES.values()}

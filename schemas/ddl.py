@@ -99,4 +99,65 @@ DEAD_LETTERS = Table(
     ),
     ("source",),
 )
-TABLES = {t.name: t for t in (TICKS, BARS, FEATURES, CORRELATIONS, DEAD_LETTERS)}
+SIGNALS = Table(
+    "signals",
+    (
+        ("ts", TS),
+        ("symbol", "LowCardinality(String)"),
+        ("strategy", "LowCardinality(String)"),
+        ("direction", "Int8"),
+        ("strength", "Float64"),
+        ("regime", "LowCardinality(String)"),
+    ),
+    ("symbol", "strategy", "ts"),
+)
+RISK_EVENTS = Table(
+    "risk_events",
+    (
+        ("ts", TS),
+        ("kind", "LowCardinality(String)"),
+        ("level", "UInt8"),
+        ("symbol", "LowCardinality(String)"),
+        ("value", "Float64"),
+        ("threshold", "Float64"),
+        ("action", "LowCardinality(String)"),
+        ("message", "String"),
+    ),
+    # events are deterministic, so a replayed epoch writes identical rows
+    ("ts", "kind", "symbol", "action", "message"),
+)
+ORDERS = Table(
+    "orders",
+    (
+        ("ts", TS),
+        ("order_id", "String"),
+        ("parent_id", "String"),
+        ("symbol", "LowCardinality(String)"),
+        ("side", "LowCardinality(String)"),
+        ("qty", "Float64"),
+        ("order_type", "LowCardinality(String)"),
+        ("limit_price", "Float64"),
+        ("reason", "LowCardinality(String)"),
+        ("strategy", "LowCardinality(String)"),
+    ),
+    ("order_id",),
+)
+FILLS = Table(
+    "fills",
+    (
+        ("ts", TS),
+        ("order_id", "String"),
+        ("symbol", "LowCardinality(String)"),
+        ("side", "LowCardinality(String)"),
+        ("qty", "Float64"),
+        ("price", "Float64"),
+        ("fee", "Float64"),
+        ("slippage_bps", "Float64"),
+    ),
+    ("order_id",),
+)
+MARKET_TABLES = (TICKS, BARS, FEATURES, CORRELATIONS, DEAD_LETTERS)
+"""What the features flow writes."""
+TRADING_TABLES = (SIGNALS, RISK_EVENTS, ORDERS, FILLS)
+"""What the trading loop writes."""
+TABLES = {t.name: t for t in (*MARKET_TABLES, *TRADING_TABLES)}

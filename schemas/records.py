@@ -118,3 +118,140 @@ class DeadLetter:
             raise ValueError(msg)
         if len(self.payload) > PAYLOAD_LIMIT:
             object.__setattr__(self, "payload", self.payload[:PAYLOAD_LIMIT])
+
+
+# -- the trading loop -----------------------------------------------------------
+
+LONG = 1
+SHORT = -1
+FLAT = 0
+REGIMES = ("trend_up", "trend_down", "range", "high_vol", "crisis")
+"""Market regimes of a symbol (see ``operators.regime``)."""
+
+BUY = "buy"
+SELL = "sell"
+MARKET = "market"
+LIMIT = "limit"
+STOP = "stop"
+ORDER_TYPES = (MARKET, LIMIT, STOP)
+
+MODES = ("normal", "defensive", "observation", "pause", "emergency")
+"""Operating modes of the risk engine, from least to most restrictive in effect."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A strategy's (or the composite's) view of a symbol at a bar close.
+
+    Parameters
+    ----------
+    ts
+        The bar close it was made at, epoch ms.
+    strategy
+        The strategy's name, or ``composite`` for the weighted blend.
+    direction
+        1 long, -1 short, 0 flat.
+    strength
+        Conviction in [0, 1].
+    regime
+        The symbol's regime then (one of :data:`REGIMES`).
+    """
+
+    ts: int
+    symbol: str
+    strategy: str
+    direction: int
+    strength: float
+    regime: str
+
+
+@dataclass(frozen=True, slots=True)
+class RiskEvent:
+    """Something the risk engine saw or did: a breaker, a mode change, a denial.
+
+    Parameters
+    ----------
+    kind
+        What it is about, e.g. ``qvar_breaker``, ``dlri``, ``ers``,
+        ``kill_switch``, ``mode``, ``stale_data``, ``pre_trade``, ``control``.
+    level
+        Severity: 0 info or cleared, 1 warning, 2 caution, 3 emergency.
+    symbol
+        The symbol concerned, ``""`` for the portfolio.
+    value, threshold
+        The measured value and the limit it was compared with.
+    action
+        What was done (``none``, ``defensive``, ``flatten``, ``cut_25pct``,
+        ``deny``, ``reduce``, ``pause``, ...).
+    message
+        For a person.
+    """
+
+    ts: int
+    kind: str
+    level: int
+    symbol: str
+    value: float
+    threshold: float
+    action: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order sent to the execution sink; ids are deterministic.
+
+    Parameters
+    ----------
+    order_id
+        Unique and reproducible: the same run makes the same ids.
+    parent_id
+        The parent order of a TWAP child, ``""`` otherwise.
+    side
+        ``buy`` or ``sell``.
+    qty
+        Base-asset quantity, > 0.
+    order_type
+        ``market``, ``limit`` or ``stop``.
+    limit_price
+        Limit or stop price; 0.0 for market orders.
+    reason
+        Why: ``entry``, ``exit``, ``stop``, ``target``, ``flatten``, ``cut``, ``twap``, ...
+    strategy
+        The strategy behind it, ``risk`` for risk-engine orders.
+    """
+
+    ts: int
+    order_id: str
+    parent_id: str
+    symbol: str
+    side: str
+    qty: float
+    order_type: str
+    limit_price: float
+    reason: str
+    strategy: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """An order's execution (one fill per order) with its costs.
+
+    Parameters
+    ----------
+    price
+        Execution price, slippage included.
+    fee
+        Fee in quote units.
+    slippage_bps
+        Slippage against the reference price, in basis points (>= 0).
+    """
+
+    ts: int
+    order_id: str
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+    slippage_bps: float

@@ -19,15 +19,22 @@ import pyarrow as pa
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from schemas.ddl import TABLES
-from schemas.records import Bar, Correlation, DeadLetter, Feature
+from schemas.records import Bar, Correlation, DeadLetter, Feature, Fill, Order, RiskEvent, Signal
 from schemas.tick_columns import SIDES
 from sinks.clickhouse_store import Store
 
 _RECORD_FIELDS = {
-    "bars": [f.name for f in fields(Bar)],
-    "features": [f.name for f in fields(Feature)],
-    "correlations": [f.name for f in fields(Correlation)],
-    "dead_letters": [f.name for f in fields(DeadLetter)],
+    table: [f.name for f in fields(cls)]
+    for table, cls in (
+        ("bars", Bar),
+        ("features", Feature),
+        ("correlations", Correlation),
+        ("dead_letters", DeadLetter),
+        ("signals", Signal),
+        ("risk_events", RiskEvent),
+        ("orders", Order),
+        ("fills", Fill),
+    )
 }
 
 
