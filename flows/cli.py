@@ -140,6 +140,33 @@ def _kafka_parsers(sub) -> None:
     _common(rec, store=False)
 
 
+def _trade(p, default: bool) -> None:
+    p.add_argument(
+        "--trade",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="run the trading loop (signals, risk engine, paper broker) and print a backtest summary "
+        f"(default {'on' if default else 'off'}; [trading] config)",
+    )
+
+
+def _control_parser(sub) -> None:
+    ctl = sub.add_parser(
+        "control",
+        help="operator commands to the trading loop: resume, pause, flatten (recorded)",
+        description="Append an operator command to the trading loop's control file "
+        "(trading.control_file). A running flow applies it at its next bar close; a replay applies it "
+        "at the first bar close at or after --at. Only `resume` re-enables trading after the kill "
+        "switch. Every command and its reason becomes a risk event.",
+    )
+    ctl.add_argument("action", choices=("resume", "pause", "flatten"))
+    ctl.add_argument("--reason", required=True, help="why (recorded with the command)")
+    ctl.add_argument(
+        "--at", metavar="T", help="event time to apply it at (epoch ms or ISO-8601); default now"
+    )
+    _common(ctl, store=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qbtc",
@@ -157,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--workers", type=int, help="worker threads (default 1)")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _trade(run, default=True)
 
     rep = sub.add_parser(
         "replay",
@@ -174,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--workers", type=int, help="worker threads (default 1)")
     rep.add_argument("--null-sink", action="store_true", help="compute everything, store nothing")
     rep.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _trade(rep, default=False)
     topic = rep.add_argument_group("topic replays (kafka://)")
     topic.add_argument("--from-offset", type=int, metavar="O", help="start every partition at offset O")
     topic.add_argument(
@@ -186,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster(topic)
 
     _kafka_parsers(sub)
+    _control_parser(sub)
 
     sql = sub.add_parser(
         "sql",
@@ -246,16 +276,18 @@ def _summary(kind: str, store: Store | None, dsn: str, records: int, seconds: fl
 
 
 def cmd_run(args) -> int:
-    from flows.pipeline import Progress, replay, simulator_inputs, stderr_progress
+    from flows.pipeline import Progress, TradingReport, replay, simulator_inputs, stderr_progress
 
     settings = _with_workers(_settings(args), args.workers)
     dsn = _dsn(args, settings)
     store = Store(dsn)
     inputs, expected = simulator_inputs(settings)
     progress = Progress(total_bytes=expected, report=None if args.quiet else stderr_progress)
+    report = TradingReport()
     start = time.perf_counter()
-    replay(inputs, settings, dsn, progress)
+    replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
     _summary("run", store, dsn, progress.records, time.perf_counter() - start, {})
+    _trading_summary(report)
     return 0
 
 
@@ -311,7 +343,7 @@ def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outp
 
 
 def cmd_replay(args) -> int:
-    from flows.pipeline import Progress, file_inputs, replay, stderr_progress
+    from flows.pipeline import Progress, TradingReport, file_inputs, replay, stderr_progress
 
     if args.inputs[0].startswith("kafka://"):
         return _replay_topic(args)
@@ -320,9 +352,57 @@ def cmd_replay(args) -> int:
     inputs, total = file_inputs(args.inputs, settings)
     store = None if dsn is None else Store(dsn)
     progress = Progress(total_bytes=total, report=None if args.quiet else stderr_progress)
+    report = TradingReport()
     start = time.perf_counter()
-    counter = replay(inputs, settings, dsn, progress)
+    counter = replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
     _summary("replay", store, dsn or "", progress.records, time.perf_counter() - start, dict(counter.rows))
+    _trading_summary(report)
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _utc(ms: int | None) -> str:
+    from datetime import UTC, datetime
+
+    return "n/a" if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _trading_summary(report) -> None:
+    s = report.summary
+    if s is None:
+        return
+    trips = ", ".join(f"level {lvl}: {n}" for lvl, n in s["breaker_trips"].items()) or "none"
+    lines = [
+        f"backtest {_utc(s['first_ts'])} .. {_utc(s['last_ts'])} UTC "
+        f"(equity {s['start_equity']:,.0f} -> {s['end_equity']:,.0f})",
+        f"  return          {_pct(s['return']):>10}   max drawdown {_pct(s['max_drawdown']):>8}",
+        f"  Sharpe          {_num(s['sharpe']):>10}   Sortino      {_num(s['sortino']):>8}  (annualised)",
+        f"  win rate        {_pct(s['win_rate']):>10}   profit factor {_num(s['profit_factor']):>7}",
+        f"  orders {s['orders']:,}, fills {s['fills']:,}, signals {s['signals']:,}, "
+        f"pre-trade denials {s['denials']:,}",
+        f"  QVaR breakers tripped: {trips}; kill switch: {s['kill_switches']}; "
+        f"mode changes: {s['mode_changes']} (mode now {s['mode']})",
+        f"  VaR exceedances {_pct(s['var_exceedance_rate'])} of {s['var_checks']:,} bars (5% expected)",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def cmd_control(args) -> int:
+    from flows.control import append_command
+    from flows.pipeline import wall_ms
+
+    settings = _settings(args)
+    at = _time_arg("--at", args.at)
+    path = settings.trading.control_file
+    cmd = append_command(path, args.action, args.reason, wall_ms() if at is None else at)
+    sys.stdout.write(f"control: {cmd.command} at {cmd.ts} ({args.reason}) -> {path}\n")
     return 0
 
 
@@ -473,6 +553,7 @@ COMMANDS = {
     "publish": cmd_publish,
     "stream": cmd_stream,
     "record": cmd_record,
+    "control": cmd_control,
 }
 
 

@@ -137,6 +137,32 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TradingConfig:
+    """``[trading]``: the trading loop (signals, sizing, risk engine, paper broker).
+
+    ``risk_engine = false`` turns the risk engine off (it then approves every
+    order and never trips), for comparison runs. ``qvar_horizon_bars`` scales
+    the per-bar volatilities of the portfolio QVaR by its square root.
+    ``control_file`` is where ``qbtc control`` appends operator commands.
+    """
+
+    initial_cash: float = 100_000.0
+    allow_short: bool = False
+    risk_engine: bool = True
+    qvar_horizon_bars: float = 1.0
+    max_leverage: float = 3.0
+    max_position_share: float = 0.20
+    max_order_notional: float = 250_000.0
+    taker_fee_bps: float = 10.0
+    maker_fee_bps: float = 2.0
+    spread_bps: float = 2.0
+    twap_threshold: float = 50_000.0
+    target_daily_vol: float = 0.02
+    min_trade_share: float = 0.002
+    control_file: str = "var/control.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     input: InputConfig = field(default_factory=InputConfig)
@@ -144,6 +170,7 @@ class Settings:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     run: RunConfig = field(default_factory=RunConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    trading: TradingConfig = field(default_factory=TradingConfig)
 
 
 def _coerce(section: str, key: str, ftype: str, value):
@@ -290,6 +317,14 @@ def _validate(s: Settings) -> None:
         (s.kafka.snapshot_interval_s > 0, "kafka.snapshot_interval_s must be > 0"),
         (0 <= s.kafka.metrics_port <= 65535, "kafka.metrics_port must be 0 (off) or a port"),
         (bool(s.kafka.brokers.strip()), "kafka.brokers must name at least one broker"),
+        (s.trading.initial_cash > 0, "trading.initial_cash must be > 0"),
+        (s.trading.qvar_horizon_bars > 0, "trading.qvar_horizon_bars must be > 0"),
+        (s.trading.max_leverage > 0, "trading.max_leverage must be > 0"),
+        (0 < s.trading.max_position_share <= 1, "trading.max_position_share must be in (0, 1]"),
+        (s.trading.max_order_notional > 0, "trading.max_order_notional must be > 0"),
+        (s.trading.twap_threshold > 0, "trading.twap_threshold must be > 0"),
+        (s.trading.target_daily_vol > 0, "trading.target_daily_vol must be > 0"),
+        (0 <= s.trading.min_trade_share < 1, "trading.min_trade_share must be in [0, 1)"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -27,10 +27,19 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.recovery import RecoveryConfig
 
 from flows.config import ConfigError, Settings
+from flows.control import ControlReader
 from operators.bar_builder import BarBuilder, BarSettings
+from operators.candle_bars import CandleBars
 from operators.correlation_grid import CorrelationGrid, CorrelationSettings
+from operators.paper_broker import BrokerSettings
+from operators.portfolio import PortfolioSettings
+from operators.portfolio_risk import PortfolioRiskSettings
+from operators.risk_engine import RiskSettings
+from operators.sizing import SizingSettings
 from operators.symbol_features import FeatureSettings, SymbolFeatures
-from schemas.records import DeadLetter
+from operators.trading_loop import TradingLoop, TradingSettings
+from schemas.codec import encode
+from schemas.records import SCHEMA, Bar, DeadLetter
 from sinks.store_sink import RowCounter, StoreSink
 from sources.tick_files import Chunk, TickFileReader
 
@@ -112,10 +121,53 @@ class ChunkSource(FixedPartitionedSource):
         return _ChunkPartition(self.inputs, self.progress, resume_state)
 
 
+def is_candle_file(path: str) -> bool:
+    """A candle (OHLCV) file rather than ticks: a JSON array, or a CSV header with open/high/low/close."""
+    import gzip
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError):
+        return False  # the tick reader reports the problem
+    first = head.lstrip()[:1]
+    if first == b"[":
+        return True
+    header = {
+        c.strip().strip('"').lower() for c in head.split(b"\n", 1)[0].decode("utf-8", "replace").split(",")
+    }
+    return {"open", "high", "low", "close"} <= header and "price" not in header
+
+
+def _candle_chunks(reader) -> ChunkFactory:
+    def chunks(skip: int) -> Iterator[Chunk]:
+        for c in reader.chunks(skip):
+            yield Chunk([], c.dead, c.records, c.position, c.resume_at, bars=tuple(c.bars))
+
+    return chunks
+
+
 def file_inputs(paths: list[str], settings: Settings) -> tuple[list[ChunkFactory], int]:
-    """Chunk factories for tick files, and their total size in bytes."""
-    readers = [TickFileReader(p, settings.input.exchange, wall_ms, settings.input.block_bytes) for p in paths]
-    return [r.chunks for r in readers], sum(r.size for r in readers)
+    """Chunk factories for tick or candle files, and their total size in bytes.
+
+    Candle files (see ``sources.candle_files``) give finished bars on the
+    ``features.bar_interval`` grid; tick files give ticks.
+    """
+    from sources.candle_files import CandleFileReader, CandleSettings
+
+    factories: list[ChunkFactory] = []
+    size = 0
+    for p in paths:
+        if is_candle_file(p):
+            interval = settings.features.bar_interval * 1000
+            reader = CandleFileReader(p, CandleSettings(interval, settings.input.exchange), wall_ms)
+            factories.append(_candle_chunks(reader))
+        else:
+            reader = TickFileReader(p, settings.input.exchange, wall_ms, settings.input.block_bytes)
+            factories.append(reader.chunks)
+        size += reader.size
+    return factories, size
 
 
 def simulator_settings(settings: Settings):
@@ -179,26 +231,29 @@ class SymbolLogic(StatefulBatchLogic):
         resume,
         keep_state: bool = False,
         metrics=None,
+        trading: bool = False,
     ) -> None:
         # Bytewax passes no key to the builder: the symbol comes with the first batch.
         self.bar_settings = bar_settings
         self.feature_settings = feature_settings
         self.keep_state = keep_state
         self.metrics = metrics
-        self.bars: BarBuilder | None = None
+        self.trading = trading
+        self.bars: BarBuilder | CandleBars | None = None
         self.features: SymbolFeatures | None = None
         if resume is not None:
             self.bars, self.features = pickle.loads(resume)
             self.symbol = self.bars.symbol
 
     def _emit(self, out: list, closed: list, peers: tuple, part: tuple[int, int] | None) -> None:
+        feats = []
         if closed:
             out.append(("bars", closed))
             update = self.features.update
             feats = [f for f in map(update, closed) if f is not None]
             if feats:
                 out.append(("features", feats))
-        d = self.bars.settings.interval_ms
+        d = self.bar_settings.interval_ms
         out.append(
             (
                 "progress",
@@ -208,6 +263,8 @@ class SymbolLogic(StatefulBatchLogic):
                     self.bars.closed_through(),
                     peers,
                     part,
+                    # the trading loop downstream needs the bars and features themselves
+                    (closed, feats) if self.trading else None,
                 ),
             )
         )
@@ -216,10 +273,21 @@ class SymbolLogic(StatefulBatchLogic):
         started = time.perf_counter()
         out: list = []
         if self.bars is None:
-            self.symbol = values[0][0].symbol
-            self.bars = BarBuilder(self.bar_settings, self.symbol)
+            first = values[0][0]
+            if isinstance(first, list):  # finished bars from a candle input
+                self.symbol = first[0].symbol
+                self.bars = CandleBars(self.bar_settings.interval_ms, self.symbol)
+            else:
+                self.symbol = first.symbol
+                self.bars = BarBuilder(self.bar_settings, self.symbol)
             self.features = SymbolFeatures(self.feature_settings, self.symbol)
         for cols, peers, part in values:
+            if isinstance(cols, list):
+                self._candles(out, cols, peers, part)
+                continue
+            if not isinstance(self.bars, BarBuilder):
+                out.append(("dead_letters", [_mixed(self.symbol, cols, i) for i in range(len(cols))]))
+                continue
             up = self.bars.update(cols)
             if len(up.accepted):
                 out.append(("ticks", (up.accepted, up.seq)))
@@ -240,9 +308,26 @@ class SymbolLogic(StatefulBatchLogic):
             self.metrics.batch_seconds(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
+    def _candles(self, out: list, bars: list, peers: tuple, part) -> None:
+        if not isinstance(self.bars, CandleBars):
+            out.append(("dead_letters", [_mixed(self.symbol, bar) for bar in bars]))
+            return
+        up = self.bars.update(bars)
+        if up.rejected:
+            now = wall_ms()
+            dead = [
+                DeadLetter(now, f"candles:{self.symbol}@{bars[i].ts}", r, m, encode(bars[i]))
+                for i, r, m in up.rejected
+            ]
+            out.append(("dead_letters", dead))
+            if self.metrics is not None:
+                self.metrics.dead(dead)
+        self._emit(out, up.accepted, peers, part)
+
     def on_eof(self) -> tuple[list, bool]:
         out: list = []
-        self._emit(out, self.bars.flush(), (), None)
+        closed = self.bars.flush() if isinstance(self.bars, BarBuilder) else []
+        self._emit(out, closed, (), None)
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self):
@@ -252,32 +337,88 @@ class SymbolLogic(StatefulBatchLogic):
         return pickle.dumps((self.bars, self.features), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-class CorrelationLogic(StatefulBatchLogic):
-    """The one cross-symbol correlation grid."""
+@dataclass
+class TradingReport:
+    """Where the market step leaves the trading loop's summary at the end of the input."""
 
-    def __init__(self, settings: CorrelationSettings, resume, keep_state: bool = False) -> None:
-        self.grid = pickle.loads(resume) if resume is not None else CorrelationGrid(settings)
+    summary: dict | None = None
+
+
+class CorrelationLogic(StatefulBatchLogic):
+    """The one cross-symbol step: the correlation grid, and the trading loop when trading.
+
+    The loop processes a grid step once the grid has made it final, so its
+    signals, orders and fills do not depend on how symbols interleave.
+    """
+
+    def __init__(
+        self,
+        settings: CorrelationSettings,
+        resume,
+        keep_state: bool = False,
+        trading: TradingSettings | None = None,
+        report: TradingReport | None = None,
+        control_path: str = "",
+    ) -> None:
+        if resume is not None:
+            self.grid, self.loop, self.control = pickle.loads(resume)
+        else:
+            self.grid = CorrelationGrid(settings)
+            self.loop = TradingLoop(trading) if trading is not None else None
+            self.control = ControlReader(control_path) if trading is not None and control_path else None
         self.keep_state = keep_state
+        self.report = report
+
+    def _controls(self) -> list:
+        """New operator commands into the loop; unreadable ones as dead letters."""
+        if self.control is None:
+            return []
+        commands, bad = self.control.read()
+        for cmd in commands:
+            self.loop.add_control(cmd.ts, cmd.command, cmd.reason)
+        if not bad:
+            return []
+        now = wall_ms()
+        return [("dead_letters", [DeadLetter(now, self.control.path, SCHEMA, m, line) for line, m in bad])]
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         out = []
         grid = self.grid
+        loop = self.loop
         for value in values:
             if isinstance(value, PartitionSeen):
                 out.extend(grid.announce(value.part, value.parts, value.known))
             else:
-                symbol, bars, closed_through, peers, part = value
+                symbol, bars, closed_through, peers, part, trade = value
                 if part is not None:
                     grid.expect_sources(part[1])
+                if loop is not None and trade is not None:
+                    loop.add(symbol, *trade)
                 out.extend(grid.update(symbol, bars, closed_through, peers))
-        return ([("correlations", out)] if out else []), StatefulBatchLogic.RETAIN
+        items = [("correlations", out)] if out else []
+        if loop is not None:
+            items.extend(self._controls())
+            loop.add_correlations(out)
+            if grid.done is not None:
+                items.extend(loop.advance(grid.done))
+        return items, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list, bool]:
         out = self.grid.finish()
-        return ([("correlations", out)] if out else []), StatefulBatchLogic.RETAIN
+        items = [("correlations", out)] if out else []
+        loop = self.loop
+        if loop is not None:
+            items.extend(self._controls())
+            loop.add_correlations(out)
+            items.extend(loop.advance(max(loop.bars, default=-1)))
+            if self.report is not None:
+                self.report.summary = loop.summary()
+        return items, StatefulBatchLogic.RETAIN
 
     def snapshot(self):
-        return pickle.dumps(self.grid, protocol=pickle.HIGHEST_PROTOCOL) if self.keep_state else None
+        if not self.keep_state:
+            return None
+        return pickle.dumps((self.grid, self.loop, self.control), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # -- the dataflow ---------------------------------------------------------------
@@ -285,7 +426,23 @@ class CorrelationLogic(StatefulBatchLogic):
 
 def _split(chunk: Chunk) -> list:
     peers = tuple(b.symbol for b in chunk.batches)
-    return [(b.symbol, (b, peers, chunk.part)) for b in chunk.batches]
+    out = [(b.symbol, (b, peers, chunk.part)) for b in chunk.batches]
+    if chunk.bars:
+        by_symbol: dict[str, list] = {}
+        for bar in chunk.bars:
+            by_symbol.setdefault(bar.symbol, []).append(bar)
+        peers = tuple(by_symbol)
+        out.extend((symbol, (bars, peers, chunk.part)) for symbol, bars in by_symbol.items())
+    return out
+
+
+def _mixed(symbol: str, item, i: int = 0) -> DeadLetter:
+    """A dead letter for ticks and candles mixed in one symbol (a run takes one kind per symbol)."""
+    if isinstance(item, Bar):
+        source, payload = f"candles:{symbol}@{item.ts}", encode(item)
+    else:
+        source, payload = item.source(i), item.payload(i)
+    return DeadLetter(wall_ms(), source, SCHEMA, f"{symbol} has both ticks and candles in this run", payload)
 
 
 def _announce(chunk: Chunk):
@@ -295,13 +452,21 @@ def _announce(chunk: Chunk):
 
 
 def build_flow(
-    source, settings: Settings, sink, keep_state: bool = False, metrics=None, keyed_sink: bool = False
+    source,
+    settings: Settings,
+    sink,
+    keep_state: bool = False,
+    metrics=None,
+    keyed_sink: bool = False,
+    trading: TradingSettings | None = None,
+    report: TradingReport | None = None,
 ) -> Dataflow:
     """The dataflow from ``source`` (Chunks) to ``sink`` ((table, payload) items).
 
     ``keep_state`` snapshots operator state (for recovery); ``metrics`` gets
     the flow's counts (see ``flows.metrics``); ``keyed_sink`` sends items as
-    ``("out", item)`` to a partitioned sink.
+    ``("out", item)`` to a partitioned sink; ``trading`` runs the trading
+    loop after the correlation grid, leaving its summary in ``report``.
     """
     f = settings.features
     d = f.bar_interval * 1000
@@ -322,7 +487,9 @@ def build_flow(
     symbol_out = op.stateful_batch(
         "bars_features",
         per_symbol,
-        lambda resume: SymbolLogic(bar_settings, feature_settings, resume, keep_state, metrics),
+        lambda resume: SymbolLogic(
+            bar_settings, feature_settings, resume, keep_state, metrics, trading is not None
+        ),
     )
     symbol_out = op.key_rm("unkey_symbols", symbol_out)
     routed = op.branch("route_progress", symbol_out, lambda item: item[0] == "progress")
@@ -330,7 +497,11 @@ def build_flow(
     seen = op.filter_map("announce_partitions", chunks, _announce)
     grid_in = op.merge("grid_in", progress, seen)
     corr_out = op.stateful_batch(
-        "correlations", grid_in, lambda resume: CorrelationLogic(corr_settings, resume, keep_state)
+        "correlations",
+        grid_in,
+        lambda resume: CorrelationLogic(
+            corr_settings, resume, keep_state, trading, report, settings.trading.control_file
+        ),
     )
     corr_out = op.key_rm("unkey_grid", corr_out)
     store_items = op.merge("store_items", dead, routed.falses, corr_out)
@@ -419,13 +590,60 @@ def stderr_progress(p: Progress) -> None:
     sys.stderr.flush()
 
 
+def trading_settings(settings: Settings) -> TradingSettings:
+    """The trading loop's settings from ``[trading]`` (the operators' defaults elsewhere)."""
+    t = settings.trading
+    d = settings.features.bar_interval * 1000
+    risk = RiskSettings(
+        enabled=t.risk_engine,
+        risk=PortfolioRiskSettings(
+            entropy_coef=settings.features.qvar_entropy_coef, horizon_bars=t.qvar_horizon_bars
+        ),
+        max_leverage=t.max_leverage,
+        max_position_share=t.max_position_share,
+        max_order_notional=t.max_order_notional,
+    )
+    broker = BrokerSettings(
+        bar_interval_ms=d,
+        taker_fee_bps=t.taker_fee_bps,
+        maker_fee_bps=t.maker_fee_bps,
+        spread_bps=t.spread_bps,
+        twap_threshold=t.twap_threshold,
+    )
+    sizing = SizingSettings(
+        bar_interval_ms=d, target_daily_vol=t.target_daily_vol, max_fraction=t.max_position_share
+    )
+    try:
+        return TradingSettings(
+            bar_interval_ms=d,
+            portfolio=PortfolioSettings(initial_cash=t.initial_cash),
+            risk=risk,
+            broker=broker,
+            sizing=sizing,
+            allow_short=t.allow_short,
+            min_trade_share=t.min_trade_share,
+        )
+    except ValueError as exc:
+        msg = f"[trading]: {exc}"
+        raise ConfigError(msg) from None
+
+
 def replay(
-    source_inputs: list[ChunkFactory], settings: Settings, dsn: str | None, progress: Progress
+    source_inputs: list[ChunkFactory],
+    settings: Settings,
+    dsn: str | None,
+    progress: Progress,
+    trade: bool = False,
+    report: TradingReport | None = None,
 ) -> RowCounter:
-    """Run the flow over inputs into the store at ``dsn`` (None: the null sink)."""
+    """Run the flow over inputs into the store at ``dsn`` (None: the null sink).
+
+    ``trade`` runs the trading loop too; its summary lands in ``report``.
+    """
     counter = RowCounter()
     sink = StoreSink(dsn, counter, settings.store.batch_rows)
-    flow = build_flow(ChunkSource(source_inputs, progress), settings, sink)
+    trading = trading_settings(settings) if trade else None
+    flow = build_flow(ChunkSource(source_inputs, progress), settings, sink, trading=trading, report=report)
     run_flow(flow, settings.run.workers)
     progress.tick(force=True)
     return counter

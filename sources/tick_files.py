@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from schemas.records import PARSE, SCHEMA, VALUE, DeadLetter
+from schemas.records import PARSE, SCHEMA, VALUE, Bar, DeadLetter
 from schemas.tick_columns import SIDE_CODES, RawSlices, TickColumns
 from schemas.validation import (
     FIELDS,
@@ -82,6 +82,8 @@ class Chunk:
         partitions read in parallel, else None.
     known
         Every symbol the partition has carried so far (with ``part``).
+    bars
+        Finished bars from a candle input, in (ts, symbol) order.
     """
 
     batches: list[TickColumns]
@@ -91,6 +93,7 @@ class Chunk:
     resume_at: int
     part: tuple[int, int] | None = None
     known: tuple[str, ...] = ()
+    bars: tuple[Bar, ...] = ()
 
 
 def file_format(path: str) -> str:

@@ -1,0 +1,547 @@
+"""The trading loop: features to signals, sizes, risk checks and paper fills, in event time.
+
+The loop runs on the bar grid. A grid step k is processed once every symbol's
+bar k is final (the correlation grid decides that), so the result never
+depends on how symbols or partitions interleave. For step k, with close time
+``t = (k + 1) * D``:
+
+1. **Venue.** Each symbol's bar k walks the paper broker's price path (open,
+   the two extremes, close): orders decided at an earlier close fill at the
+   open (the first trade after the decision), protective stops and targets
+   fire along the path. Fills go to the portfolio, which is then marked at
+   the closes and moved to ``t``.
+2. **State.** ATR, regime, the strategies' paper records (each strategy's
+   previous direction times the new return), drift flags.
+3. **Risk.** The risk engine assesses the portfolio (QVaR breakers, DLRI, ERS,
+   defensive mode, kill switch, stale data, modes) and its actions come first:
+   flatten, cut or deleverage orders.
+4. **Signals.** Every strategy updates on every bar; the weighted composite per
+   symbol is sized (volatility target with fractional Kelly, then the risk
+   adjustments), scaled in along a Fibonacci ladder and pre-trade checked.
+   Approved orders go to the broker and fill from the next bar on; entries
+   get ATR stops and targets once filled.
+
+Everything is deterministic: no clock, no randomness; order ids are built
+from the step, the symbol and a counter kept in the state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from operators.atr import ATR, ATRSettings
+from operators.paper_broker import BarContext, BrokerSettings, PaperBroker
+from operators.portfolio import Portfolio, PortfolioSettings
+from operators.regime import RegimeClassifier, RegimeSettings
+from operators.risk_engine import MarketView, OrderIntent, RiskActions, RiskEngine, RiskSettings
+from operators.sizing import PositionSizer, SizingSettings, fib_ladder
+from operators.strategies import StrategiesSettings, Strategy, default_strategies
+from operators.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
+from schemas.records import BUY, MARKET, SELL, Bar, Correlation, Feature, Fill, Order, RiskEvent
+
+RISK = "risk"
+
+
+@dataclass(frozen=True, slots=True)
+class TradingSettings:
+    """Parameters of :class:`TradingLoop`; the parts are the operators' own settings.
+
+    Parameters
+    ----------
+    bar_interval_ms
+        The bar grid D.
+    allow_short
+        Let composite short signals open shorts (default: long only; a short
+        signal then means flat).
+    min_trade_share
+        Rebalances smaller than this share of equity are not sent.
+    ladder_levels
+        Tranches of the Fibonacci ladder an entry is scaled in with.
+    """
+
+    bar_interval_ms: int
+    portfolio: PortfolioSettings = field(default_factory=PortfolioSettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+    broker: BrokerSettings | None = None
+    regime: RegimeSettings = field(default_factory=RegimeSettings)
+    strategies: StrategiesSettings = field(default_factory=StrategiesSettings)
+    weights: StrategyWeightsSettings | None = None
+    sizing: SizingSettings | None = None
+    atr: ATRSettings = field(default_factory=ATRSettings)
+    allow_short: bool = False
+    min_trade_share: float = 0.002
+    ladder_levels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.bar_interval_ms <= 0:
+            msg = f"bar_interval_ms must be > 0, got {self.bar_interval_ms}"
+            raise ValueError(msg)
+        if not 0 <= self.min_trade_share < 1 or self.ladder_levels < 1:
+            msg = "min_trade_share must be in [0, 1) and ladder_levels >= 1"
+            raise ValueError(msg)
+        d = self.bar_interval_ms
+        if self.broker is None:
+            object.__setattr__(self, "broker", BrokerSettings(bar_interval_ms=d))
+        if self.weights is None:
+            object.__setattr__(self, "weights", StrategyWeightsSettings(bar_interval_ms=d))
+        if self.sizing is None:
+            object.__setattr__(self, "sizing", SizingSettings(bar_interval_ms=d))
+
+
+@dataclass(slots=True)
+class TradingStats:
+    """Running totals for the backtest summary (all in event time)."""
+
+    steps: int = 0
+    start_equity: float = 0.0
+    last_equity: float = 0.0
+    returns_n: int = 0
+    returns_sum: float = 0.0
+    returns_sq: float = 0.0
+    downside_sq: float = 0.0
+    peak: float = 0.0
+    max_drawdown: float = 0.0
+    wins: int = 0
+    losses: int = 0
+    gross_profit: float = 0.0
+    gross_loss: float = 0.0
+    orders: int = 0
+    fills: int = 0
+    signals: int = 0
+    breaker_trips: dict[int, int] = field(default_factory=dict)
+    kill_switches: int = 0
+    mode_changes: int = 0
+    denials: int = 0
+    var_checks: int = 0
+    var_exceedances: int = 0
+    first_ts: int | None = None
+    last_ts: int | None = None
+
+    def equity_step(self, equity: float) -> None:
+        if self.steps == 0:
+            self.start_equity = self.peak = equity
+        else:
+            r = equity / self.last_equity - 1.0 if self.last_equity > 0 else 0.0
+            self.returns_n += 1
+            self.returns_sum += r
+            self.returns_sq += r * r
+            self.downside_sq += min(r, 0.0) ** 2
+        self.steps += 1
+        self.last_equity = equity
+        self.peak = max(self.peak, equity)
+        if self.peak > 0:
+            self.max_drawdown = max(self.max_drawdown, 1.0 - equity / self.peak)
+
+
+@dataclass(slots=True)
+class _SymbolState:
+    atr: ATR
+    regime: RegimeClassifier
+    strategies: list[Strategy]
+    feature: Feature | None = None
+    regime_now: str | None = None
+    last_dirs: dict[str, int] = field(default_factory=dict)  # strategy -> direction at the last close
+    tranches: int = 0  # ladder tranches taken since the position was flat
+    last_close: float = 0.0
+
+
+class TradingLoop:
+    """Signals, sizing, risk and the paper broker over finished grid steps.
+
+    Feed each symbol's bars and features with :meth:`add`, correlation rows
+    with :meth:`add_correlations`, then :meth:`advance` to the last final
+    step; it returns ``(table, records)`` pairs for ``signals``,
+    ``risk_events``, ``orders`` and ``fills``.
+    """
+
+    def __init__(self, settings: TradingSettings) -> None:
+        self.settings = settings
+        self.portfolio = Portfolio(settings.portfolio)
+        self.risk = RiskEngine(settings.risk)
+        self.broker = PaperBroker(settings.broker)
+        self.sizer = PositionSizer(settings.sizing)
+        self.weights = StrategyWeights.for_strategies(
+            default_strategies(settings.strategies), settings.weights
+        )
+        self.symbols: dict[str, _SymbolState] = {}
+        self.bars: dict[int, dict[str, Bar]] = {}
+        self.features: dict[int, dict[str, Feature]] = {}
+        self.corr: dict[tuple[str, str], float] = {}
+        self.pending_corr: list[Correlation] = []
+        self.controls: list[tuple[int, str, str]] = []
+        self.last_data_ts: dict[str, int] = {}
+        self.done: int | None = None
+        self.counter = 0
+        self.last_qvar: float | None = None
+        self.stats = TradingStats()
+
+    # -- input -------------------------------------------------------------------------
+
+    def add(self, symbol: str, bars: list[Bar], features: list[Feature]) -> None:
+        """A symbol's newly closed bars and feature rows (any step order within the symbol)."""
+        d = self.settings.bar_interval_ms
+        for bar in bars:
+            self.bars.setdefault(bar.ts // d, {})[symbol] = bar
+        for f in features:
+            self.features.setdefault(f.ts // d, {})[symbol] = f
+
+    def add_correlations(self, rows: list[Correlation]) -> None:
+        self.pending_corr.extend(rows)
+
+    def add_control(self, ts: int, command: str, reason: str) -> None:
+        """An operator command (``resume``, ``pause``, ``flatten``), applied at the first close >= ts."""
+        self.controls.append((ts, command, reason))
+        self.controls.sort(key=lambda c: c[0])
+
+    def correlation(self, a: str, b: str) -> float | None:
+        if a == b:
+            return 1.0
+        return self.corr.get((a, b) if a < b else (b, a))
+
+    # -- processing ----------------------------------------------------------------------
+
+    def advance(self, through: int) -> list[tuple[str, list]]:
+        """Process every step up to grid index ``through``."""
+        out: dict[str, list] = {"signals": [], "risk_events": [], "orders": [], "fills": []}
+        steps = sorted(k for k in self.bars if k <= through)
+        for k in steps:
+            if self.done is not None and k <= self.done:
+                self.bars.pop(k, None)
+                self.features.pop(k, None)
+                continue
+            self._step(k, self.bars.pop(k), self.features.pop(k, {}), out)
+            self.done = k
+        return [(table, rows) for table, rows in out.items() if rows]
+
+    def _step(self, k: int, bars: dict[str, Bar], feats: dict[str, Feature], out: dict[str, list]) -> None:
+        s = self.settings
+        close_ts = (k + 1) * s.bar_interval_ms
+        st = self.stats
+        st.first_ts = close_ts if st.first_ts is None else st.first_ts
+        st.last_ts = close_ts
+        self._apply_correlations(k)
+        pf = self.portfolio
+        held_before = {sym: (q, pf.marks.get(sym)) for sym, q in pf.positions.items() if q}
+        # 1. venue: fills at the open, protection along the path
+        for symbol in sorted(bars):
+            bar = bars[symbol]
+            sym = self._symbol(symbol)
+            ctx = BarContext(normalised_vol=self._normalised_vol(symbol))
+            result = self.broker.on_bar(bar, ctx)
+            out["orders"].extend(result.new_orders)
+            st.orders += len(result.new_orders)
+            for c in result.cancelled:
+                out["risk_events"].append(
+                    RiskEvent(c.ts, "execution", 1, c.order.symbol, c.order.qty, 0.0, c.reason, c.message)
+                )
+            for fill in result.fills:
+                self._book(fill, out)
+            pf.mark(symbol, bar.close)
+            sym.last_close = bar.close
+            self.last_data_ts[symbol] = close_ts
+        pf.advance(close_ts)
+        self._var_check(held_before)
+        # 2. state
+        for symbol in sorted(bars):
+            sym = self.symbols[symbol]
+            bar = bars[symbol]
+            feat = feats.get(symbol)
+            atr = sym.atr.update(bar)
+            del atr
+            if feat is not None:
+                for name, direction in sym.last_dirs.items():
+                    self.weights.record(name, symbol, direction, feat.ret)
+                sym.feature = feat
+                if feat.drift:
+                    self.weights.on_drift(symbol, close_ts)
+            sym.regime_now = sym.regime.update(bar, feat, self._avg_corr(symbol))
+        # 3. risk
+        view = self._view(close_ts)
+        for when, command, reason in self._due_controls(close_ts):
+            events = self.risk.control(when, command, reason)
+            self._count(events)
+            out["risk_events"].extend(events)
+        events, actions = self.risk.assess(pf, view)
+        self._count(events)
+        out["risk_events"].extend(events)
+        self._risk_orders(close_ts, actions, view, out)
+        # 4. signals and entries
+        self._signals(close_ts, bars, actions, view, out)
+        st.equity_step(pf.equity())
+        risk_now = self.risk.last_risk
+        self.last_qvar = None if risk_now is None else risk_now.qvar
+
+    def _symbol(self, symbol: str) -> _SymbolState:
+        sym = self.symbols.get(symbol)
+        if sym is None:
+            s = self.settings
+            sym = self.symbols[symbol] = _SymbolState(
+                ATR(s.atr), RegimeClassifier(s.regime), default_strategies(s.strategies)
+            )
+        return sym
+
+    def _apply_correlations(self, k: int) -> None:
+        d = self.settings.bar_interval_ms
+        keep = []
+        for c in self.pending_corr:
+            if c.ts // d <= k:
+                self.corr[(c.symbol_a, c.symbol_b)] = c.corr
+            else:
+                keep.append(c)
+        self.pending_corr = keep
+
+    def _avg_corr(self, symbol: str) -> float | None:
+        values = [self.correlation(symbol, other) for other in self.symbols if other != symbol]
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else None
+
+    def _normalised_vol(self, symbol: str) -> float:
+        sym = self.symbols.get(symbol)
+        ref = self.risk.vol_ref.get(symbol)
+        if sym is None or sym.feature is None or not ref:
+            return 1.0
+        return sym.feature.volatility / ref
+
+    def _view(self, ts: int) -> MarketView:
+        vols, ents, regimes = {}, {}, {}
+        for symbol, sym in self.symbols.items():
+            if sym.feature is not None:
+                vols[symbol] = sym.feature.volatility
+                ents[symbol] = sym.feature.entropy
+            if sym.regime_now is not None:
+                regimes[symbol] = sym.regime_now
+        return MarketView(ts, vols, ents, regimes, dict(self.last_data_ts), self.correlation, True)
+
+    def _due_controls(self, ts: int) -> list[tuple[int, str, str]]:
+        due = [c for c in self.controls if c[0] <= ts]
+        self.controls = [c for c in self.controls if c[0] > ts]
+        return [(ts, command, reason) for _, command, reason in due]
+
+    def _count(self, events: list[RiskEvent]) -> None:
+        st = self.stats
+        for e in events:
+            if e.kind == "qvar_breaker" and e.level > 0 and e.action != "cleared":
+                st.breaker_trips[e.level] = st.breaker_trips.get(e.level, 0) + 1
+            elif e.kind == "kill_switch" and e.level > 0:
+                st.kill_switches += 1
+            elif e.kind == "mode":
+                st.mode_changes += 1
+            elif e.kind == "pre_trade" and e.action == "deny":
+                st.denials += 1
+
+    def _var_check(self, held: dict[str, tuple[float, float | None]]) -> None:
+        """VaR backtest on the hypothetical P&L: the previous close's positions, marked to this close.
+
+        Trading costs and intra-bar trades are left out, as in a standard VaR
+        backtest; only steps with positions and a QVaR count.
+        """
+        if not held or self.last_qvar is None or not self.last_qvar > 0:
+            return
+        marks = self.portfolio.marks
+        pnl = math.fsum(q * (marks.get(sym, p) - p) for sym, (q, p) in held.items() if p is not None)
+        self.stats.var_checks += 1
+        if -pnl > self.last_qvar:
+            self.stats.var_exceedances += 1
+
+    # -- orders ------------------------------------------------------------------------------
+
+    def _order_id(self, ts: int, symbol: str, reason: str) -> str:
+        self.counter += 1
+        return f"{ts}-{symbol}-{reason}-{self.counter}"
+
+    def _send(self, ts: int, symbol: str, qty: float, reason: str, strategy: str, out: dict) -> None:
+        """Send a market order for a signed quantity (> 0 buys)."""
+        if qty == 0 or not math.isfinite(qty):
+            return
+        side = BUY if qty > 0 else SELL
+        order = Order(
+            ts, self._order_id(ts, symbol, reason), "", symbol, side, abs(qty), MARKET, 0.0, reason, strategy
+        )
+        working = self.broker.submit(order)
+        out["orders"].append(order)
+        out["orders"].extend(o for o in working if o.order_id != order.order_id)
+        self.stats.orders += 1 + sum(1 for o in working if o.order_id != order.order_id)
+
+    def _risk_orders(self, ts: int, actions: RiskActions, view: MarketView, out: dict) -> None:
+        pf = self.portfolio
+        held = {s: q for s, q in sorted(pf.positions.items()) if q != 0}
+        if not held:
+            return
+        self._cancel_entries(ts)
+        if actions.flatten:
+            for symbol, qty in held.items():
+                self._send(ts, symbol, -qty, "flatten", RISK, out)
+            return
+        share = actions.cut_fraction
+        if actions.deleverage_to is not None:
+            lev = pf.leverage()
+            if lev > actions.deleverage_to > 0:
+                share = max(share, 1.0 - actions.deleverage_to / lev)
+        if share > 0:
+            for symbol, qty in held.items():
+                self._send(ts, symbol, -qty * share, "cut", RISK, out)
+
+    def _cancel_entries(self, ts: int) -> None:
+        for order in self.broker.open_orders():
+            if order.strategy != RISK:
+                self.broker.cancel(order.order_id, ts)
+
+    def _signals(
+        self, ts: int, bars: dict[str, Bar], actions: RiskActions, view: MarketView, out: dict
+    ) -> None:
+        pf = self.portfolio
+        equity = pf.equity()
+        held = [s for s, q in pf.positions.items() if q != 0]
+        qvar_share = None if self.risk.last_risk is None else self.risk.last_risk.qvar_share
+        for symbol in sorted(bars):
+            sym = self.symbols[symbol]
+            bar = bars[symbol]
+            feat = sym.feature if sym.feature is not None and sym.feature.ts == bar.ts else None
+            regime = sym.regime_now
+            signals = []
+            for strat in sym.strategies:
+                sig = strat.update(ts, bar, feat, regime)
+                if sig is not None:
+                    signals.append(sig)
+                    sym.last_dirs[strat.name] = sig.direction
+            if feat is None or regime is None:
+                continue
+            weights = self.weights.weights(symbol, regime, ts)
+            composite = self.weights.compose(ts, symbol, regime, signals, weights)
+            sym.last_dirs[COMPOSITE] = composite.direction
+            out["signals"].extend([*signals, composite])
+            self.stats.signals += len(signals) + 1
+            if not actions.orders_allowed or equity <= 0 or bar.close <= 0:
+                continue
+            direction = composite.direction
+            if direction < 0 and not self.settings.allow_short:
+                direction = 0
+            strength = composite.strength if direction else 0.0
+            entries_ok = (
+                actions.entries_allowed
+                and symbol not in actions.blocked_symbols
+                and regime not in actions.blocked_regimes
+                and strength >= actions.min_strength
+            )
+            current = pf.position(symbol)
+            target = 0.0
+            if direction:
+                moments = self.weights.moments(COMPOSITE, symbol)
+                others = [self.correlation(symbol, h) for h in held if h != symbol]
+                known = [abs(c) for c in others if c is not None]
+                size = self.sizer.size(
+                    strength,
+                    feat.volatility,
+                    mu=None if moments is None else moments[0],
+                    var=None if moments is None else moments[1],
+                    qvar_share=None if qvar_share is None else self.sizer.qvar_share(qvar_share),
+                    entropy=feat.entropy,
+                    max_corr=max(known) if known else None,
+                    defensive=self.risk.mode == "defensive",
+                )
+                fraction = size.fraction * actions.size_multiplier
+                target = direction * fraction * equity / bar.close
+            self._rebalance(ts, symbol, sym, current, target, entries_ok, bar.close, view, out)
+
+    def _rebalance(self, ts, symbol, sym, current, target, entries_ok, price, view, out) -> None:
+        s = self.settings
+        equity = self.portfolio.equity()
+        delta = target - current
+        if abs(delta) * price < s.min_trade_share * equity:
+            return
+        reduces = abs(target) < abs(current) and target * current >= 0
+        if not reduces:
+            if not entries_ok:
+                return
+            if current == 0:
+                sym.tranches = 0
+            ladder = fib_ladder(abs(target), s.ladder_levels)
+            step = ladder[min(sym.tranches, len(ladder) - 1)]
+            delta = math.copysign(min(abs(delta), step), delta)
+            if abs(delta) * price < s.min_trade_share * equity:
+                return
+        side = BUY if delta > 0 else SELL
+        intent = OrderIntent(
+            symbol, side, abs(delta), price, "exit" if reduces else "entry", COMPOSITE, reduces
+        )
+        approved, events = self.risk.check_order(intent, self.portfolio, view)
+        self._count(events)
+        out["risk_events"].extend(events)
+        if approved <= 0:
+            return
+        if not reduces:
+            sym.tranches += 1
+        self._send(ts, symbol, math.copysign(approved, delta), intent.reason, COMPOSITE, out)
+
+    def _book(self, fill: Fill, out: dict) -> None:
+        pf = self.portfolio
+        before = pf.position(fill.symbol)
+        realised = pf.apply_fill(fill)
+        out["fills"].append(fill)
+        st = self.stats
+        st.fills += 1
+        after = pf.position(fill.symbol)
+        if abs(after) < abs(before) or before * after < 0:  # a (partial) close
+            if realised > 0:
+                st.wins += 1
+                st.gross_profit += realised
+            elif realised < 0:
+                st.losses += 1
+                st.gross_loss -= realised
+        self._protect(fill.ts, fill.symbol, after)
+
+    def _protect(self, ts: int, symbol: str, qty: float) -> None:
+        if qty == 0:
+            self.broker.clear_protection(symbol)
+            self.symbols[symbol].tranches = 0
+            return
+        sym = self.symbols[symbol]
+        atr = sym.atr.get()
+        entry = self.portfolio.avg_price.get(symbol)
+        if atr is None or entry is None:
+            return
+        entropy = sym.feature.entropy if sym.feature is not None else 0.0
+        stop, target = self.sizer.stop_target(
+            entry, atr, 1 if qty > 0 else -1, entropy, self._stop_multiplier()
+        )
+        self.broker.set_protection(symbol, qty, stop, target, ts)
+
+    def _stop_multiplier(self) -> float:
+        return self.risk.settings.ers_stop_multiplier if self.risk.ers_active else 1.0
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        """Backtest figures: return, Sharpe, Sortino, drawdown, trades, breakers, VaR exceedances."""
+        st = self.stats
+        n = st.returns_n
+        mean = st.returns_sum / n if n else 0.0
+        var = (st.returns_sq - n * mean * mean) / (n - 1) if n > 1 else 0.0
+        per_year = 365 * 86_400_000 / self.settings.bar_interval_ms
+        sharpe = mean / math.sqrt(var) * math.sqrt(per_year) if var > 0 else None
+        down = math.sqrt(st.downside_sq / n) if n else 0.0
+        sortino = mean / down * math.sqrt(per_year) if down > 0 else None
+        trades = st.wins + st.losses
+        return {
+            "start_equity": st.start_equity,
+            "end_equity": st.last_equity,
+            "return": st.last_equity / st.start_equity - 1.0 if st.start_equity else 0.0,
+            "sharpe": sharpe,
+            "sortino": sortino,
+            "max_drawdown": st.max_drawdown,
+            "win_rate": st.wins / trades if trades else None,
+            "profit_factor": st.gross_profit / st.gross_loss if st.gross_loss > 0 else None,
+            "orders": st.orders,
+            "fills": st.fills,
+            "signals": st.signals,
+            "breaker_trips": dict(sorted(st.breaker_trips.items())),
+            "kill_switches": st.kill_switches,
+            "mode_changes": st.mode_changes,
+            "denials": st.denials,
+            "var_exceedance_rate": st.var_exceedances / st.var_checks if st.var_checks else None,
+            "var_checks": st.var_checks,
+            "mode": self.risk.mode,
+            "first_ts": st.first_ts,
+            "last_ts": st.last_ts,
+        }
