@@ -141,15 +141,17 @@ class TradingConfig:
     """``[trading]``: the trading loop (signals, sizing, risk engine, paper broker).
 
     ``risk_engine = false`` turns the risk engine off (it then approves every
-    order and never trips), for comparison runs. ``qvar_horizon_bars`` scales
-    the per-bar volatilities of the portfolio QVaR by its square root.
+    order and never trips), for comparison runs. ``qvar_horizon_s`` is the
+    portfolio QVaR's horizon: per-bar volatilities scale by the square root of
+    the bars in it (default one day, the usual VaR limit horizon), so the breaker levels mean the same
+    whatever the bar interval.
     ``control_file`` is where ``qbtc control`` appends operator commands.
     """
 
     initial_cash: float = 100_000.0
     allow_short: bool = False
     risk_engine: bool = True
-    qvar_horizon_bars: float = 1.0
+    qvar_horizon_s: float = 86400.0
     max_leverage: float = 3.0
     max_position_share: float = 0.20
     max_order_notional: float = 250_000.0
@@ -318,7 +320,7 @@ def _validate(s: Settings) -> None:
         (0 <= s.kafka.metrics_port <= 65535, "kafka.metrics_port must be 0 (off) or a port"),
         (bool(s.kafka.brokers.strip()), "kafka.brokers must name at least one broker"),
         (s.trading.initial_cash > 0, "trading.initial_cash must be > 0"),
-        (s.trading.qvar_horizon_bars > 0, "trading.qvar_horizon_bars must be > 0"),
+        (s.trading.qvar_horizon_s > 0, "trading.qvar_horizon_s must be > 0"),
         (s.trading.max_leverage > 0, "trading.max_leverage must be > 0"),
         (0 < s.trading.max_position_share <= 1, "trading.max_position_share must be in (0, 1]"),
         (s.trading.max_order_notional > 0, "trading.max_order_notional must be > 0"),

@@ -162,6 +162,7 @@ def file_inputs(paths: list[str], settings: Settings) -> tuple[list[ChunkFactory
         if is_candle_file(p):
             interval = settings.features.bar_interval * 1000
             reader = CandleFileReader(p, CandleSettings(interval, settings.input.exchange), wall_ms)
+            _ = reader.source_interval_ms  # reads the file now: an unusable one fails before the flow starts
             factories.append(_candle_chunks(reader))
         else:
             reader = TickFileReader(p, settings.input.exchange, wall_ms, settings.input.block_bytes)
@@ -597,7 +598,8 @@ def trading_settings(settings: Settings) -> TradingSettings:
     risk = RiskSettings(
         enabled=t.risk_engine,
         risk=PortfolioRiskSettings(
-            entropy_coef=settings.features.qvar_entropy_coef, horizon_bars=t.qvar_horizon_bars
+            entropy_coef=settings.features.qvar_entropy_coef,
+            horizon_bars=max(1.0, t.qvar_horizon_s / settings.features.bar_interval),
         ),
         max_leverage=t.max_leverage,
         max_position_share=t.max_position_share,

@@ -27,12 +27,14 @@ from the step, the symbol and a counter kept in the state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from operators.atr import ATR, ATRSettings
 from operators.paper_broker import BarContext, BrokerSettings, PaperBroker
 from operators.portfolio import Portfolio, PortfolioSettings
+from operators.portfolio_risk import portfolio_risk
 from operators.regime import RegimeClassifier, RegimeSettings
 from operators.risk_engine import MarketView, OrderIntent, RiskActions, RiskEngine, RiskSettings
 from operators.sizing import PositionSizer, SizingSettings, fib_ladder
@@ -56,6 +58,10 @@ class TradingSettings:
         signal then means flat).
     min_trade_share
         Rebalances smaller than this share of equity are not sent.
+    rebalance_band
+        A position on the signal's side is left alone while it is within this
+        fraction of its target (closing, flipping and ladder steps always
+        trade); without it, every small change of strength would trade.
     ladder_levels
         Tranches of the Fibonacci ladder an entry is scaled in with.
     """
@@ -71,6 +77,7 @@ class TradingSettings:
     atr: ATRSettings = field(default_factory=ATRSettings)
     allow_short: bool = False
     min_trade_share: float = 0.002
+    rebalance_band: float = 0.5
     ladder_levels: int = 3
 
     def __post_init__(self) -> None:
@@ -269,8 +276,7 @@ class TradingLoop:
         # 4. signals and entries
         self._signals(close_ts, bars, actions, view, out)
         st.equity_step(pf.equity())
-        risk_now = self.risk.last_risk
-        self.last_qvar = None if risk_now is None else risk_now.qvar
+        self.last_qvar = self._bar_qvar()
 
     def _symbol(self, symbol: str) -> _SymbolState:
         sym = self.symbols.get(symbol)
@@ -329,6 +335,16 @@ class TradingLoop:
                 st.mode_changes += 1
             elif e.kind == "pre_trade" and e.action == "deny":
                 st.denials += 1
+
+    def _bar_qvar(self) -> float | None:
+        """The portfolio QVaR over one bar (the horizon's QVaR scaled back), for the VaR backtest."""
+        pf = self.portfolio
+        if not pf.positions:
+            return None
+        view = self._view(self.stats.last_ts or 0)
+        one_bar = dataclasses.replace(self.settings.risk.risk, horizon_bars=1.0)
+        risk = portfolio_risk(pf.weights(), view.vols, view.entropies, view.corr, pf.equity(), one_bar)
+        return risk.qvar
 
     def _var_check(self, held: dict[str, tuple[float, float | None]]) -> None:
         """VaR backtest on the hypothetical P&L: the previous close's positions, marked to this close.
@@ -438,7 +454,7 @@ class TradingLoop:
                     qvar_share=None if qvar_share is None else self.sizer.qvar_share(qvar_share),
                     entropy=feat.entropy,
                     max_corr=max(known) if known else None,
-                    defensive=self.risk.mode == "defensive",
+                    defensive=False,  # the engine's size_multiplier carries defensive mode's half size
                 )
                 fraction = size.fraction * actions.size_multiplier
                 target = direction * fraction * equity / bar.close
@@ -451,6 +467,9 @@ class TradingLoop:
         if abs(delta) * price < s.min_trade_share * equity:
             return
         reduces = abs(target) < abs(current) and target * current >= 0
+        laddering = 0 < sym.tranches < s.ladder_levels and not reduces
+        if target and target * current > 0 and abs(delta) <= s.rebalance_band * abs(target) and not laddering:
+            return
         if not reduces:
             if not entries_ok:
                 return
