@@ -272,10 +272,10 @@ class CandleFileReader:
     ...                         " [1618951320000, 9, 9, 9, 9, 9]]")
     ...     reader = CandleFileReader(str(path), CandleSettings(interval_ms=60_000), now_ms=lambda: 7)
     ...     chunks = list(reader.chunks())
-    >>> [(b.symbol, b.ts, b.open, b.close, b.vwap) for c in chunks for b in c.bars]
-    [('BTC/USDT', 1618951320000, 1.0, 2.0, 1.666...), ('BTC/USDT', 1618951380000, 2.0, 2.5, 2.1666...)]
-    >>> [(d.source.rsplit("/", 1)[1], d.reason, d.message) for c in chunks for d in c.dead]
-    [('BTC_USDT-1m.json[2]', 'duplicate', 'same symbol and open time as ...BTC_USDT-1m.json[1]')]
+    >>> [(b.symbol, b.ts, b.open, b.close, round(b.vwap, 4)) for c in chunks for b in c.bars]
+    [('BTC/USDT', 1618951320000, 1.0, 2.0, 1.6667), ('BTC/USDT', 1618951380000, 2.0, 2.5, 2.1667)]
+    >>> [(os.path.basename(d.source), d.reason, os.path.basename(d.message)) for c in chunks for d in c.dead]
+    [('BTC_USDT-1m.json[2]', 'duplicate', 'BTC_USDT-1m.json[1]')]
     >>> [(c.records, c.resume_at) for c in chunks]
     [(3, 3)]
     """
@@ -415,7 +415,8 @@ class CandleFileReader:
         sym = table.column("symbol").combine_chunks().dictionary_encode()
         unified = [unify_symbol(s) for s in sym.dictionary.to_pylist()]
         names = sorted(set(unified))
-        lut = np.array([names.index(u) for u in unified] + [-1], dtype=np.int64)
+        where = {u: k for k, u in enumerate(names)}
+        lut = np.array([where[u] for u in unified] + [-1], dtype=np.int64)
         code = np.full(n, -1, dtype=np.int64)
         code[rows] = lut[sym.indices.to_numpy(zero_copy_only=False)]
         return _Parsed(n, code, names, ts, values, problems)

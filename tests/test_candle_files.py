@@ -101,6 +101,7 @@ def test_csv_without_symbol_column_takes_the_file_name(tmp_path):
     [
         str(T),
         str(T // 1000),
+        f"{T}.0",
         "2021-04-20T20:42:00Z",
         "2021-04-20T22:42:00+02:00",
         "2021-04-20 20:42:00+00:00",
