@@ -242,6 +242,12 @@ class Portfolio:
         """Sum of qty * (mark - average entry price) over positions."""
         return sum(q * (self.marks[s] - self.avg_price[s]) for s, q in self.positions.items())
 
+    def rebase(self) -> None:
+        """Measure drawdown and period PnL from now on (an operator resumed after a kill switch)."""
+        equity = self.equity()
+        self.peak_equity = equity
+        self._starts = [equity] * 3
+
     def drawdown(self) -> float:
         """1 - equity / peak equity, >= 0 (1.0 or more once equity <= 0)."""
         return max(0.0, 1.0 - self.equity() / self.peak_equity)

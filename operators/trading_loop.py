@@ -266,6 +266,9 @@ class TradingLoop:
         # 3. risk
         view = self._view(close_ts)
         for when, command, reason in self._due_controls(close_ts):
+            if command == "resume":
+                # the operator has seen the loss: drawdown and period losses count from here
+                pf.rebase()
             events = self.risk.control(when, command, reason)
             self._count(events)
             out["risk_events"].extend(events)

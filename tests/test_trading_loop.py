@@ -1,0 +1,144 @@
+"""Scenario tests of the trading loop: constructed bar streams, exact risk events and orders.
+
+A book holding 20% of equity in each of three symbols meets constructed
+volatility, price and data-gap paths. The regime classifier needs 61 bars,
+so in these short scenarios no strategy trades: every order comes from the
+risk engine, and every event is pinned to its bar.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from operators.portfolio_risk import PortfolioRiskSettings
+from operators.risk_engine import RiskSettings
+from operators.trading_loop import TradingLoop, TradingSettings
+from schemas.records import BUY, Bar, Feature, Fill
+
+D = 60_000
+T0 = 1_620_000_000_000 // D * D
+SYMBOLS = ("A/USDT", "B/USDT", "C/USDT")
+
+
+def _loop(enabled: bool = True) -> TradingLoop:
+    risk = RiskSettings(enabled=enabled, risk=PortfolioRiskSettings(horizon_bars=1.0))
+    loop = TradingLoop(TradingSettings(bar_interval_ms=D, risk=risk))
+    for s in SYMBOLS:
+        loop.portfolio.apply_fill(Fill(T0, f"seed-{s}", s, BUY, 200.0, 100.0, 0.0, 0.0))
+    return loop
+
+
+def _step(loop: TradingLoop, k: int, vol: float, price: float = 100.0, symbols=SYMBOLS) -> dict:
+    ts = T0 + k * D
+    for s in symbols:
+        bar = Bar(s, ts, price, price, price, price, 1000.0, price, 10)
+        loop.add(s, [bar], [Feature(s, ts, 0.0, vol, 0.9, 0.0, 0.0, 0.0, 0)])
+    return dict(loop.advance(ts // D))
+
+
+def _run(loop: TradingLoop, path) -> list[tuple[int, str, object]]:
+    """(step, table, record) of everything the loop emitted along ``path`` [(vol, price, symbols)]."""
+    out = []
+    for k, (vol, price, symbols) in enumerate(path):
+        for table, rows in _step(loop, k, vol, price, symbols).items():
+            out.extend((k, table, r) for r in rows)
+    return out
+
+
+def _events(out, *kinds):
+    return [(k, e.kind, e.level, e.action) for k, t, e in out if t == "risk_events" and e.kind in kinds]
+
+
+def _close(k: int) -> int:
+    return T0 + (k + 1) * D
+
+
+VOL_PATH = [(v, 100.0, SYMBOLS) for v in [0.01] * 5 + [0.018, 0.022, 0.03, 0.03, 0.01]]
+
+
+def test_each_breaker_level_trips_at_its_bar_and_level_3_flattens_at_the_next_open():
+    # QVaR share = 0.6 sigma x 1.6449 x (1 - 0.3 x 0.9) (unknown correlations count as 1)
+    out = _run(_loop(), VOL_PATH)
+    assert _events(out, "qvar_breaker", "mode") == [
+        (5, "qvar_breaker", 1, "warn"),
+        (6, "qvar_breaker", 2, "caution"),
+        (6, "mode", 1, "defensive"),
+        (7, "qvar_breaker", 3, "flatten"),
+        (7, "mode", 3, "emergency"),
+        (8, "qvar_breaker", 0, "clear"),
+        (8, "mode", 0, "normal"),
+    ]
+    share = [e.value for k, t, e in out if t == "risk_events" and e.kind == "qvar_breaker"]
+    assert share[:3] == pytest.approx([x * 0.6 * 1.6448536269514722 * 0.73 for x in (0.018, 0.022, 0.03)])
+    orders = [(k, o.ts, o.symbol, o.side, o.qty, o.reason, o.strategy) for k, t, o in out if t == "orders"]
+    assert orders == [(7, _close(7), s, "sell", 200.0, "flatten", "risk") for s in SYMBOLS]
+    fills = [(k, f) for k, t, f in out if t == "fills"]
+    assert [(k, f.ts, f.symbol, f.qty) for k, f in fills] == [(8, _close(7), s, 200.0) for s in SYMBOLS]
+    for _, f in fills:  # at the open (100) less the slippage, taker fee of 10 bps
+        assert f.price == pytest.approx(100.0 * (1 - f.slippage_bps / 1e4))
+        assert f.fee == pytest.approx(1e-3 * f.qty * f.price)
+
+
+def test_the_breakers_stay_quiet_with_the_risk_engine_off():
+    out = _run(_loop(enabled=False), VOL_PATH)
+    assert not [r for _, t, r in out if t in ("risk_events", "orders", "fills")]
+
+
+def test_hysteresis_keeps_a_level_from_flapping():
+    wobble = [0.01] * 3 + [0.017, 0.016, 0.017, 0.016, 0.017, 0.012, 0.01]
+    out = _run(_loop(), [(v, 100.0, SYMBOLS) for v in wobble])
+    # 0.016 -> 1.15% stays above 1.2% x 0.8: one warning, cleared once well below
+    assert _events(out, "qvar_breaker") == [(3, "qvar_breaker", 1, "warn"), (8, "qvar_breaker", 0, "clear")]
+
+
+def test_the_kill_switch_flattens_then_pauses_until_an_operator_resumes():
+    loop = _loop()
+    path = [(0.001, 100.0, SYMBOLS)] * 3 + [(0.001, 70.0, SYMBOLS)] + [(0.001, 70.0, SYMBOLS)] * 4
+    loop.add_control(_close(6), "resume", "losses reviewed")
+    out = _run(loop, path)
+    # 30% down on 60% of equity: drawdown 18% and a daily loss of 18%
+    assert _events(out, "kill_switch", "defensive", "mode", "control") == [
+        (3, "kill_switch", 3, "flatten"),
+        (3, "defensive", 1, "defensive"),  # drawdown > 10%
+        (3, "defensive", 1, "defensive"),  # weekly loss > 3%
+        (3, "mode", 3, "emergency"),
+        (4, "mode", 2, "pause"),  # flat now: paused until resumed
+        (6, "control", 0, "resume"),
+        (6, "mode", 1, "defensive"),
+        # the resume re-bases drawdown and period losses at the current equity
+        (6, "defensive", 0, "clear"),
+        (6, "defensive", 0, "clear"),
+        (6, "mode", 0, "normal"),
+    ]
+    kill = next(e for _, t, e in out if t == "risk_events" and e.kind == "kill_switch")
+    assert kill.value == pytest.approx(0.18) and kill.threshold == 0.15
+    assert [(k, o.reason) for k, t, o in out if t == "orders"] == [(3, "flatten")] * 3
+    assert [k for k, t, _ in out if t == "fills"] == [4, 4, 4]
+    assert loop.risk.mode == "normal" and loop.summary()["kill_switches"] == 1
+
+
+def test_a_symbol_without_bars_for_five_minutes_is_stale_and_all_stale_means_observation():
+    loop = _loop()
+    quiet_c = [(0.001, 100.0, SYMBOLS)] * 2 + [(0.001, 100.0, SYMBOLS[:2])] * 6
+    out = _run(loop, quiet_c)
+    # C's last bar closed at step 1; stale once 5 minutes of event time have passed
+    assert _events(out, "stale_data") == [(6, "stale_data", 1, "block_entries")]
+    stale = next(e for _, t, e in out if t == "risk_events" and e.kind == "stale_data")
+    assert stale.symbol == "C/USDT"
+
+
+def test_dlri_above_0_8_cuts_every_position_by_a_quarter_and_above_0_9_deleverages():
+    risk = RiskSettings(risk=PortfolioRiskSettings(horizon_bars=1.0))
+    loop = TradingLoop(TradingSettings(bar_interval_ms=D, risk=risk))
+    for s in SYMBOLS:  # gross leverage 2.4 of a maximum of 3: DLRI 0.8 at the reference volatility
+        loop.portfolio.apply_fill(Fill(T0, f"seed-{s}", s, BUY, 800.0, 100.0, 0.0, 0.0))
+    path = [(0.001, 100.0, SYMBOLS)] * 3 + [(0.00105, 100.0, SYMBOLS)] * 2 + [(0.0024, 100.0, SYMBOLS)]
+    out = _run(loop, path)
+    assert _events(out, "dlri") == [
+        (3, "dlri", 1, "cut_25pct"),
+        (4, "dlri", 0, "clear"),  # the cut filled at the open: leverage 1.8
+        (5, "dlri", 2, "deleverage"),  # volatility 2.4 x its reference
+    ]
+    cuts = [(k, o.symbol, o.qty, o.reason) for k, t, o in out if t == "orders"]
+    assert cuts[:3] == [(3, s, pytest.approx(200.0), "cut") for s in SYMBOLS]
+    assert [k for k, *_ in cuts[3:]] == [5, 5, 5] and all(c[3] == "cut" for c in cuts[3:])
