@@ -401,7 +401,10 @@ def cmd_control(args) -> int:
     settings = _settings(args)
     at = _time_arg("--at", args.at)
     path = settings.trading.control_file
-    cmd = append_command(path, args.action, args.reason, wall_ms() if at is None else at)
+    try:
+        cmd = append_command(path, args.action, args.reason, wall_ms() if at is None else at)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     sys.stdout.write(f"control: {cmd.command} at {cmd.ts} ({args.reason}) -> {path}\n")
     return 0
 

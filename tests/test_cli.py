@@ -19,7 +19,7 @@ def qbtc(*args, cwd=None):
 @pytest.mark.parametrize(
     "command",
     [[], ["run"], ["replay"], ["sql"], ["simulate"], ["kafka"], ["kafka", "up"], ["kafka", "topics"],
-     ["publish"], ["stream"], ["record"]],
+     ["publish"], ["stream"], ["record"], ["control"]],
 )  # fmt: skip
 def test_help(command):
     out = qbtc(*command, "--help")
@@ -46,6 +46,9 @@ def test_help(command):
         (["record", "--exchange", "nosuchexchange", "--symbols", "A/B", "--to", "x.csv"], "nosuchexchange"),
         (["record", "--exchange", "binance", "--symbols", "BTCUSDT", "--to", "x.csv"], "BTCUSDT"),
         (["stream", "--set", "kafka.partitions=0"], "kafka.partitions must be >= 1"),
+        (["control", "resume", "--reason", "  "], "needs a reason"),
+        (["control", "resume", "--reason", "ok", "--at", "soon"], "neither epoch ms nor ISO-8601"),
+        (["run", "--set", "trading.initial_cash=0"], "trading.initial_cash must be > 0"),
     ],
 )
 def test_unusable_arguments_exit_2_with_one_line(tmp_path, args, words):
@@ -131,6 +134,18 @@ def test_run_small_market(tmp_path):
         assert int(line.split()[1].replace(",", "")) > 0, line
     assert "qbtc sql" in out.stdout
     assert (tmp_path / "var" / "qbtc.chdb").is_dir()
+    # the main job trades by default and ends with the backtest figures
+    assert "backtest " in out.stdout and "max drawdown" in out.stdout and "VaR exceedances" in out.stdout
+
+
+def test_control_appends_a_recorded_command(tmp_path):
+    out = qbtc(
+        "control", "resume", "--reason", "losses reviewed", "--at", "2021-05-20T00:00:00Z", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "var" / "control.jsonl").read_text() == (
+        '{"ts":1621468800000,"command":"resume","reason":"losses reviewed"}\n'
+    )
 
 
 def test_a_closed_pipe_is_not_a_traceback(tmp_path):
