@@ -597,7 +597,8 @@ class RiskEngine:
                 note(value, limit, reduce + opening, text.format(v=_pct(value), t=_pct(limit)))
         if opening > 0.0 and intent.strategy != "risk":
             self._order_ts.append(ts)
-        return reduce + opening, events
+        # reduce + opening can round one ulp above the order's quantity
+        return min(reduce + opening, intent.qty), events
 
     def _gate(self, intent: OrderIntent, market: MarketView) -> str:
         """Why no opening order may pass now, or "" when it may."""

@@ -13,7 +13,7 @@ import pickle
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from operators.portfolio import DAY_MS, Portfolio, PortfolioSettings
@@ -565,6 +565,10 @@ position = st.tuples(
 
 
 @settings(max_examples=400, deadline=None)
+@example(  # CI found it: the reducing and opening parts summed one ulp above the order
+    cash=2563.0, positions=[("B", 1.4475432569904, 1.0, 1.0)], sym="B", side=SELL,
+    qty=513.9614514738788, price=1.0, rho=None, reduces_only=False, max_leverage=1.0,
+)  # fmt: skip
 @given(
     cash=st.floats(1_000.0, 1_000_000.0),
     positions=st.lists(position, max_size=4, unique_by=lambda p: p[0]),
