@@ -76,7 +76,7 @@ def _kafka_parsers(sub) -> None:
         configure(ksub)
     topics = ksub.add_parser(
         "topics",
-        help="create qbtc's topics where missing (ticks, bars, features, correlations, dead-letters)",
+        help="create qbtc's topics where missing (ticks, the features flow's and the trading loop's outputs)",
         description="Create the topics idempotently; existing topics are left as they are.",
     )
     topics.add_argument("--kafka", metavar="BROKERS", help="bootstrap servers (default from config)")
@@ -121,6 +121,7 @@ def _kafka_parsers(sub) -> None:
         "--from-ts", metavar="T", help="start at record time T (epoch ms or ISO-8601 with offset)"
     )
     st.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _trade(st, default=False)
     _cluster(st)
 
     rec = sub.add_parser(
@@ -325,12 +326,13 @@ def _kafka_settings(args, settings: Settings) -> Settings:
 
 def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outputs: bool, kind: str) -> int:
     from flows.kafka_flow import execution_from, stream
-    from flows.pipeline import Progress, stderr_progress
+    from flows.pipeline import Progress, TradingReport, stderr_progress
 
     execution = execution_from(settings, args.process_id, args.addresses)
     progress = Progress(report=None if args.quiet else stderr_progress)
+    report = TradingReport() if args.trade else None
     start = time.perf_counter()
-    metrics = stream(settings, topic, span, dsn, execution, outputs=outputs, progress=progress)
+    metrics = stream(settings, topic, span, dsn, execution, outputs=outputs, progress=progress, report=report)
     seconds = time.perf_counter() - start
     if dsn is not None and not metrics.writes_here:
         # another process of the cluster held the sink (and the store)
@@ -339,6 +341,8 @@ def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outp
         return 0
     store = None if dsn is None else Store(dsn)
     _summary(kind, store, dsn or "", metrics.records, seconds, dict(metrics.rows))
+    if report is not None:
+        _trading_summary(report)
     return 0
 
 

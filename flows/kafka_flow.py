@@ -23,7 +23,7 @@ import numpy as np
 
 from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
 from flows.metrics import FlowMetrics
-from flows.pipeline import Execution, Progress, build_flow, run_flow
+from flows.pipeline import Execution, Progress, TradingReport, build_flow, run_flow, trading_settings
 from flows.recovery_store import RecoveryDirError, discard_unfinished
 from infra.kafka_topics import OUTPUT_TABLES, ensure_topics, topology
 from schemas.codec import encode
@@ -210,8 +210,12 @@ def stream(
     metrics: FlowMetrics | None = None,
     outputs: bool = True,
     progress: Progress | None = None,
+    report: TradingReport | None = None,
 ) -> FlowMetrics:
     """Run the features flow from ``topic`` into the store at ``dsn`` and the output topics.
+
+    With ``report`` the trading loop runs too (its tables go to the store and
+    their topics) and leaves its summary there at the end of a bounded read.
 
     ``span.bounded`` makes it a replay that ends at the topic's end offsets
     found at start; otherwise it runs until stopped. ``outputs=False``
@@ -237,7 +241,14 @@ def stream(
         names,
     )
     flow = build_flow(
-        source, settings, sink, keep_state=bool(execution.recovery_dir), metrics=metrics, keyed_sink=True
+        source,
+        settings,
+        sink,
+        keep_state=bool(execution.recovery_dir),
+        metrics=metrics,
+        keyed_sink=True,
+        trading=trading_settings(settings) if report is not None else None,
+        report=report,
     )
     run_flow(flow, execution=execution)
     if progress is not None:

@@ -2,7 +2,8 @@
 
 ``ticks`` carries trade ticks keyed by symbol (so one symbol's ticks stay in
 order in one partition); ``bars``, ``features``, ``correlations`` and
-``dead-letters`` carry the flows' output records. Values are the codec's
+``dead-letters`` carry the flows' output records, and ``signals``,
+``risk-events``, ``orders`` and ``fills`` the trading loop's. Values are the codec's
 orjson records with the schema version.
 """
 
@@ -19,6 +20,10 @@ OUTPUT_TABLES = {
     "features": "features",
     "correlations": "correlations",
     "dead_letters": "dead-letters",
+    "signals": "signals",
+    "risk_events": "risk-events",
+    "orders": "orders",
+    "fills": "fills",
 }
 """Output topic name (before the prefix) of each store table."""
 
@@ -37,8 +42,10 @@ class TopicSpec:
 def topology(prefix: str, partitions: int, replication: int) -> list[TopicSpec]:
     """Every qbtc topic with its partitions and replication.
 
-    >>> [t.name for t in topology("t-", 4, 1)]
+    >>> [t.name for t in topology("t-", 4, 1)][:5]
     ['t-ticks', 't-bars', 't-features', 't-correlations', 't-dead-letters']
+    >>> [t.name for t in topology("t-", 4, 1)][5:]
+    ['t-signals', 't-risk-events', 't-orders', 't-fills']
     """
     names = ["ticks", *OUTPUT_TABLES.values()]
     return [TopicSpec(prefix + n, partitions, replication) for n in names]

@@ -21,9 +21,11 @@ from sinks.store_sink import RowCounter, StoreWriter
 
 
 def record_key(table: str, record) -> bytes | None:
-    """The topic key of a record: its symbol (the first for correlations)."""
-    if table in ("bars", "features"):
+    """The topic key of a record: its symbol (the first for correlations; none for portfolio events)."""
+    if table in ("bars", "features", "signals", "orders", "fills"):
         return record.symbol.encode()
+    if table == "risk_events":
+        return record.symbol.encode() or None
     if table == "correlations":
         return record.symbol_a.encode()
     if table == "dead_letters":

@@ -13,7 +13,7 @@ from kafka_helpers import SMALL, dump, qbtc, read_topic, unique
 from flows.config import KafkaConfig, kafka_client_config, load_settings
 from flows.kafka_flow import ensure, with_brokers
 from schemas.codec import decode, encode
-from schemas.records import DeadLetter, Feature, Tick
+from schemas.records import DeadLetter, Feature, Order, Tick
 from sinks.kafka_producer import DeliveryError, RecordProducer
 
 pytestmark = pytest.mark.kafka
@@ -58,20 +58,31 @@ def test_topic_replay_equals_file_replay(kafka_bootstrap, tmp_path):
     sets = [a for s in SMALL for a in ("--set", s)] + ["--set", f"kafka.topic_prefix={prefix}"]
     out = qbtc("publish", str(first), "--kafka", kafka_bootstrap, "--quiet", *sets, cwd=tmp_path)
     assert f"published {len(rows) - 1 + 2:,} ticks" in out.stdout
-    qbtc(
+    topic_run = qbtc(
         "replay",
         f"kafka://{kafka_bootstrap}/{prefix}ticks",
         "--store",
         "chdb://topic.chdb",
         "--quiet",
+        "--trade",
+        "--outputs",
         *sets,
         cwd=tmp_path,
     )
-    qbtc("replay", str(first), "--store", "chdb://file.chdb", "--quiet", *sets, cwd=tmp_path)
+    file_run = qbtc(
+        "replay", str(first), "--store", "chdb://file.chdb", "--quiet", "--trade", *sets, cwd=tmp_path
+    )
     from_topic, from_file = dump("chdb://topic.chdb", tmp_path), dump("chdb://file.chdb", tmp_path)
-    for table in ("ticks", "bars", "features", "correlations"):
-        assert from_topic[table]["rows"], table
+    for table in ("ticks", "bars", "features", "correlations", "signals", "orders", "fills", "risk_events"):
+        assert from_topic[table]["rows"] or table == "risk_events", table
         assert from_topic[table] == from_file[table], table
+    # the trading loop trades the topic as it trades the file, and its records reach their topics
+    summary = [line for line in topic_run.stdout.splitlines() if line.startswith("  orders ")]
+    assert summary and summary == [
+        line for line in file_run.stdout.splitlines() if line.startswith("  orders ")
+    ]
+    orders = {decode(v, Order).order_id for _, v in read_topic(kafka_bootstrap, f"{prefix}orders")}
+    assert len(orders) == len(from_topic["orders"]["rows"])
     dead_t = from_topic["dead_letters"]
     dead_f = from_file["dead_letters"]
     reason = dead_t["columns"].index("reason")
