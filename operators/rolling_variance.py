@@ -85,3 +85,26 @@ class RollingVariance:
         """The standard deviation once the window is full, else None."""
         var = self.get()
         return None if var is None else math.sqrt(var)
+
+    # -- partial windows (strategies' rolling statistics start before the window fills)
+
+    @property
+    def n(self) -> int:
+        """How many values the window holds."""
+        return len(self._buf)
+
+    def mean(self) -> float | None:
+        """The mean of the values held, None when empty."""
+        return self._mean if self._buf else None
+
+    def var(self) -> float | None:
+        """The sample variance of the values held (full or not), None below two values.
+
+        >>> rv = RollingVariance(5)
+        >>> for x in [1.0, 2.0, 4.0]:
+        ...     rv.update(x)
+        >>> rv.n, round(rv.mean(), 12), round(rv.var(), 12), rv.get()
+        (3, 2.333333333333, 2.333333333333, None)
+        """
+        n = len(self._buf)
+        return None if n < 2 else max(self._m2, 0.0) / (n - 1)

@@ -26,10 +26,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from operators.rolling_variance import RollingVariance
 from schemas.records import FLAT, REGIMES, Bar, Feature, Signal
-
-CANCELLATION = 1e-3
-"""RollingMoments recomputes when its running sum drops below this share of its peak."""
 
 
 def _check_regimes(regimes: frozenset[str]) -> None:
@@ -41,73 +39,6 @@ def _check_regimes(regimes: frozenset[str]) -> None:
 
 def _sign(x: float) -> int:
     return 1 if x > 0 else -1 if x < 0 else 0
-
-
-class RollingMoments:
-    """Mean and sample variance (ddof=1) of the last ``window`` values, partial windows included.
-
-    Welford's add and remove steps in O(1), with the same float-drift guard as
-    :class:`operators.rolling_variance.RollingVariance` (recomputed from the
-    window every ``window`` updates or on cancellation).
-
-    >>> m = RollingMoments(3)
-    >>> for x in [1.0, 2.0, 4.0, 8.0]:
-    ...     m.update(x)
-    >>> m.n, round(m.mean(), 12), round(m.var(), 12)   # of (2, 4, 8)
-    (3, 4.666666666667, 9.333333333333)
-    """
-
-    __slots__ = ("_buf", "_m2", "_mean", "_peak", "_since", "window")
-
-    def __init__(self, window: int) -> None:
-        if window < 2:
-            msg = f"window must be >= 2, got {window}"
-            raise ValueError(msg)
-        self.window = window
-        self._buf: deque[float] = deque()
-        self._mean = 0.0
-        self._m2 = 0.0
-        self._peak = 0.0
-        self._since = 0
-
-    @property
-    def n(self) -> int:
-        """How many values the window holds."""
-        return len(self._buf)
-
-    def update(self, x: float) -> None:
-        buf = self._buf
-        if len(buf) == self.window:
-            old = buf.popleft()
-            mean = self._mean
-            new_mean = mean - (old - mean) / len(buf)
-            self._m2 -= (old - new_mean) * (old - mean)
-            self._mean = new_mean
-        buf.append(x)
-        delta = x - self._mean
-        self._mean += delta / len(buf)
-        self._m2 += delta * (x - self._mean)
-        self._since += 1
-        if self._m2 > self._peak:
-            self._peak = self._m2
-        if self._since >= self.window or self._m2 < self._peak * CANCELLATION:
-            self._refresh()
-
-    def _refresh(self) -> None:
-        buf = self._buf
-        mean = math.fsum(buf) / len(buf)
-        self._mean = mean
-        self._m2 = self._peak = math.fsum((v - mean) ** 2 for v in buf)
-        self._since = 0
-
-    def mean(self) -> float | None:
-        """The mean of the values held, None when empty."""
-        return self._mean if self._buf else None
-
-    def var(self) -> float | None:
-        """The sample variance of the values held, None below two values."""
-        n = len(self._buf)
-        return None if n < 2 else max(self._m2, 0.0) / (n - 1)
 
 
 class Strategy:
@@ -354,7 +285,7 @@ class MeanReversion(Strategy):
     def __init__(self, settings: MeanReversionSettings | None = None) -> None:
         self.settings = settings or MeanReversionSettings()
         super().__init__(self.settings.regimes)
-        self._moments = RollingMoments(self.settings.window)
+        self._moments = RollingVariance(self.settings.window)
         self._held = FLAT
         self.z: float | None = None
 

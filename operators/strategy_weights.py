@@ -48,7 +48,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from operators.strategies import RollingExtreme, RollingMoments, Strategy
+from operators.rolling_variance import RollingVariance
+from operators.strategies import RollingExtreme, Strategy
 from schemas.records import FLAT, REGIMES, Signal
 
 COMPOSITE = "composite"
@@ -144,7 +145,7 @@ class _Track:
     __slots__ = ("cum", "direction", "i", "moments", "peak")
 
     def __init__(self, window: int) -> None:
-        self.moments = RollingMoments(window)
+        self.moments = RollingVariance(window)
         self.peak = RollingExtreme(window + 1, largest=True)
         self.cum = 0.0
         self.i = 0

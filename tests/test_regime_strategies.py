@@ -12,6 +12,7 @@ import pytest
 
 from operators.atr import ATR, ATRSettings
 from operators.regime import RegimeClassifier, RegimeSettings
+from operators.rolling_variance import RollingVariance
 from operators.strategies import (
     Breakout,
     BreakoutSettings,
@@ -20,7 +21,6 @@ from operators.strategies import (
     MeanReversion,
     MeanReversionSettings,
     RollingExtreme,
-    RollingMoments,
     StrategiesSettings,
     TrendFollowing,
     TrendFollowingSettings,
@@ -200,7 +200,7 @@ def test_regime_settings_validated() -> None:
 def test_rolling_moments_and_extreme_match_numpy() -> None:
     rng = np.random.default_rng(3)
     xs = np.concatenate([rng.normal(5e4, 30.0, 3000), rng.choice([1e-12, 0.0, 1e6, -1e3], 2000)])
-    m, hi, lo = RollingMoments(60), RollingExtreme(60, largest=True), RollingExtreme(60, largest=False)
+    m, hi, lo = RollingVariance(60), RollingExtreme(60, largest=True), RollingExtreme(60, largest=False)
     for i, x in enumerate(xs):
         m.update(float(x))
         hi.push(i, float(x))
