@@ -150,7 +150,6 @@ class _SymbolState:
     regime_now: str | None = None
     last_dirs: dict[str, int] = field(default_factory=dict)  # strategy -> direction at the last close
     tranches: int = 0  # ladder tranches taken since the position was flat
-    last_close: float = 0.0
 
 
 class TradingLoop:
@@ -233,7 +232,7 @@ class TradingLoop:
         # 1. venue: fills at the open, protection along the path
         for symbol in sorted(bars):
             bar = bars[symbol]
-            sym = self._symbol(symbol)
+            self._symbol(symbol)  # state for a symbol seen the first time
             ctx = BarContext(normalised_vol=self._normalised_vol(symbol))
             result = self.broker.on_bar(bar, ctx)
             out["orders"].extend(result.new_orders)
@@ -245,7 +244,6 @@ class TradingLoop:
             for fill in result.fills:
                 self._book(fill, out)
             pf.mark(symbol, bar.close)
-            sym.last_close = bar.close
             self.last_data_ts[symbol] = close_ts
         pf.advance(close_ts)
         self._var_check(held_before)
@@ -254,8 +252,7 @@ class TradingLoop:
             sym = self.symbols[symbol]
             bar = bars[symbol]
             feat = feats.get(symbol)
-            atr = sym.atr.update(bar)
-            del atr
+            sym.atr.update(bar)
             if feat is not None:
                 for name, direction in sym.last_dirs.items():
                     self.weights.record(name, symbol, direction, feat.ret)
@@ -279,7 +276,7 @@ class TradingLoop:
         # 4. signals and entries
         self._signals(close_ts, bars, actions, view, out)
         st.equity_step(pf.equity())
-        self.last_qvar = self._bar_qvar()
+        self.last_qvar = self._bar_qvar(view)
 
     def _symbol(self, symbol: str) -> _SymbolState:
         sym = self.symbols.get(symbol)
@@ -330,7 +327,7 @@ class TradingLoop:
     def _count(self, events: list[RiskEvent]) -> None:
         st = self.stats
         for e in events:
-            if e.kind == "qvar_breaker" and e.level > 0 and e.action != "cleared":
+            if e.kind == "qvar_breaker" and e.level > 0:
                 st.breaker_trips[e.level] = st.breaker_trips.get(e.level, 0) + 1
             elif e.kind == "kill_switch" and e.level > 0:
                 st.kill_switches += 1
@@ -339,12 +336,11 @@ class TradingLoop:
             elif e.kind == "pre_trade" and e.action == "deny":
                 st.denials += 1
 
-    def _bar_qvar(self) -> float | None:
+    def _bar_qvar(self, view: MarketView) -> float | None:
         """The portfolio QVaR over one bar (the horizon's QVaR scaled back), for the VaR backtest."""
         pf = self.portfolio
         if not pf.positions:
             return None
-        view = self._view(self.stats.last_ts or 0)
         one_bar = dataclasses.replace(self.settings.risk.risk, horizon_bars=1.0)
         risk = portfolio_risk(pf.weights(), view.vols, view.entropies, view.corr, pf.equity(), one_bar)
         return risk.qvar

@@ -20,7 +20,6 @@ replay's throughput in the same runs for scale.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -188,7 +187,6 @@ def main() -> None:
         f"p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms"
     )
     print(f"replay throughput in the same runs: {ticks_total / secs:,.0f} ticks/s ({ticks_total:,} ticks)")
-    assert math.isfinite(ms.max())
 
 
 if __name__ == "__main__":
