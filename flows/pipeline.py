@@ -287,7 +287,7 @@ class SymbolLogic(StatefulBatchLogic):
                 self._candles(out, cols, peers, part)
                 continue
             if not isinstance(self.bars, BarBuilder):
-                out.append(("dead_letters", [_mixed(self.symbol, cols, i) for i in range(len(cols))]))
+                self._dead(out, [_mixed(self.symbol, cols, i) for i in range(len(cols))])
                 continue
             up = self.bars.update(cols)
             if len(up.accepted):
@@ -299,9 +299,7 @@ class SymbolLogic(StatefulBatchLogic):
                     DeadLetter(now if recv is None else int(recv[i]), cols.source(i), r, m, cols.payload(i))
                     for i, r, m in up.rejected
                 ]
-                out.append(("dead_letters", dead))
-                if self.metrics is not None:
-                    self.metrics.dead(dead)
+                self._dead(out, dead)
             if self.metrics is not None:
                 self.metrics.accepted(len(up.accepted))
             self._emit(out, up.closed, peers, part)
@@ -311,19 +309,22 @@ class SymbolLogic(StatefulBatchLogic):
 
     def _candles(self, out: list, bars: list, peers: tuple, part) -> None:
         if not isinstance(self.bars, CandleBars):
-            out.append(("dead_letters", [_mixed(self.symbol, bar) for bar in bars]))
+            self._dead(out, [_mixed(self.symbol, bar) for bar in bars])
             return
         up = self.bars.update(bars)
         if up.rejected:
             now = wall_ms()
-            dead = [
-                DeadLetter(now, f"candles:{self.symbol}@{bars[i].ts}", r, m, encode(bars[i]))
-                for i, r, m in up.rejected
-            ]
-            out.append(("dead_letters", dead))
-            if self.metrics is not None:
-                self.metrics.dead(dead)
+            source = f"candles:{self.symbol}@"
+            self._dead(
+                out,
+                [DeadLetter(now, f"{source}{bars[i].ts}", r, m, encode(bars[i])) for i, r, m in up.rejected],
+            )
         self._emit(out, up.accepted, peers, part)
+
+    def _dead(self, out: list, dead: list[DeadLetter]) -> None:
+        out.append(("dead_letters", dead))
+        if self.metrics is not None:
+            self.metrics.dead(dead)
 
     def on_eof(self) -> tuple[list, bool]:
         out: list = []
