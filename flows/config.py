@@ -161,6 +161,8 @@ class TradingConfig:
     twap_threshold: float = 50_000.0
     target_daily_vol: float = 0.02
     min_trade_share: float = 0.002
+    ers_threshold: float = 0.6
+    entropy_size_limit: float = 0.6
     control_file: str = "var/control.jsonl"
 
 

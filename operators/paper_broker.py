@@ -210,6 +210,10 @@ class Venue(Protocol):
         """Working orders, in submission order."""
         ...
 
+    def remaining(self, order_id: str) -> float | None:
+        """Unfilled qty of a working order, None if it is not working."""
+        ...
+
     def take_cancelled(self) -> list[Cancellation]:
         """Cancellations not yet reported, emptying the list."""
         ...

@@ -126,6 +126,16 @@ class Portfolio:
         self._returns: deque[float] = deque(maxlen=settings.history_days)
         self._sharpe_cache: tuple[int, int, float | None] | None = None
 
+    def copy(self) -> Portfolio:
+        """An independent copy, for what-if checks (the copy's changes never reach this one)."""
+        new = Portfolio.__new__(Portfolio)
+        for name in self.__slots__:
+            setattr(new, name, getattr(self, name))
+        new.positions, new.avg_price, new.marks = dict(self.positions), dict(self.avg_price), dict(self.marks)
+        new._starts = list(self._starts)
+        new._returns = deque(self._returns, maxlen=self._returns.maxlen)
+        return new
+
     # -- updates -------------------------------------------------------------------
 
     def apply_fill(self, fill: Fill) -> float:

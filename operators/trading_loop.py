@@ -36,7 +36,8 @@ from operators.paper_broker import BarContext, BrokerSettings, PaperBroker
 from operators.portfolio import Portfolio, PortfolioSettings
 from operators.portfolio_risk import portfolio_risk
 from operators.regime import RegimeClassifier, RegimeSettings
-from operators.risk_engine import MarketView, OrderIntent, RiskActions, RiskEngine, RiskSettings
+from operators.risk_engine import RiskEngine
+from operators.risk_settings import MarketView, OrderIntent, RiskActions, RiskSettings
 from operators.sizing import PositionSizer, SizingSettings, fib_ladder
 from operators.strategies import StrategiesSettings, Strategy, default_strategies
 from operators.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
@@ -402,10 +403,26 @@ class TradingLoop:
             if order.strategy != RISK:
                 self.broker.cancel(order.order_id, ts)
 
+    def _pending_book(self, ts: int) -> Portfolio:
+        """The portfolio as if every working order had filled at its symbol's mark, without fees.
+
+        Pre-trade checks run against it and each approved order is added to
+        it, so the orders of one step (and TWAP remainders, and this step's
+        risk orders) count against the limits together, not one at a time.
+        """
+        book = self.portfolio.copy()
+        for order in self.broker.open_orders():
+            left = self.broker.remaining(order.order_id)
+            price = book.marks.get(order.symbol)
+            if left and price:
+                book.apply_fill(Fill(ts, order.order_id, order.symbol, order.side, left, price, 0.0, 0.0))
+        return book
+
     def _signals(
         self, ts: int, bars: dict[str, Bar], actions: RiskActions, view: MarketView, out: dict
     ) -> None:
         pf = self.portfolio
+        book = self._pending_book(ts) if actions.orders_allowed else pf
         equity = pf.equity()
         held = [s for s, q in pf.positions.items() if q != 0]
         qvar_share = None if self.risk.last_risk is None else self.risk.last_risk.qvar_share
@@ -457,9 +474,9 @@ class TradingLoop:
                 )
                 fraction = size.fraction * actions.size_multiplier
                 target = direction * fraction * equity / bar.close
-            self._rebalance(ts, symbol, sym, current, target, entries_ok, bar.close, view, out)
+            self._rebalance(ts, symbol, sym, current, target, entries_ok, bar.close, view, book, out)
 
-    def _rebalance(self, ts, symbol, sym, current, target, entries_ok, price, view, out) -> None:
+    def _rebalance(self, ts, symbol, sym, current, target, entries_ok, price, view, book, out) -> None:
         s = self.settings
         equity = self.portfolio.equity()
         delta = target - current
@@ -483,11 +500,12 @@ class TradingLoop:
         intent = OrderIntent(
             symbol, side, abs(delta), price, "exit" if reduces else "entry", COMPOSITE, reduces
         )
-        approved, events = self.risk.check_order(intent, self.portfolio, view)
+        approved, events = self.risk.check_order(intent, book, view)
         self._count(events)
         out["risk_events"].extend(events)
         if approved <= 0:
             return
+        book.apply_fill(Fill(ts, "pending", symbol, side, approved, price, 0.0, 0.0))
         if not reduces:
             sym.tranches += 1
         self._send(ts, symbol, math.copysign(approved, delta), intent.reason, COMPOSITE, out)

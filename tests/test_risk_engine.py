@@ -17,12 +17,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from operators.portfolio import DAY_MS, Portfolio, PortfolioSettings
-from operators.risk_engine import (
+from operators.risk_engine import RiskEngine
+from operators.risk_settings import (
     PERMISSIVE,
     MarketView,
     OrderIntent,
     RiskActions,
-    RiskEngine,
     RiskSettings,
     hysteresis_level,
 )

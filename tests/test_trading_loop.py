@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from operators.portfolio_risk import PortfolioRiskSettings
-from operators.risk_engine import RiskSettings
+from operators.risk_settings import MarketView, OrderIntent, RiskSettings
 from operators.trading_loop import TradingLoop, TradingSettings
-from schemas.records import BUY, Bar, Feature, Fill
+from schemas.records import BUY, MARKET, Bar, Feature, Fill, Order
 
 D = 60_000
 T0 = 1_620_000_000_000 // D * D
@@ -142,3 +142,26 @@ def test_dlri_above_0_8_cuts_every_position_by_a_quarter_and_above_0_9_deleverag
     cuts = [(k, o.symbol, o.qty, o.reason) for k, t, o in out if t == "orders"]
     assert cuts[:3] == [(3, s, pytest.approx(200.0), "cut") for s in SYMBOLS]
     assert [k for k, *_ in cuts[3:]] == [5, 5, 5] and all(c[3] == "cut" for c in cuts[3:])
+
+
+def test_the_orders_of_one_step_count_against_the_limits_together():
+    # four working buys of 20% each (approved earlier in the step) leave 20% cash:
+    # a fifth buy checked against the book alone would pass, against the pending book
+    # it is cut to keep 10% of equity in cash
+    loop = TradingLoop(TradingSettings(bar_interval_ms=D))
+    names = [f"{c}/USDT" for c in "ABCDE"]
+    ts = _close(0)
+    for s in names:
+        loop.broker.on_bar(Bar(s, T0, 100.0, 100.0, 100.0, 100.0, 1000.0, 100.0, 10))
+        loop.portfolio.mark(s, 100.0)
+    for s in names[:4]:
+        loop.broker.submit(Order(ts, f"o-{s}", "", s, BUY, 200.0, MARKET, 0.0, "entry", "composite"))
+    view = MarketView(ts, {}, {}, {}, {s: ts for s in names}, lambda a, b: 0.0, True)
+    intent = OrderIntent("E/USDT", BUY, 200.0, 100.0, "entry", "composite")
+    alone, _ = loop.risk.check_order(intent, loop.portfolio, view)
+    book = loop._pending_book(ts)
+    together, events = loop.risk.check_order(intent, book, view)
+    assert alone == 200.0
+    assert book.cash == pytest.approx(20_000.0) and book.positions == dict.fromkeys(names[:4], 200.0)
+    assert together == pytest.approx(10_000.0 / (100.0 * 1.001)) and events[-1].action == "reduce"
+    assert loop.portfolio.cash == 100_000.0 and not loop.portfolio.positions  # the book is a copy

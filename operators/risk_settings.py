@@ -1,0 +1,215 @@
+"""The risk engine's vocabulary: settings, what the loop tells it and what it answers.
+
+:class:`RiskSettings` holds every threshold of
+:class:`~operators.risk_engine.RiskEngine`; :class:`MarketView` is the
+market at a step, :class:`RiskActions` what the loop must do then, and
+:class:`OrderIntent` an order before its pre-trade check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from operators.portfolio_risk import PortfolioRiskSettings
+from schemas.records import REGIMES
+
+NORMAL, DEFENSIVE, OBSERVATION, PAUSE, EMERGENCY = "normal", "defensive", "observation", "pause", "emergency"
+MODE_LEVEL = {NORMAL: 0, DEFENSIVE: 1, OBSERVATION: 1, PAUSE: 2, EMERGENCY: 3}
+NO_ENTRY_MODES = (OBSERVATION, PAUSE, EMERGENCY)
+COMMANDS = ("resume", "pause", "flatten")
+BREAKER_ACTIONS = ("clear", "warn", "caution", "flatten")
+MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSettings:
+    """Thresholds of :class:`RiskEngine` (shares are fractions: 0.012 = 1.2%).
+
+    Parameters
+    ----------
+    enabled
+        False: approve everything, never trip (comparison runs).
+    risk
+        Settings of the portfolio QVaR.
+    breaker_levels, hysteresis
+        QVaR share of equity entering levels 1, 2, 3 (ascending); a level is
+        left below threshold * (1 - hysteresis), hysteresis in [0, 1).
+    max_leverage, safe_leverage
+        Gross leverage cap; deleverage target (None: 0.5 * max_leverage).
+    dlri_levels, dlri_cut_fraction, vol_ref_halflife_bars
+        DLRI levels (cut, deleverage), the cut's share, the ref EWMA's half-life.
+    ers_threshold, ers_market_weight, ers_position_weight, ers_size_multiplier, ers_stop_multiplier
+        Entropy risk score rule.
+    defensive_drawdown, defensive_weekly_loss, defensive_sharpe, sharpe_days, defensive_size_multiplier, \
+defensive_min_strength
+        Defensive triggers (losses as positive fractions) and what defensive mode does.
+    kill_drawdown, kill_daily_loss, kill_weekly_loss, kill_monthly_loss
+        Kill-switch triggers.
+    stale_after_ms, caution_blocked_regimes
+        Event time without data after which a symbol is stale; regimes without entries at caution.
+    max_position_share, min_cash_share, corr_threshold, corr_reduce, max_order_notional, \
+max_orders_per_minute, cost_buffer_bps
+        Pre-trade limits (notional in quote units; cost buffer of the cash check in bps).
+    """
+
+    enabled: bool = True
+    risk: PortfolioRiskSettings = field(default_factory=PortfolioRiskSettings)
+    breaker_levels: tuple[float, float, float] = (0.012, 0.015, 0.020)
+    hysteresis: float = 0.2
+    max_leverage: float = 3.0
+    safe_leverage: float | None = None
+    dlri_levels: tuple[float, float] = (0.8, 0.9)
+    dlri_cut_fraction: float = 0.25
+    vol_ref_halflife_bars: float = 1440.0
+    ers_threshold: float = 0.6
+    ers_market_weight: float = 0.4
+    ers_position_weight: float = 0.6
+    ers_size_multiplier: float = 0.7
+    ers_stop_multiplier: float = 0.75
+    defensive_drawdown: float = 0.10
+    defensive_weekly_loss: float = 0.03
+    defensive_sharpe: float = 0.5
+    sharpe_days: int = 30
+    defensive_size_multiplier: float = 0.5
+    defensive_min_strength: float = 0.6
+    kill_drawdown: float = 0.15
+    kill_daily_loss: float = 0.03
+    kill_weekly_loss: float = 0.05
+    kill_monthly_loss: float = 0.08
+    stale_after_ms: int = 300_000
+    caution_blocked_regimes: frozenset[str] = frozenset({"high_vol", "crisis"})
+    max_position_share: float = 0.20
+    min_cash_share: float = 0.10
+    corr_threshold: float = 0.7
+    corr_reduce: float = 0.5
+    max_order_notional: float = 250_000.0
+    max_orders_per_minute: int = 30
+    cost_buffer_bps: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.safe_leverage is None:
+            object.__setattr__(self, "safe_leverage", 0.5 * self.max_leverage)
+        positive = "max_leverage safe_leverage vol_ref_halflife_bars stale_after_ms max_position_share"
+        positive += " max_order_notional max_orders_per_minute sharpe_days"
+        unit = "hysteresis dlri_cut_fraction ers_threshold ers_market_weight ers_position_weight"
+        unit += " ers_size_multiplier ers_stop_multiplier defensive_drawdown defensive_weekly_loss"
+        unit += " defensive_size_multiplier defensive_min_strength kill_drawdown kill_daily_loss"
+        unit += " kill_weekly_loss kill_monthly_loss min_cash_share corr_threshold corr_reduce"
+        for name in f"{positive} {unit} defensive_sharpe cost_buffer_bps".split():
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                msg = f"RiskSettings.{name} must be finite, got {value!r}"
+                raise ValueError(msg)
+            if name in positive.split() and value <= 0:
+                msg = f"RiskSettings.{name} must be > 0, got {value!r}"
+                raise ValueError(msg)
+            if name in unit.split() and not 0.0 <= value <= 1.0:
+                msg = f"RiskSettings.{name} must be in [0, 1], got {value!r}"
+                raise ValueError(msg)
+        if self.hysteresis >= 1.0 or self.sharpe_days < 2 or self.cost_buffer_bps < 0:
+            msg = "RiskSettings: need hysteresis < 1, sharpe_days >= 2 and cost_buffer_bps >= 0"
+            raise ValueError(msg)
+        if not self.caution_blocked_regimes <= set(REGIMES):
+            msg = f"RiskSettings.caution_blocked_regimes must be among {REGIMES}"
+            raise ValueError(msg)
+        if self.safe_leverage > self.max_leverage:
+            msg = f"RiskSettings.safe_leverage {self.safe_leverage} exceeds max_leverage {self.max_leverage}"
+            raise ValueError(msg)
+        for name, n in (("breaker_levels", 3), ("dlri_levels", 2)):
+            levels = getattr(self, name)
+            ok = len(levels) == n and all(math.isfinite(x) and x > 0 for x in levels)
+            if not ok or any(a >= b for a, b in zip(levels, levels[1:], strict=False)):
+                msg = f"RiskSettings.{name} must be {n} ascending finite values > 0, got {levels!r}"
+                raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class MarketView:
+    """What the loop tells the engine at a step.
+
+    Parameters
+    ----------
+    ts
+        Event time, epoch ms.
+    vols, entropies, regimes
+        Latest per-bar volatility, permutation entropy and regime per symbol.
+    last_data_ts
+        Last bar/tick ts per symbol (every symbol traded).
+    corr
+        ``corr(a, b)`` with a < b: the pair's rolling correlation, or None.
+    bar_close
+        True at the bar close, False at intra-bar path points.
+    """
+
+    ts: int
+    vols: dict[str, float]
+    entropies: dict[str, float]
+    regimes: dict[str, str]
+    last_data_ts: dict[str, int]
+    corr: Callable[[str, str], float | None]
+    bar_close: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RiskActions:
+    """What the loop must do now.
+
+    Parameters
+    ----------
+    flatten
+        Close every position (a target, repeated while in emergency with positions).
+    cut_fraction
+        Reduce every position by this share now (one-shot), else 0.0.
+    deleverage_to
+        Reduce positions pro rata to this gross leverage (a target), or None.
+    size_multiplier, stop_multiplier, min_strength
+        For new orders' sizes and stop distances; ignore weaker signals.
+    entries_allowed, blocked_symbols, blocked_regimes
+        Whether anything may be opened; the symbols and regimes that may not.
+    orders_allowed
+        False in observation: no strategy orders (reducing orders still pass).
+    """
+
+    flatten: bool = False
+    cut_fraction: float = 0.0
+    deleverage_to: float | None = None
+    size_multiplier: float = 1.0
+    stop_multiplier: float = 1.0
+    min_strength: float = 0.0
+    entries_allowed: bool = True
+    blocked_symbols: frozenset[str] = frozenset()
+    blocked_regimes: frozenset[str] = frozenset()
+    orders_allowed: bool = True
+
+
+PERMISSIVE = RiskActions()
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """An order the loop would like to send (base quantity > 0 at a reference price)."""
+
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    reason: str
+    strategy: str
+    reduces_only: bool = False
+
+
+def hysteresis_level(level: int, value: float, thresholds: tuple[float, ...], hysteresis: float) -> int:
+    """The new level: up when ``value`` exceeds a higher level's threshold, down
+    only below threshold * (1 - hysteresis) of each level left.
+
+    >>> [hysteresis_level(1, v, (1.0, 2.0), 0.2) for v in (0.81, 0.79, 2.01)]
+    [1, 0, 2]
+    """
+    up = sum(1 for t in thresholds if value > t)
+    if up > level:
+        return up
+    while level > up and value < thresholds[level - 1] * (1.0 - hysteresis):
+        level -= 1
+    return level
