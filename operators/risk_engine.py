@@ -29,6 +29,8 @@ it falls below threshold * (1 - h)):
   (:func:`~operators.portfolio_risk.portfolio_risk`): level 1 warn,
   level 2 caution (a defensive trigger: half size, no entries in
   ``caution_blocked_regimes``), level 3 emergency (flatten while it holds).
+  A level is held for ``breaker_hold_ms`` after the share last exceeded its
+  threshold, even when a flatten took the share to 0.
 - DLRI = leverage / max_leverage * max(1, sum |w_i| sigma_i / ref_i /
   sum |w_i|), ref_i an EWMA of sigma_i at bar closes (half-life
   ``vol_ref_halflife_bars``; ratio 1 for a symbol without ref or vol).
@@ -123,6 +125,7 @@ class RiskEngine:
         self.settings = settings or RiskSettings()
         self.mode = NORMAL
         self.breaker_level = 0
+        self._breaker_hot = 0  # when the share last exceeded the current level's threshold
         self.dlri_level = 0
         self.ers_active = False
         self.defensive: dict[str, bool] = {"drawdown": False, "weekly_loss": False, "sharpe": False}
@@ -169,7 +172,12 @@ class RiskEngine:
         else:
             self.last_risk, share = None, math.inf
         old = self.breaker_level
-        self.breaker_level = new = hysteresis_level(old, share, s.breaker_levels, s.hysteresis)
+        if sum(1 for t in s.breaker_levels if share > t) >= old:
+            self._breaker_hot = ts  # the share still exceeds the current level's threshold
+        new = hysteresis_level(old, share, s.breaker_levels, s.hysteresis)
+        if new < old and ts - self._breaker_hot < s.breaker_hold_ms:
+            new = old
+        self.breaker_level = new
         self._level_event(ts, "qvar_breaker", old, new, share, s.breaker_levels, BREAKER_ACTIONS[new], events)
 
         cut, deleverage_to = self._dlri(ts, portfolio, weights, vols, events)

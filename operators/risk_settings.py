@@ -33,9 +33,12 @@ class RiskSettings:
         False: approve everything, never trip (comparison runs).
     risk
         Settings of the portfolio QVaR.
-    breaker_levels, hysteresis
+    breaker_levels, hysteresis, breaker_hold_ms
         QVaR share of equity entering levels 1, 2, 3 (ascending); a level is
-        left below threshold * (1 - hysteresis), hysteresis in [0, 1).
+        left below threshold * (1 - hysteresis), hysteresis in [0, 1), and
+        only once the share has not exceeded the level's threshold for
+        ``breaker_hold_ms`` of event time (a flatten empties the book, and
+        with it the QVaR: the hold keeps the loop from buying straight back in).
     max_leverage, safe_leverage
         Gross leverage cap; deleverage target (None: 0.5 * max_leverage).
     dlri_levels, dlri_cut_fraction, vol_ref_halflife_bars
@@ -58,6 +61,7 @@ max_orders_per_minute, cost_buffer_bps
     risk: PortfolioRiskSettings = field(default_factory=PortfolioRiskSettings)
     breaker_levels: tuple[float, float, float] = (0.012, 0.015, 0.020)
     hysteresis: float = 0.2
+    breaker_hold_ms: int = 1_800_000
     max_leverage: float = 3.0
     safe_leverage: float | None = None
     dlri_levels: tuple[float, float] = (0.8, 0.9)
@@ -108,8 +112,9 @@ max_orders_per_minute, cost_buffer_bps
             if name in unit.split() and not 0.0 <= value <= 1.0:
                 msg = f"RiskSettings.{name} must be in [0, 1], got {value!r}"
                 raise ValueError(msg)
-        if self.hysteresis >= 1.0 or self.sharpe_days < 2 or self.cost_buffer_bps < 0:
-            msg = "RiskSettings: need hysteresis < 1, sharpe_days >= 2 and cost_buffer_bps >= 0"
+        hold, buffer = self.breaker_hold_ms, self.cost_buffer_bps
+        if self.hysteresis >= 1.0 or self.sharpe_days < 2 or min(buffer, hold) < 0:
+            msg = "RiskSettings: need hysteresis < 1, sharpe_days >= 2, cost buffer and breaker hold >= 0"
             raise ValueError(msg)
         if not self.caution_blocked_regimes <= set(REGIMES):
             msg = f"RiskSettings.caution_blocked_regimes must be among {REGIMES}"

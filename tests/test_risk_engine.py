@@ -77,9 +77,25 @@ def entry(sym="X", side=BUY, qty=0.01, price=50_000.0, strategy="s", reduces_onl
 # -- QVaR breaker --------------------------------------------------------------------
 
 
+def test_a_breaker_level_is_held_after_a_flatten_empties_the_book():
+    # level 3 at t=0; the flatten empties the book (share 0) at t=1 min; the level,
+    # and with it emergency (no entries), holds until 30 min after the share last exceeded 2%
+    eng = RiskEngine()
+    held, flat = book(X=(1.0, 20_000.0)), book()
+    vol = {"X": 0.025 / (0.2 * Z)}
+    events, _ = eng.assess(held, mv(T0, vols=vol))
+    assert kinds(events) == [("qvar_breaker", 3, "flatten"), ("mode", 3, "emergency")]
+    for minute in (1, 10, 29):
+        events, actions = eng.assess(flat, mv(T0 + minute * 60_000, vols=vol))
+        assert events == [] and not actions.entries_allowed and eng.breaker_level == 3, minute
+    events, actions = eng.assess(flat, mv(T0 + 30 * 60_000, vols=vol))
+    assert kinds(events) == [("qvar_breaker", 0, "clear"), ("mode", 0, "normal")]
+    assert actions == PERMISSIVE
+
+
 def test_qvar_breaker_levels_up_and_down_without_flapping():
     pf = book(X=(1.0, 20_000.0))  # weight 0.2: share = 0.2 * vol * z
-    eng = RiskEngine()
+    eng = RiskEngine(RiskSettings(breaker_hold_ms=0))  # hysteresis in value only; the hold is tested below
     shares = [0.0100, 0.0121, 0.0119, 0.0121, 0.0110, 0.0125, 0.0151, 0.0149, 0.0152, 0.0121, 0.0201]
     shares += [0.0199, 0.0161, 0.0159, 0.0119, 0.0097, 0.0095]
     expected = {

@@ -53,7 +53,7 @@ def _close(k: int) -> int:
     return T0 + (k + 1) * D
 
 
-VOL_PATH = [(v, 100.0, SYMBOLS) for v in [0.01] * 5 + [0.018, 0.022, 0.03, 0.03, 0.01]]
+VOL_PATH = [(v, 100.0, SYMBOLS) for v in [0.01] * 5 + [0.018, 0.022, 0.03, 0.03] + [0.01] * 29]
 
 
 def test_each_breaker_level_trips_at_its_bar_and_level_3_flattens_at_the_next_open():
@@ -65,8 +65,9 @@ def test_each_breaker_level_trips_at_its_bar_and_level_3_flattens_at_the_next_op
         (6, "mode", 1, "defensive"),
         (7, "qvar_breaker", 3, "flatten"),
         (7, "mode", 3, "emergency"),
-        (8, "qvar_breaker", 0, "clear"),
-        (8, "mode", 0, "normal"),
+        # flat from bar 8 (QVaR 0), the level holds 30 minutes after bar 7's close
+        (37, "qvar_breaker", 0, "clear"),
+        (37, "mode", 0, "normal"),
     ]
     share = [e.value for k, t, e in out if t == "risk_events" and e.kind == "qvar_breaker"]
     assert share[:3] == pytest.approx([x * 0.6 * 1.6448536269514722 * 0.73 for x in (0.018, 0.022, 0.03)])
@@ -85,10 +86,11 @@ def test_the_breakers_stay_quiet_with_the_risk_engine_off():
 
 
 def test_hysteresis_keeps_a_level_from_flapping():
-    wobble = [0.01] * 3 + [0.017, 0.016, 0.017, 0.016, 0.017, 0.012, 0.01]
+    wobble = [0.01] * 3 + [0.017, 0.016, 0.017, 0.016, 0.017, 0.012] + [0.01] * 29
     out = _run(_loop(), [(v, 100.0, SYMBOLS) for v in wobble])
     # 0.016 -> 1.15% stays above 1.2% x 0.8: one warning, cleared once well below
-    assert _events(out, "qvar_breaker") == [(3, "qvar_breaker", 1, "warn"), (8, "qvar_breaker", 0, "clear")]
+    # and 30 minutes after the last excess (bar 7)
+    assert _events(out, "qvar_breaker") == [(3, "qvar_breaker", 1, "warn"), (37, "qvar_breaker", 0, "clear")]
 
 
 def test_the_kill_switch_flattens_then_pauses_until_an_operator_resumes():
