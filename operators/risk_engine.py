@@ -314,12 +314,14 @@ class RiskEngine:
 
     # -- operator and errors ---------------------------------------------------------
 
-    def control(self, ts: int, command: str, reason: str) -> list[RiskEvent]:
+    def control(self, ts: int, command: str, reason: str, update_mode: bool = True) -> list[RiskEvent]:
         """An operator's ``resume``, ``pause`` or ``flatten``, recorded as a ``control`` event.
 
         ``resume`` clears the pause and re-arms the kill switch (a flatten in
         progress still completes); ``flatten`` closes everything without
         pausing. An unknown command is rejected (action ``reject``).
+        ``update_mode=False`` leaves the mode change to the caller's next
+        :meth:`assess` at the same time (one change, judged on fresh triggers).
         """
         if command not in COMMANDS:
             msg = f"unknown command {command!r} (expected one of {COMMANDS}): {reason}"
@@ -336,7 +338,8 @@ class RiskEngine:
         else:
             self.flatten_pending = True
             self._why[EMERGENCY] = f"operator flatten: {reason}"
-        self._update_mode(ts, events)
+        if update_mode:
+            self._update_mode(ts, events)
         return events
 
     def on_error(self, ts: int, message: str) -> list[RiskEvent]:

@@ -267,7 +267,7 @@ class TradingLoop:
             if command == "resume":
                 # the operator has seen the loss: drawdown and period losses count from here
                 pf.rebase()
-            events = self.risk.control(when, command, reason)
+            events = self.risk.control(when, command, reason, update_mode=False)
             self._count(events)
             out["risk_events"].extend(events)
         events, actions = self.risk.assess(pf, view)

@@ -106,7 +106,6 @@ def test_the_kill_switch_flattens_then_pauses_until_an_operator_resumes():
         (3, "mode", 3, "emergency"),
         (4, "mode", 2, "pause"),  # flat now: paused until resumed
         (6, "control", 0, "resume"),
-        (6, "mode", 1, "defensive"),
         # the resume re-bases drawdown and period losses at the current equity
         (6, "defensive", 0, "clear"),
         (6, "defensive", 0, "clear"),
