@@ -189,27 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser(
         "replay",
-        help="replay tick files through the pipeline as fast as possible",
-        description="Replay tick files (CSV or JSON Lines, optionally .gz) through the "
-        "pipeline into the store. Columns: ts,symbol,price,qty[,side,trade_id,exchange].",
+        help="replay tick or candle files (or a recorded topic) through the pipeline as fast as possible",
+        description="Replay tick files (CSV or JSON Lines, optionally .gz) or OHLCV candle files (CSV or "
+        "ccxt/freqtrade JSON) through the pipeline into the store. Tick columns: "
+        "ts,symbol,price,qty[,side,trade_id,exchange].",
     )
     rep.add_argument(
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="tick files, read in the order given, or one recorded topic kafka://BROKERS/TOPIC",
+        help="tick or candle files, read in the order given, or one recorded topic kafka://BROKERS/TOPIC",
     )
     _common(rep)
     rep.add_argument("--workers", type=int, help="worker threads (default 1)")
     rep.add_argument("--null-sink", action="store_true", help="compute everything, store nothing")
     rep.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    rep.add_argument(
+        "--from-ts",
+        metavar="T",
+        help="files and topics: keep records at or after time T (epoch ms or ISO-8601 with offset): "
+        "a tick's ts or a candle's open time in files (the others are skipped and counted), "
+        "the Kafka record time on a topic",
+    )
+    rep.add_argument(
+        "--to-ts", metavar="T", help="files and topics: keep records before time T (exclusive; same forms)"
+    )
     _trade(rep, default=False)
     topic = rep.add_argument_group("topic replays (kafka://)")
     topic.add_argument("--from-offset", type=int, metavar="O", help="start every partition at offset O")
-    topic.add_argument(
-        "--from-ts", metavar="T", help="start at record time T (epoch ms or ISO-8601 with offset)"
-    )
-    topic.add_argument("--to-ts", metavar="T", help="stop before record time T")
     topic.add_argument(
         "--outputs", action="store_true", help="also write the bars/features/... topics (default: store only)"
     )
@@ -256,10 +263,14 @@ def _with_workers(settings: Settings, workers: int | None) -> Settings:
     return dataclasses.replace(settings, run=dataclasses.replace(settings.run, workers=workers))
 
 
-def _summary(kind: str, store: Store | None, dsn: str, records: int, seconds: float, written) -> None:
+def _summary(
+    kind: str, store: Store | None, dsn: str, records: int, seconds: float, written, skipped: int = 0
+) -> None:
     out = sys.stdout
     rate = records / seconds if seconds > 0 else 0.0
     out.write(f"\n{kind}: {records:,} records in {seconds:.1f} s ({rate:,.0f} ticks/s)\n")
+    if skipped:
+        out.write(f"{skipped:,} records outside --from-ts/--to-ts skipped (not dead letters)\n")
     if store is None:
         out.write("null sink: rows computed (not stored)\n")
         for table, n in sorted(written.items()):
@@ -346,6 +357,17 @@ def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outp
     return 0
 
 
+def _file_span(args):
+    """The ``--from-ts``/``--to-ts`` span of a file replay."""
+    from sources.time_span import TimeSpan
+
+    try:
+        return TimeSpan(_time_arg("--from-ts", args.from_ts), _time_arg("--to-ts", args.to_ts))
+    except ValueError as exc:
+        msg = f"--from-ts/--to-ts: {exc}"
+        raise UsageError(msg) from None
+
+
 def cmd_replay(args) -> int:
     from flows.pipeline import Progress, TradingReport, file_inputs, replay, stderr_progress
 
@@ -353,13 +375,14 @@ def cmd_replay(args) -> int:
         return _replay_topic(args)
     settings = _with_workers(_settings(args), args.workers)
     dsn = None if args.null_sink else _dsn(args, settings)
-    inputs, total = file_inputs(args.inputs, settings)
+    inputs, total = file_inputs(args.inputs, settings, _file_span(args))
     store = None if dsn is None else Store(dsn)
     progress = Progress(total_bytes=total, report=None if args.quiet else stderr_progress)
     report = TradingReport()
     start = time.perf_counter()
     counter = replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
-    _summary("replay", store, dsn or "", progress.records, time.perf_counter() - start, dict(counter.rows))
+    seconds = time.perf_counter() - start
+    _summary("replay", store, dsn or "", progress.records, seconds, dict(counter.rows), progress.skipped)
     _trading_summary(report)
     return 0
 

@@ -26,7 +26,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 from bytewax.recovery import RecoveryConfig
 
-from flows.config import ConfigError, Settings
+from flows.config import ConfigError, FeaturesConfig, Settings, TradingConfig
 from flows.control import ControlReader
 from operators.bar_builder import BarBuilder, BarSettings
 from operators.candle_bars import CandleBars
@@ -34,7 +34,7 @@ from operators.correlation_grid import CorrelationGrid, CorrelationSettings
 from operators.paper_broker import BrokerSettings
 from operators.portfolio import PortfolioSettings
 from operators.portfolio_risk import PortfolioRiskSettings
-from operators.risk_engine import RiskSettings
+from operators.risk_settings import RiskSettings
 from operators.sizing import SizingSettings
 from operators.symbol_features import FeatureSettings, SymbolFeatures
 from operators.trading_loop import TradingLoop, TradingSettings
@@ -42,6 +42,7 @@ from schemas.codec import encode
 from schemas.records import SCHEMA, Bar, DeadLetter
 from sinks.store_sink import RowCounter, StoreSink
 from sources.tick_files import Chunk, TickFileReader
+from sources.time_span import TimeSpan
 
 
 def wall_ms() -> int:
@@ -51,12 +52,17 @@ def wall_ms() -> int:
 
 @dataclass
 class Progress:
-    """Shared progress of a run: records read, bytes consumed."""
+    """Shared progress of a run: records read, bytes consumed.
+
+    ``skipped`` counts the records a replay's ``--from-ts``/``--to-ts`` left
+    out (not in ``records``, not dead letters).
+    """
 
     total_bytes: int = 0
     done_bytes: int = 0
     records: int = 0
     ticks_dead_on_read: int = 0
+    skipped: int = 0
     started: float = field(default_factory=time.perf_counter)
     report: Callable[[Progress], None] | None = None
     last_report: float = 0.0
@@ -98,6 +104,7 @@ class _ChunkPartition(StatefulSourcePartition):
             p.records += chunk.records
             p.done_bytes = self.offset_base + chunk.position
             p.ticks_dead_on_read += len(chunk.dead)
+            p.skipped += chunk.skipped
             p.tick()
             self.skip = chunk.resume_at
             return [chunk]
@@ -143,29 +150,35 @@ def is_candle_file(path: str) -> bool:
 def _candle_chunks(reader) -> ChunkFactory:
     def chunks(skip: int) -> Iterator[Chunk]:
         for c in reader.chunks(skip):
-            yield Chunk([], c.dead, c.records, c.position, c.resume_at, bars=tuple(c.bars))
+            yield Chunk([], c.dead, c.records, c.position, c.resume_at, bars=tuple(c.bars), skipped=c.skipped)
 
     return chunks
 
 
-def file_inputs(paths: list[str], settings: Settings) -> tuple[list[ChunkFactory], int]:
+def file_inputs(
+    paths: list[str], settings: Settings, span: TimeSpan | None = None
+) -> tuple[list[ChunkFactory], int]:
     """Chunk factories for tick or candle files, and their total size in bytes.
 
     Candle files (see ``sources.candle_files``) give finished bars on the
-    ``features.bar_interval`` grid; tick files give ticks.
+    ``features.bar_interval`` grid; tick files give ticks. Records whose time
+    is outside ``span`` are skipped at the source (``Chunk.skipped``).
     """
     from sources.candle_files import CandleFileReader, CandleSettings
 
+    span = span if span is not None else TimeSpan()
     factories: list[ChunkFactory] = []
     size = 0
     for p in paths:
         if is_candle_file(p):
             interval = settings.features.bar_interval * 1000
-            reader = CandleFileReader(p, CandleSettings(interval, settings.input.exchange), wall_ms)
+            candles = CandleSettings(interval, settings.input.exchange, span=span)
+            reader = CandleFileReader(p, candles, wall_ms)
             _ = reader.source_interval_ms  # reads the file now: an unusable one fails before the flow starts
             factories.append(_candle_chunks(reader))
         else:
-            reader = TickFileReader(p, settings.input.exchange, wall_ms, settings.input.block_bytes)
+            block = settings.input.block_bytes
+            reader = TickFileReader(p, settings.input.exchange, wall_ms, block, span)
             factories.append(reader.chunks)
         size += reader.size
     return factories, size
@@ -588,23 +601,32 @@ def stderr_progress(p: Progress) -> None:
     secs = max(time.perf_counter() - p.started, 1e-9)
     pct = f"{min(100.0, 100.0 * p.done_bytes / p.total_bytes):5.1f}% " if p.total_bytes else ""
     end = "\r" if sys.stderr.isatty() else "\n"
-    sys.stderr.write(f"qbtc: {pct}{p.records:,} records, {p.records / secs:,.0f} rec/s{end}")
+    skipped = f", {p.skipped:,} outside --from-ts/--to-ts skipped" if p.skipped else ""
+    sys.stderr.write(f"qbtc: {pct}{p.records:,} records, {p.records / secs:,.0f} rec/s{skipped}{end}")
     sys.stderr.flush()
 
 
 def trading_settings(settings: Settings) -> TradingSettings:
     """The trading loop's settings from ``[trading]`` (the operators' defaults elsewhere)."""
-    t = settings.trading
-    d = settings.features.bar_interval * 1000
+    try:
+        return _trading_settings(settings.trading, settings.features)
+    except ValueError as exc:
+        msg = f"[trading]: {exc}"
+        raise ConfigError(msg) from None
+
+
+def _trading_settings(t: TradingConfig, features: FeaturesConfig) -> TradingSettings:
+    d = features.bar_interval * 1000
     risk = RiskSettings(
         enabled=t.risk_engine,
         risk=PortfolioRiskSettings(
-            entropy_coef=settings.features.qvar_entropy_coef,
-            horizon_bars=max(1.0, t.qvar_horizon_s / settings.features.bar_interval),
+            entropy_coef=features.qvar_entropy_coef,
+            horizon_bars=max(1.0, t.qvar_horizon_s / features.bar_interval),
         ),
         max_leverage=t.max_leverage,
         max_position_share=t.max_position_share,
         max_order_notional=t.max_order_notional,
+        ers_threshold=t.ers_threshold,
     )
     broker = BrokerSettings(
         bar_interval_ms=d,
@@ -614,21 +636,20 @@ def trading_settings(settings: Settings) -> TradingSettings:
         twap_threshold=t.twap_threshold,
     )
     sizing = SizingSettings(
-        bar_interval_ms=d, target_daily_vol=t.target_daily_vol, max_fraction=t.max_position_share
+        bar_interval_ms=d,
+        target_daily_vol=t.target_daily_vol,
+        max_fraction=t.max_position_share,
+        entropy_limit=t.entropy_size_limit,
     )
-    try:
-        return TradingSettings(
-            bar_interval_ms=d,
-            portfolio=PortfolioSettings(initial_cash=t.initial_cash),
-            risk=risk,
-            broker=broker,
-            sizing=sizing,
-            allow_short=t.allow_short,
-            min_trade_share=t.min_trade_share,
-        )
-    except ValueError as exc:
-        msg = f"[trading]: {exc}"
-        raise ConfigError(msg) from None
+    return TradingSettings(
+        bar_interval_ms=d,
+        portfolio=PortfolioSettings(initial_cash=t.initial_cash),
+        risk=risk,
+        broker=broker,
+        sizing=sizing,
+        allow_short=t.allow_short,
+        min_trade_share=t.min_trade_share,
+    )
 
 
 def replay(

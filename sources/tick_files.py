@@ -6,6 +6,11 @@ header must use that canonical order. ``ts`` is epoch ms or ISO-8601 with
 an offset. Blocks of lines are parsed by pyarrow when they are clean; a
 block that pyarrow refuses is read again line by line, so each bad record
 becomes a dead letter with its own reason, line number and raw bytes.
+
+With a :class:`~sources.time_span.TimeSpan`, records whose ``ts`` reads
+but falls outside it are skipped and counted (``Chunk.skipped``), on the
+fast path by one mask over the block; a record that cannot be read is a
+dead letter wherever its time lies.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from schemas.validation import (
     REQUIRED,
     Rejected,
     check_record,
+    parse_ts,
     value_problem,
     value_problems,
 )
+from sources.time_span import TimeSpan
 
 ALIASES = {
     "timestamp": "ts",
@@ -70,7 +77,8 @@ class Chunk:
     dead
         Records rejected while reading (parse, schema, value).
     records
-        Records read in this block (blank lines are not records).
+        Records read in this block (blank lines are not records), the
+        skipped ones not included.
     position
         Bytes of the (compressed) file consumed so far.
     resume_at
@@ -84,6 +92,9 @@ class Chunk:
         Every symbol the partition has carried so far (with ``part``).
     bars
         Finished bars from a candle input, in (ts, symbol) order.
+    skipped
+        Records left out because their time is outside the replay's
+        :class:`~sources.time_span.TimeSpan` (not dead letters).
     """
 
     batches: list[TickColumns]
@@ -94,6 +105,7 @@ class Chunk:
     part: tuple[int, int] | None = None
     known: tuple[str, ...] = ()
     bars: tuple[Bar, ...] = ()
+    skipped: int = 0
 
 
 def file_format(path: str) -> str:
@@ -134,6 +146,8 @@ class TickFileReader:
         Size of the blocks parsed at once.
     now_ms
         Clock for dead letters' ingest time.
+    span
+        Event times to keep (None: all); the others are skipped and counted.
     """
 
     def __init__(
@@ -142,6 +156,7 @@ class TickFileReader:
         default_exchange: str,
         now_ms: Callable[[], int],
         block_bytes: int = 4 << 20,
+        span: TimeSpan | None = None,
     ) -> None:
         self.path = path
         self.format = file_format(path)
@@ -151,6 +166,7 @@ class TickFileReader:
         self.default_exchange = default_exchange
         self.block_bytes = block_bytes
         self.now_ms = now_ms
+        self.span = span if span is not None else TimeSpan()
         self.size = os.path.getsize(path)
         self.columns: list[str] | None = None
         self.has_header = False
@@ -246,11 +262,30 @@ class TickFileReader:
         parsed = self._fast_csv(block, starts, ends, numbers) if self.format == "csv" else None
         if parsed is None:
             parsed = self._slow(block, starts, ends, numbers)
-        return Chunk(parsed[0], parsed[1], len(starts), position, resume_at)
+        batches, dead, skipped = parsed
+        return Chunk(batches, dead, len(starts) - skipped, position, resume_at, skipped=skipped)
 
     # -- fast path ----------------------------------------------------------
 
     def _fast_csv(self, block, starts, ends, numbers):
+        """Batches, dead letters and the skipped count of a clean block; None when pyarrow refuses it."""
+        table = self._arrow_block(block, len(starts))
+        if table is None:
+            return None
+        skipped = 0
+        if self.span.bounded:
+            keep = ~self.span.outside(table.column("ts").to_numpy())
+            skipped = len(keep) - int(np.count_nonzero(keep))
+            if skipped:
+                table = table.filter(pa.array(keep))
+                starts, ends, numbers = starts[keep], ends[keep], numbers[keep]
+        if table.num_rows == 0:
+            return [], [], skipped
+        parsed = self._fast_columns(table, block, starts, ends, numbers)
+        return None if parsed is None else (*parsed, skipped)
+
+    def _arrow_block(self, block: bytes, n: int) -> pa.Table | None:
+        """The block as a typed table of ``n`` rows, or None when a line does not fit."""
         cols = self.columns
         wanted = {c: _ARROW_TYPES[c] for c in cols if c in _ARROW_TYPES}
         try:
@@ -268,11 +303,16 @@ class TickFileReader:
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             return None
-        if table.num_rows != len(starts):
+        if table.num_rows != n:
             return None
         for name in REQUIRED:
             if table.column(name).null_count:
                 return None
+        return table
+
+    def _fast_columns(self, table: pa.Table, block, starts, ends, numbers):
+        """Per-symbol batches and dead letters of a typed table (None: a line needs the slow path)."""
+        wanted = set(table.column_names)
         ts = table.column("ts").to_numpy()
         price = table.column("price").to_numpy()
         qty = table.column("qty").to_numpy()
@@ -350,10 +390,14 @@ class TickFileReader:
         now = self.now_ms()
         dead: list[DeadLetter] = []
         rows: dict[str, list] = {}
+        skipped = 0
         for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
             line = block[s:e]
             try:
                 fields = self._fields(line)
+                if self._outside(fields):
+                    skipped += 1
+                    continue
                 tick = check_record(fields, self.default_exchange)
             except Rejected as rej:
                 dead.append(self._dead(now, numbers[i], rej.reason, rej.message, line))
@@ -378,7 +422,16 @@ class TickFileReader:
                     RawSlices(block, starts[idx], ends[idx]),
                 )
             )
-        return batches, dead
+        return batches, dead, skipped
+
+    def _outside(self, fields: dict) -> bool:
+        """True when the record's ``ts`` reads and is outside the span (then it is skipped)."""
+        if not self.span.bounded:
+            return False
+        try:
+            return self.span.excludes(parse_ts(fields.get("ts")))
+        except Rejected:
+            return False  # an unreadable time: check_record says why
 
     def _fields(self, line: bytes) -> dict:
         try:

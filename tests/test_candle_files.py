@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from schemas.records import DUPLICATE, PARSE, VALUE
-from sources.candle_files import CandleFileReader, CandleSettings, symbol_from_path, unify_symbol
+from sources.candle_files import CandleFileReader, CandleSettings
+from sources.candle_formats import symbol_from_path, unify_symbol
 from sources.tick_files import InputError
 
 T = 1_618_951_320_000  # 2021-04-20T20:42:00Z, on the minute

@@ -40,6 +40,11 @@ def test_help(command):
         (["replay", "kafka://"], "is not kafka://BROKERS"),
         (["replay", "kafka://h:1/t", "--from-ts", "yesterday"], "neither epoch ms nor ISO-8601"),
         (["replay", "kafka://h:1/t", "--from-offset", "1", "--from-ts", "5"], "not both"),
+        (
+            ["replay", "x.csv", "--from-ts", "2021-05-20T00:00:00Z", "--to-ts", "1621468800000"],
+            "span is empty",
+        ),
+        (["replay", "x.csv", "--to-ts", "tomorrow"], "--to-ts: ts 'tomorrow' is neither"),
         (["publish", "--simulate", "x.csv"], "one of the two"),
         (["publish", "--simulate", "--rate", "0"], "--rate must be > 0"),
         (["stream", "--process-id", "0"], "--process-id needs --addresses"),
@@ -105,6 +110,49 @@ def test_replay_twice_leaves_every_key_once(tmp_path):
     assert counts["dead_letters"] == 2
     assert counts["bars"] == 800
     assert counts["features"] == 2 * (400 - 50)
+
+
+def test_replay_with_a_span_stores_only_bars_inside_it(tmp_path):
+    day = 1_621_382_400_000  # 2021-05-19T00:00:00Z
+    candles = ["symbol,open_time_ms,open,high,low,close,volume"]
+    candles += [
+        f"{s},{day + k * 60_000},{100 + k % 7},108,99,{101 + k % 5},{1 + k}"
+        for s in ("AUSDT", "BUSDT")
+        for k in range(180)
+    ]
+    (tmp_path / "candles.csv").write_text("\n".join(candles) + "\n")
+    ticks = ["ts,symbol,price,qty"] + [f"{day + k * 10_000},C/USDT,{50 + k % 3},1" for k in range(1080)]
+    (tmp_path / "ticks.csv").write_text("\n".join(ticks) + "\n")
+    store = f"chdb://{tmp_path}/store.chdb"
+    out = qbtc(
+        "replay",
+        "candles.csv",
+        "ticks.csv",
+        "--store",
+        store,
+        "--quiet",
+        "--set",
+        "features.bar_interval=60",
+        "--from-ts",
+        "2021-05-19T00:30:00+00:00",
+        "--to-ts",
+        str(day + 90 * 60_000),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    inside = 2 * 60 + 360  # an hour of candles for two symbols, of ticks every 10 s for one
+    assert f"replay: {inside:,} records" in out.stdout
+    assert f"{2 * 180 + 1080 - inside:,} records outside --from-ts/--to-ts skipped" in out.stdout
+    query = (
+        "SELECT symbol, count(), toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts)) "
+        "FROM bars FINAL GROUP BY symbol ORDER BY symbol"
+    )
+    out = qbtc("sql", query, "--store", store, "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    first, last = day + 30 * 60_000, day + 89 * 60_000
+    assert out.stdout.splitlines()[1:] == [f"{s},60,{first},{last}" for s in ("A/USDT", "B/USDT", "C/USDT")]
+    out = qbtc("sql", "SELECT count() FROM dead_letters FINAL", "--store", store, "--format", "csv")
+    assert out.stdout.splitlines()[1] == "0"
 
 
 def test_sql_prints_a_table(tmp_path):
