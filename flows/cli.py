@@ -5,22 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shlex
 import sys
 import time
 
 from bytewax.errors import BytewaxRuntimeError
 
 from flows.config import ConfigError, Settings, load_settings, scrub
+from flows.report import run_summary, trading_summary, write_table
 from schemas.ddl import TABLES
-from sinks.clickhouse_store import DEFAULT_DSN, Store, StoreError, redact
+from sinks.clickhouse_store import Store, StoreError
 from sources.tick_files import InputError
-
-EXAMPLE_SQL = (
-    "SELECT symbol, count() AS rows, round(avg(volatility), 6) AS avg_vol, "
-    "round(max(qvar95), 6) AS max_qvar95, sum(drift) AS drifts "
-    "FROM features FINAL GROUP BY symbol ORDER BY symbol"
-)
 
 
 class UsageError(Exception):
@@ -263,32 +257,9 @@ def _with_workers(settings: Settings, workers: int | None) -> Settings:
     return dataclasses.replace(settings, run=dataclasses.replace(settings.run, workers=workers))
 
 
-def _summary(
-    kind: str, store: Store | None, dsn: str, records: int, seconds: float, written, skipped: int = 0
-) -> None:
-    out = sys.stdout
-    rate = records / seconds if seconds > 0 else 0.0
-    out.write(f"\n{kind}: {records:,} records in {seconds:.1f} s ({rate:,.0f} ticks/s)\n")
-    if skipped:
-        out.write(f"{skipped:,} records outside --from-ts/--to-ts skipped (not dead letters)\n")
-    if store is None:
-        out.write("null sink: rows computed (not stored)\n")
-        for table, n in sorted(written.items()):
-            out.write(f"  {table:<14}{n:>12,}\n")
-        return
-    counts = store.counts()
-    out.write(f"store: {redact(dsn)}\n")
-    for table, n in counts.items():
-        out.write(f"  {table:<14}{n:>12,} rows\n")
-    path = dsn[len("chdb://") :] if dsn.startswith("chdb://") else None
-    store_arg = "" if dsn == DEFAULT_DSN else f" --store {shlex.quote(dsn)}"
-    if path:
-        out.write(f"data: {os.path.abspath(path)}\n")
-    out.write(f"try:  qbtc sql {shlex.quote(EXAMPLE_SQL)}{store_arg}\n")
-
-
 def cmd_run(args) -> int:
-    from flows.pipeline import Progress, TradingReport, replay, simulator_inputs, stderr_progress
+    from flows.inputs import Progress, simulator_inputs, stderr_progress
+    from flows.pipeline import TradingReport, replay
 
     settings = _with_workers(_settings(args), args.workers)
     dsn = _dsn(args, settings)
@@ -298,8 +269,8 @@ def cmd_run(args) -> int:
     report = TradingReport()
     start = time.perf_counter()
     replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
-    _summary("run", store, dsn, progress.records, time.perf_counter() - start, {})
-    _trading_summary(report)
+    run_summary("run", store, dsn, progress.records, time.perf_counter() - start, {})
+    trading_summary(report)
     return 0
 
 
@@ -336,8 +307,9 @@ def _kafka_settings(args, settings: Settings) -> Settings:
 
 
 def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outputs: bool, kind: str) -> int:
+    from flows.inputs import Progress, stderr_progress
     from flows.kafka_flow import execution_from, stream
-    from flows.pipeline import Progress, TradingReport, stderr_progress
+    from flows.pipeline import TradingReport
 
     execution = execution_from(settings, args.process_id, args.addresses)
     progress = Progress(report=None if args.quiet else stderr_progress)
@@ -351,9 +323,9 @@ def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outp
         sys.stdout.write(f"\n{kind}: {done}; stored by another process\n")
         return 0
     store = None if dsn is None else Store(dsn)
-    _summary(kind, store, dsn or "", metrics.records, seconds, dict(metrics.rows))
+    run_summary(kind, store, dsn or "", metrics.records, seconds, dict(metrics.rows))
     if report is not None:
-        _trading_summary(report)
+        trading_summary(report)
     return 0
 
 
@@ -369,7 +341,8 @@ def _file_span(args):
 
 
 def cmd_replay(args) -> int:
-    from flows.pipeline import Progress, TradingReport, file_inputs, replay, stderr_progress
+    from flows.inputs import Progress, file_inputs, stderr_progress
+    from flows.pipeline import TradingReport, replay
 
     if args.inputs[0].startswith("kafka://"):
         return _replay_topic(args)
@@ -382,48 +355,14 @@ def cmd_replay(args) -> int:
     start = time.perf_counter()
     counter = replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
     seconds = time.perf_counter() - start
-    _summary("replay", store, dsn or "", progress.records, seconds, dict(counter.rows), progress.skipped)
-    _trading_summary(report)
+    run_summary("replay", store, dsn or "", progress.records, seconds, dict(counter.rows), progress.skipped)
+    trading_summary(report)
     return 0
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-def _utc(ms: int | None) -> str:
-    from datetime import UTC, datetime
-
-    return "n/a" if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def _trading_summary(report) -> None:
-    s = report.summary
-    if s is None:
-        return
-    trips = ", ".join(f"level {lvl}: {n}" for lvl, n in s["breaker_trips"].items()) or "none"
-    lines = [
-        f"backtest {_utc(s['first_ts'])} .. {_utc(s['last_ts'])} UTC "
-        f"(equity {s['start_equity']:,.0f} -> {s['end_equity']:,.0f})",
-        f"  return          {_pct(s['return']):>10}   max drawdown {_pct(s['max_drawdown']):>8}",
-        f"  Sharpe          {_num(s['sharpe']):>10}   Sortino      {_num(s['sortino']):>8}  (annualised)",
-        f"  win rate        {_pct(s['win_rate']):>10}   profit factor {_num(s['profit_factor']):>7}",
-        f"  orders {s['orders']:,}, fills {s['fills']:,}, signals {s['signals']:,}, "
-        f"pre-trade denials {s['denials']:,}",
-        f"  QVaR breakers tripped: {trips}; kill switch: {s['kill_switches']}; "
-        f"mode changes: {s['mode_changes']} (mode now {s['mode']})",
-        f"  VaR exceedances {_pct(s['var_exceedance_rate'])} of {s['var_checks']:,} bars (5% expected)",
-    ]
-    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def cmd_control(args) -> int:
     from flows.control import append_command
-    from flows.pipeline import wall_ms
+    from flows.inputs import wall_ms
 
     settings = _settings(args)
     at = _time_arg("--at", args.at)
@@ -498,8 +437,8 @@ def _publish_progress(report) -> None:
 
 
 def cmd_publish(args) -> int:
+    from flows.inputs import file_inputs, simulator_inputs
     from flows.kafka_flow import ensure, publish, topic_names
-    from flows.pipeline import file_inputs, simulator_inputs
 
     settings = _kafka_settings(args, _settings(args))
     if args.simulate == bool(args.inputs):
@@ -527,14 +466,6 @@ def cmd_record(args) -> int:
     return record_command(args, settings)
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
-    return str(value)
-
-
 def cmd_sql(args) -> int:
     settings = _settings(args)
     store = Store(_dsn(args, settings))
@@ -544,27 +475,12 @@ def cmd_sql(args) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"query failed: {first}"
         raise UsageError(msg) from None
-    names = list(result.column_names)
-    rows = [[_cell(v) for v in row] for row in result.result_rows]
-    if args.format in ("csv", "tsv"):
-        import csv
-
-        writer = csv.writer(sys.stdout, delimiter="," if args.format == "csv" else "\t", lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows(rows)
-        return 0
-    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-    line = "+".join("-" * (w + 2) for w in widths)
-    sys.stdout.write(" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)) + "\n")
-    sys.stdout.write(line + "\n")
-    for r in rows:
-        sys.stdout.write(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + "\n")
-    sys.stdout.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
+    write_table(list(result.column_names), result.result_rows, args.format)
     return 0
 
 
 def cmd_simulate(args) -> int:
-    from flows.pipeline import simulator_settings
+    from flows.inputs import simulator_settings
     from sources.simulator import write_csv
 
     settings = _settings(args)

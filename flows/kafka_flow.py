@@ -22,8 +22,9 @@ from urllib.parse import urlparse
 import numpy as np
 
 from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
+from flows.inputs import Progress
 from flows.metrics import FlowMetrics
-from flows.pipeline import Execution, Progress, TradingReport, build_flow, run_flow, trading_settings
+from flows.pipeline import Execution, TradingReport, build_flow, run_flow, trading_settings
 from flows.recovery_store import RecoveryDirError, discard_unfinished
 from infra.kafka_topics import OUTPUT_TABLES, ensure_topics, topology
 from schemas.codec import encode

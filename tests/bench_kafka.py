@@ -47,8 +47,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from kafka_fixture import free_settings  # noqa: E402
 
 from flows.config import Settings, kafka_client_config, load_settings  # noqa: E402
+from flows.inputs import simulator_inputs  # noqa: E402
 from flows.kafka_flow import ensure, publish, stream, topic_names, with_brokers  # noqa: E402
-from flows.pipeline import Execution, simulator_inputs  # noqa: E402
+from flows.pipeline import Execution  # noqa: E402
 from infra.kafka.broker import bootstrap, down, up  # noqa: E402
 from schemas.codec import decode  # noqa: E402
 from schemas.records import Feature  # noqa: E402

@@ -9,7 +9,8 @@ import pandas as pd
 from bytewax.testing import TestingSink
 
 from flows.config import Settings, load_settings
-from flows.pipeline import ChunkSource, Progress, build_flow, file_inputs, run_flow
+from flows.inputs import ChunkSource, Progress, file_inputs
+from flows.pipeline import build_flow, run_flow
 from schemas.tick_columns import SIDES
 
 

@@ -6,15 +6,8 @@ from bytewax.testing import TestingSink
 
 from flows.config import load_settings
 from flows.control import append_command
-from flows.pipeline import (
-    ChunkSource,
-    Progress,
-    TradingReport,
-    build_flow,
-    run_flow,
-    simulator_inputs,
-    trading_settings,
-)
+from flows.inputs import ChunkSource, Progress, simulator_inputs
+from flows.pipeline import TradingReport, build_flow, run_flow, trading_settings
 
 TRADING_TABLES = ("signals", "risk_events", "orders", "fills", "dead_letters")
 SHORT = [

@@ -1,0 +1,203 @@
+"""What feeds the dataflow: tick and candle files, the simulator, and the run's progress.
+
+A :class:`ChunkSource` partitions a list of chunk factories (one per file or
+simulated stream); each partition snapshots how many lines it consumed, so a
+resumed run re-reads nothing. :class:`Progress` is the run's shared count of
+records read, shown on stderr by :func:`stderr_progress`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from flows.config import ConfigError, Settings
+from sources.tick_files import Chunk, TickFileReader
+from sources.time_span import TimeSpan
+
+
+def wall_ms() -> int:
+    """Wall-clock epoch ms: the one place the flow reads the clock."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Progress:
+    """Shared progress of a run: records read, bytes consumed.
+
+    ``skipped`` counts the records a replay's ``--from-ts``/``--to-ts`` left
+    out (not in ``records``, not dead letters).
+    """
+
+    total_bytes: int = 0
+    done_bytes: int = 0
+    records: int = 0
+    ticks_dead_on_read: int = 0
+    skipped: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    report: Callable[[Progress], None] | None = None
+    last_report: float = 0.0
+
+    def tick(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.report is not None and (force or now - self.last_report >= 1.0):
+            self.last_report = now
+            self.report(self)
+
+
+# -- source -------------------------------------------------------------------
+
+
+ChunkFactory = Callable[[int], Iterator[Chunk]]
+"""Makes an input's chunks, resuming at a chunk's ``resume_at``."""
+
+
+class _ChunkPartition(StatefulSourcePartition):
+    def __init__(self, inputs: list[ChunkFactory], progress: Progress, resume) -> None:
+        self.inputs = inputs
+        self.progress = progress
+        self.index, self.skip = resume if resume is not None else (0, 0)
+        self.offset_base = 0
+        self.it: Iterator[Chunk] | None = None
+
+    def next_batch(self) -> list[Chunk]:
+        while self.index < len(self.inputs):
+            if self.it is None:
+                self.it = iter(self.inputs[self.index](self.skip))
+            chunk = next(self.it, None)
+            if chunk is None:
+                self.offset_base = self.progress.done_bytes
+                self.index += 1
+                self.it = None
+                self.skip = 0
+                continue
+            p = self.progress
+            p.records += chunk.records
+            p.done_bytes = self.offset_base + chunk.position
+            p.ticks_dead_on_read += len(chunk.dead)
+            p.skipped += chunk.skipped
+            p.tick()
+            self.skip = chunk.resume_at
+            return [chunk]
+        raise StopIteration
+
+    def snapshot(self):
+        return (self.index, self.skip)
+
+
+class ChunkSource(FixedPartitionedSource):
+    """All inputs, in order, as one partition (so replays are deterministic)."""
+
+    def __init__(self, inputs: list[ChunkFactory], progress: Progress) -> None:
+        self.inputs = inputs
+        self.progress = progress
+
+    def list_parts(self) -> list[str]:
+        return ["inputs"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state) -> _ChunkPartition:
+        return _ChunkPartition(self.inputs, self.progress, resume_state)
+
+
+def is_candle_file(path: str) -> bool:
+    """A candle (OHLCV) file rather than ticks: a JSON array, or a CSV header with open/high/low/close."""
+    import gzip
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError):
+        return False  # the tick reader reports the problem
+    first = head.lstrip()[:1]
+    if first == b"[":
+        return True
+    header = {
+        c.strip().strip('"').lower() for c in head.split(b"\n", 1)[0].decode("utf-8", "replace").split(",")
+    }
+    return {"open", "high", "low", "close"} <= header and "price" not in header
+
+
+def _candle_chunks(reader) -> ChunkFactory:
+    def chunks(skip: int) -> Iterator[Chunk]:
+        for c in reader.chunks(skip):
+            yield Chunk([], c.dead, c.records, c.position, c.resume_at, bars=tuple(c.bars), skipped=c.skipped)
+
+    return chunks
+
+
+def file_inputs(
+    paths: list[str], settings: Settings, span: TimeSpan | None = None
+) -> tuple[list[ChunkFactory], int]:
+    """Chunk factories for tick or candle files, and their total size in bytes.
+
+    Candle files (see ``sources.candle_files``) give finished bars on the
+    ``features.bar_interval`` grid; tick files give ticks. Records whose time
+    is outside ``span`` are skipped at the source (``Chunk.skipped``).
+    """
+    from sources.candle_files import CandleFileReader, CandleSettings
+
+    span = span if span is not None else TimeSpan()
+    factories: list[ChunkFactory] = []
+    size = 0
+    for p in paths:
+        if is_candle_file(p):
+            interval = settings.features.bar_interval * 1000
+            candles = CandleSettings(interval, settings.input.exchange, span=span)
+            reader = CandleFileReader(p, candles, wall_ms)
+            _ = reader.source_interval_ms  # reads the file now: an unusable one fails before the flow starts
+            factories.append(_candle_chunks(reader))
+        else:
+            block = settings.input.block_bytes
+            reader = TickFileReader(p, settings.input.exchange, wall_ms, block, span)
+            factories.append(reader.chunks)
+        size += reader.size
+    return factories, size
+
+
+def simulator_settings(settings: Settings):
+    """The simulator's settings from the ``[simulator]`` config section."""
+    from sources.simulator import DEFAULT_SYMBOLS, SimulatorSettings
+
+    sim = settings.simulator
+    if sim.symbols > len(DEFAULT_SYMBOLS):
+        msg = f"simulator.symbols must be <= {len(DEFAULT_SYMBOLS)}"
+        raise ConfigError(msg)
+    return SimulatorSettings(
+        symbols=DEFAULT_SYMBOLS[: sim.symbols],
+        seed=sim.seed,
+        duration_s=sim.duration_s,
+        trades_per_s=sim.trades_per_s,
+    )
+
+
+def simulator_inputs(settings: Settings) -> tuple[list[ChunkFactory], int]:
+    """The simulator as one input, and its expected tick count (for progress)."""
+    from sources.simulator import simulate
+
+    sim = simulator_settings(settings)
+
+    def chunks(skip: int) -> Iterator[Chunk]:
+        done = 0
+        for batches in simulate(sim):
+            n = sum(len(b) for b in batches)
+            done += n
+            if done <= skip:
+                continue
+            yield Chunk(batches, [], n, done, done)
+
+    return [chunks], int(sim.trades_per_s * sim.duration_s)
+
+
+def stderr_progress(p: Progress) -> None:
+    """Print a one-line progress report to stderr."""
+    secs = max(time.perf_counter() - p.started, 1e-9)
+    pct = f"{min(100.0, 100.0 * p.done_bytes / p.total_bytes):5.1f}% " if p.total_bytes else ""
+    end = "\r" if sys.stderr.isatty() else "\n"
+    skipped = f", {p.skipped:,} outside --from-ts/--to-ts skipped" if p.skipped else ""
+    sys.stderr.write(f"qbtc: {pct}{p.records:,} records, {p.records / secs:,.0f} rec/s{skipped}{end}")
+    sys.stderr.flush()

@@ -1,0 +1,100 @@
+"""What the CLI prints: run summaries, the backtest summary and query results."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shlex
+import sys
+from datetime import UTC, datetime
+
+from sinks.clickhouse_store import DEFAULT_DSN, Store, redact
+
+EXAMPLE_SQL = (
+    "SELECT symbol, count() AS rows, round(avg(volatility), 6) AS avg_vol, "
+    "round(max(qvar95), 6) AS max_qvar95, sum(drift) AS drifts "
+    "FROM features FINAL GROUP BY symbol ORDER BY symbol"
+)
+
+
+def run_summary(
+    kind: str, store: Store | None, dsn: str, records: int, seconds: float, written, skipped: int = 0
+) -> None:
+    """Print what a run read and what the store (or the null sink) now holds."""
+    out = sys.stdout
+    rate = records / seconds if seconds > 0 else 0.0
+    out.write(f"\n{kind}: {records:,} records in {seconds:.1f} s ({rate:,.0f} ticks/s)\n")
+    if skipped:
+        out.write(f"{skipped:,} records outside --from-ts/--to-ts skipped (not dead letters)\n")
+    if store is None:
+        out.write("null sink: rows computed (not stored)\n")
+        for table, n in sorted(written.items()):
+            out.write(f"  {table:<14}{n:>12,}\n")
+        return
+    counts = store.counts()
+    out.write(f"store: {redact(dsn)}\n")
+    for table, n in counts.items():
+        out.write(f"  {table:<14}{n:>12,} rows\n")
+    path = dsn[len("chdb://") :] if dsn.startswith("chdb://") else None
+    store_arg = "" if dsn == DEFAULT_DSN else f" --store {shlex.quote(dsn)}"
+    if path:
+        out.write(f"data: {os.path.abspath(path)}\n")
+    out.write(f"try:  qbtc sql {shlex.quote(EXAMPLE_SQL)}{store_arg}\n")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _utc(ms: int | None) -> str:
+    return "n/a" if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def trading_summary(report) -> None:
+    """Print a trading run's backtest summary (nothing when it did not trade)."""
+    s = report.summary
+    if s is None:
+        return
+    trips = ", ".join(f"level {lvl}: {n}" for lvl, n in s["breaker_trips"].items()) or "none"
+    lines = [
+        f"backtest {_utc(s['first_ts'])} .. {_utc(s['last_ts'])} UTC "
+        f"(equity {s['start_equity']:,.0f} -> {s['end_equity']:,.0f})",
+        f"  return          {_pct(s['return']):>10}   max drawdown {_pct(s['max_drawdown']):>8}",
+        f"  Sharpe          {_num(s['sharpe']):>10}   Sortino      {_num(s['sortino']):>8}  (annualised)",
+        f"  win rate        {_pct(s['win_rate']):>10}   profit factor {_num(s['profit_factor']):>7}",
+        f"  orders {s['orders']:,}, fills {s['fills']:,}, signals {s['signals']:,}, "
+        f"pre-trade denials {s['denials']:,}",
+        f"  QVaR breakers tripped: {trips}; kill switch: {s['kill_switches']}; "
+        f"mode changes: {s['mode_changes']} (mode now {s['mode']})",
+        f"  VaR exceedances {_pct(s['var_exceedance_rate'])} of {s['var_checks']:,} bars (5% expected)",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return str(value)
+
+
+def write_table(names: list[str], rows, fmt: str = "table") -> None:
+    """Write a query result to stdout as an aligned table, CSV or TSV."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    if fmt in ("csv", "tsv"):
+        writer = csv.writer(sys.stdout, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(cells)
+        return
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    sys.stdout.write(" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)) + "\n")
+    sys.stdout.write(line + "\n")
+    for r in cells:
+        sys.stdout.write(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + "\n")
+    sys.stdout.write(f"({len(cells)} row{'s' if len(cells) != 1 else ''})\n")
