@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from sinks.clickhouse_store import DEFAULT_DSN, Store, redact
 
+DAY_MS = 86_400_000
 EXAMPLE_SQL = (
     "SELECT symbol, count() AS rows, round(avg(volatility), 6) AS avg_vol, "
     "round(max(qvar95), 6) AS max_qvar95, sum(drift) AS drifts "
@@ -59,12 +60,16 @@ def trading_summary(report) -> None:
     s = report.summary
     if s is None:
         return
+    span = (s["last_ts"] or 0) - (s["first_ts"] or 0)
+    short = span < DAY_MS  # an annualised ratio of minutes of returns says nothing
+    sharpe, sortino = (None, None) if short else (s["sharpe"], s["sortino"])
+    ratios = "(annualised; n/a under a day)" if short else "(annualised)"
     trips = ", ".join(f"level {lvl}: {n}" for lvl, n in s["breaker_trips"].items()) or "none"
     lines = [
         f"backtest {_utc(s['first_ts'])} .. {_utc(s['last_ts'])} UTC "
         f"(equity {s['start_equity']:,.0f} -> {s['end_equity']:,.0f})",
         f"  return          {_pct(s['return']):>10}   max drawdown {_pct(s['max_drawdown']):>8}",
-        f"  Sharpe          {_num(s['sharpe']):>10}   Sortino      {_num(s['sortino']):>8}  (annualised)",
+        f"  Sharpe          {_num(sharpe):>10}   Sortino      {_num(sortino):>8}  {ratios}",
         f"  win rate        {_pct(s['win_rate']):>10}   profit factor {_num(s['profit_factor']):>7}",
         f"  orders {s['orders']:,}, fills {s['fills']:,}, signals {s['signals']:,}, "
         f"pre-trade denials {s['denials']:,}",
