@@ -99,7 +99,8 @@ class SizingSettings:
         if not self.kelly_fraction >= 0 or not self.entropy_widen >= 0:
             msg = "kelly_fraction and entropy_widen must be >= 0"
             raise ValueError(msg)
-        for name in ("qvar_factor", "entropy_factor", "corr_factor", "defensive_factor"):
+        unit = ("qvar_factor", "entropy_factor", "corr_factor", "defensive_factor")
+        for name in (*unit, "qvar_share_limit", "entropy_limit", "corr_limit"):  # nan fails too
             if not 0.0 <= getattr(self, name) <= 1.0:
                 msg = f"{name} must be in [0, 1], got {getattr(self, name)}"
                 raise ValueError(msg)

@@ -422,7 +422,7 @@ class TradingLoop:
         self, ts: int, bars: dict[str, Bar], actions: RiskActions, view: MarketView, out: dict
     ) -> None:
         pf = self.portfolio
-        book = self._pending_book(ts) if actions.orders_allowed else pf
+        pending: list[Portfolio] = []  # the what-if book, made at the step's first order check
         equity = pf.equity()
         held = [s for s, q in pf.positions.items() if q != 0]
         qvar_share = None if self.risk.last_risk is None else self.risk.last_risk.qvar_share
@@ -474,9 +474,9 @@ class TradingLoop:
                 )
                 fraction = size.fraction * actions.size_multiplier
                 target = direction * fraction * equity / bar.close
-            self._rebalance(ts, symbol, sym, current, target, entries_ok, bar.close, view, book, out)
+            self._rebalance(ts, symbol, sym, current, target, entries_ok, bar.close, view, pending, out)
 
-    def _rebalance(self, ts, symbol, sym, current, target, entries_ok, price, view, book, out) -> None:
+    def _rebalance(self, ts, symbol, sym, current, target, entries_ok, price, view, pending, out) -> None:
         s = self.settings
         equity = self.portfolio.equity()
         delta = target - current
@@ -500,6 +500,9 @@ class TradingLoop:
         intent = OrderIntent(
             symbol, side, abs(delta), price, "exit" if reduces else "entry", COMPOSITE, reduces
         )
+        if not pending:
+            pending.append(self._pending_book(ts))
+        book = pending[0]
         approved, events = self.risk.check_order(intent, book, view)
         self._count(events)
         out["risk_events"].extend(events)

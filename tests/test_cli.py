@@ -54,6 +54,8 @@ def test_help(command):
         (["control", "resume", "--reason", "  "], "needs a reason"),
         (["control", "resume", "--reason", "ok", "--at", "soon"], "neither epoch ms nor ISO-8601"),
         (["run", "--set", "trading.initial_cash=0"], "trading.initial_cash must be > 0"),
+        (["run", "--set", "trading.ers_threshold=1.5"], "ers_threshold must be in [0, 1]"),
+        (["run", "--set", "trading.entropy_size_limit=nan"], "entropy_limit"),
     ],
 )
 def test_unusable_arguments_exit_2_with_one_line(tmp_path, args, words):
