@@ -34,6 +34,11 @@ class FlowMetrics(RowCounter):
         )
         for reason in REASONS:
             self.dead_letters.labels(reason)
+        self.stragglers = Counter(
+            "qbtc_ticks_behind_merge",
+            "Ticks that reached the partition merge behind the event time it had released",
+            registry=r,
+        )
         self.rows_out = Counter("qbtc_rows_out", "Rows written to the store, by table", ["table"], registry=r)
         self.lag = Gauge(
             "qbtc_consumer_lag", "Records behind the partition's end", ["topic", "partition"], registry=r
@@ -68,6 +73,10 @@ class FlowMetrics(RowCounter):
     def accepted(self, n: int) -> None:
         if n:
             self.ticks_accepted.inc(n)
+
+    def straggled(self, n: int) -> None:
+        if n:
+            self.stragglers.inc(n)
 
     def batch_seconds(self, seconds: float) -> None:
         self.batch_time.observe(seconds)

@@ -2,10 +2,11 @@
 
 One Bytewax dataflow wires the pure operators of ``operators/``:
 
-    read (files | simulator) ─┬─ dead letters (parse, schema, value) ──────────┐
-                              └─ per-symbol batches ─ bars (late, duplicate) ─┼─ store
-                                   ├─ features                                │
-                                   └─ progress ─ correlation grid ────────────┘
+    read (files | simulator | topic partitions) ─┬─ dead letters (parse, schema, value) ────────┐
+         └─ event time (time, capacity; partitions merged) ─ dead letters ─────────────────────┤
+              └─ per-symbol batches ─ bars (late, duplicate) ──────────────────────────────────┼─ store
+                   ├─ features                                                                 │
+                   └─ progress ─ correlation grid ─────────────────────────────────────────────┘
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from flows.inputs import ChunkFactory, ChunkSource, Progress, wall_ms
 from operators.bar_builder import BarBuilder, BarSettings
 from operators.candle_bars import CandleBars
 from operators.correlation_grid import CorrelationGrid, CorrelationSettings
+from operators.event_time import PartitionMerge, SymbolCapacity, TimeBounds, TimeGuard
 from operators.paper_broker import BrokerSettings
 from operators.portfolio import PortfolioSettings
 from operators.portfolio_risk import PortfolioRiskSettings
@@ -37,7 +39,8 @@ from operators.sizing import SizingSettings
 from operators.symbol_features import FeatureSettings, SymbolFeatures
 from operators.trading_loop import TradingLoop, TradingSettings
 from schemas.codec import encode
-from schemas.records import SCHEMA, Bar, DeadLetter
+from schemas.records import CAPACITY, SCHEMA, Bar, DeadLetter
+from schemas.tick_columns import TickColumns
 from sinks.store_sink import RowCounter, StoreSink
 from sources.tick_files import Chunk
 
@@ -51,6 +54,101 @@ class PartitionSeen:
     part: int
     parts: int
     known: tuple[str, ...]
+
+
+def dead_letters(cols: TickColumns, rejected: list[tuple[int, str, str]]) -> list[DeadLetter]:
+    """Dead letters of a batch's rejected rows (ingest time: the record's Kafka time, else now)."""
+    recv = cols.received
+    now = wall_ms() if recv is None else None
+    return [
+        DeadLetter(now if recv is None else int(recv[i]), cols.source(i), r, m, cols.payload(i))
+        for i, r, m in rejected
+    ]
+
+
+class EventTimeLogic(StatefulBatchLogic):
+    """Every input partition's ticks through the time bounds, the symbol cap and the partition merge.
+
+    One instance sees every chunk (its key is constant), so the merge can
+    wait for every partition and the cap counts every symbol once.
+    """
+
+    def __init__(self, bounds: TimeBounds, resume, keep_state: bool = False, metrics=None) -> None:
+        self.bounds = bounds
+        self.keep_state = keep_state
+        self.metrics = metrics
+        if resume is not None:
+            self.guards, self.merge, self.capacity = pickle.loads(resume)
+        else:
+            self.guards: dict[int, TimeGuard] = {}
+            self.merge: PartitionMerge | None = None
+            self.capacity = SymbolCapacity(bounds.max_symbols)
+
+    def on_batch(self, chunks: list) -> tuple[list, bool]:
+        out: list = []
+        for chunk in chunks:
+            part = chunk.part[0] if chunk.part is not None else 0
+            guard = self.guards.get(part)
+            if guard is None:
+                guard = self.guards[part] = TimeGuard(self.bounds)
+            dead: list[DeadLetter] = []
+            batches = []
+            for cols in chunk.batches:
+                kept, rejected = guard.check(cols)
+                if rejected:
+                    dead.extend(dead_letters(cols, rejected))
+                if len(kept):
+                    batches.append(kept)
+            if self.merge is None and chunk.part is not None and chunk.part[1] > 1:
+                self.merge = PartitionMerge(chunk.part[1])
+            if self.merge is not None:
+                before = self.merge.stragglers
+                batches = self.merge.add(part, batches, chunk.caught_up)
+                if self.metrics is not None:
+                    self.metrics.straggled(self.merge.stragglers - before)
+            self._emit(out, batches, chunk.bars, dead)
+        return out, StatefulBatchLogic.RETAIN
+
+    def _emit(self, out: list, batches: list[TickColumns], bars: tuple, dead: list[DeadLetter]) -> None:
+        admit = self.capacity.admit
+        kept = []
+        for cols in batches:
+            if admit(cols.symbol):
+                kept.append(cols)
+            else:
+                message = self.capacity.message(cols.symbol)
+                dead.extend(dead_letters(cols, [(i, CAPACITY, message) for i in range(len(cols))]))
+        peers = tuple(dict.fromkeys(c.symbol for c in kept))
+        out.extend((c.symbol, (c, peers, None)) for c in kept)
+        if bars:
+            by_symbol: dict[str, list] = {}
+            for bar in bars:
+                by_symbol.setdefault(bar.symbol, []).append(bar)
+            now = wall_ms()
+            for symbol in list(by_symbol):
+                if not admit(symbol):
+                    message = self.capacity.message(symbol)
+                    dead.extend(
+                        DeadLetter(now, f"candles:{symbol}@{b.ts}", CAPACITY, message, encode(b))
+                        for b in by_symbol.pop(symbol)
+                    )
+            peers = tuple(by_symbol)
+            out.extend((symbol, (bars, peers, None)) for symbol, bars in by_symbol.items())
+        if dead:
+            out.append(("", dead))
+            if self.metrics is not None:
+                self.metrics.dead(dead)
+
+    def on_eof(self) -> tuple[list, bool]:
+        out: list = []
+        if self.merge is not None:
+            self._emit(out, self.merge.flush(), (), [])
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self):
+        if not self.keep_state:
+            return None
+        return pickle.dumps((self.guards, self.merge, self.capacity), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class SymbolLogic(StatefulBatchLogic):
@@ -129,13 +227,7 @@ class SymbolLogic(StatefulBatchLogic):
             if len(up.accepted):
                 out.append(("ticks", (up.accepted, up.seq)))
             if up.rejected:
-                now = wall_ms() if cols.received is None else None
-                recv = cols.received
-                dead = [
-                    DeadLetter(now if recv is None else int(recv[i]), cols.source(i), r, m, cols.payload(i))
-                    for i, r, m in up.rejected
-                ]
-                self._dead(out, dead)
+                self._dead(out, dead_letters(cols, up.rejected))
             if self.metrics is not None:
                 self.metrics.accepted(len(up.accepted))
             self._emit(out, up.closed, peers, part)
@@ -262,18 +354,6 @@ class CorrelationLogic(StatefulBatchLogic):
 # -- the dataflow ---------------------------------------------------------------
 
 
-def _split(chunk: Chunk) -> list:
-    peers = tuple(b.symbol for b in chunk.batches)
-    out = [(b.symbol, (b, peers, chunk.part)) for b in chunk.batches]
-    if chunk.bars:
-        by_symbol: dict[str, list] = {}
-        for bar in chunk.bars:
-            by_symbol.setdefault(bar.symbol, []).append(bar)
-        peers = tuple(by_symbol)
-        out.extend((symbol, (bars, peers, chunk.part)) for symbol, bars in by_symbol.items())
-    return out
-
-
 def _mixed(symbol: str, item, i: int = 0) -> DeadLetter:
     """A dead letter for ticks and candles mixed in one symbol (a run takes one kind per symbol)."""
     if isinstance(item, Bar):
@@ -281,12 +361,6 @@ def _mixed(symbol: str, item, i: int = 0) -> DeadLetter:
     else:
         source, payload = item.source(i), item.payload(i)
     return DeadLetter(wall_ms(), source, SCHEMA, f"{symbol} has both ticks and candles in this run", payload)
-
-
-def _announce(chunk: Chunk):
-    if chunk.part is None:
-        return None
-    return ("grid", PartitionSeen(chunk.part[0], chunk.part[1], chunk.known))
 
 
 def build_flow(
@@ -321,7 +395,16 @@ def build_flow(
         return ("dead_letters", chunk.dead) if chunk.dead else None
 
     dead = op.filter_map("dead_on_read", chunks, dead_on_read)
-    per_symbol = op.flat_map("split_symbols", chunks, _split)
+    bounds = TimeBounds(f.max_ahead_ms, f.max_behind_ms, f.max_symbols)
+    timed = op.stateful_batch(
+        "event_time",
+        op.key_on("one_clock", chunks, lambda _chunk: "clock"),
+        lambda resume: EventTimeLogic(bounds, resume, keep_state, metrics),
+    )
+    timed = op.key_rm("unkey_clock", timed)
+    timed = op.branch("route_time_dead", timed, lambda item: item[0] == "")
+    dead_timed = op.map("time_dead_letters", timed.trues, lambda item: ("dead_letters", item[1]))
+    per_symbol = timed.falses
     symbol_out = op.stateful_batch(
         "bars_features",
         per_symbol,
@@ -332,17 +415,15 @@ def build_flow(
     symbol_out = op.key_rm("unkey_symbols", symbol_out)
     routed = op.branch("route_progress", symbol_out, lambda item: item[0] == "progress")
     progress = op.map("key_progress", routed.trues, lambda item: ("grid", item[1]))
-    seen = op.filter_map("announce_partitions", chunks, _announce)
-    grid_in = op.merge("grid_in", progress, seen)
     corr_out = op.stateful_batch(
         "correlations",
-        grid_in,
+        progress,
         lambda resume: CorrelationLogic(
             corr_settings, resume, keep_state, trading, report, settings.trading.control_file
         ),
     )
     corr_out = op.key_rm("unkey_grid", corr_out)
-    store_items = op.merge("store_items", dead, routed.falses, corr_out)
+    store_items = op.merge("store_items", dead, dead_timed, routed.falses, corr_out)
     if keyed_sink:
         store_items = op.map("key_out", store_items, lambda item: ("out", item))
     op.output("store", store_items, sink)

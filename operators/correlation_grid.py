@@ -39,13 +39,62 @@ class CorrelationSettings:
             raise ValueError(msg)
 
 
+class _Zeros:
+    """A run of ``n`` zero returns (a gap) in a symbol's pending returns: O(1) whatever its length."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __reduce__(self):
+        return (_Zeros, (self.n,))
+
+
 @dataclass(slots=True)
 class _Slot:
     col: int
     grid: GridReturns = field(default_factory=GridReturns)
-    pending: deque = field(default_factory=deque)  # returns from index next_k on
+    pending: deque = field(default_factory=deque)  # returns (floats, _Zeros runs) from index next_k on
+    count: int = 0  # returns held in pending
     next_k: int | None = None
     known_through: int | None = None
+
+    def push(self, zeros: int, ret: float | None) -> None:
+        if zeros:
+            self.pending.append(_Zeros(zeros))
+        if ret is not None:
+            self.pending.append(ret)
+        self.count += zeros + (ret is not None)
+
+    def pop(self) -> float:
+        head = self.pending[0]
+        self.count -= 1
+        if type(head) is _Zeros:
+            head.n -= 1
+            if head.n == 0:
+                self.pending.popleft()
+            return 0.0
+        self.pending.popleft()
+        return head
+
+    def drop(self, m: int, keep: int) -> list[float]:
+        """Drop the ``m`` oldest pending returns; the last ``keep`` of them (at most)."""
+        kept: deque[float] = deque(maxlen=keep)
+        while m:
+            head = self.pending[0]
+            if type(head) is _Zeros:
+                take = min(m, head.n)
+                kept.extend([0.0] * min(take, keep))
+                head.n -= take
+                if head.n == 0:
+                    self.pending.popleft()
+            else:
+                take = 1
+                kept.append(self.pending.popleft())
+            m -= take
+            self.count -= take
+        return list(kept)
 
 
 class CorrelationGrid:
@@ -129,11 +178,13 @@ class CorrelationGrid:
             self._slot(peer)
         slot = self._slot(symbol)
         for k, close in bars:
-            self._extend(slot, k, slot.grid.update(k, close))
+            step = slot.grid.update(k, close)
+            if step is not None:
+                self._extend(slot, k, *step)
             self.max_bar = k if self.max_bar is None else max(self.max_bar, k)
         if slot.known_through is None or closed_through > slot.known_through:
             slot.known_through = closed_through
-            self._extend(slot, closed_through, slot.grid.extend_to(closed_through))
+            self._extend(slot, closed_through, slot.grid.extend_to(closed_through), None)
         return self._advance_known()
 
     def finish(self) -> list[Correlation]:
@@ -142,22 +193,24 @@ class CorrelationGrid:
             return []
         for slot in self.slots.values():
             slot.known_through = self.max_bar
-            self._extend(slot, self.max_bar, slot.grid.extend_to(self.max_bar))
+            self._extend(slot, self.max_bar, slot.grid.extend_to(self.max_bar), None)
         return self._advance(self.max_bar)
 
-    def _extend(self, slot: _Slot, k: int, returns: list[float]) -> None:
-        if not returns:
+    def _extend(self, slot: _Slot, k: int, zeros: int, ret: float | None) -> None:
+        """Returns of grid indices up to k: ``zeros`` zero returns, then ``ret`` at k (if any)."""
+        n = zeros + (ret is not None)
+        if not n:
             return
         if slot.next_k is None:
-            slot.next_k = k - len(returns) + 1
-        slot.pending.extend(returns)
+            slot.next_k = k - n + 1
+        slot.push(zeros, ret)
         done = self.done
         if done is not None and slot.next_k <= done:
             # a symbol reported after the grid passed it: backfill the window
-            stale = min(done - slot.next_k + 1, len(slot.pending))
-            back = [slot.pending.popleft() for _ in range(stale)]
+            stale = min(done - slot.next_k + 1, slot.count)
+            back = slot.drop(stale, self.settings.window)
             slot.next_k += stale
-            self.rc.set_recent(slot.col, back[-self.settings.window :])
+            self.rc.set_recent(slot.col, back)
 
     def _advance(self, target: int) -> list[Correlation]:
         out: list[Correlation] = []
@@ -170,16 +223,53 @@ class CorrelationGrid:
         slots = list(self.slots.values())
         while self.done < target:
             k = self.done + 1
+            if self._skip_gap(slots, k, target):
+                continue
             row = [0.0] * self.rc.columns
             for s in slots:
-                if s.next_k is not None and s.next_k == k and s.pending:
-                    row[s.col] = s.pending.popleft()
+                if s.next_k is not None and s.next_k == k and s.count:
+                    row[s.col] = s.pop()
                     s.next_k = k + 1
             self.rc.update(row)
             self.done = k
             if k % st.every == 0:
                 out.extend(self._emit(k))
         return out
+
+    def _skip_gap(self, slots: list[_Slot], k: int, target: int) -> bool:
+        """Jump over a stretch of all-zero rows once the window holds only zeros.
+
+        Every symbol is in a gap there (or not started), so no pair has
+        variance and nothing is emitted; the window's state after the jump is
+        the one row-by-row updates would leave.
+        """
+        rc = self.rc
+        if rc.n < rc.window or self.rc.ring.any():
+            return False
+        m = target - k + 1
+        runs = []
+        for s in slots:
+            if s.next_k is None:
+                continue
+            if s.next_k > k:
+                m = min(m, s.next_k - k)
+                continue
+            head = s.pending[0] if s.count else None
+            if type(head) is not _Zeros:
+                return False
+            m = min(m, head.n)
+            runs.append(s)
+        if m < 2 or not rc.skip_zero_rows(m):
+            return False
+        for s in runs:
+            head = s.pending[0]
+            head.n -= m
+            if head.n == 0:
+                s.pending.popleft()
+            s.count -= m
+            s.next_k = k + m
+        self.done = k + m - 1
+        return True
 
     def _emit(self, k: int) -> list[Correlation]:
         wc = self.settings.window

@@ -34,6 +34,14 @@ class DriftFlag:
         if adwin.drift_detected:
             self._seen = True
 
+    def update_zeros(self, n: int) -> None:
+        """``n`` zero returns (a gap in the symbol's bars); each one is an ADWIN update."""
+        adwin = self._adwin
+        for _ in range(n):
+            adwin.update(0.0)
+            if adwin.drift_detected:
+                self._seen = True
+
     def take(self) -> int:
         """1 if a drift was detected since the last take, else 0; resets."""
         seen = self._seen

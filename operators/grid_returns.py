@@ -1,12 +1,16 @@
 """Log returns on the bar grid, with forward fill across gaps.
 
+A gap costs O(1): the zero returns of the missing bars come back as a count,
+never as a list as long as the gap.
+
 >>> g = GridReturns()
->>> g.update(10, 100.0)
-[]
->>> [round(r, 12) for r in g.update(13, 110.0)]   # two gaps, then the move
-[0.0, 0.0, 0.095310179804]
+>>> g.update(10, 100.0) is None
+True
+>>> zeros, r = g.update(13, 110.0)   # two gaps, then the move
+>>> zeros, round(r, 12)
+(2, 0.095310179804)
 >>> g.extend_to(15)
-[0.0, 0.0]
+2
 """
 
 from __future__ import annotations
@@ -24,25 +28,28 @@ class GridReturns:
         self.last: int | None = None
         self.close: float | None = None
 
-    def update(self, k: int, close: float) -> list[float]:
-        """Returns for grid indices last+1 .. k, given bar k's close."""
+    def update(self, k: int, close: float) -> tuple[int, float] | None:
+        """Bar k's close: ``(zeros, r_k)``, the zero returns of indices last+1 .. k-1 and r_k.
+
+        None for the symbol's first bar (no return yet).
+        """
         if self.last is None:
             self.first = self.last = k
             self.close = close
-            return []
+            return None
         if k <= self.last:
             msg = f"bar index {k} is not after {self.last}"
             raise ValueError(msg)
-        out = [0.0] * (k - self.last - 1)
-        out.append(math.log(close / self.close))
+        zeros = k - self.last - 1
+        r = math.log(close / self.close)
         self.last = k
         self.close = close
-        return out
+        return zeros, r
 
-    def extend_to(self, k: int) -> list[float]:
-        """Forward-filled zero returns up to grid index k (no bar there)."""
+    def extend_to(self, k: int) -> int:
+        """How many forward-filled zero returns take the grid up to index k (no bar there)."""
         if self.last is None or k <= self.last:
-            return []
-        out = [0.0] * (k - self.last)
+            return 0
+        zeros = k - self.last
         self.last = k
-        return out
+        return zeros

@@ -55,7 +55,8 @@ class RollingCorrelation:
         com[:c, :c] = self.com
         self.com = com
         self.peak = np.append(self.peak, 0.0)
-        self.refresh()
+        # a column of zeros has mean and co-moments exactly 0: no recomputation,
+        # so the other columns' sums do not depend on when a symbol arrived
         return c
 
     def update(self, row) -> None:
@@ -79,6 +80,31 @@ class RollingCorrelation:
         np.maximum(self.peak, diag, out=self.peak)
         if self._since >= self.window or (diag < self.peak * 1e-3).any():
             self.refresh()
+
+    def skip_zero_rows(self, m: int) -> bool:
+        """Slide ``m`` all-zero rows through a window that is all zeros already, in O(1).
+
+        Only when the window is full of zeros and the moments are exactly zero
+        (then the result is what ``m`` calls of :meth:`update` leave); returns
+        False, doing nothing, otherwise.
+
+        >>> rc = RollingCorrelation(2, columns=1)
+        >>> for _ in range(4):
+        ...     rc.update([0.0])
+        >>> rc.skip_zero_rows(10**9), rc.n
+        (True, 2)
+        """
+        if (
+            self.n < self.window
+            or self.ring.any()
+            or self.mean.any()
+            or self.com.any()
+            or self.peak.any()
+        ):
+            return False
+        self.pos = (self.pos + m) % self.window
+        self._since = (self._since + m) % self.window
+        return True
 
     def rows(self) -> np.ndarray:
         """The window's rows, oldest first."""

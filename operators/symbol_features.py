@@ -74,12 +74,26 @@ class SymbolFeatures:
         self._drift.update(r)
         self._n += 1
 
+    def _push_zeros(self, n: int) -> None:
+        """``n`` zero returns (a gap): the windows take at most W of them, ADWIN every one."""
+        w = self.settings.window
+        for _ in range(min(n, w)):
+            self._var.update(0.0)
+            self._entropy.update(0.0)
+            self._tail.update(0.0)
+        self._drift.update_zeros(n)
+        self._n += n
+
     def update(self, bar: Bar) -> Feature | None:
         """Feed bar k; the feature row at k once W returns exist, else None."""
         k = bar.ts // self.settings.bar_interval_ms
-        returns = self._grid.update(k, bar.close)
-        for r in returns:
-            self._push(r)
+        step = self._grid.update(k, bar.close)
+        if step is None:
+            return None
+        zeros, ret = step
+        if zeros:
+            self._push_zeros(zeros)
+        self._push(ret)
         if self._n < self.settings.window:
             return None
         vol = self._var.std()
@@ -89,7 +103,7 @@ class SymbolFeatures:
         return Feature(
             bar.symbol,
             bar.ts,
-            returns[-1],
+            ret,
             vol,
             entropy,
             var95,

@@ -12,7 +12,9 @@ SCHEMA = "schema"
 VALUE = "value"
 LATE = "late"
 DUPLICATE = "duplicate"
-REASONS = (PARSE, SCHEMA, VALUE, LATE, DUPLICATE)
+TIME = "time"
+CAPACITY = "capacity"
+REASONS = (PARSE, SCHEMA, VALUE, TIME, CAPACITY, DUPLICATE, LATE)
 """Dead-letter reasons, in the order the checks run."""
 
 PAYLOAD_LIMIT = 64 * 1024

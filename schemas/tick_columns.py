@@ -121,6 +121,40 @@ class TickColumns:
             None if self.received is None else self.received[idx],
         )
 
+    @staticmethod
+    def concat(parts: list[TickColumns]) -> TickColumns:
+        """One batch of the rows of ``parts`` (one symbol and origin), in order.
+
+        >>> a = TickColumns.from_ticks([Tick(1, "A/B", 2.0, 3.0)], "t[0]")
+        >>> b = TickColumns.from_ticks([Tick(2, "A/B", 2.0, 3.0)], "t[0]", 1)
+        >>> c = TickColumns.concat([a, b])
+        >>> c.ts.tolist(), c.arrival.tolist()
+        ([1, 2], [0, 1])
+        """
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        cat = np.concatenate
+        raw = None
+        if any(p.raw is not None for p in parts):
+            raw = RawValues([p.payload(i) for p in parts for i in range(len(p))])
+        received = None
+        if all(p.received is not None for p in parts):
+            received = cat([p.received for p in parts])
+        return TickColumns(
+            first.symbol,
+            cat([p.ts for p in parts]),
+            cat([p.price for p in parts]),
+            cat([p.qty for p in parts]),
+            cat([p.side for p in parts]),
+            cat([p.trade_id for p in parts]),
+            cat([p.exchange for p in parts]),
+            first.origin,
+            cat([p.arrival for p in parts]),
+            raw,
+            received,
+        )
+
     def tick(self, i: int) -> Tick:
         """Row ``i`` as a :class:`Tick`."""
         return Tick(

@@ -245,23 +245,28 @@ class _TopicPartition(StatefulSourcePartition):
         self.pos = self.start
         self.consumer.assign([TopicPartition(source.topic, partition, self.start)])
         self.known: dict[str, None] = {}
-        self.announced = False
+        self.finished = False  # a bounded read delivered its last chunk
+        self.idle = False  # a live partition said it has caught up (and got nothing since)
         self.awake: datetime | None = None
         self.last_observed = 0.0
 
     def next_batch(self) -> list[Chunk]:
         src = self.source
         if self.end is not None and self.pos >= self.end:
-            if not self.announced:
-                return [self._chunk([], [], 0)]
+            if not self.finished:
+                self.finished = True
+                return [self._chunk([], [], 0, caught_up=True)]
             raise StopIteration
         msgs = self.consumer.consume(src.batch, 0)
         if not msgs:
             self.awake = datetime.now(UTC) + timedelta(milliseconds=5)
             self._observe(force=False)
-            # an idle partition tells the grid it has nothing, but only once it
-            # has read everything there is (not merely nothing fetched yet)
-            return [self._chunk([], [], 0)] if not self.announced and self._at_end() else []
+            # a live partition that has read everything there is (not merely
+            # nothing fetched yet) says so once: it holds no other partition back
+            if self.end is None and not self.idle and self._at_end():
+                self.idle = True
+                return [self._chunk([], [], 0, caught_up=True)]
+            return []
         self.awake = None
         for m in msgs:
             err = m.error()
@@ -270,6 +275,9 @@ class _TopicPartition(StatefulSourcePartition):
         msgs = [m for m in msgs if m.error() is None]
         if self.end is not None:
             msgs = [m for m in msgs if m.offset() < self.end]
+            if not msgs:  # only records past the end (offsets can skip, e.g. transaction markers)
+                self.pos = max(self.pos, self.end)
+                return []
         if not msgs:
             return []
         values = [m.value() for m in msgs]
@@ -281,13 +289,22 @@ class _TopicPartition(StatefulSourcePartition):
             if b.symbol not in self.known:
                 self.known[b.symbol] = None
         self._observe(force=False)
-        return [self._chunk(batches, dead, len(msgs))]
+        self.idle = False
+        ended = self.end is not None and self.pos >= self.end
+        self.finished = ended
+        return [self._chunk(batches, dead, len(msgs), caught_up=ended)]
 
-    def _chunk(self, batches, dead, records) -> Chunk:
-        self.announced = True
+    def _chunk(self, batches, dead, records, caught_up: bool = False) -> Chunk:
         src = self.source
         return Chunk(
-            batches, dead, records, self.pos, self.pos, (self.partition, src.partitions), tuple(self.known)
+            batches,
+            dead,
+            records,
+            self.pos,
+            self.pos,
+            (self.partition, src.partitions),
+            tuple(self.known),
+            caught_up=caught_up,
         )
 
     def _at_end(self) -> bool:

@@ -95,6 +95,10 @@ class Chunk:
     skipped
         Records left out because their time is outside the replay's
         :class:`~sources.time_span.TimeSpan` (not dead letters).
+    caught_up
+        The partition has delivered everything there is for now (the end
+        of a bounded read, or a live partition with nothing more on the
+        broker): it holds no other partition back in event time.
     """
 
     batches: list[TickColumns]
@@ -106,6 +110,7 @@ class Chunk:
     known: tuple[str, ...] = ()
     bars: tuple[Bar, ...] = ()
     skipped: int = 0
+    caught_up: bool = False
 
 
 def file_format(path: str) -> str:

@@ -1,0 +1,282 @@
+"""Event time kept sane before ticks reach the bars: bounds, symbol capacity, partition merge.
+
+Three small operators run on every input partition's tick batches before
+the per-symbol steps:
+
+- :class:`TimeGuard` rejects a tick too far ahead of its partition's newest
+  tick, or a new symbol's tick too far behind it (reason ``time``), so a
+  bit-flipped timestamp cannot open a gap of centuries;
+- :class:`SymbolCapacity` admits at most ``max_symbols`` distinct symbols
+  (later ones are ``capacity`` dead letters);
+- :class:`PartitionMerge` holds each partition's ticks until every partition
+  has passed their time, then releases each symbol's ticks merged in event
+  time, so lateness does not depend on how a symbol's ticks are spread over
+  partitions or how the partitions interleave.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.records import TIME
+from schemas.tick_columns import TickColumns
+
+NEVER = np.iinfo(np.int64).min
+ALWAYS = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBounds:
+    """Parameters of :class:`TimeGuard` and :class:`SymbolCapacity`.
+
+    Parameters
+    ----------
+    max_ahead_ms
+        A tick more than this ahead of the newest tick its partition has
+        delivered is a ``time`` dead letter (the partition's first tick sets
+        the start).
+    max_behind_ms
+        A symbol's first tick more than this behind the partition's newest
+        tick is a ``time`` dead letter (the symbol stays new).
+    max_symbols
+        Distinct symbols a flow takes; ticks of further symbols are
+        ``capacity`` dead letters.
+    """
+
+    max_ahead_ms: int = 86_400_000
+    max_behind_ms: int = 86_400_000
+    max_symbols: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("max_ahead_ms", "max_behind_ms", "max_symbols"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"{name} must be an integer >= 1, got {value!r}"
+                raise ValueError(msg)
+
+
+Rejection = tuple[int, str, str]
+"""(row in the batch, reason, message)."""
+
+
+class TimeGuard:
+    """Event-time bounds of one input partition.
+
+    >>> from schemas.records import Tick
+    >>> g = TimeGuard(TimeBounds(max_ahead_ms=1000, max_behind_ms=500))
+    >>> ticks = [Tick(t, "A/B", 1.0, 1.0) for t in (10_000, 90_000, 10_900)]
+    >>> kept, rejected = g.check(TickColumns.from_ticks(ticks, "f"))
+    >>> kept.ts.tolist()
+    [10000, 10900]
+    >>> rejected[0][:2], rejected[0][2]
+    ((1, 'time'), 'ts 90000 is 80000 ms ahead of the newest tick 10000 (features.max_ahead_ms = 1000)')
+    >>> kept, rejected = g.check(TickColumns.from_ticks([Tick(9_000, "C/D", 1.0, 1.0)], "f"))
+    >>> len(kept), rejected[0][2]
+    (0, 'first tick of new symbol C/D is 1900 ms behind the newest tick 10900 (features.max_behind_ms = 500)')
+    """
+
+    __slots__ = ("bounds", "newest", "symbols")
+
+    def __init__(self, bounds: TimeBounds) -> None:
+        self.bounds = bounds
+        self.newest = NEVER  # newest accepted tick
+        self.symbols: set[str] = set()
+
+    def check(self, cols: TickColumns) -> tuple[TickColumns, list[Rejection]]:
+        """The batch's ticks within bounds, and the rejected rows."""
+        ts = cols.ts
+        if not len(ts):
+            return cols, []
+        b = self.bounds
+        newest = self.newest if self.newest != NEVER else int(ts[0])
+        known = cols.symbol in self.symbols
+        if int(ts.max()) <= newest + b.max_ahead_ms and (known or int(ts[0]) >= newest - b.max_behind_ms):
+            self.newest = max(newest, int(ts.max()))
+            self.symbols.add(cols.symbol)
+            return cols, []
+        return self._slow(cols, newest, known)
+
+    def _slow(self, cols: TickColumns, newest: int, known: bool) -> tuple[TickColumns, list[Rejection]]:
+        b = self.bounds
+        rejected: list[Rejection] = []
+        keep = np.ones(len(cols), dtype=bool)
+        for i, t in enumerate(cols.ts.tolist()):
+            if t > newest + b.max_ahead_ms:
+                message = (
+                    f"ts {t} is {t - newest} ms ahead of the newest tick {newest} "
+                    f"(features.max_ahead_ms = {b.max_ahead_ms})"
+                )
+            elif not known and t < newest - b.max_behind_ms:
+                message = (
+                    f"first tick of new symbol {cols.symbol} is {newest - t} ms behind the newest tick "
+                    f"{newest} (features.max_behind_ms = {b.max_behind_ms})"
+                )
+            else:
+                newest = max(newest, t)
+                known = True
+                continue
+            keep[i] = False
+            rejected.append((i, TIME, message))
+        self.newest = newest
+        if known:
+            self.symbols.add(cols.symbol)
+        return (cols if keep.all() else cols.take(keep)), rejected
+
+
+class SymbolCapacity:
+    """At most ``max_symbols`` distinct symbols, first come first served.
+
+    >>> cap = SymbolCapacity(2)
+    >>> [cap.admit(s) for s in ("A/B", "C/D", "E/F", "A/B")]
+    [True, True, False, True]
+    """
+
+    __slots__ = ("admitted", "max_symbols")
+
+    def __init__(self, max_symbols: int) -> None:
+        self.max_symbols = max_symbols
+        self.admitted: set[str] = set()
+
+    def admit(self, symbol: str) -> bool:
+        if symbol in self.admitted:
+            return True
+        if len(self.admitted) >= self.max_symbols:
+            return False
+        self.admitted.add(symbol)
+        return True
+
+    def message(self, symbol: str) -> str:
+        return f"symbol {symbol} exceeds the flow's {self.max_symbols} symbols (features.max_symbols)"
+
+
+class PartitionMerge:
+    """Merges the ticks of ``parts`` input partitions in event time.
+
+    Each partition's frontier is the newest tick it has delivered; a
+    partition that has delivered everything there is (``caught_up``) holds
+    nothing back. A tick is released once every partition's frontier is past
+    its time (``ts < bound``), each partition's ticks in their own order
+    (a partition's queue is released up to its first tick at or after the
+    bound). A symbol's ticks from several partitions are merged by taking
+    the oldest head first (ties: lower partition first), so when every
+    partition is in event-time order the result is the same however the
+    partitions interleave. A tick that arrives behind the bound already
+    released cannot be put back in its place: it is released at once and
+    counted in ``stragglers``.
+
+    >>> from schemas.records import Tick
+    >>> def cols(origin, *ts):
+    ...     return TickColumns.from_ticks([Tick(t, "A/B", 1.0, 1.0) for t in ts], origin)
+    >>> m = PartitionMerge(2)
+    >>> m.add(0, [cols("t[0]", 1, 2, 5, 6)], caught_up=False)
+    []
+    >>> [(c.origin, c.ts.tolist()) for c in m.add(1, [cols("t[1]", 3, 4, 7)], caught_up=False)]
+    [('t[0]', [1, 2]), ('t[1]', [3, 4]), ('t[0]', [5])]
+    >>> [(c.origin, c.ts.tolist()) for c in m.add(0, [], caught_up=True)]
+    [('t[0]', [6])]
+    >>> [(c.origin, c.ts.tolist()) for c in m.add(1, [], caught_up=True)]
+    [('t[1]', [7])]
+    """
+
+    def __init__(self, parts: int) -> None:
+        self.parts = parts
+        self.frontier: dict[int, int] = {}
+        self.caught_up: set[int] = set()
+        self.queues: dict[str, dict[int, deque[TickColumns]]] = {}
+        self.released = NEVER  # the bound of the last release
+        self.stragglers = 0
+
+    def bound(self) -> int:
+        """Ticks older than this can be released."""
+        low = ALWAYS
+        for p in range(self.parts):
+            if p not in self.caught_up:
+                low = min(low, self.frontier.get(p, NEVER))
+        return low
+
+    def add(self, part: int, batches: list[TickColumns], caught_up: bool) -> list[TickColumns]:
+        """A partition's next batches (one per symbol); what can be released now, in order."""
+        if caught_up:
+            self.caught_up.add(part)
+        else:
+            self.caught_up.discard(part)
+        newest = self.frontier.get(part, NEVER)
+        for cols in batches:
+            if not len(cols):
+                continue
+            if self.released != NEVER:
+                self.stragglers += int(np.count_nonzero(cols.ts < self.released))
+            newest = max(newest, int(cols.ts.max()))
+            self.queues.setdefault(cols.symbol, {}).setdefault(part, deque()).append(cols)
+        self.frontier[part] = newest
+        return self.release(self.bound())
+
+    def flush(self) -> list[TickColumns]:
+        """Everything still held (end of input)."""
+        return self.release(ALWAYS)
+
+    def release(self, bound: int) -> list[TickColumns]:
+        if bound == NEVER:
+            return []
+        self.released = max(self.released, bound)
+        out: list[TickColumns] = []
+        for symbol in sorted(self.queues):
+            by_part = self.queues[symbol]
+            ready = {}
+            for p in sorted(by_part):
+                taken = _take_before(by_part[p], bound)
+                if taken:
+                    ready[p] = taken
+                if not by_part[p]:
+                    del by_part[p]
+            if not by_part:
+                del self.queues[symbol]
+            if len(ready) == 1:
+                out.extend(next(iter(ready.values())))
+            elif ready:
+                out.extend(_merge({p: TickColumns.concat(parts) for p, parts in ready.items()}))
+        return out
+
+
+def _take_before(queue: deque[TickColumns], bound: int) -> list[TickColumns]:
+    """The queue's leading ticks older than ``bound`` (stops at the first tick that is not)."""
+    taken = []
+    while queue:
+        cols = queue[0]
+        late = np.flatnonzero(cols.ts >= bound)
+        if not len(late):
+            taken.append(queue.popleft())
+            continue
+        j = int(late[0])
+        if j:
+            taken.append(cols.take(np.arange(j)))
+            queue[0] = cols.take(np.arange(j, len(cols)))
+        break
+    return taken
+
+
+def _merge(ready: dict[int, TickColumns]) -> list[TickColumns]:
+    """One symbol's ticks from several partitions, oldest head first, as runs of one partition."""
+    parts = sorted(ready)
+    if all(bool((np.diff(ready[p].ts) >= 0).all()) for p in parts):
+        ts = np.concatenate([ready[p].ts for p in parts])
+        rank = np.concatenate([np.full(len(ready[p]), r) for r, p in enumerate(parts)])
+        row = np.concatenate([np.arange(len(ready[p])) for p in parts])
+        order = np.lexsort((row, rank, ts))
+        seq_rank, seq_row = rank[order], row[order]
+    else:  # a partition out of order: heads compared one by one
+        merged = heapq.merge(
+            *[((t, r, i) for i, t in enumerate(ready[p].ts.tolist())) for r, p in enumerate(parts)]
+        )
+        seq = np.array([(r, i) for _, r, i in merged], dtype=np.int64).reshape(-1, 2)
+        seq_rank, seq_row = seq[:, 0], seq[:, 1]
+    cuts = np.flatnonzero(np.r_[True, seq_rank[1:] != seq_rank[:-1], True])
+    out = []
+    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        cols = ready[parts[int(seq_rank[a])]]
+        out.append(cols.take(seq_row[a:b]))
+    return out
