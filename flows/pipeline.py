@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import pickle
 import time
 from dataclasses import dataclass
@@ -92,13 +93,10 @@ class EventTimeLogic(StatefulBatchLogic):
             if guard is None:
                 guard = self.guards[part] = TimeGuard(self.bounds)
             dead: list[DeadLetter] = []
-            batches = []
-            for cols in chunk.batches:
-                kept, rejected = guard.check(cols)
-                if rejected:
-                    dead.extend(dead_letters(cols, rejected))
-                if len(kept):
-                    batches.append(kept)
+            given = [c for c in chunk.batches if len(c)]
+            batches, rejected = guard.check(given)
+            for b, rows in itertools.groupby(rejected, key=lambda r: r[0]):
+                dead.extend(dead_letters(given[b], [r[1:] for r in rows]))
             if self.merge is None and chunk.part is not None and chunk.part[1] > 1:
                 self.merge = PartitionMerge(chunk.part[1])
             if self.merge is not None:

@@ -59,24 +59,27 @@ class TimeBounds:
                 raise ValueError(msg)
 
 
-Rejection = tuple[int, str, str]
-"""(row in the batch, reason, message)."""
+Rejection = tuple[int, int, str, str]
+"""(batch, row in the batch, reason, message)."""
 
 
 class TimeGuard:
     """Event-time bounds of one input partition.
 
+    Works on a chunk's per-symbol batches together, in arrival order, so the
+    partition's newest tick is the newest that arrived before each tick.
+
     >>> from schemas.records import Tick
     >>> g = TimeGuard(TimeBounds(max_ahead_ms=1000, max_behind_ms=500))
     >>> ticks = [Tick(t, "A/B", 1.0, 1.0) for t in (10_000, 90_000, 10_900)]
-    >>> kept, rejected = g.check(TickColumns.from_ticks(ticks, "f"))
-    >>> kept.ts.tolist()
+    >>> kept, rejected = g.check([TickColumns.from_ticks(ticks, "f")])
+    >>> kept[0].ts.tolist()
     [10000, 10900]
-    >>> rejected[0][:2], rejected[0][2]
-    ((1, 'time'), 'ts 90000 is 80000 ms ahead of the newest tick 10000 (features.max_ahead_ms = 1000)')
-    >>> kept, rejected = g.check(TickColumns.from_ticks([Tick(9_000, "C/D", 1.0, 1.0)], "f"))
-    >>> len(kept), rejected[0][2]
-    (0, 'first tick of new symbol C/D is 1900 ms behind the newest tick 10900 (features.max_behind_ms = 500)')
+    >>> rejected[0][:3], rejected[0][3]
+    ((0, 1, 'time'), 'ts 90000 is 80000 ms ahead of the newest tick 10000 (features.max_ahead_ms = 1000)')
+    >>> kept, rejected = g.check([TickColumns.from_ticks([Tick(9_000, "C/D", 1.0, 1.0)], "f")])
+    >>> kept, rejected[0][3]
+    ([], 'first tick of new symbol C/D is 1900 ms behind the newest tick 10900 (features.max_behind_ms = 500)')
     """
 
     __slots__ = ("bounds", "newest", "symbols")
@@ -86,45 +89,72 @@ class TimeGuard:
         self.newest = NEVER  # newest accepted tick
         self.symbols: set[str] = set()
 
-    def check(self, cols: TickColumns) -> tuple[TickColumns, list[Rejection]]:
-        """The batch's ticks within bounds, and the rejected rows."""
-        ts = cols.ts
-        if not len(ts):
-            return cols, []
+    def check(self, batches: list[TickColumns]) -> tuple[list[TickColumns], list[Rejection]]:
+        """The batches' ticks within bounds (empty batches dropped), and the rejected rows."""
+        batches = [b for b in batches if len(b)]
+        if not batches:
+            return [], []
         b = self.bounds
-        newest = self.newest if self.newest != NEVER else int(ts[0])
-        known = cols.symbol in self.symbols
-        if int(ts.max()) <= newest + b.max_ahead_ms and (known or int(ts[0]) >= newest - b.max_behind_ms):
-            self.newest = max(newest, int(ts.max()))
-            self.symbols.add(cols.symbol)
-            return cols, []
-        return self._slow(cols, newest, known)
+        one = len(batches) == 1
+        ts = batches[0].ts if one else np.concatenate([c.ts for c in batches])
+        order = None if one else np.argsort(np.concatenate([c.arrival for c in batches]), kind="stable")
+        ts_o = ts if order is None else ts[order]
+        newest = self.newest if self.newest != NEVER else int(ts_o[0])
+        before = np.empty_like(ts_o)  # the newest tick before each one, if all were accepted
+        before[0] = newest
+        if len(ts_o) > 1:
+            np.maximum(np.maximum.accumulate(ts_o[:-1]), newest, out=before[1:])
+        ok = bool((ts_o <= before + b.max_ahead_ms).all())
+        if ok:
+            rank = None
+            start = 0
+            for c in batches:
+                if c.symbol not in self.symbols:
+                    if rank is None:
+                        rank = np.empty(len(ts_o), dtype=np.int64)
+                        rank[np.arange(len(ts_o)) if order is None else order] = np.arange(len(ts_o))
+                    pos = rank[start]
+                    if ts_o[pos] < before[pos] - b.max_behind_ms:
+                        ok = False
+                        break
+                start += len(c)
+        if not ok:
+            return self._slow(batches, ts_o, order, newest)
+        self.newest = max(newest, int(ts_o.max()))
+        self.symbols.update(c.symbol for c in batches)
+        return batches, []
 
-    def _slow(self, cols: TickColumns, newest: int, known: bool) -> tuple[TickColumns, list[Rejection]]:
+    def _slow(self, batches, ts_o, order, newest: int) -> tuple[list[TickColumns], list[Rejection]]:
         b = self.bounds
+        which = np.concatenate([np.full(len(c), i) for i, c in enumerate(batches)])
+        row = np.concatenate([np.arange(len(c)) for c in batches])
+        if order is not None:
+            which, row = which[order], row[order]
+        keep = [np.ones(len(c), dtype=bool) for c in batches]
         rejected: list[Rejection] = []
-        keep = np.ones(len(cols), dtype=bool)
-        for i, t in enumerate(cols.ts.tolist()):
+        known = self.symbols
+        for t, i, r in zip(ts_o.tolist(), which.tolist(), row.tolist(), strict=True):
+            symbol = batches[i].symbol
             if t > newest + b.max_ahead_ms:
                 message = (
                     f"ts {t} is {t - newest} ms ahead of the newest tick {newest} "
                     f"(features.max_ahead_ms = {b.max_ahead_ms})"
                 )
-            elif not known and t < newest - b.max_behind_ms:
+            elif symbol not in known and t < newest - b.max_behind_ms:
                 message = (
-                    f"first tick of new symbol {cols.symbol} is {newest - t} ms behind the newest tick "
+                    f"first tick of new symbol {symbol} is {newest - t} ms behind the newest tick "
                     f"{newest} (features.max_behind_ms = {b.max_behind_ms})"
                 )
             else:
                 newest = max(newest, t)
-                known = True
+                known.add(symbol)
                 continue
-            keep[i] = False
-            rejected.append((i, TIME, message))
+            keep[i][r] = False
+            rejected.append((i, r, TIME, message))
         self.newest = newest
-        if known:
-            self.symbols.add(cols.symbol)
-        return (cols if keep.all() else cols.take(keep)), rejected
+        kept = [c if k.all() else c.take(k) for c, k in zip(batches, keep, strict=True)]
+        rejected.sort()
+        return [c for c in kept if len(c)], rejected
 
 
 class SymbolCapacity:
