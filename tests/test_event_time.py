@@ -1,4 +1,4 @@
-"""Event time kept sane: far-dated ticks, symbols far behind, symbol capacity, gaps in O(1), partition merge."""
+"""Event time kept sane: far-dated ticks, symbols far behind, capacity, O(1) gaps, partition merge."""
 
 from __future__ import annotations
 
