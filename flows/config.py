@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from schemas.validation import exchange_problem, symbol_problem
 from sinks.clickhouse_store import DEFAULT_DSN
 
 
@@ -43,10 +44,17 @@ class FeaturesConfig:
 
 @dataclass(frozen=True, slots=True)
 class InputConfig:
-    """``[input]``: how files are read."""
+    """``[input]``: how files and topics are read.
+
+    ``symbols`` is an allow-list of ccxt-unified symbols (a TOML array, or
+    comma-separated in ``--set input.symbols=BTC/USDT,ETH/USDT``); empty:
+    every well-formed symbol. A tick or candle of another symbol is a
+    ``value`` dead letter.
+    """
 
     exchange: str = "unknown"
     block_bytes: int = 4 << 20
+    symbols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +214,11 @@ def _coerce(section: str, key: str, ftype: str, value):
     elif ftype == "str":
         if isinstance(value, str):
             return value
+    elif ftype == "tuple[str, ...]":
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return tuple(v.strip() for v in items if v.strip())
+        ftype = "a list of strings"
     elif ftype == "Secret":
         if isinstance(value, Secret):
             return value
@@ -338,6 +351,16 @@ def _validate(s: Settings) -> None:
     ]
     for ok, msg in checks:
         if not ok:
+            raise ConfigError(msg)
+    _validate_input(s.input)
+
+
+def _validate_input(i: InputConfig) -> None:
+    """``input.exchange`` and ``input.symbols`` must be names the readers accept."""
+    found = [("exchange", exchange_problem(i.exchange))] + [("symbols", symbol_problem(x)) for x in i.symbols]
+    for key, problem in found:
+        if problem is not None:
+            msg = f"input.{key}: {problem}"
             raise ConfigError(msg)
 
 

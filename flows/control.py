@@ -29,6 +29,19 @@ class ControlCommand:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """An unreadable line of the control file: its 1-based number, its bytes and what is wrong."""
+
+    line: int
+    raw: bytes
+    problem: str
+
+    def source(self, path: str) -> str:
+        """The dead-letter source of this line, ``path:line`` (unique per line, as for tick files)."""
+        return f"{path}:{self.line}"
+
+
 def append_command(path: str, command: str, reason: str, ts: int) -> ControlCommand:
     """Append a command to the control file (created with its directory)."""
     if command not in COMMANDS:
@@ -49,7 +62,9 @@ class ControlReader:
 
     ``offset`` (bytes consumed) is part of the flow's state, so a restarted
     flow does not apply a command twice. Unreadable lines are skipped and
-    reported by :meth:`read` as ``(line, problem)`` pairs.
+    reported by :meth:`read_numbered` as :class:`BadLine` s (with their
+    line numbers, counted from the file's start), by :meth:`read` as
+    ``(line, problem)`` pairs.
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "control.jsonl")
@@ -68,6 +83,13 @@ class ControlReader:
         self.offset = offset
 
     def read(self) -> tuple[list[ControlCommand], list[tuple[bytes, str]]]:
+        """New commands, and the new unreadable lines as ``(bytes, problem)``."""
+        commands, bad = self.read_numbered()
+        return commands, [(b.raw, b.problem) for b in bad]
+
+    def read_numbered(self) -> tuple[list[ControlCommand], list[BadLine]]:
+        """New commands, and the new unreadable lines with their line numbers."""
+        start = self.offset
         try:
             size = os.path.getsize(self.path)
         except OSError:
@@ -80,18 +102,27 @@ class ControlReader:
         end = data.rfind(b"\n") + 1  # a line still being written waits for its newline
         self.offset += end
         out: list[ControlCommand] = []
-        bad: list[tuple[bytes, str]] = []
-        for line in data[:end].splitlines():
+        bad: list[tuple[int, bytes, str]] = []
+        for k, text in enumerate(data[:end].split(b"\n")[:-1]):
+            line = text.rstrip(b"\r")
             if not line.strip():
                 continue
             try:
                 obj = orjson.loads(line)
                 cmd = ControlCommand(int(obj["ts"]), str(obj["command"]), str(obj["reason"]))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                bad.append((line, f"unreadable control command: {exc}"))
+                bad.append((k, line, f"unreadable control command: {exc}"))
                 continue
             if cmd.command not in COMMANDS:
-                bad.append((line, f"unknown control command {cmd.command!r}"))
+                bad.append((k, line, f"unknown control command {cmd.command!r}"))
                 continue
             out.append(cmd)
-        return out, bad
+        if not bad:
+            return out, []
+        before = self._lines_before(start)  # only when a line is bad: the file is read from its start
+        return out, [BadLine(before + k + 1, line, problem) for k, line, problem in bad]
+
+    def _lines_before(self, offset: int) -> int:
+        """Lines in the file's first ``offset`` bytes (the reader keeps bytes, not lines, as state)."""
+        with open(self.path, "rb") as fh:
+            return fh.read(offset).count(b"\n")

@@ -125,9 +125,40 @@ def is_candle_file(path: str) -> bool:
 def _candle_chunks(reader) -> ChunkFactory:
     def chunks(skip: int) -> Iterator[Chunk]:
         for c in reader.chunks(skip):
-            yield Chunk([], c.dead, c.records, c.position, c.resume_at, bars=tuple(c.bars), skipped=c.skipped)
+            yield Chunk(
+                [],
+                c.dead,
+                c.records,
+                c.position,
+                c.resume_at,
+                bars=tuple(c.bars),
+                skipped=c.skipped,
+                bar_sources=tuple(c.bar_sources),
+            )
 
     return chunks
+
+
+def input_origins(paths: list[str]) -> list[str]:
+    """How dead-letter sources name each input, so that every record read has its own source.
+
+    An input's path; for a path given again, ``path#i`` with ``i`` its
+    1-based position in ``paths`` (a record of it is ``path#i:line``).
+
+    >>> input_origins(["a.csv", "b.csv", "a.csv", "a.csv"])
+    ['a.csv', 'b.csv', 'a.csv#3', 'a.csv#4']
+    """
+    taken, seen, out = set(paths), set(), []
+    for i, path in enumerate(paths, 1):
+        origin = path
+        if path in seen:
+            origin = f"{path}#{i}"
+            while origin in taken:  # a file of that very name is read too
+                origin += f"#{i}"
+        seen.add(path)
+        taken.add(origin)
+        out.append(origin)
+    return out
 
 
 def file_inputs(
@@ -137,23 +168,26 @@ def file_inputs(
 
     Candle files (see ``sources.candle_files``) give finished bars on the
     ``features.bar_interval`` grid; tick files give ticks. Records whose time
-    is outside ``span`` are skipped at the source (``Chunk.skipped``).
+    is outside ``span`` are skipped at the source (``Chunk.skipped``); a
+    symbol outside a non-empty ``input.symbols`` is a dead letter. A path
+    given twice is read twice, its sources named by :func:`input_origins`.
     """
     from sources.candle_files import CandleFileReader, CandleSettings
 
     span = span if span is not None else TimeSpan()
+    symbols = frozenset(settings.input.symbols)
     factories: list[ChunkFactory] = []
     size = 0
-    for p in paths:
+    for p, origin in zip(paths, input_origins(paths), strict=True):
         if is_candle_file(p):
             interval = settings.features.bar_interval * 1000
-            candles = CandleSettings(interval, settings.input.exchange, span=span)
-            reader = CandleFileReader(p, candles, wall_ms)
+            candles = CandleSettings(interval, settings.input.exchange, span=span, symbols=symbols)
+            reader = CandleFileReader(p, candles, wall_ms, origin)
             _ = reader.source_interval_ms  # reads the file now: an unusable one fails before the flow starts
             factories.append(_candle_chunks(reader))
         else:
             block = settings.input.block_bytes
-            reader = TickFileReader(p, settings.input.exchange, wall_ms, block, span)
+            reader = TickFileReader(p, settings.input.exchange, wall_ms, block, span, symbols, origin)
             factories.append(reader.chunks)
         size += reader.size
     return factories, size

@@ -2,8 +2,9 @@
 
 A message is a JSON object holding the record's fields plus ``"v"``, the
 schema version, and ``"type"``, the record type's name. Decoding is strict:
-a missing or unknown field, a wrong type or another version is a
-:class:`SchemaError`.
+a missing or unknown field, a wrong type (a boolean is not a number, a float
+not an int, bytes are strict base64) or another version (only the integer 1
+is version 1, not ``true`` or ``1.0``) is a :class:`SchemaError`.
 
 >>> from schemas.records import Bar
 >>> bar = Bar("BTC/USDT", 60_000, 1.0, 2.0, 0.5, 1.5, 3.0, 1.25, 4)
@@ -14,6 +15,7 @@ True
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 from typing import Any
 
@@ -70,7 +72,7 @@ def decode(data: bytes | str, expect: type | None = None) -> Any:
         msg = f"expected a JSON object, got {type(obj).__name__}"
         raise SchemaError(msg)
     version = obj.pop("v", None)
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
         msg = f"schema version {version!r} is not {SCHEMA_VERSION}"
         raise SchemaError(msg)
     name = obj.pop("type", None)
@@ -98,7 +100,11 @@ def decode(data: bytes | str, expect: type | None = None) -> Any:
         if ftype == "float":
             value = float(value)
         elif ftype == "bytes":
-            value = base64.b64decode(value)
+            try:
+                value = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                msg = f"field {field!r} of {name} is not base64"
+                raise SchemaError(msg) from None
         kwargs[field] = value
     try:
         return cls(**kwargs)

@@ -7,14 +7,18 @@ its ``vwap`` the typical price ``(high + low + close) / 3`` (a candle carries
 no traded value; this is the usual stand-in), ``trades`` 0 (unknown).
 
 A bad record becomes a :class:`DeadLetter` (source ``path:line`` with the
-header as line 1, or ``path[index]`` in JSON; the raw row as payload), reason
-``parse`` (field count, unreadable number or time), ``value`` (a price not
-finite and > 0, volume not finite and >= 0, high < max(open, close), low >
-min(open, close), open time off the grid or outside 1970..2200, bad symbol) or
-``duplicate`` (symbol and open time seen before: the first in file order is
-kept). A candle whose open time is outside the settings' :class:`TimeSpan`
-is skipped and counted, not a dead letter. A file that cannot be used at all
-raises :class:`InputError`.
+header as line 1, or ``path[index]`` in JSON, with the reader's ``origin``
+in place of ``path`` when given; the raw row as payload), reason ``parse``
+(field count, unreadable number or time), ``value`` (a price not finite
+and > 0, volume not finite and >= 0, high < max(open, close), low >
+min(open, close), open time off the grid or outside 1970..2200, a symbol
+that is not ccxt-unified ``BASE/QUOTE[:SETTLE]`` or not in the settings'
+allow-list) or ``duplicate`` (symbol and open time seen before: the first in
+file order is kept). Each bar comes with the source of its first candle
+(:attr:`CandleChunk.bar_sources`), so a bar rejected later has its own. A
+candle whose open time is outside the settings' :class:`TimeSpan` is skipped
+and counted, not a dead letter. A file that cannot be used at all raises
+:class:`InputError`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from itertools import repeat
 import numpy as np
 
 from schemas.records import DUPLICATE, PARSE, VALUE, Bar, DeadLetter
-from schemas.validation import MAX_SYMBOL_LEN, MAX_TS
+from schemas.validation import MAX_TS, NO_SYMBOLS, symbol_problem
 from sources.candle_formats import CsvHeader, ParsedCandles, parse_csv, parse_json, read_header
 from sources.tick_files import InputError
 from sources.time_span import TimeSpan
@@ -49,6 +53,8 @@ class CandleSettings:
         Records per chunk, about (a chunk ends with the bar that reaches it).
     span
         Candle open times to keep; candles outside are skipped and counted.
+    symbols
+        The symbols to accept (``input.symbols``); empty: any well-formed one.
 
     >>> CandleSettings(interval_ms=0)
     Traceback (most recent call last):
@@ -60,6 +66,7 @@ class CandleSettings:
     exchange: str = ""
     chunk_rows: int = 50_000
     span: TimeSpan = TimeSpan()
+    symbols: frozenset[str] = NO_SYMBOLS
 
     def __post_init__(self) -> None:
         if self.interval_ms <= 0:
@@ -89,6 +96,8 @@ class CandleChunk:
         to :meth:`CandleFileReader.chunks` to resume after this chunk.
     skipped
         Candles outside the span (all of them come in the first chunk).
+    bar_sources
+        The source of each bar's first candle (``path:line`` or ``path[index]``).
     """
 
     bars: list[Bar]
@@ -97,6 +106,7 @@ class CandleChunk:
     position: int
     resume_at: int
     skipped: int = 0
+    bar_sources: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -111,6 +121,8 @@ class _Loaded:
     ohlcv: np.ndarray  # (6, m): open, high, low, close, volume, vwap
     weight: np.ndarray  # candles per bar
     source_interval_ms: int | None
+    first: np.ndarray  # record index of each bar's first candle
+    source: Callable[[int], str]  # record index -> source
 
 
 class CandleFileReader:
@@ -139,6 +151,9 @@ class CandleFileReader:
         Bar interval, chunk size and span.
     now_ms
         Clock for dead letters' ingest time.
+    origin
+        How sources name the file (default ``path``): ``path#2`` when the
+        run reads the same path a second time.
 
     Raises
     ------
@@ -160,10 +175,15 @@ class CandleFileReader:
     [('BTC_USDT-1m.json[2]', 'duplicate', 'BTC_USDT-1m.json[1]')]
     >>> [(c.records, c.resume_at, c.skipped) for c in chunks]
     [(3, 3, 0)]
+    >>> [os.path.basename(s) for c in chunks for s in c.bar_sources]
+    ['BTC_USDT-1m.json[1]', 'BTC_USDT-1m.json[0]']
     """
 
-    def __init__(self, path: str, settings: CandleSettings, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self, path: str, settings: CandleSettings, now_ms: Callable[[], int], origin: str | None = None
+    ) -> None:
         self.path = path
+        self.origin = path if origin is None else origin
         self.settings = settings
         self.now_ms = now_ms
         name = path.lower().removesuffix(".gz")
@@ -203,9 +223,11 @@ class CandleFileReader:
             j = min(max(j, i + 1), len(ends))
             upto = int(ends[j - 1])
             skipped = loaded.skipped - done if i < lead else 0
-            bars = self._bars(max(i - first_bar, 0), max(j - first_bar, 0))
+            a, b = max(i - first_bar, 0), max(j - first_bar, 0)
+            bars, sources = self._bars(a, b), tuple(map(loaded.source, loaded.first[a:b].tolist()))
             dead = loaded.dead[max(i - lead, 0) : max(min(j, first_bar) - lead, 0)]
-            yield CandleChunk(bars, dead, upto - done - skipped, self.size * upto // total, upto, skipped)
+            position = self.size * upto // total
+            yield CandleChunk(bars, dead, upto - done - skipped, position, upto, skipped, sources)
             i, done = j, upto
 
     # -- reading -----------------------------------------------------------------
@@ -234,9 +256,9 @@ class CandleFileReader:
         if self._loaded is None:
             data = self._bytes()
             if self._header is not None:
-                parsed = parse_csv(data, self._header, self.path)
+                parsed = parse_csv(data, self._header, self.path, self.origin)
             else:
-                parsed = parse_json(data, self.path, self._name())
+                parsed = parse_json(data, self.path, self._name(), self.origin)
             self._loaded = self._assemble(parsed)  # the parsed records (and the file's bytes) go
         return self._loaded
 
@@ -248,9 +270,11 @@ class CandleFileReader:
         ok = np.ones(p.n, dtype=bool)
         ok[list(p.problems)] = False
         inside = ~self.settings.span.outside(p.ts)
-        good = _in_range(p)
+        symbols = self.settings.symbols
+        good = _in_range(p, symbols)
         for i in np.flatnonzero(ok & inside & ~good).tolist():
-            issues.append((i, VALUE, _value_problem(int(p.ts[i]), p.names[p.code[i]], p.values[:, i])))
+            problem = _value_problem(int(p.ts[i]), p.names[p.code[i]], p.values[:, i], symbols)
+            issues.append((i, VALUE, problem))
         skipped = int(np.count_nonzero(ok & ~inside))
         idx = np.flatnonzero(ok & good)
         idx = idx[np.lexsort((p.ts[idx], p.code[idx]))]  # by symbol, time, then file order (stable)
@@ -271,9 +295,11 @@ class CandleFileReader:
             issues.append((int(idx[k]), DUPLICATE, f"same symbol and open time as {p.source(idx[first[k]])}"))
         idx, code, ts = idx[keep], code[keep], ts[keep]
         if grid < self.settings.interval_ms:
-            code, ts, ohlcv, weight = _aggregate(code, ts, p.values[:, idx], self.settings.interval_ms)
+            interval = self.settings.interval_ms
+            code, ts, ohlcv, weight, starts = _aggregate(code, ts, p.values[:, idx], interval)
             final = np.lexsort((code, ts))
             code, ts, ohlcv, weight = code[final], ts[final], ohlcv[:, final], weight[final]
+            idx = idx[starts][final]  # each bar's first candle
         else:
             final = np.lexsort((code, ts))
             idx, code, ts = idx[final], code[final], ts[final]
@@ -282,7 +308,8 @@ class CandleFileReader:
             ohlcv[5] = (ohlcv[1] + ohlcv[2] + ohlcv[3]) / 3  # the typical price as vwap
         now = self.now_ms()
         dead = [DeadLetter(now, p.source(i), r, m, p.payload(i)) for i, r, m in sorted(issues)]
-        return _Loaded(skipped, dead, np.array(p.names, dtype=object), code, ts, ohlcv, weight, found)
+        names = np.array(p.names, dtype=object)
+        return _Loaded(skipped, dead, names, code, ts, ohlcv, weight, found, idx, p.source)
 
     def _grid(self, found: int | None) -> int:
         """The grid candles sit on; InputError when they cannot make ``interval_ms`` bars."""
@@ -303,10 +330,10 @@ class CandleFileReader:
         return list(map(Bar, symbols, loaded.ts[a:b].tolist(), *cols, repeat(0, b - a)))
 
 
-def _in_range(p: ParsedCandles) -> np.ndarray:
+def _in_range(p: ParsedCandles, symbols: frozenset[str]) -> np.ndarray:
     """Mask of the records whose time, symbol and values are in range (the vectorised checks)."""
     o, h, lo, c, v = p.values
-    bad_name = np.array([not _symbol_ok(s) for s in p.names] + [True])
+    bad_name = np.array([symbol_problem(s, symbols) is not None for s in p.names] + [True])
     with np.errstate(invalid="ignore"):
         good = (p.ts >= 0) & (p.ts <= MAX_TS) & ~bad_name[p.code] & np.isfinite(v) & (v >= 0)
         for x in (o, h, lo, c):
@@ -322,17 +349,14 @@ def _commonest_step(code: np.ndarray, ts: np.ndarray) -> int | None:
     return int(steps[np.argmax(counts)]) if len(steps) else None
 
 
-def _symbol_ok(symbol: str) -> bool:
-    return bool(symbol) and len(symbol) <= MAX_SYMBOL_LEN and symbol.isprintable()
-
-
-def _value_problem(ts: int, symbol: str, values: np.ndarray) -> str:
+def _value_problem(ts: int, symbol: str, values: np.ndarray, symbols: frozenset[str]) -> str:
     """What is out of range in a parsed candle (the reasons of the vectorised checks)."""
     o, h, lo, c, v = (float(x) for x in values)
     if not 0 <= ts <= MAX_TS:
         return f"open time {ts} is outside 1970..2200"
-    if not _symbol_ok(symbol):
-        return f"symbol {symbol[:80]!r} is empty, too long or unprintable"
+    problem = symbol_problem(symbol, symbols)
+    if problem is not None:
+        return problem
     for name, x in (("open", o), ("high", h), ("low", lo), ("close", c)):
         if not (math.isfinite(x) and x > 0):
             return f"{name} {x!r} is not finite and > 0"
@@ -344,7 +368,8 @@ def _value_problem(ts: int, symbol: str, values: np.ndarray) -> str:
 
 
 def _aggregate(code, ts, cols, interval):
-    """Bars of ``interval`` from candles sorted by (symbol, time): codes, times, OHLCV+vwap, candle counts."""
+    """Bars of ``interval`` from candles sorted by (symbol, time): codes, times, OHLCV+vwap, candle counts,
+    and the position of each bar's first candle."""
     n = len(ts)
     bucket = ts - ts % interval
     starts = np.flatnonzero(np.r_[True, (code[1:] != code[:-1]) | (bucket[1:] != bucket[:-1])])
@@ -354,4 +379,5 @@ def _aggregate(code, ts, cols, interval):
     vwap = (high + low + close) / 3
     np.divide(np.add.reduceat(v * (h + lo + c) / 3, starts), volume, out=vwap, where=volume > 0)
     weight = np.diff(np.r_[starts, n]).astype(np.int64)
-    return code[starts], bucket[starts], np.vstack([o[starts], high, low, close, volume, vwap]), weight
+    ohlcv = np.vstack([o[starts], high, low, close, volume, vwap])
+    return code[starts], bucket[starts], ohlcv, weight, starts

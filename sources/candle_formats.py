@@ -191,8 +191,9 @@ def read_header(first: bytes, name: str) -> CsvHeader:
 # -- CSV ---------------------------------------------------------------------------
 
 
-def parse_csv(data: bytes, header: CsvHeader, path: str) -> ParsedCandles:
-    """Every data line of a CSV (``data`` includes the header line) as columns."""
+def parse_csv(data: bytes, header: CsvHeader, path: str, origin: str | None = None) -> ParsedCandles:
+    """Every data line of a CSV (``data`` includes the header line) as columns; sources name ``origin``."""
+    origin = path if origin is None else origin
     starts, ends = _line_bounds(data)
     keep = ends[1:] > starts[1:]
     starts, ends, lines = starts[1:][keep], ends[1:][keep], np.flatnonzero(keep) + 2
@@ -226,7 +227,7 @@ def parse_csv(data: bytes, header: CsvHeader, path: str) -> ParsedCandles:
         values,
         problems,
         lambda i: data[starts[i] : ends[i]],
-        lambda i: f"{path}:{lines[i]}",
+        lambda i: f"{origin}:{lines[i]}",
     )
 
 
@@ -374,8 +375,12 @@ def _number(name: str, value: object) -> float:
 # -- JSON --------------------------------------------------------------------------
 
 
-def parse_json(data: bytes, path: str, name: str) -> ParsedCandles:
-    """Every element of a ccxt/freqtrade JSON array as columns; InputError (naming ``name``) if unusable."""
+def parse_json(data: bytes, path: str, name: str, origin: str | None = None) -> ParsedCandles:
+    """Every element of a ccxt/freqtrade JSON array as columns; InputError (naming ``name``) if unusable.
+
+    Sources name ``origin`` (default ``path``).
+    """
+    origin = path if origin is None else origin
     try:
         items = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -414,7 +419,7 @@ def parse_json(data: bytes, path: str, name: str) -> ParsedCandles:
         np.ascontiguousarray(table[:, 1:].T),
         problems,
         lambda i: orjson.dumps(items[i]),
-        lambda i: f"{path}[{i}]",
+        lambda i: f"{origin}[{i}]",
     )
 
 

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from schemas.codec import SCHEMA_VERSION, SchemaError, decode
 from schemas.records import PARSE, SCHEMA, VALUE, DeadLetter, Tick
 from schemas.tick_columns import SIDE_CODES, RawValues, TickColumns
-from schemas.validation import MAX_SYMBOL_LEN, value_problem, value_problems
+from schemas.validation import NO_SYMBOLS, exchange_problem, symbol_problem, value_problem, value_problems
 from sources.tick_files import Chunk, InputError
 
 _FIELDS = ("v", "type", "ts", "symbol", "price", "qty", "side", "trade_id", "exchange")
@@ -67,14 +67,20 @@ class TopicRange:
             raise ValueError(msg)
 
 
-def _symbol_ok(s: str) -> bool:
-    return 0 < len(s) <= MAX_SYMBOL_LEN and s.isprintable()
+def _names_bad(names: list[str], check: Callable[[str], str | None]) -> np.ndarray | None:
+    """Mask of the ``names`` that ``check`` faults, each distinct name checked once (None: none)."""
+    faulted = [x for x in set(names) if check(x) is not None]
+    return np.isin(np.array(names, dtype=object), faulted) if faulted else None
 
 
 def decode_ticks(
-    values: list, offsets: list[int], received: list[int], origin: str
+    values: list, offsets: list[int], received: list[int], origin: str, symbols: frozenset[str] = NO_SYMBOLS
 ) -> tuple[list[TickColumns], list[DeadLetter]]:
     """Per-symbol tick columns and dead letters from one partition's messages.
+
+    Types are strict on both paths: ``"v"`` is the integer 1 (not ``true``
+    or ``1.0``), text fields are strings, ``ts`` an integer; ``symbols``
+    is the allow-list (empty: any well-formed symbol).
 
     >>> from schemas.codec import encode
     >>> good = encode(Tick(5, "A/B", 2.0, 1.0, "buy", "1", "x"))
@@ -84,36 +90,38 @@ def decode_ticks(
     >>> dead[0].source, dead[0].reason, dead[0].ingest_ts
     ('ticks[0]@11', 'parse', 8)
     """
-    fast = _decode_fast(values)
+    fast = _decode_fast(values, symbols)
     if fast is None:
-        return _decode_slow(values, offsets, received, origin)
-    symbols, ts, price, qty, side, side_names, trade_id, exchange, bad = fast
+        return _decode_slow(values, offsets, received, origin, symbols)
+    names, ts, price, qty, side, side_names, trade_id, exchange, bad = fast
     dead: list[DeadLetter] = []
     if bad.any():
         for i in np.flatnonzero(bad).tolist():
-            problem = value_problem(int(ts[i]), symbols[i], float(price[i]), float(qty[i]), side_names[i])
+            problem = value_problem(
+                int(ts[i]), names[i], float(price[i]), float(qty[i]), side_names[i], exchange[i], symbols
+            )
             dead.append(
                 DeadLetter(received[i], f"{origin}@{offsets[i]}", VALUE, problem or "invalid", values[i])
             )
     return _group(
-        symbols, ts, price, qty, side, trade_id, exchange, ~bad, values, offsets, received, origin
+        names, ts, price, qty, side, trade_id, exchange, ~bad, values, offsets, received, origin
     ), dead
 
 
-def _decode_fast(values: list):
+def _decode_fast(values: list, symbols: frozenset[str] = NO_SYMBOLS):
     """All columns when every message is a well-typed tick record, else None."""
     try:
         objs = list(map(orjson.loads, values))
         if set(map(len, objs)) != {len(_FIELDS)}:
             return None
         ts, sym, price, qty, side, tid, ex = (list(map(get, objs)) for get in _GETTERS)
-        v = set(map(_GET_V, objs))
+        v = list(map(_GET_V, objs))
         typ = set(map(_GET_TYPE, objs))
     except (orjson.JSONDecodeError, TypeError, KeyError):
         return None
     if (
-        v != {SCHEMA_VERSION}
-        or {type(x) for x in v} != {int}
+        set(map(type, v)) != {int}  # every one, not the set's first: {1, True} == {1}
+        or set(v) != {SCHEMA_VERSION}
         or typ != {"tick"}
         or set(map(type, ts)) != {int}
         or not set(map(type, price)) <= _NUMBER
@@ -138,9 +146,9 @@ def _decode_fast(values: list):
     bad = value_problems(ts_a, price_a, qty_a)
     if side_a.min() < 0:
         bad |= side_a < 0
-    bad_symbols = [x for x in set(sym) if not _symbol_ok(x)]
-    if bad_symbols:
-        bad |= np.isin(np.array(sym, dtype=object), bad_symbols)
+    for faulted in (_names_bad(sym, lambda x: symbol_problem(x, symbols)), _names_bad(ex, exchange_problem)):
+        if faulted is not None:
+            bad |= faulted
     return sym, ts_a, price_a, qty_a, side_a, side, tid, ex, bad
 
 
@@ -185,7 +193,7 @@ def _group(symbols, ts, price, qty, side, trade_id, exchange, good, values, offs
     return batches
 
 
-def _decode_slow(values, offsets, received, origin):
+def _decode_slow(values, offsets, received, origin, symbols: frozenset[str] = NO_SYMBOLS):
     dead: list[DeadLetter] = []
     keep: list[int] = []
     ticks: list[Tick] = []
@@ -200,7 +208,7 @@ def _decode_slow(values, offsets, received, origin):
             reason = PARSE if str(exc).startswith("not JSON") else SCHEMA
             dead.append(DeadLetter(received[i], source, reason, str(exc)[:500], value))
             continue
-        problem = value_problem(tick.ts, tick.symbol, tick.price, tick.qty, tick.side)
+        problem = value_problem(tick.ts, tick.symbol, tick.price, tick.qty, tick.side, tick.exchange, symbols)
         if problem is not None:
             dead.append(DeadLetter(received[i], source, VALUE, problem, value))
             continue
@@ -283,7 +291,7 @@ class _TopicPartition(StatefulSourcePartition):
         values = [m.value() for m in msgs]
         offsets = [m.offset() for m in msgs]
         received = [m.timestamp()[1] for m in msgs]
-        batches, dead = decode_ticks(values, offsets, received, self.origin)
+        batches, dead = decode_ticks(values, offsets, received, self.origin, src.symbols)
         self.pos = offsets[-1] + 1
         for b in batches:
             if b.symbol not in self.known:
@@ -354,6 +362,8 @@ class KafkaTickSource(FixedPartitionedSource):
         Messages consumed per batch.
     observe
         Optional :data:`PartitionObserver` (consumer lag for metrics).
+    symbols
+        The symbols to accept (``input.symbols``); empty: any well-formed one.
     """
 
     def __init__(
@@ -364,6 +374,7 @@ class KafkaTickSource(FixedPartitionedSource):
         batch: int = 3_000,
         observe: PartitionObserver | None = None,
         timeout_s: float = 15.0,
+        symbols: frozenset[str] = NO_SYMBOLS,
     ) -> None:
         self.conf = conf
         self.timeout_s = timeout_s
@@ -371,6 +382,7 @@ class KafkaTickSource(FixedPartitionedSource):
         self.span = span
         self.batch = batch
         self.observe = observe
+        self.symbols = frozenset(symbols)
         self.partitions = len(self._partitions())
 
     def _partitions(self) -> list[int]:

@@ -11,6 +11,16 @@ With a :class:`~sources.time_span.TimeSpan`, records whose ``ts`` reads
 but falls outside it are skipped and counted (``Chunk.skipped``), on the
 fast path by one mask over the block; a record that cannot be read is a
 dead letter wherever its time lies.
+
+The line-by-line path (:func:`schemas.validation.check_record`) is the
+reference: the fast path checks symbols and exchanges once per distinct
+name, sends a block whose ``ts`` column might hold a hex number (which
+Arrow reads as int64) the slow way, and gives each row it flags the
+reference's dead letter.
+
+A dead letter's source is ``path:line``, or ``origin:line`` with the
+reader's ``origin`` (``path#2`` when the run reads the same path a second
+time), so every record read has its own source.
 """
 
 from __future__ import annotations
@@ -28,16 +38,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from schemas.records import PARSE, SCHEMA, VALUE, Bar, DeadLetter
+from schemas.records import PARSE, SCHEMA, Bar, DeadLetter, Tick
 from schemas.tick_columns import SIDE_CODES, RawSlices, TickColumns
 from schemas.validation import (
     FIELDS,
-    MAX_SYMBOL_LEN,
+    NO_SYMBOLS,
     REQUIRED,
     Rejected,
     check_record,
+    exchange_problem,
+    json_ts,
     parse_ts,
-    value_problem,
+    symbol_problem,
     value_problems,
 )
 from sources.time_span import TimeSpan
@@ -99,6 +111,9 @@ class Chunk:
         The partition has delivered everything there is for now (the end
         of a bounded read, or a live partition with nothing more on the
         broker): it holds no other partition back in event time.
+    bar_sources
+        Where each of ``bars`` came from: its first candle's source
+        (``path:line`` or ``path[index]``), unique in a run.
     """
 
     batches: list[TickColumns]
@@ -111,6 +126,7 @@ class Chunk:
     bars: tuple[Bar, ...] = ()
     skipped: int = 0
     caught_up: bool = False
+    bar_sources: tuple[str, ...] = ()
 
 
 def file_format(path: str) -> str:
@@ -153,6 +169,11 @@ class TickFileReader:
         Clock for dead letters' ingest time.
     span
         Event times to keep (None: all); the others are skipped and counted.
+    symbols
+        The symbols to accept (``input.symbols``); empty: any well-formed one.
+    origin
+        How sources name the file (default ``path``): ``path#2`` when the
+        run reads the same path a second time.
     """
 
     def __init__(
@@ -162,8 +183,12 @@ class TickFileReader:
         now_ms: Callable[[], int],
         block_bytes: int = 4 << 20,
         span: TimeSpan | None = None,
+        symbols: frozenset[str] = NO_SYMBOLS,
+        origin: str | None = None,
     ) -> None:
         self.path = path
+        self.origin = path if origin is None else origin
+        self.symbols = frozenset(symbols)
         self.format = file_format(path)
         if not os.path.isfile(path):
             msg = f"{path}: no such file"
@@ -313,7 +338,23 @@ class TickFileReader:
         for name in REQUIRED:
             if table.column(name).null_count:
                 return None
+        if (b"0x" in block or b"0X" in block) and not self._decimal_ts(block):
+            return None  # Arrow reads hex as int64; the reference does not
         return table
+
+    def _decimal_ts(self, block: bytes) -> bool:
+        """True when every ``ts`` of a block Arrow read as int64 is decimal digits."""
+        as_text = pacsv.ConvertOptions(column_types={"ts": pa.string()}, include_columns=["ts"])
+        try:
+            ts = pacsv.read_csv(
+                io.BytesIO(block),
+                read_options=pacsv.ReadOptions(column_names=self.columns, use_threads=False),
+                parse_options=pacsv.ParseOptions(newlines_in_values=False),
+                convert_options=as_text,
+            ).column("ts")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return False
+        return pc.all(pc.match_substring_regex(ts, r"^[ \t]*-?[0-9]+[ \t]*$")).as_py() is not False
 
     def _fast_columns(self, table: pa.Table, block, starts, ends, numbers):
         """Per-symbol batches and dead letters of a typed table (None: a line needs the slow path)."""
@@ -327,7 +368,7 @@ class TickFileReader:
         if "" in sym_names:
             return None  # a missing symbol: the slow path says which line
         sym_codes = sym.indices.to_numpy()
-        bad_syms = [i for i, s in enumerate(sym_names) if not _symbol_ok(s)]
+        bad_syms = [i for i, s in enumerate(sym_names) if symbol_problem(s, self.symbols) is not None]
         if bad_syms:
             bad |= np.isin(sym_codes, bad_syms)
         if "side" in wanted:
@@ -347,20 +388,28 @@ class TickFileReader:
             trade_id = np.full(n, "", dtype=object)
         if "exchange" in wanted:
             ex = table.column("exchange").combine_chunks().dictionary_encode()
-            ex_names = np.array([e or self.default_exchange for e in ex.dictionary.to_pylist()], dtype=object)
-            exchange = ex_names[ex.indices.to_numpy()] if len(ex_names) else np.full(n, "", dtype=object)
+            ex_list = [e or self.default_exchange for e in ex.dictionary.to_pylist()]
+            ex_names = np.array(ex_list, dtype=object)
+            ex_idx = ex.indices.to_numpy()
+            exchange = ex_names[ex_idx] if len(ex_names) else np.full(n, "", dtype=object)
+            bad_ex = [i for i, e in enumerate(ex_list) if exchange_problem(e) is not None]
+            if bad_ex:
+                bad |= np.isin(ex_idx, bad_ex)
         else:
             exchange = np.full(n, self.default_exchange, dtype=object)
+            if exchange_problem(self.default_exchange) is not None:
+                bad[:] = True
         dead: list[DeadLetter] = []
         if bad.any():
             now = self.now_ms()
             for i in np.flatnonzero(bad).tolist():
-                s = sym_names[sym_codes[i]]
-                sd = "" if names is None else names[side_idx[i]]
-                problem = value_problem(int(ts[i]), s, float(price[i]), float(qty[i]), sd)
-                dead.append(
-                    self._dead(now, numbers[i], VALUE, problem or "invalid", block[starts[i] : ends[i]])
-                )
+                line = block[starts[i] : ends[i]]
+                try:
+                    self._record(line)
+                except Rejected as rej:  # the reference's reason and message
+                    dead.append(self._dead(now, numbers[i], rej.reason, rej.message, line))
+                    continue
+                return None  # the reference takes a line the fast path flagged: read the block its way
         raw = RawSlices(block, starts, ends)
         good = ~bad
         codes = np.where(good, sym_codes, -1)
@@ -382,7 +431,7 @@ class TickFileReader:
                     side[idx],
                     trade_id[idx],
                     exchange[idx],
-                    self.path,
+                    self.origin,
                     numbers[idx],
                     raw.take(idx),
                 )
@@ -403,7 +452,7 @@ class TickFileReader:
                 if self._outside(fields):
                     skipped += 1
                     continue
-                tick = check_record(fields, self.default_exchange)
+                tick = self._check(fields)
             except Rejected as rej:
                 dead.append(self._dead(now, numbers[i], rej.reason, rej.message, line))
                 continue
@@ -412,7 +461,7 @@ class TickFileReader:
         for symbol, items in rows.items():
             idx = np.fromiter((i for i, _ in items), np.int64, len(items))
             ticks = [t for _, t in items]
-            cols = TickColumns.from_ticks(ticks, self.path)
+            cols = TickColumns.from_ticks(ticks, self.origin)
             batches.append(
                 TickColumns(
                     symbol,
@@ -422,19 +471,27 @@ class TickFileReader:
                     cols.side,
                     cols.trade_id,
                     cols.exchange,
-                    self.path,
+                    self.origin,
                     numbers[idx],
                     RawSlices(block, starts[idx], ends[idx]),
                 )
             )
         return batches, dead, skipped
 
+    def _check(self, fields: dict) -> Tick:
+        text = self.format == "csv"
+        return check_record(fields, self.default_exchange, text=text, allowed=self.symbols)
+
+    def _record(self, line: bytes) -> Tick:
+        """The tick of one line, or raise :class:`Rejected` (the reference check)."""
+        return self._check(self._fields(line))
+
     def _outside(self, fields: dict) -> bool:
         """True when the record's ``ts`` reads and is outside the span (then it is skipped)."""
         if not self.span.bounded:
             return False
         try:
-            return self.span.excludes(parse_ts(fields.get("ts")))
+            return self.span.excludes((json_ts if self.format == "jsonl" else parse_ts)(fields.get("ts")))
         except Rejected:
             return False  # an unreadable time: check_record says why
 
@@ -464,8 +521,4 @@ class TickFileReader:
         return {c: v for c, v in zip(cols, values, strict=True) if c in _ARROW_TYPES}
 
     def _dead(self, now: int, line: int, reason: str, message: str, payload: bytes) -> DeadLetter:
-        return DeadLetter(now, f"{self.path}:{line}", reason, message, payload)
-
-
-def _symbol_ok(symbol: str) -> bool:
-    return bool(symbol) and len(symbol) <= MAX_SYMBOL_LEN and symbol.isprintable()
+        return DeadLetter(now, f"{self.origin}:{line}", reason, message, payload)

@@ -475,7 +475,7 @@ TICKS = [
     Tick(T, "BTC/USDT", 37000.5, 0.25, "buy", "42", "binance"),
     Tick(T, "BTC/USDT", 1e-08, 0.1 + 0.2, "sell", "43", "binance"),
     Tick(T + 1, "ETH/USDT", 12345678.123456789, 3.0, "", "", "binance"),
-    Tick(T + 2, "ODD,NAME/USDT", 2.5, 1e6, "sell", "id,with,commas", "kraken"),
+    Tick(T + 2, "1000PEPE/USDT:USDT", 2.5, 1e6, "sell", "id,with,commas", "kraken"),
 ]
 
 

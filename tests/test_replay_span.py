@@ -36,9 +36,9 @@ def _write(path, lines: list[str]) -> str:
 
 def _tick_file(path, n: int, unreadable: bool = False) -> str:
     """``n`` ticks a second apart from T, two symbols, with a value-bad tick outside and one inside F..U."""
-    rows = [(T + i * S, f"S{i % 2}", 1.5) for i in range(n)]
-    rows.insert(50, (T + 5 * S + 1, "S0", -1.0))  # outside the span: skipped, not a dead letter
-    rows.insert(300, (F + 1, "S1", -1.0))  # inside: a value dead letter
+    rows = [(T + i * S, f"S{i % 2}/USDT", 1.5) for i in range(n)]
+    rows.insert(50, (T + 5 * S + 1, "S0/USDT", -1.0))  # outside the span: skipped, not a dead letter
+    rows.insert(300, (F + 1, "S1/USDT", -1.0))  # inside: a value dead letter
     if str(path).removesuffix(".gz").endswith(".jsonl"):
         lines = [json.dumps({"ts": t, "symbol": s, "price": p, "qty": 2}) for t, s, p in rows]
         bad = "{"

@@ -24,7 +24,7 @@ def _arrivals(chunks) -> list[int]:
 def test_resume_at_any_chunk_reads_exactly_the_rest(tmp_path, name):
     lines = ["ts,symbol,price,qty"]
     for i in range(3000):
-        lines.append("" if i % 500 == 7 else ("bad" if i % 400 == 3 else f"{T + i},S{i % 3},1.5,2"))
+        lines.append("" if i % 500 == 7 else ("bad" if i % 400 == 3 else f"{T + i},S{i % 3}/USDT,1.5,2"))
     body = ("\n".join(lines) + "\n").encode()
     path = tmp_path / name
     (gzip.open if name.endswith(".gz") else open)(path, "wb").write(body)
