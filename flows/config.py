@@ -37,9 +37,10 @@ class FeaturesConfig:
     allowed_lateness_ms: int = 0
     qvar_entropy_coef: float = 0.3
     dedup_horizon_ms: int = 600_000
-    max_ahead_ms: int = 86_400_000
+    max_ahead_ms: int = 10_000
     max_behind_ms: int = 86_400_000
     max_symbols: int = 500
+    confirm_ticks: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +327,7 @@ def _validate(s: Settings) -> None:
         (f.max_ahead_ms >= 1, "features.max_ahead_ms must be >= 1"),
         (f.max_behind_ms >= 1, "features.max_behind_ms must be >= 1"),
         (f.max_symbols >= 1, "features.max_symbols must be >= 1"),
+        (f.confirm_ticks >= 1, "features.confirm_ticks must be >= 1"),
         (0 <= f.qvar_entropy_coef <= 1, "features.qvar_entropy_coef must be in [0, 1]"),
         (s.run.workers >= 1, "run.workers must be >= 1"),
         (s.store.batch_rows >= 1, "store.batch_rows must be >= 1"),

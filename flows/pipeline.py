@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import pickle
 import time
 from dataclasses import dataclass
@@ -93,10 +92,9 @@ class EventTimeLogic(StatefulBatchLogic):
             if guard is None:
                 guard = self.guards[part] = TimeGuard(self.bounds)
             dead: list[DeadLetter] = []
-            given = [c for c in chunk.batches if len(c)]
-            batches, rejected = guard.check(given)
-            for b, rows in itertools.groupby(rejected, key=lambda r: r[0]):
-                dead.extend(dead_letters(given[b], [r[1:] for r in rows]))
+            batches, rejected = guard.check(chunk.batches)
+            for cols, row, reason, message in rejected:
+                dead.extend(dead_letters(cols, [(row, reason, message)]))
             if self.merge is None and chunk.part is not None and chunk.part[1] > 1:
                 self.merge = PartitionMerge(chunk.part[1])
             if self.merge is not None:
@@ -139,8 +137,13 @@ class EventTimeLogic(StatefulBatchLogic):
 
     def on_eof(self) -> tuple[list, bool]:
         out: list = []
-        if self.merge is not None:
-            self._emit(out, self.merge.flush(), (), [])
+        dead = [
+            letter
+            for guard in self.guards.values()
+            for cols, row, reason, message in guard.flush()
+            for letter in dead_letters(cols, [(row, reason, message)])
+        ]
+        self._emit(out, self.merge.flush() if self.merge is not None else [], (), dead)
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self):
@@ -393,7 +396,7 @@ def build_flow(
         return ("dead_letters", chunk.dead) if chunk.dead else None
 
     dead = op.filter_map("dead_on_read", chunks, dead_on_read)
-    bounds = TimeBounds(f.max_ahead_ms, f.max_behind_ms, f.max_symbols)
+    bounds = TimeBounds(f.max_ahead_ms, f.max_behind_ms, f.max_symbols, f.confirm_ticks)
     timed = op.stateful_batch(
         "event_time",
         op.key_on("one_clock", chunks, lambda _chunk: "clock"),

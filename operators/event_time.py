@@ -37,29 +37,36 @@ class TimeBounds:
     ----------
     max_ahead_ms
         A tick more than this ahead of the newest tick its partition has
-        delivered is a ``time`` dead letter (the partition's first tick sets
-        the start).
+        delivered is held as a suspect (the partition's first tick sets the
+        start); it is accepted when ``confirm_ticks`` ticks in a row are all
+        that far ahead, in time order (the input really jumped: an outage,
+        a quiet market), and is a ``time`` dead letter otherwise (a corrupt
+        timestamp: the next tick is back in time).
     max_behind_ms
         A symbol's first tick more than this behind the partition's newest
         tick is a ``time`` dead letter (the symbol stays new).
     max_symbols
         Distinct symbols a flow takes; ticks of further symbols are
         ``capacity`` dead letters.
+    confirm_ticks
+        Ticks in a row that confirm a jump ahead (>= 1; 1 accepts every
+        jump within ``max_ahead_ms`` only).
     """
 
-    max_ahead_ms: int = 86_400_000
+    max_ahead_ms: int = 10_000
     max_behind_ms: int = 86_400_000
     max_symbols: int = 500
+    confirm_ticks: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("max_ahead_ms", "max_behind_ms", "max_symbols"):
+        for name in ("max_ahead_ms", "max_behind_ms", "max_symbols", "confirm_ticks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 msg = f"{name} must be an integer >= 1, got {value!r}"
                 raise ValueError(msg)
 
 
-Rejection = tuple[int, int, str, str]
+Rejection = tuple[TickColumns, int, str, str]
 """(batch, row in the batch, reason, message)."""
 
 
@@ -68,29 +75,36 @@ class TimeGuard:
 
     Works on a chunk's per-symbol batches together, in arrival order, so the
     partition's newest tick is the newest that arrived before each tick.
+    A tick far ahead waits for the next ticks to confirm it (see
+    :class:`TimeBounds`); suspects still waiting at the end of a chunk are
+    held back and come out (or are rejected) with a later chunk.
 
     >>> from schemas.records import Tick
-    >>> g = TimeGuard(TimeBounds(max_ahead_ms=1000, max_behind_ms=500))
-    >>> ticks = [Tick(t, "A/B", 1.0, 1.0) for t in (10_000, 90_000, 10_900)]
+    >>> g = TimeGuard(TimeBounds(max_ahead_ms=1000, max_behind_ms=500, confirm_ticks=2))
+    >>> ticks = [Tick(t, "A/B", 1.0, 1.0) for t in (10_000, 90_000, 10_900, 50_000)]
     >>> kept, rejected = g.check([TickColumns.from_ticks(ticks, "f")])
-    >>> kept[0].ts.tolist()
-    [10000, 10900]
-    >>> rejected[0][:3], rejected[0][3]
-    ((0, 1, 'time'), 'ts 90000 is 80000 ms ahead of the newest tick 10000 (features.max_ahead_ms = 1000)')
-    >>> kept, rejected = g.check([TickColumns.from_ticks([Tick(9_000, "C/D", 1.0, 1.0)], "f")])
+    >>> kept[0].ts.tolist(), [r[1:3] for r in rejected]
+    ([10000, 10900], [(1, 'time')])
+    >>> rejected[0][3][:60]  # ... (features.max_ahead_ms = 1000) and the next tick is not
+    'ts 90000 is 80000 ms ahead of the newest tick 10000 (feature'
+    >>> kept, rejected = g.check([TickColumns.from_ticks([Tick(50_100, "A/B", 1.0, 1.0)], "f", 4)])
+    >>> [k.ts.tolist() for k in kept], rejected   # 50000 held back, then confirmed
+    ([[50000], [50100]], [])
+    >>> kept, rejected = g.check([TickColumns.from_ticks([Tick(9_000, "C/D", 1.0, 1.0)], "f", 5)])
     >>> kept, rejected[0][3][:57]
-    ([], 'first tick of new symbol C/D is 1900 ms behind the newest')
+    ([], 'first tick of new symbol C/D is 41100 ms behind the newes')
     """
 
-    __slots__ = ("bounds", "newest", "symbols")
+    __slots__ = ("bounds", "held", "newest", "symbols")
 
     def __init__(self, bounds: TimeBounds) -> None:
         self.bounds = bounds
         self.newest = NEVER  # newest accepted tick
         self.symbols: set[str] = set()
+        self.held: list[TickColumns] = []  # suspects of earlier chunks, one row each
 
     def check(self, batches: list[TickColumns]) -> tuple[list[TickColumns], list[Rejection]]:
-        """The batches' ticks within bounds (empty batches dropped), and the rejected rows."""
+        """The batches' ticks within bounds (held suspects first when confirmed), and the rejected rows."""
         batches = [b for b in batches if len(b)]
         if not batches:
             return [], []
@@ -104,7 +118,7 @@ class TimeGuard:
         before[0] = newest
         if len(ts_o) > 1:
             np.maximum(np.maximum.accumulate(ts_o[:-1]), newest, out=before[1:])
-        ok = bool((ts_o <= before + b.max_ahead_ms).all())
+        ok = not self.held and bool((ts_o <= before + b.max_ahead_ms).all())
         if ok:
             rank = None
             start = 0
@@ -124,6 +138,18 @@ class TimeGuard:
         self.symbols.update(c.symbol for c in batches)
         return batches, []
 
+    def flush(self) -> list[Rejection]:
+        """End of input: suspects still waiting are rejected."""
+        out = [(c, 0, TIME, self._ahead(int(c.ts[0]), self.newest, "and the input ended")) for c in self.held]
+        self.held = []
+        return out
+
+    def _ahead(self, t: int, newest: int, why: str) -> str:
+        return (
+            f"ts {t} is {t - newest} ms ahead of the newest tick {newest} "
+            f"(features.max_ahead_ms = {self.bounds.max_ahead_ms}) {why}"
+        )
+
     def _slow(self, batches, ts_o, order, newest: int) -> tuple[list[TickColumns], list[Rejection]]:
         b = self.bounds
         which = np.concatenate([np.full(len(c), i) for i, c in enumerate(batches)])
@@ -133,28 +159,58 @@ class TimeGuard:
         keep = [np.ones(len(c), dtype=bool) for c in batches]
         rejected: list[Rejection] = []
         known = self.symbols
+        # suspects: (batch index or -1 for a held one, row or held position, ts)
+        suspects: list[tuple[int, int, int]] = [(-1, j, int(c.ts[0])) for j, c in enumerate(self.held)]
+        held, released = self.held, []
+
+        def reject_suspects(why: str) -> None:
+            for i, r, t in suspects:
+                cols = held[r] if i < 0 else batches[i]
+                rejected.append((cols, 0 if i < 0 else r, TIME, self._ahead(t, newest, why)))
+                if i >= 0:
+                    keep[i][r] = False
+            suspects.clear()
+
         for t, i, r in zip(ts_o.tolist(), which.tolist(), row.tolist(), strict=True):
             symbol = batches[i].symbol
             if t > newest + b.max_ahead_ms:
-                message = (
-                    f"ts {t} is {t - newest} ms ahead of the newest tick {newest} "
-                    f"(features.max_ahead_ms = {b.max_ahead_ms})"
-                )
-            elif symbol not in known and t < newest - b.max_behind_ms:
-                message = (
-                    f"first tick of new symbol {symbol} is {newest - t} ms behind the newest tick "
-                    f"{newest} (features.max_behind_ms = {b.max_behind_ms})"
-                )
-            else:
-                newest = max(newest, t)
-                known.add(symbol)
+                if suspects and t < suspects[-1][2]:
+                    reject_suspects("and the next ticks are not in time order")
+                suspects.append((i, r, t))
+                if len(suspects) >= b.confirm_ticks:  # the input really jumped ahead
+                    for si, sr, st in suspects:
+                        newest = max(newest, st)
+                        known.add(held[sr].symbol if si < 0 else batches[si].symbol)
+                        if si < 0:
+                            released.append(held[sr])
+                    suspects.clear()
                 continue
-            keep[i][r] = False
-            rejected.append((i, r, TIME, message))
+            if suspects:
+                reject_suspects("and the next tick is not")
+            if symbol not in known and t < newest - b.max_behind_ms:
+                keep[i][r] = False
+                rejected.append(
+                    (
+                        batches[i],
+                        r,
+                        TIME,
+                        f"first tick of new symbol {symbol} is {newest - t} ms behind the newest tick "
+                        f"{newest} (features.max_behind_ms = {b.max_behind_ms})",
+                    )
+                )
+                continue
+            newest = max(newest, t)
+            known.add(symbol)
         self.newest = newest
+        self.held = []
+        for i, r, _ in suspects:  # still waiting: hold them back
+            if i < 0:
+                self.held.append(held[r])
+            else:
+                keep[i][r] = False
+                self.held.append(batches[i].take(np.array([r])))
         kept = [c if k.all() else c.take(k) for c, k in zip(batches, keep, strict=True)]
-        rejected.sort()
-        return [c for c in kept if len(c)], rejected
+        return released + [c for c in kept if len(c)], rejected
 
 
 class SymbolCapacity:

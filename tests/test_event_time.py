@@ -79,8 +79,8 @@ def test_a_new_symbol_dated_1970_is_a_time_dead_letter(tmp_path):
     assert set(got["bars"]["symbol"]) == {"BTC/USDT", "ETH/USDT"}
 
 
-def test_the_bounds_are_settings(tmp_path):
-    """A 30-day gap is data when the bound allows it (and costs O(1) memory), a dead letter when not."""
+def test_a_real_jump_is_confirmed_by_the_ticks_after_it_and_the_bounds_are_settings(tmp_path):
+    """A 30-day gap followed by trading is data (and costs O(1) memory); unconfirmed, a dead letter."""
     path = tmp_path / "gap.csv"
     rows = _ticks_csv(tmp_path / "base.csv", n=400)
     month = 30 * 86_400_000
@@ -88,13 +88,20 @@ def test_the_bounds_are_settings(tmp_path):
     for i, r in enumerate(later):
         r[5] = f"later-{i}"
     _write(path, rows + later)
-    got, _ = run_files([str(path)], SMALL)
-    assert (got["dead_letters"]["reason"] == "time").sum() == len(later)
     started = time.perf_counter()
-    got, _ = run_files([str(path)], [*SMALL, "features.max_ahead_ms=3000000000", "features.bar_interval=60"])
+    got, _ = run_files([str(path)], [*SMALL, "features.bar_interval=60"])
     assert len(got["dead_letters"]) == 0
+    assert len(got["ticks"]) == 800
     assert got["bars"]["ts"].max() > rows[0][0] + month - 60_000
     assert time.perf_counter() - started < 120
+    got, read = run_files([str(path)], [*SMALL, "features.confirm_ticks=1000"])
+    dead = got["dead_letters"]
+    assert (dead["reason"] == "time").sum() == len(later) == read - len(got["ticks"])
+    assert dead["message"].str.contains("features.max_ahead_ms = 10000").all()
+    got, _ = run_files(
+        [str(path)], [*SMALL, "features.confirm_ticks=1000", "features.max_ahead_ms=3000000000"]
+    )
+    assert len(got["dead_letters"]) == 0
 
 
 def test_time_guard_first_tick_sets_the_start_and_a_rejected_new_symbol_stays_new():
@@ -102,11 +109,11 @@ def test_time_guard_first_tick_sets_the_start_and_a_rejected_new_symbol_stays_ne
     cols = TickColumns.from_ticks([Tick(t, "A/B", 1.0, 1.0) for t in (5_000, 5_500, 7_000, 6_400)], "f")
     kept, rejected = g.check([cols])
     assert kept[0].ts.tolist() == [5_000, 5_500, 6_400]
-    assert [r[:3] for r in rejected] == [(0, 2, "time")]
+    assert [r[1:3] for r in rejected] == [(2, "time")]
     late_new = TickColumns.from_ticks([Tick(t, "C/D", 1.0, 1.0) for t in (5_000, 5_500, 5_000)], "f")
     kept, rejected = g.check([late_new])
     assert kept[0].ts.tolist() == [5_500, 5_000]  # once one tick is in, the symbol is known
-    assert [r[:3] for r in rejected] == [(0, 0, "time")]
+    assert [r[1:3] for r in rejected] == [(0, "time")]
     # one chunk's batches are checked in arrival order across symbols
     g = TimeGuard(TimeBounds(max_ahead_ms=1_000, max_behind_ms=1_000))
     a = TickColumns.from_ticks([Tick(t, "A/B", 1.0, 1.0) for t in (1_000, 9_000)], "f")
@@ -118,7 +125,8 @@ def test_time_guard_first_tick_sets_the_start_and_a_rejected_new_symbol_stays_ne
     )
     c = TickColumns.from_ticks([Tick(t, "C/D", 1.0, 1.0) for t in (1_500, 1_800)], "f", first_arrival=1)
     kept, rejected = g.check([a, c])
-    assert [r[:3] for r in rejected] == [(0, 1, "time")]  # 9000 came after C/D, still 8 s ahead
+    assert rejected == [] and [h.ts.tolist() for h in g.held] == [[9_000]]  # 7.2 s ahead: held back
+    assert [(r[0].symbol, *r[1:3]) for r in g.flush()] == [("A/B", 0, "time")]  # never confirmed
     assert [k.ts.tolist() for k in kept] == [[1_000], [1_500, 1_800]]
     with pytest.raises(ValueError, match="max_symbols"):
         TimeBounds(max_symbols=0)
