@@ -140,6 +140,15 @@ def file_format(path: str) -> str:
     raise InputError(msg)
 
 
+def _may_hold_hex(block: bytes) -> bool:
+    """True when ``0x`` or ``0X`` occurs in a block (a memchr when no ``x`` does, as usual)."""
+    if b"x" not in block and b"X" not in block:
+        return False
+    buf = np.frombuffer(block, dtype=np.uint8)
+    at = np.flatnonzero((buf | 0x20) == ord("x"))
+    return bool(np.any(buf[at[at > 0] - 1] == ord("0")))
+
+
 def _split_lines(block: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Starts and ends of the lines of a block (no trailing newline kept)."""
     nl = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
@@ -338,7 +347,7 @@ class TickFileReader:
         for name in REQUIRED:
             if table.column(name).null_count:
                 return None
-        if (b"0x" in block or b"0X" in block) and not self._decimal_ts(block):
+        if _may_hold_hex(block) and not self._decimal_ts(block):
             return None  # Arrow reads hex as int64; the reference does not
         return table
 

@@ -143,6 +143,21 @@ def test_csv_fast_path_refuses_what_the_slow_path_refuses(tmp_path):
     _expect(dead, good, lines, 2)
 
 
+def test_hex_trade_ids_keep_the_fast_path(tmp_path, monkeypatch):
+    """``0x`` in a block (on-chain trade ids) costs a look at the ``ts`` column, not the slow path."""
+    path = tmp_path / "t.csv"
+    lines = [f"{T + i},BTC/USDT,100,1,buy,0x{i:040x},okx" for i in range(50)]
+    path.write_text("\n".join([HEADER, *lines]) + "\n")
+
+    def no_slow_path(*args):
+        msg = "a clean block with hex trade ids is read on the fast path"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(TickFileReader, "_slow", no_slow_path)
+    dead, good = _read(path)
+    assert dead == {} and sorted(t for _, t, *_ in good.values()) == [T + i for i in range(50)]
+
+
 def _tick(**change) -> bytes:
     obj = {"v": 1, "type": "tick", "ts": T, "symbol": "BTC/USDT", "price": 1.5, "qty": 2.0}
     obj |= {"side": "buy", "trade_id": "1", "exchange": "binance"} | change
