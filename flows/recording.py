@@ -9,6 +9,7 @@ from flows.config import ConfigError, Settings, kafka_client_config
 from flows.kafka_flow import KafkaUrl, ensure, topic_names, with_brokers
 from schemas.codec import encode
 from schemas.records import DeadLetter, Tick
+from schemas.validation import symbol_problem
 from sinks.kafka_producer import RecordProducer
 from sinks.tick_file_writer import TickFileWriter
 from sources.exchange_trades import RecordSettings, record
@@ -44,6 +45,11 @@ class TopicTarget:
 def record_command(args, settings: Settings) -> int:
     """Run ``qbtc record`` with parsed arguments; returns the exit code."""
     symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
+    for symbol in symbols:  # ccxt-unified, and in input.symbols when that is given
+        problem = symbol_problem(symbol, frozenset(settings.input.symbols))
+        if problem is not None:
+            msg = f"--symbols: {problem}"
+            raise ConfigError(msg)
     try:
         rec = RecordSettings(
             exchange=args.exchange,

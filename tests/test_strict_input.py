@@ -422,3 +422,13 @@ def test_simulated_symbols_are_well_formed():
 
     assert [s for s in DEFAULT_SYMBOLS if symbol_problem(s) is not None] == []
     assert np.all([symbol_problem(s) is None for s in GOOD_SYMBOLS])
+
+
+def test_record_takes_only_allowed_symbols(tmp_path):
+    out = _qbtc(
+        "record", "--exchange", "binance", "--symbols", "BTC/USDT,SOL/USDT", "--to", "x.csv",
+        "--set", "input.symbols=BTC/USDT", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "symbol 'SOL/USDT' is not in input.symbols" in out.stderr
+    assert not (tmp_path / "x.csv").exists()
