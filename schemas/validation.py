@@ -123,6 +123,15 @@ def parse_number(name: str, value: Any) -> float:
         return math.inf
 
 
+def is_number_text(value: str) -> bool:
+    """True for ASCII decimal or exponent notation, ``nan`` or ``inf``, blanks around allowed.
+
+    >>> [is_number_text(x) for x in ("1e-3", " .5", "+100", "1_0", "１", "0x10")]
+    [True, True, True, False, False, False]
+    """
+    return _FLOAT_TEXT.fullmatch(value.strip(_BLANKS)) is not None
+
+
 def number_text(name: str, value: str) -> float:
     """A float from CSV text: ASCII decimal or exponent notation, ``nan``, ``inf``.
 
@@ -133,10 +142,9 @@ def number_text(name: str, value: str) -> float:
     ...
     schemas.validation.Rejected: price '1_0' is not a number
     """
-    text = value.strip(_BLANKS)
-    if not _FLOAT_TEXT.fullmatch(text):
+    if not is_number_text(value):
         raise Rejected(SCHEMA, f"{name} {value[:40]!r} is not a number")
-    return float(text)
+    return float(value)
 
 
 def _kind(value: Any) -> str:

@@ -5,9 +5,12 @@ ignored: ``symbol`` or ``pair`` (else the file name gives the symbol), a time
 column (:data:`TIME_COLUMNS`: integer epoch ms, integer epoch seconds below
 :data:`SECONDS_BELOW`, or ISO-8601 with an offset), ``open, high, low, close,
 volume``. JSON is what ccxt ``fetch_ohlcv`` returns and freqtrade stores, an
-array of ``[ts_ms, open, high, low, close, volume]``, the symbol from the file
+array of ``[ts_ms, open, high, low, close, volume]`` (numbers, or strings of
+ASCII numbers; a boolean is not a number), the symbol from the file
 name (``BTC_USDT_USDT-1h-futures.json`` is ``BTC/USDT:USDT``). Symbols become
-ccxt-unified (:func:`unify_symbol`).
+ccxt-unified (:func:`unify_symbol`). Numbers in text are ASCII
+(:func:`schemas.validation.is_number_text`): ``1_0``, full-width digits and
+hex are not numbers, on Arrow's typed path as on the per-value path.
 
 Parsing only reads: :class:`ParsedCandles` holds every record, with the
 message of each one that did not parse; checking values, ordering and
@@ -20,6 +23,7 @@ import contextlib
 import csv
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from sources.tick_files import InputError
+from schemas.validation import is_number_text
+from sources.tick_files import InputError, may_hold_hex
 
 QUOTES = tuple(
     sorted(
@@ -47,6 +52,7 @@ SYMBOL_COLUMNS = ("symbol", "pair")
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
 SECONDS_BELOW = 10**11
 """Integer times in [0, 1e11) are epoch seconds (1e11 s is the year 5138, 1e11 ms 1973)."""
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -95,16 +101,20 @@ def parse_time(value: object) -> int:
     Traceback (most recent call last):
     ...
     ValueError: time '2021-04-20 20:42:00' has no UTC offset
+    >>> parse_time("1_618_951_320")
+    Traceback (most recent call last):
+    ...
+    ValueError: time '1_618_951_320' is neither an epoch integer nor ISO-8601
     """
     if isinstance(value, float) and math.isfinite(value) and value == int(value):
         value = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        value = int(value.strip())
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip(" \t")):
+        value = int(value.strip(" \t"))
     elif isinstance(value, str):
-        with contextlib.suppress(ValueError):
+        if is_number_text(value):
             return parse_time(float(value))  # e.g. "1618951320000.0"
         try:
-            when = datetime.fromisoformat(value.strip())
+            when = datetime.fromisoformat(value.strip(" \t")) if value.isascii() else None
         except ValueError:
             when = None
         if when is None or when.tzinfo is None:
@@ -198,7 +208,9 @@ def parse_csv(data: bytes, header: CsvHeader, path: str, origin: str | None = No
     keep = ends[1:] > starts[1:]
     starts, ends, lines = starts[1:][keep], ends[1:][keep], np.flatnonzero(keep) + 2
     n, problems = len(starts), {}
-    table, skipped = _arrow(data, header, typed=True)
+    table, skipped = None, 0
+    if not may_hold_hex(data):  # Arrow would read a hex time as int64
+        table, skipped = _arrow(data, header, typed=True)
     if table is None:
         table, skipped = _arrow(data, header, typed=False)
     rows: slice | np.ndarray = slice(None)
@@ -345,7 +357,7 @@ def _floats(name: str, col: pa.ChunkedArray) -> tuple[np.ndarray, dict[int, str]
     """A float column (float64 or text) and the messages of unreadable entries."""
     if not pa.types.is_floating(col.type):
         try:
-            col = pc.cast(pc.utf8_trim_whitespace(col), pa.float64())
+            col = pc.cast(pc.utf8_trim(col, characters=" \t"), pa.float64())
         except pa.ArrowInvalid:
             out, bad = np.full(len(col), np.nan), {}
             for k, value in enumerate(col.to_pylist()):
@@ -363,6 +375,8 @@ def _number(name: str, value: object) -> float:
     try:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise TypeError(name)
+        if isinstance(value, str) and not is_number_text(value):
+            raise ValueError(name)
         return float(value)
     except OverflowError:
         return math.inf
@@ -391,7 +405,9 @@ def parse_json(data: bytes, path: str, name: str, origin: str | None = None) -> 
         raise InputError(msg)
     n = len(items)
     try:
-        table = np.array(items, dtype=np.float64) if n else np.zeros((0, 6))
+        # numpy takes true as 1 and "1_0" as 10: text or booleans in the file go element by element
+        loose = b'"' in data or b"true" in data or b"false" in data
+        table = np.zeros(0) if loose else np.array(items, dtype=np.float64) if n else np.zeros((0, 6))
     except (ValueError, TypeError, OverflowError):
         table = np.zeros(0)
     if table.ndim != 2 or table.shape[1] != 6:

@@ -140,8 +140,11 @@ def file_format(path: str) -> str:
     raise InputError(msg)
 
 
-def _may_hold_hex(block: bytes) -> bool:
-    """True when ``0x`` or ``0X`` occurs in a block (a memchr when no ``x`` does, as usual)."""
+def may_hold_hex(block: bytes) -> bool:
+    """True when ``0x`` or ``0X`` occurs in a block (a memchr when no ``x`` does, as usual).
+
+    Arrow parses such a field as a hex integer where it reads an int64 column.
+    """
     if b"x" not in block and b"X" not in block:
         return False
     buf = np.frombuffer(block, dtype=np.uint8)
@@ -347,7 +350,7 @@ class TickFileReader:
         for name in REQUIRED:
             if table.column(name).null_count:
                 return None
-        if _may_hold_hex(block) and not self._decimal_ts(block):
+        if may_hold_hex(block) and not self._decimal_ts(block):
             return None  # Arrow reads hex as int64; the reference does not
         return table
 

@@ -158,6 +158,44 @@ def test_hex_trade_ids_keep_the_fast_path(tmp_path, monkeypatch):
     assert dead == {} and sorted(t for _, t, *_ in good.values()) == [T + i for i in range(50)]
 
 
+def _candles(path, settings=None) -> tuple[list, dict[str, str]]:
+    from sources.candle_files import CandleFileReader, CandleSettings
+
+    reader = CandleFileReader(str(path), settings or CandleSettings(interval_ms=60_000), lambda: 0)
+    chunks = list(reader.chunks())
+    return [b for c in chunks for b in c.bars], {
+        d.source.rsplit(str(path), 1)[1]: d.reason for c in chunks for d in c.dead
+    }
+
+
+def test_candle_numbers_are_ascii_and_json_candles_have_no_booleans(tmp_path):
+    t0 = T // 60_000 * 60_000
+    rows = [f"BTCUSDT,{t0},1,2,1,2,5", f"BTCUSDT,{t0 + 60_000},1e0,2,1,2,5"]
+    rows += [
+        f"BTCUSDT,{t0 // 1000 // 1000}_{t0 // 1000 % 1000:03d},1,2,1,2,5",
+        f"BTCUSDT,{t0 + 120_000},1_0,20,1,2,5",
+    ]
+    rows += [f"BTCUSDT,{hex(t0 + 180_000)},1,2,1,2,5", f"BTCUSDT,{t0 + 240_000},１,2,1,2,5"]
+    rows += [f"DT,{t0},1,2,1,2,5"]
+    path = tmp_path / "c.csv"
+    path.write_text("symbol,open_time_ms,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    bars, dead = _candles(path)
+    assert [b.ts for b in bars] == [t0, t0 + 60_000]
+    assert dead == {":4": "parse", ":5": "parse", ":6": "parse", ":7": "parse", ":8": "value"}
+    path = tmp_path / "BTC_USDT-1m.json"
+    good = [[t0 + k * 60_000, 1, 2, 1, 2, 5] for k in (0, 2, 3)]
+    for bad in (
+        [t0 + 60_000, True, 2, 1, 2, 5],
+        [t0 + 60_000, "1_0", 20, 1, 2, 5],
+        [t0 + 60_000, "１", 2, 1, 2, 5],
+    ):
+        path.write_text(orjson.dumps([good[0], bad, *good[1:]]).decode())
+        bars, dead = _candles(path)
+        assert [b.ts for b in bars] == [t0, t0 + 120_000, t0 + 180_000] and dead == {"[1]": "parse"}, bad
+    path.write_text(orjson.dumps([[str(t0), "1", "2", "1", "2", "5"], *good[1:]]).decode())
+    assert len(_candles(path)[0]) == 3  # ASCII numbers in strings are still numbers
+
+
 def _tick(**change) -> bytes:
     obj = {"v": 1, "type": "tick", "ts": T, "symbol": "BTC/USDT", "price": 1.5, "qty": 2.0}
     obj |= {"side": "buy", "trade_id": "1", "exchange": "binance"} | change
