@@ -10,10 +10,11 @@ import time
 
 from bytewax.errors import BytewaxRuntimeError
 
+from flows import watchdog
 from flows.config import ConfigError, Settings, load_settings, scrub
 from flows.report import run_summary, trading_summary, write_table
 from schemas.ddl import TABLES
-from sinks.clickhouse_store import Store, StoreError
+from sinks.clickhouse_store import Store, StoreError, StoreWriteError, first_line
 from sources.tick_files import InputError
 
 
@@ -264,6 +265,7 @@ def cmd_run(args) -> int:
     settings = _with_workers(_settings(args), args.workers)
     dsn = _dsn(args, settings)
     store = Store(dsn)
+    watchdog.default_abort()
     inputs, expected = simulator_inputs(settings)
     progress = Progress(total_bytes=expected, report=None if args.quiet else stderr_progress)
     report = TradingReport()
@@ -312,6 +314,9 @@ def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outp
     from flows.pipeline import TradingReport
 
     execution = execution_from(settings, args.process_id, args.addresses)
+    if dsn is not None and execution.process_id is None:
+        Store(dsn)  # a bad DSN is a usage error now, not a failure inside the flow
+        watchdog.default_abort()
     progress = Progress(report=None if args.quiet else stderr_progress)
     report = TradingReport() if args.trade else None
     start = time.perf_counter()
@@ -350,6 +355,7 @@ def cmd_replay(args) -> int:
     dsn = None if args.null_sink else _dsn(args, settings)
     inputs, total = file_inputs(args.inputs, settings, _file_span(args))
     store = None if dsn is None else Store(dsn)
+    watchdog.default_abort()
     progress = Progress(total_bytes=total, report=None if args.quiet else stderr_progress)
     report = TradingReport()
     start = time.perf_counter()
@@ -504,14 +510,22 @@ COMMANDS = {
 
 
 def _failures() -> tuple[type, ...]:
-    """Errors of the outside world (broker, delivery): a message and exit code 1."""
+    """Errors of the outside world (broker, delivery, store writes): a message and exit code 1."""
     from confluent_kafka import KafkaException
 
+    from flows.kafka_diagnostics import ClusterAccessError
     from infra.kafka_topics import TopicError
     from sinks.kafka_producer import DeliveryError
     from sources.exchange_trades import RecordError
 
-    kinds: list[type] = [KafkaException, TopicError, DeliveryError, RecordError]
+    kinds: list[type] = [
+        KafkaException,
+        TopicError,
+        DeliveryError,
+        RecordError,
+        ClusterAccessError,
+        StoreWriteError,
+    ]
     try:
         from infra.kafka.broker import BrokerError
 
@@ -521,10 +535,35 @@ def _failures() -> tuple[type, ...]:
     return tuple(kinds)
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
+def _known_cause(exc: BaseException) -> BaseException | None:
+    """The first error of a known kind in ``exc``'s chain of causes (Bytewax wraps a step's error)."""
+    known = (*_failures(), UsageError, ConfigError, InputError, StoreError)
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, known):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def _failed(args, exc: BaseException, clean) -> int:
+    """One line naming why the command failed; exit code 1.
+
+    A Kafka failure names the clients' security failure first, if they saw
+    one (a wrong password otherwise shows as a timeout), else adds their
+    latest complaint (a timeout alone does not say what went wrong).
+    """
+    from flows.kafka_diagnostics import last_problem, security_problem
+
+    text = first_line(exc)
+    if not isinstance(exc, StoreError):
+        problem, last = security_problem(), last_problem()
+        if problem is not None and problem not in text:
+            text = f"{problem} ({text})"
+        elif problem is None and last is not None and last not in text:
+            text = f"{text} (last client error: {last})"
+    sys.stderr.write(f"qbtc {args.command}: failed: {clean(text)}\n")
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -535,27 +574,39 @@ def main(argv: list[str] | None = None) -> int:
         settings_for_scrub = load_settings(getattr(args, "config", None), getattr(args, "overrides", []))
     except ConfigError:
         pass
+
+    def clean(text: str) -> str:
+        return text if settings_for_scrub is None else scrub(text, settings_for_scrub)
+
+    disarm = watchdog.arm(args.command, clean)  # a failed sink ends the process with one line
+    try:
+        return _dispatch(args, clean)
+    finally:
+        disarm()
+
+
+def _dispatch(args, clean) -> int:
     try:
         return COMMANDS[args.command](args)
+    except StoreWriteError as exc:
+        return _failed(args, exc, clean)
     except (UsageError, ConfigError, InputError, StoreError) as exc:
-        text = str(exc) if settings_for_scrub is None else scrub(str(exc), settings_for_scrub)
-        sys.stderr.write(f"qbtc {args.command}: error: {text}\n")
+        sys.stderr.write(f"qbtc {args.command}: error: {clean(str(exc))}\n")
         return 2
     except _failures() as exc:
-        text = str(exc) if settings_for_scrub is None else scrub(str(exc), settings_for_scrub)
-        sys.stderr.write(f"qbtc {args.command}: failed: {text}\n")
-        return 1
+        return _failed(args, exc, clean)
     except BytewaxRuntimeError as exc:
         # errors inside a dataflow arrive wrapped; say what the cause was
-        cause = _root_cause(exc)
         if "signal received" in str(exc):
             sys.stderr.write(f"qbtc {args.command}: interrupted\n")
             return 130
-        if not isinstance(cause, _failures()):
+        cause = _known_cause(exc)
+        if cause is None:
             raise
-        text = str(cause) if settings_for_scrub is None else scrub(str(cause), settings_for_scrub)
-        sys.stderr.write(f"qbtc {args.command}: failed: {text}\n")
-        return 1
+        if isinstance(cause, (UsageError, ConfigError, InputError)):
+            sys.stderr.write(f"qbtc {args.command}: error: {clean(first_line(cause))}\n")
+            return 2
+        return _failed(args, cause, clean)  # a store error while running is a failure
     except KeyboardInterrupt:
         sys.stderr.write(f"qbtc {args.command}: interrupted\n")
         return 130

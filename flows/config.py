@@ -383,11 +383,21 @@ SECRET_WORDS = ("password", "secret", "token", "jaas")
 def kafka_client_config(k: KafkaConfig, role: str) -> dict:
     """The librdkafka settings of a ``consumer``, ``producer`` or ``admin`` client.
 
+    librdkafka's log lines and errors go to Python logging (``qbtc.librdkafka``),
+    not to stderr; the first security failure is kept (``flows.kafka_diagnostics``).
+
     >>> conf = kafka_client_config(KafkaConfig(sasl_password=Secret("s3")), "producer")
-    >>> conf["sasl.password"], conf["enable.idempotence"]
-    ('s3', True)
+    >>> conf["sasl.password"], conf["enable.idempotence"], conf["logger"].name
+    ('s3', True, 'qbtc.librdkafka')
     """
-    conf: dict = {"bootstrap.servers": k.brokers, "client.id": f"qbtc-{role}"}
+    from flows.kafka_diagnostics import LIBRDKAFKA, on_error
+
+    conf: dict = {
+        "bootstrap.servers": k.brokers,
+        "client.id": f"qbtc-{role}",
+        "logger": LIBRDKAFKA,
+        "error_cb": on_error,
+    }
     for name, key in _SECURITY_KEYS:
         value = getattr(k, name)
         value = value.reveal() if isinstance(value, Secret) else value

@@ -23,6 +23,7 @@ import numpy as np
 
 from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
 from flows.inputs import Progress
+from flows.kafka_diagnostics import check_cluster
 from flows.metrics import FlowMetrics
 from flows.pipeline import Execution, TradingReport, build_flow, run_flow, trading_settings
 from flows.recovery_store import RecoveryDirError, discard_unfinished
@@ -51,7 +52,9 @@ def ensure(settings: Settings, ticks_topic: str | None = None) -> dict[str, str]
     specs = topology(k.topic_prefix, k.partitions, k.replication)
     if ticks_topic is not None and ticks_topic != specs[0].name:
         specs.append(type(specs[0])(ticks_topic, k.partitions, k.replication))
-    return ensure_topics(kafka_client_config(k, "admin"), specs, k.timeout_s)
+    conf = kafka_client_config(k, "admin")
+    check_cluster(conf, k.timeout_s)  # wrong credentials or TLS fail here, named, not as a timeout
+    return ensure_topics(conf, specs, k.timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,20 @@ class StoreError(Exception):
     """A store that cannot be opened or written, with the reason."""
 
 
+class StoreWriteError(StoreError):
+    """A write the store refused (a failure while running, not a usage problem)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (the type's name if it has none).
+
+    >>> first_line(RuntimeError("\\nCode: 243. Not enough space\\nStack trace: ..."))
+    'Code: 243. Not enough space'
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def chdb_path(dsn: str) -> str | None:
     """The on-disk path of a chdb DSN (None for memory or non-chdb DSNs).
 
@@ -142,7 +156,11 @@ class Store:
         with self.lock:
             # Deduplication is the ReplacingMergeTree's job at merge and FINAL
             # time; doing it on insert as well triples the cost of a batch.
-            self.client.insert_arrow(table.name, batch, settings={"optimize_on_insert": 0})
+            try:
+                self.client.insert_arrow(table.name, batch, settings={"optimize_on_insert": 0})
+            except Exception as exc:  # the database's own message is the useful part
+                msg = f"store write failed: {table.name}: {first_line(exc)}"
+                raise StoreWriteError(msg) from exc
         return batch.num_rows
 
     def counts(self, final: bool = True) -> dict[str, int]:

@@ -4,13 +4,17 @@ librdkafka raises ``BufferError`` when its local queue is full; Bytewax 0.21's
 ``KafkaSink`` lets that crash the flow and ignores delivery reports (bytewax
 issue #522). :class:`RecordProducer` polls until there is room, counts
 delivery reports, and :meth:`RecordProducer.flush` raises
-:class:`DeliveryError` when any record was not delivered, so a flow fails
-loudly (and recovers) instead of losing records quietly.
+:class:`DeliveryError` when any record was not delivered, or when the
+cluster stops acknowledging (no delivery report for ``stall_timeout_s``,
+e.g. two of three brokers gone with ``min.insync.replicas`` 2: librdkafka
+would retry for its 5-minute message timeout), so a flow fails loudly (and
+recovers) instead of losing records quietly or waiting for minutes.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from confluent_kafka import KafkaError, Producer
 
@@ -28,24 +32,34 @@ class RecordProducer:
         librdkafka producer settings (idempotence on by default in qbtc's).
     flush_timeout_s
         How long :meth:`flush` waits for outstanding deliveries.
+    stall_timeout_s
+        :meth:`flush` gives up when no delivery report (of success or
+        failure) arrived for this long.
     """
 
-    def __init__(self, conf: dict, flush_timeout_s: float = 120.0) -> None:
+    def __init__(self, conf: dict, flush_timeout_s: float = 120.0, stall_timeout_s: float = 30.0) -> None:
         conf = dict(conf)
         conf.setdefault("enable.idempotence", True)
+        self._forward_error = conf.get("error_cb")
         conf["error_cb"] = self._on_error
         self.producer = Producer(conf)
         self.flush_timeout_s = flush_timeout_s
+        self.stall_timeout_s = stall_timeout_s
         self.delivered = 0
         self.failed = 0
         self.first_error: str | None = None
         self.fatal: str | None = None
+        self.last_error: str | None = None  # the client's latest non-fatal error (a broker unreachable)
         self.waits = 0
         self._lock = threading.Lock()
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self.fatal = err.str()
+        else:
+            self.last_error = err.str()
+        if self._forward_error is not None:
+            self._forward_error(err)
 
     def _on_delivery(self, err, msg) -> None:
         if err is None:
@@ -93,9 +107,26 @@ class RecordProducer:
             raise DeliveryError(msg)
 
     def flush(self) -> None:
-        """Wait until everything queued is acknowledged, then :meth:`check`."""
-        left = self.producer.flush(self.flush_timeout_s)
-        if left:
-            msg = f"{left} record(s) still undelivered after {self.flush_timeout_s:.0f} s"
-            raise DeliveryError(msg)
+        """Wait until everything queued is acknowledged, then :meth:`check`.
+
+        Raises :class:`DeliveryError` at the first failed delivery report,
+        after ``stall_timeout_s`` without any report, or after
+        ``flush_timeout_s`` in all.
+        """
+        start = last_report = time.monotonic()
+        reports = self.delivered + self.failed
+        while (left := self.producer.flush(0.5)) and not self.failed and self.fatal is None:
+            now = time.monotonic()
+            if self.delivered + self.failed != reports:
+                reports, last_report = self.delivered + self.failed, now
+            elif now - last_report >= self.stall_timeout_s:
+                why = f"; last client error: {self.last_error}" if self.last_error else ""
+                msg = (
+                    f"{left} record(s) not acknowledged: no delivery report from the cluster "
+                    f"for {self.stall_timeout_s:.0f} s{why}"
+                )
+                raise DeliveryError(msg)
+            if now - start >= self.flush_timeout_s:
+                msg = f"{left} record(s) still undelivered after {self.flush_timeout_s:.0f} s"
+                raise DeliveryError(msg)
         self.check()

@@ -8,6 +8,10 @@ epoch committed in the recovery store is an epoch whose output is durable.
 A restart resumes after the last committed epoch and writes what followed
 again: identical rows (deduplicated by the store's keys) and identical
 topic records.
+
+A store write or delivery that fails is reported to ``sinks.failure`` (the
+command line ends the process there, before the epoch can commit); a
+partition that failed never raises again, not even on ``close``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from schemas.codec import encode
 from sinks.clickhouse_store import Store
 from sinks.kafka_producer import RecordProducer
-from sinks.store_sink import RowCounter, StoreWriter
+from sinks.store_sink import FailOnce, RowCounter, StoreWriter
 
 
 def record_key(table: str, record) -> bytes | None:
@@ -38,8 +42,12 @@ class _OutPartition(StatefulSinkPartition):
         self.writer = writer
         self.producer = producer
         self.topics = topics
+        self.failed = FailOnce()
 
     def write_batch(self, items: list) -> None:
+        self.failed.run(self._write_batch, items)
+
+    def _write_batch(self, items: list) -> None:
         add = self.writer.add
         producer = self.producer
         for table, payload in items:
@@ -54,7 +62,7 @@ class _OutPartition(StatefulSinkPartition):
             producer.check()
 
     def snapshot(self) -> None:
-        self._flush()
+        self.failed.run(self._flush)
 
     def _flush(self) -> None:
         if self.producer is not None:
@@ -62,8 +70,15 @@ class _OutPartition(StatefulSinkPartition):
         self.writer.flush()
 
     def close(self) -> None:
-        self._flush()
-        self.writer.pool.shutdown()
+        if self.failed.error is None:
+            try:
+                self.failed.run(self._flush)
+            except Exception:
+                self.writer.discard()
+                raise
+            self.writer.pool.shutdown()
+            return
+        self.writer.discard()  # unacknowledged records die with the producer
 
 
 class OutputSink(FixedPartitionedSink):

@@ -3,7 +3,10 @@
 Items are ``(table, payload)``: ``("ticks", (TickColumns, seq))`` or a list
 of records for ``bars``, ``features``, ``correlations``, ``dead_letters``.
 Rows are buffered per table and written in column batches; idempotence
-comes from the tables' ReplacingMergeTree keys.
+comes from the tables' ReplacingMergeTree keys. A write the store refuses is
+reported at once, from the writer thread, to ``sinks.failure`` (the command
+line ends there); a partition that failed never raises again, not even on
+``close`` (see ``sinks.failure`` for why).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from schemas.ddl import TABLES
 from schemas.records import Bar, Correlation, DeadLetter, Feature, Fill, Order, RiskEvent, Signal
 from schemas.tick_columns import SIDES
+from sinks import failure
 from sinks.clickhouse_store import Store
 
 _RECORD_FIELDS = {
@@ -141,7 +145,11 @@ class StoreWriter:
 
     def _write(self, table: str, cols: dict, n: int) -> None:
         start = time.perf_counter()
-        self.store.insert(TABLES[table], cols)
+        try:
+            self.store.insert(TABLES[table], cols)
+        except Exception as exc:
+            failure.report(exc)  # at once: the worker sees it only at its next write or flush
+            raise
         self.counter.add(table, n, time.perf_counter() - start)
 
     def flush(self) -> None:
@@ -151,19 +159,59 @@ class StoreWriter:
         while self.pending:
             self.pending.popleft().result()
 
+    def discard(self) -> None:
+        """Drop what is buffered and queued; wait only for a write already under way."""
+        self.buffers.clear()
+        self.sizes.clear()
+        self.pending.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class FailOnce:
+    """A sink partition's first failure: reported to ``sinks.failure`` and remembered.
+
+    ``run(fn, ...)`` calls ``fn``; its first exception is reported and
+    re-raised. After that the partition is broken: its ``close`` must only
+    release resources (Bytewax calls it while unwinding from the first
+    exception, and a second exception there aborts the process).
+    """
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def run(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            if self.error is None:
+                self.error = exc
+            failure.report(exc)
+            raise
+
 
 class _Partition(StatelessSinkPartition):
     def __init__(self, writer: StoreWriter) -> None:
         self.writer = writer
+        self.failed = FailOnce()
 
     def write_batch(self, items: list) -> None:
+        self.failed.run(self._write_batch, items)
+
+    def _write_batch(self, items: list) -> None:
         add = self.writer.add
         for table, payload in items:
             add(table, payload)
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.pool.shutdown()
+        if self.failed.error is None:
+            try:
+                self.failed.run(self.writer.flush)
+            except Exception:
+                self.writer.discard()
+                raise
+            self.writer.pool.shutdown()
+            return
+        self.writer.discard()
 
 
 class StoreSink(DynamicSink):

@@ -12,7 +12,9 @@ three combined broker+controller JVMs in the background. Layout of ``data_dir``:
     node-<i>/kafka.pid
 
 Ports: node ``i`` (1-based) serves clients on ``port + 2 * (i - 1)`` and the controller quorum on
-``controller_port + 2 * (i - 1)``: the defaults give 9092/9093, 9094/9095 and 9096/9097.
+``controller_port + 2 * (i - 1)``: the defaults give 9092/9093, 9094/9095 and 9096/9097. For tests of
+client security a node can also serve SASL_PLAINTEXT clients (mechanism PLAIN, the users of
+``sasl_users``) on ``sasl_port + 2 * (i - 1)``; the passwords are written to server.properties.
 Command line: ``python -m infra.kafka.broker up|down|status``.
 """
 
@@ -67,6 +69,11 @@ class BrokerSettings:
         Address every listener binds to and advertises.
     startup_timeout_s
         How long ``up`` and ``start_node`` wait for the broker to answer a metadata request.
+    sasl_port
+        SASL_PLAINTEXT (PLAIN) client port of node 1, 0 for none; node ``i`` uses
+        ``sasl_port + 2 * (i - 1)``. For tests: credentials travel in clear text.
+    sasl_users
+        ``(username, password)`` pairs the SASL listener accepts.
 
     Examples
     --------
@@ -76,6 +83,12 @@ class BrokerSettings:
     Traceback (most recent call last):
     ...
     ValueError: nodes must be 1 or 3, got 2
+    >>> BrokerSettings(sasl_port=9192, sasl_users=(("qbtc", "s3cret"),)).sasl_ports
+    (9192,)
+    >>> BrokerSettings(sasl_port=9192)
+    Traceback (most recent call last):
+    ...
+    ValueError: a SASL listener needs sasl_users
     """
 
     data_dir: str = "var/kafka"
@@ -85,9 +98,12 @@ class BrokerSettings:
     heap_mb: int = 512
     host: str = "127.0.0.1"
     startup_timeout_s: float = 90
+    sasl_port: int = 0
+    sasl_users: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        ports = self.client_ports + self.controller_ports
+        ports = self.client_ports + self.controller_ports + self.sasl_ports
+        plain = all(name and not set(name + password) & set('"\\;= ') for name, password in self.sasl_users)
         checks = (
             (self.nodes in (1, 3), f"nodes must be 1 or 3, got {self.nodes}"),
             (bool(self.data_dir) and bool(self.host), "data_dir and host must not be empty"),
@@ -99,6 +115,8 @@ class BrokerSettings:
             ),
             (self.heap_mb >= 128, f"heap_mb must be at least 128, got {self.heap_mb}"),
             (self.startup_timeout_s > 0, f"startup_timeout_s must be positive, got {self.startup_timeout_s}"),
+            (not self.sasl_port or bool(self.sasl_users), "a SASL listener needs sasl_users"),
+            (plain, "SASL user names and passwords must be non-empty, without quotes, \\, ;, = or spaces"),
         )
         for ok, msg in checks:
             if not ok:
@@ -118,6 +136,13 @@ class BrokerSettings:
     def controller_ports(self) -> tuple[int, ...]:
         """Controller port of each node, in node order."""
         return tuple(self.controller_port + PORT_STRIDE * (i - 1) for i in self.node_ids)
+
+    @property
+    def sasl_ports(self) -> tuple[int, ...]:
+        """SASL_PLAINTEXT client port of each node (none without ``sasl_port``)."""
+        if not self.sasl_port:
+            return ()
+        return tuple(self.sasl_port + PORT_STRIDE * (i - 1) for i in self.node_ids)
 
     def node_port(self, node_id: int) -> int:
         """Client port of one node."""
@@ -146,6 +171,15 @@ def bootstrap(settings: BrokerSettings) -> str:
     '127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096'
     """
     return ",".join(f"{settings.host}:{p}" for p in settings.client_ports)
+
+
+def sasl_bootstrap(settings: BrokerSettings) -> str:
+    """Bootstrap servers of the SASL_PLAINTEXT listeners ("" without one).
+
+    >>> sasl_bootstrap(BrokerSettings(sasl_port=9192, sasl_users=(("u", "p"),)))
+    '127.0.0.1:9192'
+    """
+    return ",".join(f"{settings.host}:{p}" for p in settings.sasl_ports)
 
 
 # --- config and processes ---------------------------------------------------------------------------
@@ -178,6 +212,10 @@ def server_properties(settings: BrokerSettings, node_id: int) -> dict[str, str]:
     host, cports = settings.host, settings.controller_ports
     voters = ",".join(f"{i}@{host}:{p}" for i, p in zip(settings.node_ids, cports, strict=True))
     listeners = f"PLAINTEXT://{host}:{settings.node_port(node_id)},CONTROLLER://{host}:{cports[node_id - 1]}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if settings.sasl_port:
+        listeners += f",SASL_PLAINTEXT://{host}:{settings.sasl_ports[node_id - 1]}"
+        protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
     rf, isr = (3, 2) if settings.nodes == 3 else (1, 1)
     props = {
         "process.roles": "broker,controller",
@@ -185,7 +223,7 @@ def server_properties(settings: BrokerSettings, node_id: int) -> dict[str, str]:
         "controller.quorum.voters": voters,
         "listeners": listeners,
         "advertised.listeners": listeners,
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
         "log.dirs": settings.node_dir(node_id).resolve() / "data",
@@ -207,6 +245,15 @@ def server_properties(settings: BrokerSettings, node_id: int) -> dict[str, str]:
         "num.io.threads": 4,
         "num.recovery.threads.per.data.dir": 1,
     }
+    if settings.sasl_port:  # brokers talk PLAINTEXT among themselves; SASL is for clients only
+        users = " ".join(f'user_{name}="{password}"' for name, password in settings.sasl_users)
+        props |= {
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+            ),
+        }
     if settings.nodes == 3:  # notice a dead node within seconds, for fault tests
         props |= {
             "broker.heartbeat.interval.ms": 1000,
@@ -338,7 +385,9 @@ def _tail(settings: BrokerSettings, node_id: int, lines: int = 30) -> str:
 
 
 def _launch(java: str, lib: Path, settings: BrokerSettings, node_id: int) -> int:
-    for port in (settings.node_port(node_id), settings.controller_ports[node_id - 1]):
+    ports = [settings.node_port(node_id), settings.controller_ports[node_id - 1]]
+    ports += [settings.sasl_ports[node_id - 1]] if settings.sasl_port else []
+    for port in ports:
         if _port_open(settings.host, port, timeout=0.2):
             msg = f"kafka node {node_id}: {settings.host}:{port} is already in use by another process"
             raise BrokerError(msg)
