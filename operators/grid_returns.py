@@ -11,6 +11,8 @@ True
 (2, 0.095310179804)
 >>> g.extend_to(15)
 2
+>>> round(g.update(16, 1e-320)[1], 6)   # 1e-320 / 110 underflows; the log difference does not
+-741.5497
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class GridReturns:
             msg = f"bar index {k} is not after {self.last}"
             raise ValueError(msg)
         zeros = k - self.last - 1
-        r = math.log(close / self.close)
+        q = close / self.close
+        # extreme (valid) prices can overflow or underflow the ratio: take logs apart then
+        r = math.log(q) if 0.0 < q < math.inf else math.log(close) - math.log(self.close)
         self.last = k
         self.close = close
         return zeros, r
