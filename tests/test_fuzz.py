@@ -100,6 +100,8 @@ def test_fuzzed_file_is_fully_accounted_for(tmp_path, rate):
     dead = got["dead_letters"]
     assert read == len(got["ticks"]) + len(dead)
     assert dead["source"].is_unique
+    assert np.isfinite(got["features"].drop(columns=["symbol"]).to_numpy(dtype=float)).all()
+    assert np.isfinite(got["correlations"]["corr"].to_numpy()).all()
     reasons = dead["reason"].value_counts().to_dict()
     print(
         f"\nfuzz rate {rate}: {RECORDS:,} records, clean {RECORDS / clean_s:,.0f} rec/s, "
