@@ -13,6 +13,7 @@ durable before it commits (see ``sinks.output_sink``).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+from confluent_kafka import Consumer, TopicPartition
 
 from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
 from flows.inputs import Progress
@@ -234,8 +236,10 @@ def stream(
         metrics.serve(port)
     consumer_conf = kafka_client_config(k, "consumer")
     source = KafkaTickSource(consumer_conf, topic, span, k.consume_batch, metrics.partition, k.timeout_s)
+    bounded = span.bounded and execution.process_id is None  # a cluster's process reads some partitions
     if progress is not None:
-        source.observe = _progress_observer(metrics, progress)
+        ranges = _read_ranges(source) if bounded else None
+        source.observe = _progress_observer(metrics, progress, ranges)
     names = topic_names(k)
     sink = OutputSink(
         dsn,
@@ -243,6 +247,7 @@ def stream(
         settings.store.batch_rows,
         kafka_client_config(k, "producer") if outputs else None,
         names,
+        stall_timeout_s=k.timeout_s,
     )
     flow = build_flow(
         source,
@@ -257,19 +262,48 @@ def stream(
     run_flow(flow, execution=execution)
     if progress is not None:
         progress.records = metrics.records
+        progress.done_bytes = progress.total_bytes  # a bounded read returns once every partition ended
         progress.tick(force=True)
     return metrics
 
 
-def _progress_observer(metrics: FlowMetrics, progress: Progress):
-    positions: dict[int, tuple[int, int]] = {}
+def _read_ranges(source: KafkaTickSource) -> dict[int, tuple[int, int]]:
+    """Each partition's (first, end) offsets of a bounded read, as found at start."""
+    consumer = Consumer(source.conf)
+    try:
+        ranges = {}
+        for p in range(source.partitions):
+            first, end = source.offset_range(consumer, TopicPartition(source.topic, p), None)
+            first = max(first, 0)  # OFFSET_BEGINNING of an empty partition
+            ranges[p] = (first, max(first, end or 0))
+        return ranges
+    finally:
+        consumer.close()
+
+
+def _progress_observer(
+    metrics: FlowMetrics, progress: Progress, ranges: dict[int, tuple[int, int]] | None
+) -> Callable[[str, int, int, int], None]:
+    """The source's observer: consumer lag for the metrics, and the run's progress.
+
+    With the ``ranges`` of a bounded read the percentage is the share of
+    offsets passed over all partitions (never backwards, 100% at the end; a
+    resumed run starts where its snapshot was); a live read shows no
+    percentage (its end keeps moving).
+    """
+    positions: dict[int, int] = {}
+    lock = threading.Lock()  # the workers of this process report from their threads
+    if ranges:
+        progress.total_bytes = sum(end - first for first, end in ranges.values())
 
     def observe(topic: str, partition: int, position: int, high: int) -> None:
         metrics.partition(topic, partition, position, high)
-        positions[partition] = (position, high)
         progress.records = metrics.records
-        progress.done_bytes = sum(p for p, _ in positions.values())
-        progress.total_bytes = sum(h for _, h in positions.values())
+        if ranges and partition in ranges:
+            first, end = ranges[partition]
+            with lock:
+                positions[partition] = max(positions.get(partition, first), min(position, end))
+                progress.done_bytes = sum(pos - ranges[p][0] for p, pos in positions.items())
         progress.tick()
 
     return observe

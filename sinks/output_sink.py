@@ -96,6 +96,8 @@ class OutputSink(FixedPartitionedSink):
         librdkafka producer settings, or None for no output topics.
     topics
         Topic of each table (``bars``, ``features``, ``correlations``, ``dead_letters``).
+    stall_timeout_s
+        An epoch's flush fails when the cluster sent no delivery report for this long.
     """
 
     def __init__(
@@ -105,12 +107,14 @@ class OutputSink(FixedPartitionedSink):
         batch_rows: int,
         producer_conf: dict | None,
         topics: dict[str, str],
+        stall_timeout_s: float = 30.0,
     ) -> None:
         self.dsn = dsn
         self.counter = counter
         self.batch_rows = batch_rows
         self.producer_conf = producer_conf
         self.topics = topics
+        self.stall_timeout_s = stall_timeout_s
 
     def list_parts(self) -> list[str]:
         return ["out"]
@@ -121,5 +125,9 @@ class OutputSink(FixedPartitionedSink):
     def build_part(self, step_id: str, for_part: str, resume_state) -> _OutPartition:
         self.counter.writes_here = True
         store = None if self.dsn is None else Store(self.dsn)
-        producer = None if self.producer_conf is None else RecordProducer(self.producer_conf)
+        producer = (
+            None
+            if self.producer_conf is None
+            else RecordProducer(self.producer_conf, stall_timeout_s=self.stall_timeout_s)
+        )
         return _OutPartition(StoreWriter(store, self.counter, self.batch_rows), producer, self.topics)

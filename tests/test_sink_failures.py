@@ -24,8 +24,10 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.testing import TestingSource, run_main
-from kafka_helpers import dump, publish_sim, qbtc, set_args, unique
+from confluent_kafka.admin import AdminClient
+from kafka_helpers import dump, publish_sim, qbtc, records_in, set_args, unique
 
+from infra.kafka.broker import bootstrap, stop_node
 from schemas.records import Bar
 from sinks import failure
 from sinks.clickhouse_store import StoreWriteError
@@ -99,7 +101,8 @@ def test_a_store_that_fails_mid_replay_ends_it_with_one_line(tmp_path):
 def test_a_stream_whose_store_fails_mid_run_exits_and_a_restart_completes_it(kafka_bootstrap, tmp_path):
     """``qbtc stream --until-end --recovery-dir D``: exit 1 with one line; fault cleared, a rerun exits 0.
 
-    The store then holds what an uninterrupted run stores.
+    The store then holds what an uninterrupted run stores. A topic replay
+    into a failing store ends the same way.
     """
     prefix = unique("sf")
     n = publish_sim(kafka_bootstrap, prefix, tmp_path, seconds=300, rate=200, symbols=4)
@@ -125,11 +128,54 @@ def test_a_stream_whose_store_fails_mid_run_exits_and_a_restart_completes_it(kaf
     assert lines[0].startswith("qbtc stream: failed: store write failed: ticks: "), lines[0]
     assert "VIOLATED_CONSTRAINT" in lines[0]
 
+    store_command("chdb://rep.chdb", tmp_path, f"ALTER TABLE ticks ADD CONSTRAINT fault {fault}")
+    url = f"kafka://{kafka_bootstrap}/{prefix}ticks"
+    replay = qbtc(
+        "replay", url, "--store", "chdb://rep.chdb", "--quiet", *set_args(prefix), cwd=tmp_path, check=False
+    )
+    assert replay.returncode == 1, replay.stderr[-3000:]
+    assert replay.stderr.startswith("qbtc replay: failed: store write failed: ticks: "), replay.stderr[-3000:]
+    assert len(replay.stderr.splitlines()) == 1, replay.stderr[-3000:]
+
     store_command("chdb://rec.chdb", tmp_path, "ALTER TABLE ticks DROP CONSTRAINT fault")
     qbtc(*rec_args, cwd=tmp_path)
     got = dump("chdb://rec.chdb", tmp_path)
     for table in want:
         assert got[table]["rows"] == want[table]["rows"], table
+
+
+@pytest.mark.kafka
+def test_two_brokers_gone_end_a_stream_with_one_line(kafka_cluster3, tmp_path):
+    """Replication 3, min.insync.replicas 2: with two nodes killed nothing is acknowledged any more.
+
+    The epoch's flush gives up after ``kafka.timeout_s`` without a delivery
+    report (librdkafka alone would retry for 5 minutes), and the process ends.
+    """
+    servers = bootstrap(kafka_cluster3)
+    prefix = unique("gone")
+    sets = set_args(prefix, "kafka.replication=3", "kafka.timeout_s=10")
+    qbtc("kafka", "topics", "--kafka", servers, *sets, cwd=tmp_path)
+    publish_sim(servers, prefix, tmp_path, seconds=300, rate=500, symbols=4)
+    meta = AdminClient({"bootstrap.servers": servers}).list_topics(f"{prefix}ticks", timeout=10)
+    survivor = meta.topics[f"{prefix}ticks"].partitions[0].leader  # its partitions still feed the flow
+    args = ["stream", "--kafka", servers, "--store", "chdb://g.chdb", "--snapshot-interval", "0.5", "--quiet"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args, *sets], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while records_in(servers, f"{prefix}bars") == 0:  # outputs flow: kill while the backlog is read
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    for node in kafka_cluster3.node_ids:
+        if node != survivor:
+            stop_node(kafka_cluster3, node, kill=True)
+    code, err, seconds = wait_exit(proc, EXIT_WITHIN_S)
+    print(f"exit {code} {seconds:.1f} s after two brokers were killed")
+    assert code == 1, f"exit {code} after {seconds:.0f} s; stderr:\n{err[-3000:]}"
+    lines = err.splitlines()
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("qbtc stream: failed: "), lines[0]
+    assert "not acknowledged" in lines[0] or "not delivered" in lines[0], lines[0]
 
 
 # -- in-process (library use): the exception comes back, the process stays alive -----------------
