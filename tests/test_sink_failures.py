@@ -14,6 +14,7 @@ aborted process alive: no exit, no reason.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,6 +96,23 @@ def test_a_store_that_fails_mid_replay_ends_it_with_one_line(tmp_path):
     assert len(lines) == 1, err[-3000:]
     assert lines[0].startswith("qbtc replay: failed: store write failed: ticks: "), lines[0]
     assert "Not a directory" in lines[0]
+
+
+def test_an_abort_after_the_store_opened_ends_the_process(tmp_path):
+    """chDB's SIGABRT handler never returns: the CLI puts the default back once the store is open."""
+    csv = _ticks_csv(tmp_path / "t.csv", 300_000)
+    store = tmp_path / "s.chdb"
+    cmd = [sys.executable, "-m", "flows.cli", "replay", str(csv), "--store", f"chdb://{store}", "--quiet"]
+    proc = subprocess.Popen(
+        [*cmd, "--set", "store.batch_rows=5000"], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not any(store.glob("store/*/*/*_1_1_0")):  # the flow writes: the store is open
+        assert proc.poll() is None and time.monotonic() < deadline, "the replay never wrote"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGABRT)  # what a Rust abort raises
+    code, err, seconds = wait_exit(proc, 30)
+    assert code == -signal.SIGABRT, f"exit {code} after {seconds:.0f} s; stderr:\n{err[-3000:]}"
 
 
 @pytest.mark.kafka
