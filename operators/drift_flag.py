@@ -35,12 +35,37 @@ class DriftFlag:
             self._seen = True
 
     def update_zeros(self, n: int) -> None:
-        """``n`` zero returns (a gap in the symbol's bars); each one is an ADWIN update."""
+        """``n`` zero returns (a gap in the symbol's bars); each one is an ADWIN update.
+
+        The same updates as ``n`` calls of :meth:`update`, without River's
+        per-call wrapper: its window's own update is called directly while no
+        drift is pending (after a drift River's next update starts a new
+        window, and that update goes through :meth:`update`).
+
+        >>> a, b = DriftFlag(), DriftFlag()
+        >>> for i in range(300):
+        ...     a.update(0.01 if i > 150 else 0.0); b.update(0.01 if i > 150 else 0.0)
+        >>> for _ in range(5000):
+        ...     a.update(0.0)
+        >>> b.update_zeros(5000)
+        >>> (a.take(), a._adwin.width, a._adwin.total) == (b.take(), b._adwin.width, b._adwin.total)
+        True
+        """
         adwin = self._adwin
-        for _ in range(n):
-            adwin.update(0.0)
+        while n > 0:
             if adwin.drift_detected:
-                self._seen = True
+                self.update(0.0)
+                n -= 1
+                continue
+            step = adwin._helper.update
+            for i in range(n):
+                if step(0.0):
+                    adwin._drift_detected = True
+                    self._seen = True
+                    n -= i + 1
+                    break
+            else:
+                n = 0
 
     def take(self) -> int:
         """1 if a drift was detected since the last take, else 0; resets."""

@@ -245,3 +245,30 @@ def test_partition_merge_does_not_depend_on_interleaving(seed):
     got = np.concatenate([c.ts for c in out])
     assert got.tolist() == ts
     assert merge.stragglers == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_adwin_zero_runs_equal_one_update_at_a_time(seed):
+    """The fast zero path of the drift flag leaves ADWIN exactly as single updates do."""
+    from operators.drift_flag import DriftFlag
+
+    rng = random.Random(seed)
+    slow, fast = DriftFlag(), DriftFlag()
+    flags_slow, flags_fast = [], []
+    for _ in range(60):
+        if rng.random() < 0.5:
+            x = rng.choice([0.0, 1e-4, 1e-2, 0.05]) * rng.random()
+            for _ in range(rng.randint(1, 50)):
+                slow.update(x)
+                fast.update(x)
+        else:
+            n = rng.randint(1, 3000)
+            for _ in range(n):
+                slow.update(0.0)
+            fast.update_zeros(n)
+        flags_slow.append(slow.take())
+        flags_fast.append(fast.take())
+        a, b = slow._adwin, fast._adwin
+        state = [(d.width, d.total, d.variance, d.n_detections) for d in (a, b)]
+        assert state[0] == state[1]
+    assert flags_slow == flags_fast and sum(flags_slow) > 0
