@@ -152,6 +152,24 @@ def may_hold_hex(block: bytes) -> bool:
     return bool(np.any(buf[at[at > 0] - 1] == ord("0")))
 
 
+_PLAIN_VALUES = {
+    "ts": r"^[0-9]{1,18}$",
+    "symbol": r".",
+    "price": r"^(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][-+]?[0-9]{1,2})?$",
+    "qty": r"^(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][-+]?[0-9]{1,2})?$",
+}
+"""Forms of ts, price and qty that Arrow converts as the line reader does (others go line by line)."""
+
+
+def _gather(block: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The lines ``block[starts[i]:ends[i]]`` as one block, and their places in it."""
+    view = memoryview(block)
+    sub = b"\n".join([view[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]) + b"\n"
+    lengths = ends - starts
+    new_starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+    return sub, new_starts, new_starts + lengths
+
+
 def _split_lines(block: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Starts and ends of the lines of a block (no trailing newline kept)."""
     nl = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
@@ -302,6 +320,8 @@ class TickFileReader:
 
     def _parse(self, block, starts, ends, numbers, position, resume_at) -> Chunk:
         parsed = self._fast_csv(block, starts, ends, numbers) if self.format == "csv" else None
+        if parsed is None and self.format == "csv":
+            parsed = self._mixed(block, starts, ends, numbers)
         if parsed is None:
             parsed = self._slow(block, starts, ends, numbers)
         batches, dead, skipped = parsed
@@ -314,6 +334,10 @@ class TickFileReader:
         table = self._arrow_block(block, len(starts))
         if table is None:
             return None
+        return self._typed(table, block, starts, ends, numbers)
+
+    def _typed(self, table: pa.Table, block, starts, ends, numbers):
+        """Batches, dead letters and the skipped count of a typed table of the block's lines."""
         skipped = 0
         if self.span.bounded:
             keep = ~self.span.outside(table.column("ts").to_numpy())
@@ -449,6 +473,88 @@ class TickFileReader:
                 )
             )
         return batches, dead
+
+    # -- a block with bad lines ------------------------------------------------
+
+    def _mixed(self, block, starts, ends, numbers):
+        """A block Arrow refused: its plain, well-formed lines by columns, the rest line by line.
+
+        A line is plain when it is printable ASCII without quotes and has
+        the header's field count; plain lines are read as text columns and a
+        row whose ``ts``, ``price`` and ``qty`` have the plainest forms
+        (digits; decimals with an optional short exponent) is converted by
+        Arrow, exactly as the line reader would convert it. Every other line
+        goes through the line reader, so each bad one gets its own reason.
+        None when too few lines are plain to be worth it.
+        """
+        n = len(starts)
+        plain = self._plain(block, starts, ends)
+        if np.count_nonzero(plain) < max(64, n // 4):
+            return None
+        idx = np.flatnonzero(plain)
+        sub, s2, e2 = _gather(block, starts[idx], ends[idx])
+        table = self._text_table(sub, len(idx))
+        if table is None:
+            return None
+        ok = np.ones(len(idx), dtype=bool)
+        for name, pattern in _PLAIN_VALUES.items():
+            ok &= pc.match_substring_regex(table.column(name), pattern).to_numpy(zero_copy_only=False)
+        table = table.filter(pa.array(ok))
+        try:
+            table = table.cast(pa.schema([(c, _ARROW_TYPES[c]) for c in table.column_names]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        fast = self._typed(table, sub, s2[ok], e2[ok], numbers[idx[ok]])
+        if fast is None:
+            return None
+        rest = np.ones(n, dtype=bool)
+        rest[idx[ok]] = False
+        rest = np.flatnonzero(rest)
+        slow = self._slow(block, starts[rest], ends[rest], numbers[rest])
+        by_symbol: dict[str, list[TickColumns]] = {}
+        for cols in fast[0] + slow[0]:
+            by_symbol.setdefault(cols.symbol, []).append(cols)
+        batches = []
+        for parts in by_symbol.values():
+            if len(parts) == 1:
+                batches.append(parts[0])
+                continue
+            cols = TickColumns.concat(parts)
+            batches.append(cols.take(np.argsort(cols.arrival, kind="stable")))
+        return batches, fast[1] + slow[1], fast[2] + slow[2]
+
+    def _plain(self, block: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Per line: printable ASCII, no quote, the header's number of fields."""
+        data = np.frombuffer(block, dtype=np.uint8)
+        if not len(starts) or not len(data):
+            return np.zeros(len(starts), dtype=bool)
+        odd = (data < 0x20) | (data > 0x7E) | (data == 0x22)
+        odd[data == 0x0A] = False  # line ends
+        # sums from each start to the next: the line, its line end and blank lines after it
+        odd_count = np.add.reduceat(odd, starts).astype(np.int64)
+        comma_count = np.add.reduceat(data == 0x2C, starts)
+        at_end = np.minimum(ends, len(data) - 1)
+        odd_count -= (ends < len(data)) & (data[at_end] == 0x0D)  # the CR of a CRLF line end
+        return (odd_count == 0) & (comma_count == len(self.columns) - 1) & (ends > starts)
+
+    def _text_table(self, block: bytes, n: int) -> pa.Table | None:
+        """The block's wanted columns as text, or None when Arrow does not get ``n`` rows."""
+        cols = self.columns
+        wanted = [c for c in cols if c in _ARROW_TYPES]
+        try:
+            table = pacsv.read_csv(
+                io.BytesIO(block),
+                read_options=pacsv.ReadOptions(column_names=cols, use_threads=False),
+                parse_options=pacsv.ParseOptions(newlines_in_values=False, quote_char=False),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(wanted, pa.string()),
+                    include_columns=wanted,
+                    strings_can_be_null=False,
+                ),
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        return table if table.num_rows == n else None
 
     # -- slow path ----------------------------------------------------------
 

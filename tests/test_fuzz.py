@@ -108,3 +108,53 @@ def test_fuzzed_file_is_fully_accounted_for(tmp_path, rate):
         f"fuzzed {read / fuzzed_s:,.0f} rec/s (clean/fuzzed time ratio {fuzzed_s / clean_s:.2f}); "
         f"{len(got['ticks']):,} ticks, dead letters {reasons}, symbols {got['ticks']['symbol'].nunique()}"
     )
+
+
+@pytest.mark.parametrize(("rate", "span"), [(0.02, False), (0.3, False), (0.05, True)])
+def test_a_block_with_bad_lines_reads_as_the_line_reader_reads_it(tmp_path, monkeypatch, rate, span):
+    """The mixed path (plain lines by columns, the rest line by line) equals the line reader, row for row."""
+    from sources.tick_files import TickFileReader
+    from sources.time_span import TimeSpan
+
+    clean = clean_lines(30_000, seed=5)
+    fuzzed = fuzzed_lines(clean, rate, seed=7)
+    fuzzed[100] = fuzzed[100].replace(b",", b",\r", 1)  # a CR inside a line
+    path = tmp_path / "f.csv"
+    _write(path, fuzzed)
+    window = TimeSpan(1_700_000_005_000, 1_700_000_040_000) if span else None
+
+    def read(mixed: bool):
+        reader = TickFileReader(str(path), "unknown", lambda: 0, block_bytes=1 << 16, span=window)
+        if mixed:
+            real = reader._mixed
+
+            def counted(*args):
+                out = real(*args)
+                used.append(out is not None)
+                return out
+
+            monkeypatch.setattr(reader, "_mixed", counted)
+        else:
+            monkeypatch.setattr(reader, "_mixed", lambda *a: None)
+        ticks, dead, records, skipped = {}, [], 0, 0
+        for chunk in reader.chunks():
+            records += chunk.records
+            skipped += chunk.skipped
+            dead.extend((d.source, d.reason, d.message, d.payload) for d in chunk.dead)
+            for c in chunk.batches:
+                payloads = [c.payload(i) for i in range(len(c))]
+                rows = zip(
+                    c.arrival.tolist(), c.ts.tolist(), c.price.tolist(), c.qty.tolist(), c.side.tolist(),
+                    c.trade_id.tolist(), c.exchange.tolist(), payloads, strict=True,
+                )  # fmt: skip
+                ticks.setdefault(c.symbol, []).extend(rows)
+        return ticks, sorted(dead), records, skipped
+
+    used: list[bool] = []
+    fast, slow = read(True), read(False)
+    assert sum(used) >= len(used) - 1 > 0  # the mixed path read (nearly) every block
+    assert fast[2:] == slow[2:]
+    assert fast[1] == slow[1]
+    assert fast[0].keys() == slow[0].keys()
+    for symbol, rows in slow[0].items():
+        assert fast[0][symbol] == rows, symbol
