@@ -14,7 +14,7 @@ from flows import watchdog
 from flows.config import ConfigError, Settings, load_settings, scrub
 from flows.report import run_summary, trading_summary, write_table
 from schemas.ddl import TABLES
-from sinks.clickhouse_store import Store, StoreError, StoreWriteError, first_line
+from sinks.clickhouse_store import Store, StoreError, StoreWriteError, one_line
 from sources.tick_files import InputError
 
 
@@ -555,7 +555,7 @@ def _failed(args, exc: BaseException, clean) -> int:
     """
     from flows.kafka_diagnostics import last_problem, security_problem
 
-    text = first_line(exc)
+    text = one_line(exc)
     if not isinstance(exc, StoreError):
         problem, last = security_problem(), last_problem()
         if problem is not None and problem not in text:
@@ -604,7 +604,7 @@ def _dispatch(args, clean) -> int:
         if cause is None:
             raise
         if isinstance(cause, (UsageError, ConfigError, InputError)):
-            sys.stderr.write(f"qbtc {args.command}: error: {clean(first_line(cause))}\n")
+            sys.stderr.write(f"qbtc {args.command}: error: {clean(one_line(cause))}\n")
             return 2
         return _failed(args, cause, clean)  # a store error while running is a failure
     except KeyboardInterrupt:

@@ -83,12 +83,16 @@ def last_problem() -> str | None:
     return _WATCH.last
 
 
+CHECK_S = 5.0
+"""How long :func:`check_cluster` waits for an answer (a refusal comes with the first connection)."""
+
+
 def check_cluster(conf: dict, timeout_s: float) -> None:
     """Ask the cluster for metadata with ``conf``; raise :class:`ClusterAccessError` on a security failure.
 
-    Returns once the cluster answers, or after ``timeout_s`` without an
-    answer and without a security failure (the caller's own request then
-    fails with its message).
+    Returns once the cluster answers, or after ``timeout_s`` (at most
+    :data:`CHECK_S`) without an answer and without a security failure (the
+    caller's own request then fails with its message).
     """
     refused: list[str] = []
 
@@ -98,7 +102,7 @@ def check_cluster(conf: dict, timeout_s: float) -> None:
             refused.append(err.str())
 
     admin = AdminClient(dict(conf) | {"logger": LIBRDKAFKA, "error_cb": error_cb})
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + min(timeout_s, CHECK_S)
     while True:
         try:
             admin.list_topics(timeout=min(0.5, max(0.05, deadline - time.monotonic())))

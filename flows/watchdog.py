@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 
 from sinks import failure
-from sinks.clickhouse_store import StoreError, first_line
+from sinks.clickhouse_store import StoreError, one_line
 from sinks.kafka_producer import DeliveryError
 
 EXIT_GRACE_S = 5.0
@@ -59,7 +59,7 @@ class _FatalExit:
             return
         self.lock.acquire()  # the first failure speaks; any later one waits for the end
         faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=self.devnull)
-        line = f"qbtc {self.command}: failed: {self.scrub(first_line(exc))}\n"
+        line = f"qbtc {self.command}: failed: {self.scrub(one_line(exc))}\n"
         try:
             sys.stderr.flush()  # progress written so far goes first
         except Exception:  # nothing may stop the exit

@@ -30,14 +30,20 @@ class StoreWriteError(StoreError):
     """A write the store refused (a failure while running, not a usage problem)."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (the type's name if it has none).
+def one_line(exc: BaseException, limit: int = 1000) -> str:
+    """An exception's message on one line, without a stack trace, at most ``limit`` characters.
 
-    >>> first_line(RuntimeError("\\nCode: 243. Not enough space\\nStack trace: ..."))
-    'Code: 243. Not enough space'
+    A ClickHouse server's error reads "HTTPDriver ... received ClickHouse error
+    code 243" on its first line and says what went wrong on the next.
+
+    >>> one_line(RuntimeError("HTTPDriver for h: error code 243\\n Code: 243. No space\\nStack trace: ..."))
+    'HTTPDriver for h: error code 243 Code: 243. No space'
+    >>> one_line(KeyError())
+    'KeyError'
     """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    text = str(exc).split("Stack trace:", 1)[0]
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def chdb_path(dsn: str) -> str | None:
@@ -159,7 +165,7 @@ class Store:
             try:
                 self.client.insert_arrow(table.name, batch, settings={"optimize_on_insert": 0})
             except Exception as exc:  # the database's own message is the useful part
-                msg = f"store write failed: {table.name}: {first_line(exc)}"
+                msg = f"store write failed: {table.name}: {one_line(exc)}"
                 raise StoreWriteError(msg) from exc
         return batch.num_rows
 
