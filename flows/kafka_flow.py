@@ -235,7 +235,15 @@ def stream(
         port = k.metrics_port + (execution.process_id or 0)
         metrics.serve(port)
     consumer_conf = kafka_client_config(k, "consumer")
-    source = KafkaTickSource(consumer_conf, topic, span, k.consume_batch, metrics.partition, k.timeout_s)
+    source = KafkaTickSource(
+        consumer_conf,
+        topic,
+        span,
+        k.consume_batch,
+        metrics.partition,
+        k.timeout_s,
+        symbols=frozenset(settings.input.symbols),
+    )
     bounded = span.bounded and execution.process_id is None  # a cluster's process reads some partitions
     if progress is not None:
         ranges = _read_ranges(source) if bounded else None

@@ -56,6 +56,14 @@ class PartitionSeen:
     known: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class BarBatch:
+    """Finished bars of one symbol from a candle input, and the source of each (its first candle)."""
+
+    bars: list[Bar]
+    sources: list[str]
+
+
 def dead_letters(cols: TickColumns, rejected: list[tuple[int, str, str]]) -> list[DeadLetter]:
     """Dead letters of a batch's rejected rows (ingest time: the record's Kafka time, else now)."""
     recv = cols.received
@@ -102,10 +110,17 @@ class EventTimeLogic(StatefulBatchLogic):
                 batches = self.merge.add(part, batches, chunk.caught_up)
                 if self.metrics is not None:
                     self.metrics.straggled(self.merge.stragglers - before)
-            self._emit(out, batches, chunk.bars, dead)
+            self._emit(out, batches, chunk.bars, dead, chunk.bar_sources)
         return out, StatefulBatchLogic.RETAIN
 
-    def _emit(self, out: list, batches: list[TickColumns], bars: tuple, dead: list[DeadLetter]) -> None:
+    def _emit(
+        self,
+        out: list,
+        batches: list[TickColumns],
+        bars: tuple,
+        dead: list[DeadLetter],
+        bar_sources: tuple[str, ...] = (),
+    ) -> None:
         admit = self.capacity.admit
         kept = []
         for cols in batches:
@@ -117,19 +132,25 @@ class EventTimeLogic(StatefulBatchLogic):
         peers = tuple(dict.fromkeys(c.symbol for c in kept))
         out.extend((c.symbol, (c, peers, None)) for c in kept)
         if bars:
-            by_symbol: dict[str, list] = {}
-            for bar in bars:
-                by_symbol.setdefault(bar.symbol, []).append(bar)
+            sources = bar_sources or tuple(f"candles:{b.symbol}@{b.ts}" for b in bars)
+            by_symbol: dict[str, BarBatch] = {}
+            for bar, source in zip(bars, sources, strict=True):
+                batch = by_symbol.get(bar.symbol)
+                if batch is None:
+                    batch = by_symbol[bar.symbol] = BarBatch([], [])
+                batch.bars.append(bar)
+                batch.sources.append(source)
             now = wall_ms()
             for symbol in list(by_symbol):
                 if not admit(symbol):
                     message = self.capacity.message(symbol)
+                    batch = by_symbol.pop(symbol)
                     dead.extend(
-                        DeadLetter(now, f"candles:{symbol}@{b.ts}", CAPACITY, message, encode(b))
-                        for b in by_symbol.pop(symbol)
+                        DeadLetter(now, source, CAPACITY, message, encode(b))
+                        for b, source in zip(batch.bars, batch.sources, strict=True)
                     )
             peers = tuple(by_symbol)
-            out.extend((symbol, (bars, peers, None)) for symbol, bars in by_symbol.items())
+            out.extend((symbol, (batch, peers, None)) for symbol, batch in by_symbol.items())
         if dead:
             out.append(("", dead))
             if self.metrics is not None:
@@ -210,15 +231,15 @@ class SymbolLogic(StatefulBatchLogic):
         out: list = []
         if self.bars is None:
             first = values[0][0]
-            if isinstance(first, list):  # finished bars from a candle input
-                self.symbol = first[0].symbol
+            if isinstance(first, BarBatch):  # finished bars from a candle input
+                self.symbol = first.bars[0].symbol
                 self.bars = CandleBars(self.bar_settings.interval_ms, self.symbol)
             else:
                 self.symbol = first.symbol
                 self.bars = BarBuilder(self.bar_settings, self.symbol)
             self.features = SymbolFeatures(self.feature_settings, self.symbol)
         for cols, peers, part in values:
-            if isinstance(cols, list):
+            if isinstance(cols, BarBatch):
                 self._candles(out, cols, peers, part)
                 continue
             if not isinstance(self.bars, BarBuilder):
@@ -236,18 +257,16 @@ class SymbolLogic(StatefulBatchLogic):
             self.metrics.batch_seconds(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
-    def _candles(self, out: list, bars: list, peers: tuple, part) -> None:
+    def _candles(self, out: list, batch: BarBatch, peers: tuple, part) -> None:
+        bars, sources = batch.bars, batch.sources
         if not isinstance(self.bars, CandleBars):
-            self._dead(out, [_mixed(self.symbol, bar) for bar in bars])
+            mixed = [_mixed(self.symbol, bar, source=s) for bar, s in zip(bars, sources, strict=True)]
+            self._dead(out, mixed)
             return
         up = self.bars.update(bars)
         if up.rejected:
             now = wall_ms()
-            source = f"candles:{self.symbol}@"
-            self._dead(
-                out,
-                [DeadLetter(now, f"{source}{bars[i].ts}", r, m, encode(bars[i])) for i, r, m in up.rejected],
-            )
+            self._dead(out, [DeadLetter(now, sources[i], r, m, encode(bars[i])) for i, r, m in up.rejected])
         self._emit(out, up.accepted, peers, part)
 
     def _dead(self, out: list, dead: list[DeadLetter]) -> None:
@@ -304,13 +323,13 @@ class CorrelationLogic(StatefulBatchLogic):
         """New operator commands into the loop; unreadable ones as dead letters."""
         if self.control is None:
             return []
-        commands, bad = self.control.read()
+        commands, bad = self.control.read_numbered()
         for cmd in commands:
             self.loop.add_control(cmd.ts, cmd.command, cmd.reason)
         if not bad:
             return []
-        now = wall_ms()
-        return [("dead_letters", [DeadLetter(now, self.control.path, SCHEMA, m, line) for line, m in bad])]
+        now, path = wall_ms(), self.control.path
+        return [("dead_letters", [DeadLetter(now, b.source(path), SCHEMA, b.problem, b.raw) for b in bad])]
 
     def on_batch(self, values: list) -> tuple[list, bool]:
         out = []
@@ -355,10 +374,10 @@ class CorrelationLogic(StatefulBatchLogic):
 # -- the dataflow ---------------------------------------------------------------
 
 
-def _mixed(symbol: str, item, i: int = 0) -> DeadLetter:
+def _mixed(symbol: str, item, i: int = 0, source: str = "") -> DeadLetter:
     """A dead letter for ticks and candles mixed in one symbol (a run takes one kind per symbol)."""
     if isinstance(item, Bar):
-        source, payload = f"candles:{symbol}@{item.ts}", encode(item)
+        source, payload = source or f"candles:{symbol}@{item.ts}", encode(item)
     else:
         source, payload = item.source(i), item.payload(i)
     return DeadLetter(wall_ms(), source, SCHEMA, f"{symbol} has both ticks and candles in this run", payload)

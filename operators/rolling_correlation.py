@@ -94,13 +94,7 @@ class RollingCorrelation:
         >>> rc.skip_zero_rows(10**9), rc.n
         (True, 2)
         """
-        if (
-            self.n < self.window
-            or self.ring.any()
-            or self.mean.any()
-            or self.com.any()
-            or self.peak.any()
-        ):
+        if self.n < self.window or self.ring.any() or self.mean.any() or self.com.any() or self.peak.any():
             return False
         self.pos = (self.pos + m) % self.window
         self._since = (self._since + m) % self.window

@@ -44,8 +44,8 @@ def test_candles_become_bars_and_features_and_out_of_order_candles_dead_letters(
     assert len(tables["features"]) == 2 * (40 - 20)  # from the 21st bar (W=20 returns) on
     dead = sorted(zip(tables["dead_letters"].reason, tables["dead_letters"].source, strict=True))
     assert dead == [
-        ("duplicate", f"candles:AAA/USDT@{T0 + 39 * D}"),
-        ("late", f"candles:AAA/USDT@{T0 + 10 * D}"),
+        ("duplicate", f"{second}:2"),
+        ("late", f"{third}:2"),
         ("schema", f"{ticks}:2"),  # BBB/USDT came as candles: a tick of it does not mix in
     ]
     assert records == 80 + 2 + 1 == len(bars) + len(dead)

@@ -80,5 +80,5 @@ def test_operator_commands_are_applied_at_their_time_and_recorded(tmp_path):
     entries = [o.ts - start for o in tables["orders"] if o.reason == "entry"]
     assert entries, "the run trades, so the pause below is not vacuous"
     assert not [t for t in entries if 300_000 < t < 600_000], "no entries while paused"
-    dead = [d for d in tables["dead_letters"] if d.source == str(path)]
+    dead = [d for d in tables["dead_letters"] if d.source == f"{path}:3"]
     assert [(d.reason, d.payload) for d in dead] == [("schema", b"not json")]
