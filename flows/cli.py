@@ -553,10 +553,14 @@ def _failed(args, exc: BaseException, clean) -> int:
     one (a wrong password otherwise shows as a timeout), else adds their
     latest complaint (a timeout alone does not say what went wrong).
     """
+    from confluent_kafka import KafkaException
+
     from flows.kafka_diagnostics import last_problem, security_problem
+    from infra.kafka_topics import TopicError
+    from sinks.kafka_producer import DeliveryError
 
     text = one_line(exc)
-    if not isinstance(exc, StoreError):
+    if isinstance(exc, KafkaException | TopicError | DeliveryError):
         problem, last = security_problem(), last_problem()
         if problem is not None and problem not in text:
             text = f"{problem} ({text})"
