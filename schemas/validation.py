@@ -36,6 +36,8 @@ import numpy as np
 
 from schemas.records import SCHEMA, VALUE, Tick
 
+MAX_AMOUNT = 1e200
+"""Largest qty and price*qty of a tick: a bar sums them, and 1.8e308 is where floats end."""
 MAX_TS = 7_258_118_400_000
 """2200-01-01T00:00:00Z in ms: later (or negative) event times are values out of range."""
 MAX_SYMBOL_LEN = 64
@@ -211,8 +213,10 @@ def value_problem(
         return f"price {price!r} is not finite and > 0"
     if not (math.isfinite(qty) and qty > 0):
         return f"qty {qty!r} is not finite and > 0"
-    if not math.isfinite(price * qty):
-        return f"notional price*qty of {price!r} * {qty!r} overflows"
+    if not qty <= MAX_AMOUNT:
+        return f"qty {qty!r} is above {MAX_AMOUNT:g} (a bar sums it)"
+    if not price * qty <= MAX_AMOUNT:
+        return f"notional price*qty of {price!r} * {qty!r} is above {MAX_AMOUNT:g} (a bar sums it)"
     if side not in ("", "buy", "sell"):
         return f"side {side[:40]!r} is not buy or sell"
     return exchange_problem(exchange)
@@ -225,7 +229,7 @@ def value_problems(ts: np.ndarray, price: np.ndarray, qty: np.ndarray) -> np.nda
         ok &= np.isfinite(price) & (price > 0)
         ok &= np.isfinite(qty) & (qty > 0)
     with np.errstate(over="ignore", invalid="ignore"):
-        ok &= np.isfinite(price * qty)
+        ok &= (qty <= MAX_AMOUNT) & (price * qty <= MAX_AMOUNT)
     return ~ok
 
 

@@ -272,3 +272,23 @@ def test_adwin_zero_runs_equal_one_update_at_a_time(seed):
         state = [(d.width, d.total, d.variance, d.n_detections) for d in (a, b)]
         assert state[0] == state[1]
     assert flags_slow == flags_fast and sum(flags_slow) > 0
+
+
+def test_huge_amounts_are_value_dead_letters_not_a_bar_sum_overflow(tmp_path):
+    """Two ticks of one bar with notionals near 1e308 made math.fsum raise OverflowError in the flow."""
+    path = tmp_path / "huge.csv"
+    rows = _ticks_csv(tmp_path / "base.csv", n=200)
+    huge = [
+        [rows[50][0], "BTC/USDT", 1e300, 1e8, "buy", "h1", "binance"],
+        [rows[50][0] + 1, "BTC/USDT", 1e300, 1e8, "buy", "h2", "binance"],
+        [rows[50][0] + 2, "BTC/USDT", 1.0, 1e250, "buy", "h3", "binance"],
+        [rows[50][0] + 3, "BTC/USDT", 1e150, 1e40, "buy", "h4", "binance"],
+    ]
+    _write(path, [*rows[:51], *huge, *rows[51:]])
+    got, read = run_files([str(path)], SMALL)
+    dead = got["dead_letters"]
+    assert read == len(got["ticks"]) + len(dead) == len(rows) + 4
+    assert sorted(dead["payload"].map(lambda p: p.split(b",")[5]).tolist()) == [b"h1", b"h2", b"h3"]
+    assert set(dead["reason"]) == {"value"}
+    assert dead["message"].str.contains("above 1e+200", regex=False).all()
+    assert np.isfinite(got["bars"][["volume", "vwap"]].to_numpy()).all()
