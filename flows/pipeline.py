@@ -48,15 +48,6 @@ from sources.tick_files import Chunk
 
 
 @dataclass(frozen=True, slots=True)
-class PartitionSeen:
-    """An input partition's report to the correlation grid (see ``CorrelationGrid.announce``)."""
-
-    part: int
-    parts: int
-    known: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class BarBatch:
     """Finished bars of one symbol from a candle input, and the source of each (its first candle)."""
 
@@ -130,7 +121,7 @@ class EventTimeLogic(StatefulBatchLogic):
                 message = self.capacity.message(cols.symbol)
                 dead.extend(dead_letters(cols, [(i, CAPACITY, message) for i in range(len(cols))]))
         peers = tuple(dict.fromkeys(c.symbol for c in kept))
-        out.extend((c.symbol, (c, peers, None)) for c in kept)
+        out.extend((c.symbol, (c, peers)) for c in kept)
         if bars:
             sources = bar_sources or tuple(f"candles:{b.symbol}@{b.ts}" for b in bars)
             by_symbol: dict[str, BarBatch] = {}
@@ -150,7 +141,7 @@ class EventTimeLogic(StatefulBatchLogic):
                         for b, source in zip(batch.bars, batch.sources, strict=True)
                     )
             peers = tuple(by_symbol)
-            out.extend((symbol, (batch, peers, None)) for symbol, batch in by_symbol.items())
+            out.extend((symbol, (batch, peers)) for symbol, batch in by_symbol.items())
         if dead:
             out.append(("", dead))
             if self.metrics is not None:
@@ -202,7 +193,7 @@ class SymbolLogic(StatefulBatchLogic):
             self.bars, self.features = pickle.loads(resume)
             self.symbol = self.bars.symbol
 
-    def _emit(self, out: list, closed: list, peers: tuple, part: tuple[int, int] | None) -> None:
+    def _emit(self, out: list, closed: list, peers: tuple) -> None:
         feats = []
         if closed:
             out.append(("bars", closed))
@@ -219,7 +210,6 @@ class SymbolLogic(StatefulBatchLogic):
                     [(b.ts // d, b.close) for b in closed],
                     self.bars.closed_through(),
                     peers,
-                    part,
                     # the trading loop downstream needs the bars and features themselves
                     (closed, feats) if self.trading else None,
                 ),
@@ -238,9 +228,9 @@ class SymbolLogic(StatefulBatchLogic):
                 self.symbol = first.symbol
                 self.bars = BarBuilder(self.bar_settings, self.symbol)
             self.features = SymbolFeatures(self.feature_settings, self.symbol)
-        for cols, peers, part in values:
+        for cols, peers in values:
             if isinstance(cols, BarBatch):
-                self._candles(out, cols, peers, part)
+                self._candles(out, cols, peers)
                 continue
             if not isinstance(self.bars, BarBuilder):
                 self._dead(out, [_mixed(self.symbol, cols, i) for i in range(len(cols))])
@@ -252,12 +242,12 @@ class SymbolLogic(StatefulBatchLogic):
                 self._dead(out, dead_letters(cols, up.rejected))
             if self.metrics is not None:
                 self.metrics.accepted(len(up.accepted))
-            self._emit(out, up.closed, peers, part)
+            self._emit(out, up.closed, peers)
         if self.metrics is not None:
             self.metrics.batch_seconds(time.perf_counter() - started)
         return out, StatefulBatchLogic.RETAIN
 
-    def _candles(self, out: list, batch: BarBatch, peers: tuple, part) -> None:
+    def _candles(self, out: list, batch: BarBatch, peers: tuple) -> None:
         bars, sources = batch.bars, batch.sources
         if not isinstance(self.bars, CandleBars):
             mixed = [_mixed(self.symbol, bar, source=s) for bar, s in zip(bars, sources, strict=True)]
@@ -267,7 +257,7 @@ class SymbolLogic(StatefulBatchLogic):
         if up.rejected:
             now = wall_ms()
             self._dead(out, [DeadLetter(now, sources[i], r, m, encode(bars[i])) for i, r, m in up.rejected])
-        self._emit(out, up.accepted, peers, part)
+        self._emit(out, up.accepted, peers)
 
     def _dead(self, out: list, dead: list[DeadLetter]) -> None:
         out.append(("dead_letters", dead))
@@ -277,7 +267,7 @@ class SymbolLogic(StatefulBatchLogic):
     def on_eof(self) -> tuple[list, bool]:
         out: list = []
         closed = self.bars.flush() if isinstance(self.bars, BarBuilder) else []
-        self._emit(out, closed, (), None)
+        self._emit(out, closed, ())
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self):
@@ -335,16 +325,10 @@ class CorrelationLogic(StatefulBatchLogic):
         out = []
         grid = self.grid
         loop = self.loop
-        for value in values:
-            if isinstance(value, PartitionSeen):
-                out.extend(grid.announce(value.part, value.parts, value.known))
-            else:
-                symbol, bars, closed_through, peers, part, trade = value
-                if part is not None:
-                    grid.expect_sources(part[1])
-                if loop is not None and trade is not None:
-                    loop.add(symbol, *trade)
-                out.extend(grid.update(symbol, bars, closed_through, peers))
+        for symbol, bars, closed_through, peers, trade in values:
+            if loop is not None and trade is not None:
+                loop.add(symbol, *trade)
+            out.extend(grid.update(symbol, bars, closed_through, peers))
         items = [("correlations", out)] if out else []
         if loop is not None:
             items.extend(self._controls())

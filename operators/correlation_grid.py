@@ -114,40 +114,8 @@ class CorrelationGrid:
         self.rc = RollingCorrelation(settings.window)
         self.done: int | None = None  # last grid index processed
         self.max_bar: int | None = None
-        self.sources_seen: set[int] = set()
-        self.sources: int = 0  # parallel input partitions to hear from first
-
-    def announce(self, source: int, sources: int, symbols: tuple[str, ...]) -> list[Correlation]:
-        """An input partition's report: the symbols it has carried so far.
-
-        With partitioned inputs (topic partitions) the grid does not move
-        until every partition has reported once, and every symbol a
-        partition names is waited for, so which partition is read first
-        cannot change the output.
-
-        >>> cg = CorrelationGrid(CorrelationSettings(bar_interval_ms=1, window=3, every=1))
-        >>> cg.announce(0, 2, ("A",))
-        []
-        >>> cg.update("A", [(0, 1.0), (1, 2.0), (2, 1.0), (3, 3.0)], 3)
-        []
-        >>> cg.announce(1, 2, ("B",))
-        []
-        >>> len(cg.update("B", [(0, 1.0), (1, 1.5), (2, 1.2), (3, 2.0)], 3))
-        1
-        """
-        self.sources = max(self.sources, sources)
-        self.sources_seen.add(source)
-        for symbol in symbols:
-            self._slot(symbol)
-        return self._advance_known()
-
-    def expect_sources(self, sources: int) -> None:
-        """Wait for ``sources`` input partitions to :meth:`announce` themselves."""
-        self.sources = max(self.sources, sources)
 
     def _advance_known(self) -> list[Correlation]:
-        if len(self.sources_seen) < self.sources:
-            return []
         known = [s.known_through for s in self.slots.values()]
         if not known or None in known:
             return []
@@ -244,7 +212,7 @@ class CorrelationGrid:
         the one row-by-row updates would leave.
         """
         rc = self.rc
-        if rc.n < rc.window or self.rc.ring.any():
+        if rc.n < rc.window:
             return False
         m = target - k + 1
         runs = []
@@ -259,7 +227,7 @@ class CorrelationGrid:
                 return False
             m = min(m, head.n)
             runs.append(s)
-        if m < 2 or not rc.skip_zero_rows(m):
+        if m < 2 or not rc.skip_zero_rows(m):  # it checks the window holds only zeros
             return False
         for s in runs:
             head = s.pending[0]

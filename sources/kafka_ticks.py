@@ -252,7 +252,6 @@ class _TopicPartition(StatefulSourcePartition):
         self.start, self.end = source.offset_range(self.consumer, tp, resume)
         self.pos = self.start
         self.consumer.assign([TopicPartition(source.topic, partition, self.start)])
-        self.known: dict[str, None] = {}
         self.finished = False  # a bounded read delivered its last chunk
         self.idle = False  # a live partition said it has caught up (and got nothing since)
         self.awake: datetime | None = None
@@ -293,9 +292,6 @@ class _TopicPartition(StatefulSourcePartition):
         received = [m.timestamp()[1] for m in msgs]
         batches, dead = decode_ticks(values, offsets, received, self.origin, src.symbols)
         self.pos = offsets[-1] + 1
-        for b in batches:
-            if b.symbol not in self.known:
-                self.known[b.symbol] = None
         self._observe(force=False)
         self.idle = False
         ended = self.end is not None and self.pos >= self.end
@@ -311,7 +307,6 @@ class _TopicPartition(StatefulSourcePartition):
             self.pos,
             self.pos,
             (self.partition, src.partitions),
-            tuple(self.known),
             caught_up=caught_up,
         )
 

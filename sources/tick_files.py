@@ -100,8 +100,6 @@ class Chunk:
     part
         ``(partition, partitions)`` when the input is one of several
         partitions read in parallel, else None.
-    known
-        Every symbol the partition has carried so far (with ``part``).
     bars
         Finished bars from a candle input, in (ts, symbol) order.
     skipped
@@ -122,7 +120,6 @@ class Chunk:
     position: int
     resume_at: int
     part: tuple[int, int] | None = None
-    known: tuple[str, ...] = ()
     bars: tuple[Bar, ...] = ()
     skipped: int = 0
     caught_up: bool = False
