@@ -292,3 +292,44 @@ def test_huge_amounts_are_value_dead_letters_not_a_bar_sum_overflow(tmp_path):
     assert set(dead["reason"]) == {"value"}
     assert dead["message"].str.contains("above 1e+200", regex=False).all()
     assert np.isfinite(got["bars"][["volume", "vwap"]].to_numpy()).all()
+
+
+def _cols(symbol: str, ts: list[int], arrival: list[int]) -> TickColumns:
+    base = TickColumns.from_ticks([Tick(t, symbol, 1.0, 1.0) for t in ts], "f")
+    return TickColumns(
+        symbol, base.ts, base.price, base.qty, base.side, base.trade_id, base.exchange, "f", np.array(arrival)
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_time_guard_shortcut_agrees_with_the_arrival_order_check(seed, monkeypatch):
+    """The per-batch shortcut accepts only what the merged arrival-order check accepts."""
+    bounds = TimeBounds(max_ahead_ms=2_000, max_behind_ms=5_000, confirm_ticks=2)
+
+    def chunks():
+        rng, arrival, t = random.Random(seed), 0, 100_000
+        for _ in range(40):
+            by_symbol: dict[str, list] = {}
+            for _ in range(rng.randint(1, 60)):
+                t += rng.choice([0, 1, 5, 50, 300, 3_000])
+                jump = rng.choice([0] * 20 + [4_000, -8_000, 90_000])
+                by_symbol.setdefault(f"S{rng.randrange(6)}/USDT", []).append((t + jump, arrival))
+                arrival += 1
+            yield [_cols(sym, [x for x, _ in rows], [a for _, a in rows]) for sym, rows in by_symbol.items()]
+
+    def run(shortcut: bool):
+        if not shortcut:
+            monkeypatch.setattr(TimeGuard, "_within", lambda self, batches: False)
+        g = TimeGuard(bounds)
+        out = []
+        for batches in chunks():
+            kept, rejected = g.check(batches)
+            out.append(
+                ([(k.symbol, k.ts.tolist()) for k in kept], [(r[0].symbol, r[1], r[3]) for r in rejected])
+            )
+        return out, g.newest, sorted(g.symbols)
+
+    fast = run(True)
+    slow = run(False)
+    assert fast == slow
+    assert any(rejected for _, rejected in fast[0])  # the input does exercise the bounds
