@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import numpy as np
 import pytest
@@ -53,9 +52,7 @@ def test_a_bit_flipped_timestamp_is_a_time_dead_letter_and_changes_nothing_else(
     bad[0] = int("5" + str(bad[0])[1:])  # the leading digit's bit flip
     bad[5] = "flipped"
     _write(flipped, [*rows[:1500], bad, *rows[1500:]])
-    started = time.perf_counter()
     got, read = run_files([str(flipped)], SMALL)
-    assert time.perf_counter() - started < 120  # a hang or a gap list would blow far past this
     want, _ = run_files([str(clean)], SMALL)
     dead = got["dead_letters"]
     assert read == len(rows) + 1 == len(got["ticks"]) + len(dead)
@@ -88,12 +85,10 @@ def test_a_real_jump_is_confirmed_by_the_ticks_after_it_and_the_bounds_are_setti
     for i, r in enumerate(later):
         r[5] = f"later-{i}"
     _write(path, rows + later)
-    started = time.perf_counter()
     got, _ = run_files([str(path)], [*SMALL, "features.bar_interval=60"])
     assert len(got["dead_letters"]) == 0
     assert len(got["ticks"]) == 800
     assert got["bars"]["ts"].max() > rows[0][0] + month - 60_000
-    assert time.perf_counter() - started < 120
     got, read = run_files([str(path)], [*SMALL, "features.confirm_ticks=1000"])
     dead = got["dead_letters"]
     assert (dead["reason"] == "time").sum() == len(later) == read - len(got["ticks"])
