@@ -259,8 +259,9 @@ def _with_workers(settings: Settings, workers: int | None) -> Settings:
 
 
 def cmd_run(args) -> int:
-    from flows.inputs import Progress, simulator_inputs, stderr_progress
+    from flows.inputs import simulator_inputs, stderr_progress
     from flows.pipeline import TradingReport, replay
+    from sources.chunk_source import Progress
 
     settings = _with_workers(_settings(args), args.workers)
     dsn = _dsn(args, settings)
@@ -309,9 +310,10 @@ def _kafka_settings(args, settings: Settings) -> Settings:
 
 
 def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outputs: bool, kind: str) -> int:
-    from flows.inputs import Progress, stderr_progress
+    from flows.inputs import stderr_progress
     from flows.kafka_flow import execution_from, stream
     from flows.pipeline import TradingReport
+    from sources.chunk_source import Progress
 
     execution = execution_from(settings, args.process_id, args.addresses)
     if dsn is not None and execution.process_id is None:
@@ -346,8 +348,9 @@ def _file_span(args):
 
 
 def cmd_replay(args) -> int:
-    from flows.inputs import Progress, file_inputs, stderr_progress
+    from flows.inputs import file_inputs, stderr_progress
     from flows.pipeline import TradingReport, replay
+    from sources.chunk_source import Progress
 
     if args.inputs[0].startswith("kafka://"):
         return _replay_topic(args)
@@ -367,8 +370,8 @@ def cmd_replay(args) -> int:
 
 
 def cmd_control(args) -> int:
-    from flows.control import append_command
-    from flows.inputs import wall_ms
+    from sources.chunk_source import wall_ms
+    from sources.control_file import append_command
 
     settings = _settings(args)
     at = _time_arg("--at", args.at)

@@ -24,7 +24,6 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
-from flows.inputs import Progress
 from flows.kafka_diagnostics import check_cluster
 from flows.metrics import FlowMetrics
 from flows.pipeline import Execution, TradingReport, build_flow, run_flow, trading_settings
@@ -33,6 +32,7 @@ from infra.kafka_topics import OUTPUT_TABLES, ensure_topics, topology
 from schemas.codec import encode
 from sinks.kafka_producer import RecordProducer
 from sinks.output_sink import OutputSink
+from sources.chunk_source import Progress
 from sources.kafka_ticks import KafkaTickSource, TopicRange
 from sources.tick_files import Chunk
 

@@ -25,23 +25,23 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.recovery import RecoveryConfig
 
 from flows.config import ConfigError, FeaturesConfig, Settings, TradingConfig
-from flows.control import ControlReader
-from flows.inputs import ChunkFactory, ChunkSource, Progress, wall_ms
-from operators.bar_builder import BarBuilder, BarSettings
-from operators.candle_bars import CandleBars
-from operators.correlation_grid import CorrelationGrid, CorrelationSettings
-from operators.event_time import PartitionMerge, SymbolCapacity, TimeBounds, TimeGuard
-from operators.paper_broker import BrokerSettings
-from operators.portfolio import PortfolioSettings
-from operators.portfolio_risk import PortfolioRiskSettings
-from operators.risk_settings import RiskSettings
-from operators.sizing import SizingSettings
-from operators.symbol_features import FeatureSettings, SymbolFeatures
+from operators.execution.cost_model import BrokerSettings
+from operators.features.bar_builder import BarBuilder, BarSettings
+from operators.features.candle_bars import CandleBars
+from operators.features.correlation_grid import CorrelationGrid, CorrelationSettings
+from operators.features.event_time import PartitionMerge, SymbolCapacity, TimeBounds, TimeGuard
+from operators.features.symbol_features import FeatureSettings, SymbolFeatures
+from operators.risk.portfolio import PortfolioSettings
+from operators.risk.portfolio_risk import PortfolioRiskSettings
+from operators.risk.settings import RiskSettings
+from operators.signals.sizing import SizingSettings
 from operators.trading_loop import TradingLoop, TradingSettings
 from schemas.codec import encode
 from schemas.records import CAPACITY, SCHEMA, Bar, DeadLetter
 from schemas.tick_columns import TickColumns
 from sinks.store_sink import RowCounter, StoreSink
+from sources.chunk_source import ChunkFactory, ChunkSource, Progress, wall_ms
+from sources.control_file import ControlReader
 from sources.tick_files import Chunk
 
 # -- per-symbol and correlation logic -----------------------------------------

@@ -1,4 +1,8 @@
-"""Pure-Python stateful computations: bars, features and correlations.
+"""Pure-Python stateful computations, laid out as the loop runs.
+
+``features/`` (market features from ticks), ``signals/`` (regimes, strategies,
+weights, sizing), ``risk/`` (engine, portfolio, QVaR), ``execution/`` (venue
+protocol, cost model, paper broker); ``trading_loop`` coordinates them.
 
 No Bytewax here: each operator is a small class with frozen settings, an
 ``update`` method and a value that stays None until it is warm. flows/ wires

@@ -31,16 +31,18 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from operators.atr import ATR, ATRSettings
-from operators.paper_broker import BarContext, BrokerSettings, PaperBroker
-from operators.portfolio import Portfolio, PortfolioSettings
-from operators.portfolio_risk import portfolio_risk
-from operators.regime import RegimeClassifier, RegimeSettings
-from operators.risk_engine import RiskEngine
-from operators.risk_settings import MarketView, OrderIntent, RiskActions, RiskSettings
-from operators.sizing import PositionSizer, SizingSettings, fib_ladder
-from operators.strategies import StrategiesSettings, Strategy, default_strategies
-from operators.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
+from operators.execution.cost_model import BrokerSettings
+from operators.execution.paper_broker import PaperBroker
+from operators.execution.venue import BarContext, Venue
+from operators.risk.engine import RiskEngine
+from operators.risk.portfolio import Portfolio, PortfolioSettings
+from operators.risk.portfolio_risk import portfolio_risk
+from operators.risk.settings import MarketView, OrderIntent, RiskActions, RiskSettings
+from operators.signals.atr import ATR, ATRSettings
+from operators.signals.regime import RegimeClassifier, RegimeSettings
+from operators.signals.sizing import PositionSizer, SizingSettings, fib_ladder
+from operators.signals.strategies import StrategiesSettings, Strategy, default_strategies
+from operators.signals.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
 from schemas.records import BUY, MARKET, SELL, Bar, Correlation, Feature, Fill, Order, RiskEvent
 
 RISK = "risk"
@@ -154,19 +156,20 @@ class _SymbolState:
 
 
 class TradingLoop:
-    """Signals, sizing, risk and the paper broker over finished grid steps.
+    """Signals, sizing and risk over finished grid steps, sending orders to ``venue``.
 
-    Feed each symbol's bars and features with :meth:`add`, correlation rows
+    ``venue`` is where orders go (default: a paper broker with
+    ``settings.broker``). Feed each symbol's bars and features with :meth:`add`, correlation rows
     with :meth:`add_correlations`, then :meth:`advance` to the last final
     step; it returns ``(table, records)`` pairs for ``signals``,
     ``risk_events``, ``orders`` and ``fills``.
     """
 
-    def __init__(self, settings: TradingSettings) -> None:
+    def __init__(self, settings: TradingSettings, venue: Venue | None = None) -> None:
         self.settings = settings
         self.portfolio = Portfolio(settings.portfolio)
         self.risk = RiskEngine(settings.risk)
-        self.broker = PaperBroker(settings.broker)
+        self.broker: Venue = venue if venue is not None else PaperBroker(settings.broker)
         self.sizer = PositionSizer(settings.sizing)
         self.weights = StrategyWeights.for_strategies(
             default_strategies(settings.strategies), settings.weights

@@ -28,8 +28,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import spec_reference as ref  # noqa: E402
 
 from flows.config import load_settings  # noqa: E402
-from flows.inputs import Progress, file_inputs  # noqa: E402
+from flows.inputs import file_inputs  # noqa: E402
 from flows.pipeline import replay  # noqa: E402
+from sources.chunk_source import Progress  # noqa: E402
 from sources.simulator import DEFAULT_SYMBOLS, SimulatorSettings, write_csv  # noqa: E402
 
 

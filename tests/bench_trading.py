@@ -30,11 +30,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 sys.path.insert(0, os.path.dirname(__file__))
 
 from flows.config import load_settings  # noqa: E402
-from flows.inputs import ChunkSource, Progress  # noqa: E402
 from flows.pipeline import TradingReport, build_flow, run_flow, trading_settings  # noqa: E402
 from operators import trading_loop  # noqa: E402
 from schemas.records import BUY, Fill  # noqa: E402
 from schemas.tick_columns import TickColumns  # noqa: E402
+from sources.chunk_source import ChunkSource, Progress  # noqa: E402
 from sources.tick_files import Chunk  # noqa: E402
 
 START = 1_700_000_000_000

@@ -9,9 +9,10 @@ import pandas as pd
 from bytewax.testing import TestingSink
 
 from flows.config import Settings, load_settings
-from flows.inputs import ChunkSource, Progress, file_inputs
+from flows.inputs import file_inputs
 from flows.pipeline import build_flow, run_flow
 from schemas.tick_columns import SIDES
+from sources.chunk_source import ChunkSource, Progress
 
 
 def run_files(paths: list[str], overrides: list[str] | None = None, workers: int = 1):

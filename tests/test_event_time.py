@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flow_harness import run_files
 
-from operators.correlation_grid import CorrelationGrid, CorrelationSettings
-from operators.event_time import PartitionMerge, SymbolCapacity, TimeBounds, TimeGuard
-from operators.grid_returns import GridReturns
-from operators.symbol_features import FeatureSettings, SymbolFeatures
+from operators.features.correlation_grid import CorrelationGrid, CorrelationSettings
+from operators.features.event_time import PartitionMerge, SymbolCapacity, TimeBounds, TimeGuard
+from operators.features.grid_returns import GridReturns
+from operators.features.symbol_features import FeatureSettings, SymbolFeatures
 from schemas.records import Bar, Tick
 from schemas.tick_columns import TickColumns
 
@@ -245,7 +245,7 @@ def test_partition_merge_does_not_depend_on_interleaving(seed):
 @pytest.mark.parametrize("seed", range(5))
 def test_adwin_zero_runs_equal_one_update_at_a_time(seed):
     """The fast zero path of the drift flag leaves ADWIN exactly as single updates do."""
-    from operators.drift_flag import DriftFlag
+    from operators.features.drift_flag import DriftFlag
 
     rng = random.Random(seed)
     slow, fast = DriftFlag(), DriftFlag()

@@ -20,8 +20,8 @@ from kafka_helpers import (
     unique,
 )
 
-from flows.control import append_command
 from schemas.codec import decode
+from sources.control_file import append_command
 
 pytestmark = pytest.mark.kafka
 

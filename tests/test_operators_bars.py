@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.bar_builder import BarBuilder, BarSettings
+from operators.features.bar_builder import BarBuilder, BarSettings
 from schemas.records import DUPLICATE, LATE, Bar, Tick
 from schemas.tick_columns import TickColumns
 

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from operators.correlation_grid import CorrelationGrid, CorrelationSettings
-from operators.rolling_correlation import RollingCorrelation
+from operators.features.correlation_grid import CorrelationGrid, CorrelationSettings
+from operators.features.rolling_correlation import RollingCorrelation
 
 RTOL = 1e-9
 ATOL = 1e-12

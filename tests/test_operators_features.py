@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from river import drift
 
-from operators.symbol_features import FeatureSettings, SymbolFeatures
+from operators.features.symbol_features import FeatureSettings, SymbolFeatures
 from schemas.records import Bar, Feature
 
 RTOL = 1e-9

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from operators.permutation_entropy import PermutationEntropy
-from operators.rolling_tail import RollingTail
-from operators.rolling_variance import RollingVariance
+from operators.features.permutation_entropy import PermutationEntropy
+from operators.features.rolling_tail import RollingTail
+from operators.features.rolling_variance import RollingVariance
 
 RTOL = 1e-9
 ATOL = 1e-12

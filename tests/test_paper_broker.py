@@ -12,8 +12,9 @@ import pickle
 import numpy as np
 import pytest
 
-from operators.paper_broker import (
-    BP,
+from operators.execution.cost_model import BP, BrokerSettings, impact_bps, taker_slippage_bps
+from operators.execution.paper_broker import PaperBroker
+from operators.execution.venue import (
     PROTECTION_STRATEGY,
     REJECTED,
     SUPERSEDED,
@@ -21,12 +22,8 @@ from operators.paper_broker import (
     TWAP_SLIPPAGE,
     BarContext,
     BarResult,
-    BrokerSettings,
     Cancellation,
-    PaperBroker,
     Venue,
-    impact_bps,
-    taker_slippage_bps,
 )
 from schemas.records import BUY, LIMIT, MARKET, SELL, STOP, Bar, Fill, Order
 

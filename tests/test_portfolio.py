@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from operators.portfolio import DAY_MS, Portfolio, PortfolioSettings, period_keys
-from operators.portfolio_risk import PortfolioRiskSettings, normal_es_factor, portfolio_risk
+from operators.risk.portfolio import DAY_MS, Portfolio, PortfolioSettings, period_keys
+from operators.risk.portfolio_risk import PortfolioRiskSettings, normal_es_factor, portfolio_risk
 from schemas.records import BUY, SELL, Fill
 
 ATOL = 1e-9

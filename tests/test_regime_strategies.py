@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from operators.atr import ATR, ATRSettings
-from operators.regime import RegimeClassifier, RegimeSettings
-from operators.rolling_variance import RollingVariance
-from operators.strategies import (
+from operators.features.rolling_variance import RollingVariance
+from operators.signals.atr import ATR, ATRSettings
+from operators.signals.regime import RegimeClassifier, RegimeSettings
+from operators.signals.strategies import (
     Breakout,
     BreakoutSettings,
     EntropyScalping,
@@ -26,7 +26,7 @@ from operators.strategies import (
     TrendFollowingSettings,
     default_strategies,
 )
-from operators.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings, compose
+from operators.signals.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings, compose
 from schemas.records import REGIMES, Bar, Feature, Signal
 
 RTOL = 1e-9

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from operators.portfolio import DAY_MS, Portfolio, PortfolioSettings
-from operators.risk_engine import RiskEngine
-from operators.risk_settings import (
+from operators.risk.engine import RiskEngine
+from operators.risk.portfolio import DAY_MS, Portfolio, PortfolioSettings
+from operators.risk.settings import (
     PERMISSIVE,
     MarketView,
     OrderIntent,

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from operators.sizing import PHI, Adjustment, PositionSizer, SizingSettings, fib_ladder, ladder_prices
+from operators.signals.sizing import PHI, Adjustment, PositionSizer, SizingSettings, fib_ladder, ladder_prices
 
 MINUTE = SizingSettings(bar_interval_ms=60_000)  # 1440 bars a day, sqrt = 37.9473
 

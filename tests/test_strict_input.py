@@ -20,7 +20,6 @@ import pytest
 from flow_harness import run_files
 
 from flows.config import ConfigError, load_settings
-from flows.control import ControlReader, append_command
 from flows.inputs import file_inputs
 from schemas.codec import RECORD_TYPES, SchemaError, decode, encode
 from schemas.records import (
@@ -36,6 +35,7 @@ from schemas.records import (
     Signal,
     Tick,
 )
+from sources.control_file import ControlReader, append_command
 from sources.kafka_ticks import decode_ticks
 from sources.tick_files import TickFileReader
 

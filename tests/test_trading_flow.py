@@ -5,9 +5,10 @@ from __future__ import annotations
 from bytewax.testing import TestingSink
 
 from flows.config import load_settings
-from flows.control import append_command
-from flows.inputs import ChunkSource, Progress, simulator_inputs
+from flows.inputs import simulator_inputs
 from flows.pipeline import TradingReport, build_flow, run_flow, trading_settings
+from sources.chunk_source import ChunkSource, Progress
+from sources.control_file import append_command
 
 TRADING_TABLES = ("signals", "risk_events", "orders", "fills", "dead_letters")
 SHORT = [

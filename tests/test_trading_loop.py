@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from operators.portfolio_risk import PortfolioRiskSettings
-from operators.risk_settings import MarketView, OrderIntent, RiskSettings
+from operators.risk.portfolio_risk import PortfolioRiskSettings
+from operators.risk.settings import MarketView, OrderIntent, RiskSettings
 from operators.trading_loop import TradingLoop, TradingSettings
 from schemas.records import BUY, MARKET, Bar, Feature, Fill, Order
 

@@ -26,7 +26,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from operators.rolling_variance import RollingVariance
+from operators.features.rolling_variance import RollingVariance
 from schemas.records import FLAT, REGIMES, Bar, Feature, Signal
 
 

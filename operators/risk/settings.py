@@ -1,7 +1,7 @@
 """The risk engine's vocabulary: settings, what the loop tells it and what it answers.
 
 :class:`RiskSettings` holds every threshold of
-:class:`~operators.risk_engine.RiskEngine`; :class:`MarketView` is the
+:class:`~operators.risk.engine.RiskEngine`; :class:`MarketView` is the
 market at a step, :class:`RiskActions` what the loop must do then, and
 :class:`OrderIntent` an order before its pre-trade check.
 """
@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from operators.portfolio_risk import PortfolioRiskSettings
+from operators.risk.portfolio_risk import PortfolioRiskSettings
 from schemas.records import REGIMES
 
 NORMAL, DEFENSIVE, OBSERVATION, PAUSE, EMERGENCY = "normal", "defensive", "observation", "pause", "emergency"

@@ -48,8 +48,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from operators.rolling_variance import RollingVariance
-from operators.strategies import RollingExtreme, Strategy
+from operators.features.rolling_variance import RollingVariance
+from operators.signals.strategies import RollingExtreme, Strategy
 from schemas.records import FLAT, REGIMES, Signal
 
 COMPOSITE = "composite"

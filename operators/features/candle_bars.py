@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from operators.bar_builder import NO_WATERMARK
+from operators.features.bar_builder import NO_WATERMARK
 from schemas.records import DUPLICATE, LATE, Bar
 
 

@@ -6,14 +6,8 @@ then high when ``close >= open``, else high then low) both at
 ``bar.ts + bar_interval_ms // 2`` (approximate: the true times are unknown);
 the close at ``bar.ts + bar_interval_ms - 1``.
 
-Cost model, in bps (``BP = 10_000``), ``nv`` the normalised volatility, ``V``
-the recent volume per bar: taker slippage
-``s = spread_bps * (1 + vol_slippage_coef * nv) + impact`` with
-``impact = impact_coef_bps * sqrt(qty / V)`` when ``qty > impact_volume_share * V``
-else 0 (so it starts at 1 bp by default); a taker fill at reference ``p`` is at
-``p * (1 + s / BP)`` (buy) or ``p * (1 - s / BP)`` (sell), fee
-``taker_fee_bps / BP * qty * price``; a resting limit fills at its limit, fee
-``maker_fee_bps / BP * qty * price``, no slippage.
+Fill prices and fees follow :mod:`operators.execution.cost_model`; the
+broker implements :class:`~operators.execution.venue.Venue`.
 
 >>> broker = PaperBroker(BrokerSettings(bar_interval_ms=60_000))
 >>> broker.on_bar(Bar("X", 0, 100.0, 101.0, 99.0, 100.0, 1000.0, 100.0, 10)).fills
@@ -30,228 +24,22 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
 
+from operators.execution.cost_model import BP, BrokerSettings, taker_slippage_bps
+from operators.execution.venue import (
+    PROTECTION_STRATEGY,
+    QTY_EPS,
+    REJECTED,
+    STOP_EXIT,
+    SUPERSEDED,
+    TARGET_EXIT,
+    TWAP,
+    TWAP_SLIPPAGE,
+    BarContext,
+    BarResult,
+    Cancellation,
+)
 from schemas.records import BUY, LIMIT, MARKET, ORDER_TYPES, SELL, STOP, Bar, Fill, Order
-
-BP = 10_000.0
-QTY_EPS = 1e-12
-"""Relative quantity below which a remainder or a position counts as zero."""
-
-REJECTED = "rejected"
-TWAP_SLIPPAGE = "twap_slippage"
-SUPERSEDED = "superseded"
-CANCEL_REASONS = (REJECTED, TWAP_SLIPPAGE, SUPERSEDED)
-"""Why an order was cancelled by the venue (see :class:`Cancellation`)."""
-
-STOP_EXIT = "stop"
-TARGET_EXIT = "target"
-TWAP = "twap"
-PROTECTION_STRATEGY = "risk"
-"""``Order.strategy`` of the protective exits the broker creates."""
-
-
-_NON_NEGATIVE = ("taker_fee_bps", "maker_fee_bps", "spread_bps", "vol_slippage_coef", "impact_coef_bps")
-_NON_NEGATIVE += ("impact_volume_share", "twap_max_slippage_bps")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BrokerSettings:
-    """Parameters of :class:`PaperBroker` (keyword-only).
-
-    Parameters
-    ----------
-    bar_interval_ms
-        Bar length in ms (required, > 0); dates the path points.
-    taker_fee_bps, maker_fee_bps
-        Fees on the fill's notional.
-    spread_bps
-        Spread proxy: the cost of crossing against the reference price.
-    vol_slippage_coef
-        k in ``spread_bps * (1 + k * normalised_vol)``.
-    impact_coef_bps, impact_volume_share
-        ``impact_coef_bps * sqrt(qty / V)`` when ``qty > impact_volume_share * V``.
-    twap_threshold
-        Market orders whose notional (qty x the symbol's last close) exceeds
-        this many quote units are worked as TWAP children.
-    participation
-        A TWAP child is at most this share of the volume of the bar it fills in.
-    twap_max_slippage_bps
-        A TWAP child whose slippage would exceed this is cancelled.
-    recent_volume_bars
-        Bars in the broker's own rolling mean of volume per symbol.
-
-    >>> BrokerSettings(bar_interval_ms=0)
-    Traceback (most recent call last):
-    ...
-    ValueError: bar_interval_ms must be a positive int, got 0
-    """
-
-    bar_interval_ms: int
-    taker_fee_bps: float = 10.0
-    maker_fee_bps: float = 2.0
-    spread_bps: float = 2.0
-    vol_slippage_coef: float = 0.5
-    impact_coef_bps: float = 10.0
-    impact_volume_share: float = 0.01
-    twap_threshold: float = 50_000.0
-    participation: float = 0.10
-    twap_max_slippage_bps: float = 15.0
-    recent_volume_bars: int = 20
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.bar_interval_ms, int) or self.bar_interval_ms <= 0:
-            msg = f"bar_interval_ms must be a positive int, got {self.bar_interval_ms!r}"
-            raise ValueError(msg)
-        for name in _NON_NEGATIVE:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                msg = f"{name} must be finite and >= 0, got {value!r}"
-                raise ValueError(msg)
-        if not self.twap_threshold > 0:  # math.inf disables TWAP
-            msg = f"twap_threshold must be > 0, got {self.twap_threshold!r}"
-            raise ValueError(msg)
-        if not 0 < self.participation <= 1:
-            msg = f"participation must be in (0, 1], got {self.participation!r}"
-            raise ValueError(msg)
-        if self.recent_volume_bars < 1:
-            msg = f"recent_volume_bars must be >= 1, got {self.recent_volume_bars!r}"
-            raise ValueError(msg)
-
-
-@dataclass(frozen=True, slots=True)
-class BarContext:
-    """What the loop knows about a symbol at a bar, beyond the bar.
-
-    Parameters
-    ----------
-    normalised_vol
-        The symbol's volatility over its reference volatility; 1.0 when unknown.
-        Non-finite values count as 1.0, negative ones as 0.0.
-    recent_volume
-        Mean volume per bar (base units) to use for the impact term. ``None``
-        (the default) uses the broker's own rolling mean over the
-        ``recent_volume_bars`` bars of the symbol before this one; when that is
-        missing or 0 (or the value given is not finite and > 0), the bar's own
-        volume is used.
-    """
-
-    normalised_vol: float = 1.0
-    recent_volume: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Cancellation:
-    """An order the venue refused or cancelled, with why.
-
-    Parameters
-    ----------
-    ts
-        When: the order's ts for a rejection, the path point's ts otherwise.
-    order
-        The order concerned (a TWAP child, the loop's order, ...).
-    reason
-        One of :data:`CANCEL_REASONS`: ``rejected`` (bad order at submit),
-        ``twap_slippage`` (a TWAP child over ``twap_max_slippage_bps``; the
-        parent keeps working), ``superseded`` (a working order on the closing
-        side cancelled because a protective exit closed the position).
-    message
-        For a person.
-    """
-
-    ts: int
-    order: Order
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class BarResult:
-    """What one bar did at the venue.
-
-    Parameters
-    ----------
-    fills
-        Fills in path order (orders in submission order, then protection).
-    new_orders
-        Orders the venue created (TWAP children, cancelled ones included, and
-        protective exits), for the ``orders`` table.
-    cancelled
-        Every cancellation since the previous :meth:`PaperBroker.on_bar` or
-        :meth:`PaperBroker.take_cancelled`, submit-time rejections included.
-    """
-
-    fills: tuple[Fill, ...] = ()
-    new_orders: tuple[Order, ...] = ()
-    cancelled: tuple[Cancellation, ...] = ()
-
-
-class Venue(Protocol):
-    """Where the trading loop sends orders: the paper broker, later a ccxt adapter.
-
-    Calls come in event time: for each bar, ``on_bar`` (fills of the orders
-    working from before), then the loop's decisions (``submit``, ``cancel``,
-    ``set_protection``) dated at or after the bar's close.
-    """
-
-    def submit(self, order: Order) -> list[Order]:
-        """Accept an order; the orders now working for it, ``[]`` when rejected."""
-        ...
-
-    def cancel(self, order_id: str, ts: int) -> bool:
-        """Cancel a working order (a TWAP parent stops slicing); False if none."""
-        ...
-
-    def on_bar(self, bar: Bar, context: BarContext | None = None) -> BarResult:
-        """Fills, created orders and cancellations of one bar of one symbol."""
-        ...
-
-    def open_orders(self) -> list[Order]:
-        """Working orders, in submission order."""
-        ...
-
-    def remaining(self, order_id: str) -> float | None:
-        """Unfilled qty of a working order, None if it is not working."""
-        ...
-
-    def take_cancelled(self) -> list[Cancellation]:
-        """Cancellations not yet reported, emptying the list."""
-        ...
-
-    def set_protection(
-        self, symbol: str, position_qty: float, stop: float | None, target: float | None, ts: int
-    ) -> bool:
-        """Protect a position with a stop and/or a target; False if inputs were bad."""
-        ...
-
-    def clear_protection(self, symbol: str) -> None:
-        """Drop a symbol's protection."""
-        ...
-
-
-def impact_bps(settings: BrokerSettings, qty: float, recent_volume: float) -> float:
-    """Market-impact term in bps: ``coef * sqrt(qty / V)`` above the volume share, else 0.
-
-    >>> s = BrokerSettings(bar_interval_ms=1)
-    >>> impact_bps(s, 4.0, 100.0), impact_bps(s, 1.0, 100.0)
-    (2.0, 0.0)
-    """
-    if recent_volume <= 0 or qty <= settings.impact_volume_share * recent_volume:
-        return 0.0
-    return settings.impact_coef_bps * math.sqrt(qty / recent_volume)
-
-
-def taker_slippage_bps(
-    settings: BrokerSettings, qty: float, normalised_vol: float, recent_volume: float
-) -> float:
-    """Taker slippage in bps: spread proxy scaled by volatility, plus impact.
-
-    >>> s = BrokerSettings(bar_interval_ms=1)
-    >>> taker_slippage_bps(s, 4.0, 2.0, 100.0)
-    6.0
-    """
-    spread = settings.spread_bps * (1.0 + settings.vol_slippage_coef * normalised_vol)
-    return spread + impact_bps(settings, qty, recent_volume)
 
 
 @dataclass(slots=True)

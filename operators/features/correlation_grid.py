@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from operators.grid_returns import GridReturns
-from operators.rolling_correlation import RollingCorrelation
+from operators.features.grid_returns import GridReturns
+from operators.features.rolling_correlation import RollingCorrelation
 from schemas.records import Correlation
 
 

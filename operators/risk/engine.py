@@ -26,7 +26,7 @@ a level is entered when the value exceeds its threshold and left only when
 it falls below threshold * (1 - h)):
 
 - QVaR breaker on the portfolio QVaR share of equity
-  (:func:`~operators.portfolio_risk.portfolio_risk`): level 1 warn,
+  (:func:`~operators.risk.portfolio_risk.portfolio_risk`): level 1 warn,
   level 2 caution (a defensive trigger: half size, no entries in
   ``caution_blocked_regimes``), level 3 emergency (flatten while it holds).
   A level is held for ``breaker_hold_ms`` after the share last exceeded its
@@ -85,9 +85,9 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from operators.portfolio import Portfolio
-from operators.portfolio_risk import PortfolioRisk, portfolio_risk, weighted_entropy
-from operators.risk_settings import (
+from operators.risk.portfolio import Portfolio
+from operators.risk.portfolio_risk import PortfolioRisk, portfolio_risk, weighted_entropy
+from operators.risk.settings import (
     BREAKER_ACTIONS,
     COMMANDS,
     DEFENSIVE,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from operators.drift_flag import DriftFlag
-from operators.grid_returns import GridReturns
-from operators.permutation_entropy import PermutationEntropy
-from operators.rolling_tail import RollingTail
-from operators.rolling_variance import RollingVariance
+from operators.features.drift_flag import DriftFlag
+from operators.features.grid_returns import GridReturns
+from operators.features.permutation_entropy import PermutationEntropy
+from operators.features.rolling_tail import RollingTail
+from operators.features.rolling_variance import RollingVariance
 from schemas.records import Bar, Feature
 
 Z95 = 1.6448536269514722

@@ -1,0 +1,1 @@
+"""Execution: the venue protocol, the cost model and the paper broker."""

@@ -1,0 +1,1 @@
+"""Market features: bars, rolling statistics, entropy, VaR/ES, drift, correlations, event time."""

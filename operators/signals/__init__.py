@@ -1,0 +1,1 @@
+"""From features to intentions: regimes, strategies, their weights, sizing and ATR stops."""
