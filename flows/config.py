@@ -178,6 +178,23 @@ class TradingConfig:
     control_file: str = "var/control.jsonl"
 
 
+BUILTIN_STRATEGIES = ("entropy_scalping", "trend_following", "mean_reversion", "breakout")
+
+
+@dataclass(frozen=True, slots=True)
+class StrategiesConfig:
+    """``[strategies]``: which strategies trade, and each one's settings.
+
+    ``use`` lists strategy specs (``builtin:NAME``, ``package.module:Class``
+    or ``path/to/file.py:Class``); ``--strategy SPEC`` (repeatable) replaces
+    it. ``params`` holds the ``[strategies.<name>]`` tables as given; each is
+    checked against its strategy's settings class when the strategies load.
+    """
+
+    use: tuple[str, ...] = tuple(f"builtin:{name}" for name in BUILTIN_STRATEGIES)
+    params: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
@@ -187,6 +204,7 @@ class Settings:
     run: RunConfig = field(default_factory=RunConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     trading: TradingConfig = field(default_factory=TradingConfig)
+    strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
 
 
 def _coerce(section: str, key: str, ftype: str, value):
@@ -227,6 +245,8 @@ def _coerce(section: str, key: str, ftype: str, value):
             return Secret(value)
         msg = f"{where} must be a string"  # never echo a secret
         raise ConfigError(msg)
+    elif ftype == "dict" and section == "strategies":
+        return {str(k): dict(v) for k, v in value.items()}
     elif ftype == "dict":
         if isinstance(value, dict) and all(
             isinstance(v, (str, int, float, bool)) and not isinstance(v, dict) for v in value.values()
@@ -236,6 +256,29 @@ def _coerce(section: str, key: str, ftype: str, value):
         raise ConfigError(msg)
     msg = f"{where} must be {ftype}, got {value!r}"
     raise ConfigError(msg)
+
+
+def settings_from_table(cls, table: Mapping, where: str):
+    """An operator's frozen settings dataclass from a config table (values from TOML or ``--set`` strings).
+
+    Unknown keys and values of the wrong type or range are a :class:`ConfigError`
+    naming ``where.key``.
+
+    >>> from operators.signals.atr import ATRSettings
+    >>> settings_from_table(ATRSettings, {"period": "20"}, "atr")
+    ATRSettings(period=20)
+    """
+    known = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        msg = f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}"
+        raise ConfigError(msg)
+    values = {k: _coerce(where, k, known[k], v) for k, v in table.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        msg = f"[{where}]: {exc}"
+        raise ConfigError(msg) from None
 
 
 ENV_PREFIX = "QBTC_"
@@ -262,6 +305,8 @@ def _put(raw: dict, section: str, key: str, value) -> None:
     table = raw.setdefault(section, {})
     head, dot, tail = key.partition(".")
     if section == "kafka" and dot and head in ("consumer", "producer"):
+        table.setdefault(head, {})[tail] = value
+    elif section == "strategies" and dot:
         table.setdefault(head, {})[tail] = value
     else:
         table[key] = value
@@ -300,6 +345,11 @@ def load_settings(
             msg = f"[{sec_field.name}] must be a table"
             raise ConfigError(msg)
         known = {f.name: f.type for f in dataclasses.fields(cls)}
+        if sec_field.name == "strategies":  # [strategies.<name>] tables: checked when strategies load
+            params = {k: v for k, v in given.items() if isinstance(v, dict)}
+            given = {k: v for k, v in given.items() if not isinstance(v, dict)}
+            if params:
+                given["params"] = params
         unknown = given.keys() - known.keys()
         if unknown:
             msg = f"unknown key(s) {', '.join(f'{sec_field.name}.{k}' for k in sorted(unknown))}"

@@ -26,8 +26,9 @@ from confluent_kafka import Consumer, TopicPartition
 from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
 from flows.kafka_diagnostics import check_cluster
 from flows.metrics import FlowMetrics
-from flows.pipeline import Execution, TradingReport, build_flow, run_flow, trading_settings
+from flows.pipeline import Execution, TradingReport, build_flow, run_flow
 from flows.recovery_store import RecoveryDirError, discard_unfinished
+from flows.trading_settings import trading_settings
 from infra.kafka_topics import OUTPUT_TABLES, ensure_topics, topology
 from schemas.codec import encode
 from sinks.kafka_producer import RecordProducer

@@ -30,7 +30,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 sys.path.insert(0, os.path.dirname(__file__))
 
 from flows.config import load_settings  # noqa: E402
-from flows.pipeline import TradingReport, build_flow, run_flow, trading_settings  # noqa: E402
+from flows.pipeline import TradingReport, build_flow, run_flow  # noqa: E402
+from flows.trading_settings import trading_settings  # noqa: E402
 from operators import trading_loop  # noqa: E402
 from schemas.records import BUY, Fill  # noqa: E402
 from schemas.tick_columns import TickColumns  # noqa: E402

@@ -6,7 +6,8 @@ from bytewax.testing import TestingSink
 
 from flows.config import load_settings
 from flows.inputs import simulator_inputs
-from flows.pipeline import TradingReport, build_flow, run_flow, trading_settings
+from flows.pipeline import TradingReport, build_flow, run_flow
+from flows.trading_settings import trading_settings
 from sources.chunk_source import ChunkSource, Progress
 from sources.control_file import append_command
 
