@@ -19,7 +19,9 @@ depends on how symbols or partitions interleave. For step k, with close time
    symbol is sized (volatility target with fractional Kelly, then the risk
    adjustments), scaled in along a Fibonacci ladder and pre-trade checked.
    Approved orders go to the broker and fill from the next bar on; entries
-   get ATR stops and targets once filled.
+   get ATR stops and targets once filled. A strategy that raises, or answers
+   with no valid signal, is muted on every symbol for the rest of the run
+   (one ``strategy_error`` risk event; from then on it counts as flat).
 
 Everything is deterministic: no clock, no randomness; order ids are built
 from the step, the symbol and a counter kept in the state.
@@ -41,11 +43,26 @@ from operators.risk.settings import MarketView, OrderIntent, RiskActions, RiskSe
 from operators.signals.atr import ATR, ATRSettings
 from operators.signals.regime import RegimeClassifier, RegimeSettings
 from operators.signals.sizing import PositionSizer, SizingSettings, fib_ladder
-from operators.signals.strategies import StrategiesSettings, Strategy, default_strategies
+from operators.signals.strategies import default_specs
+from operators.signals.strategy import Strategy, StrategySpec, check_signal
 from operators.signals.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
-from schemas.records import BUY, MARKET, SELL, Bar, Correlation, Feature, Fill, Order, RiskEvent
+from schemas.records import BUY, FLAT, MARKET, SELL, Bar, Correlation, Feature, Fill, Order, RiskEvent, Signal
 
 RISK = "risk"
+STRATEGY_ERROR = "strategy_error"
+"""Risk event kind of a strategy that raised or answered with no valid signal (it is then muted)."""
+
+
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    """``Type: message`` of an exception on one line, at most ``limit`` characters of message.
+
+    >>> _one_line(ZeroDivisionError("division by zero\\nsecond line"))
+    'ZeroDivisionError: division by zero second line'
+    """
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +73,9 @@ class TradingSettings:
     ----------
     bar_interval_ms
         The bar grid D.
+    strategies
+        The strategies of the run (unique names; default the four built-ins);
+        each symbol gets fresh instances from them.
     allow_short
         Let composite short signals open shorts (default: long only; a short
         signal then means flat).
@@ -74,7 +94,7 @@ class TradingSettings:
     risk: RiskSettings = field(default_factory=RiskSettings)
     broker: BrokerSettings | None = None
     regime: RegimeSettings = field(default_factory=RegimeSettings)
-    strategies: StrategiesSettings = field(default_factory=StrategiesSettings)
+    strategies: tuple[StrategySpec, ...] = field(default_factory=default_specs)
     weights: StrategyWeightsSettings | None = None
     sizing: SizingSettings | None = None
     atr: ATRSettings = field(default_factory=ATRSettings)
@@ -89,6 +109,10 @@ class TradingSettings:
             raise ValueError(msg)
         if not 0 <= self.min_trade_share < 1 or self.ladder_levels < 1:
             msg = "min_trade_share must be in [0, 1) and ladder_levels >= 1"
+            raise ValueError(msg)
+        names = [spec.name for spec in self.strategies]
+        if len(set(names)) != len(names):
+            msg = f"strategy names must be unique, got {names}"
             raise ValueError(msg)
         d = self.bar_interval_ms
         if self.broker is None:
@@ -123,6 +147,7 @@ class TradingStats:
     kill_switches: int = 0
     mode_changes: int = 0
     denials: int = 0
+    strategy_errors: int = 0
     var_checks: int = 0
     var_exceedances: int = 0
     first_ts: int | None = None
@@ -172,8 +197,9 @@ class TradingLoop:
         self.broker: Venue = venue if venue is not None else PaperBroker(settings.broker)
         self.sizer = PositionSizer(settings.sizing)
         self.weights = StrategyWeights.for_strategies(
-            default_strategies(settings.strategies), settings.weights
+            [spec.build() for spec in settings.strategies], settings.weights
         )
+        self.muted: set[str] = set()  # strategies that raised or answered wrongly: silent from then on
         self.symbols: dict[str, _SymbolState] = {}
         self.bars: dict[int, dict[str, Bar]] = {}
         self.features: dict[int, dict[str, Feature]] = {}
@@ -287,7 +313,7 @@ class TradingLoop:
         if sym is None:
             s = self.settings
             sym = self.symbols[symbol] = _SymbolState(
-                ATR(s.atr), RegimeClassifier(s.regime), default_strategies(s.strategies)
+                ATR(s.atr), RegimeClassifier(s.regime), [spec.build() for spec in s.strategies]
             )
         return sym
 
@@ -339,6 +365,8 @@ class TradingLoop:
                 st.mode_changes += 1
             elif e.kind == "pre_trade" and e.action == "deny":
                 st.denials += 1
+            elif e.kind == STRATEGY_ERROR:
+                st.strategy_errors += 1
 
     def _bar_qvar(self, view: MarketView) -> float | None:
         """The portfolio QVaR over one bar (the horizon's QVaR scaled back), for the VaR backtest."""
@@ -436,7 +464,9 @@ class TradingLoop:
             regime = sym.regime_now
             signals = []
             for strat in sym.strategies:
-                sig = strat.update(ts, bar, feat, regime)
+                if strat.name in self.muted:
+                    continue
+                sig = self._ask(strat, ts, bar, feat, regime, out)
                 if sig is not None:
                     signals.append(sig)
                     sym.last_dirs[strat.name] = sig.direction
@@ -478,6 +508,30 @@ class TradingLoop:
                 fraction = size.fraction * actions.size_multiplier
                 target = direction * fraction * equity / bar.close
             self._rebalance(ts, symbol, sym, current, target, entries_ok, bar.close, view, pending, out)
+
+    def _ask(self, strat: Strategy, ts: int, bar: Bar, feat: Feature | None, regime, out) -> Signal | None:
+        """The strategy's signal; a strategy that raises or answers with no valid signal is muted."""
+        try:
+            answer = strat.update(ts, bar, feat, regime)
+        except Exception as exc:  # a user's strategy: contain whatever it raises
+            self._mute(ts, bar.symbol, strat.name, f"raised {_one_line(exc)}", out)
+            return None
+        try:
+            return check_signal(answer, ts, bar.symbol, strat.name, regime)
+        except ValueError as exc:
+            self._mute(ts, bar.symbol, strat.name, f"returned no valid signal: {_one_line(exc)}", out)
+            return None
+
+    def _mute(self, ts: int, symbol: str, name: str, problem: str, out: dict) -> None:
+        """Silence a strategy on every symbol for the rest of the run: from now on it is flat."""
+        self.muted.add(name)
+        for sym in self.symbols.values():
+            if name in sym.last_dirs:
+                sym.last_dirs[name] = FLAT
+        message = f"strategy {name} {problem} on {symbol}; muted for the rest of the run"
+        event = RiskEvent(ts, STRATEGY_ERROR, 1, symbol, 0.0, 0.0, "mute", message)
+        self._count([event])
+        out["risk_events"].append(event)
 
     def _rebalance(self, ts, symbol, sym, current, target, entries_ok, price, view, pending, out) -> None:
         s = self.settings
@@ -581,6 +635,7 @@ class TradingLoop:
             "kill_switches": st.kill_switches,
             "mode_changes": st.mode_changes,
             "denials": st.denials,
+            "strategy_errors": st.strategy_errors,
             "var_exceedance_rate": st.var_exceedances / st.var_checks if st.var_checks else None,
             "var_checks": st.var_checks,
             "mode": self.risk.mode,

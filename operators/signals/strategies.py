@@ -1,8 +1,11 @@
-"""Four per-symbol strategies that turn closed bars into signals.
+"""The four built-in strategies that turn closed bars into signals.
 
-Each strategy instance follows one symbol. ``update(ts, bar, feature, regime)``
-must be called at every bar close, in time order, whatever the regime: the
-indicators (EMAs, windows, channels) advance on every bar. It returns
+They follow the strategy protocol of ``operators.signals.strategy`` (as
+subclasses of its :class:`~operators.signals.strategy.BarStrategy`); a run
+loads them as ``builtin:NAME`` (:data:`BUILTINS`). Each instance follows one
+symbol. ``update(ts, bar, feature, regime)`` must be called at every bar
+close, in time order, whatever the regime: the indicators (EMAs, windows,
+channels) advance on every bar. It returns
 
 * None while the strategy is warming up or ``regime`` is None (no view);
 * a flat signal (direction 0, strength 0) when ``regime`` is not one of the
@@ -18,6 +21,8 @@ O(1) (amortised O(1) for the Donchian channels' monotonic deques).
 ['entropy_scalping', 'trend_following', 'mean_reversion', 'breakout']
 >>> sorted(strategies[1].regimes)
 ['trend_down', 'trend_up']
+>>> [spec.name for spec in default_specs()] == list(BUILTINS)
+True
 """
 
 from __future__ import annotations
@@ -27,47 +32,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from operators.features.rolling_variance import RollingVariance
-from schemas.records import FLAT, REGIMES, Bar, Feature, Signal
+from operators.signals.strategy import BarStrategy, StrategySpec, check_regimes
+from schemas.records import FLAT, Bar, Feature
 
 
 def _check_regimes(regimes: frozenset[str]) -> None:
-    unknown = sorted(set(regimes) - set(REGIMES))
-    if unknown:
-        msg = f"unknown regimes {unknown}, expected a subset of {REGIMES}"
-        raise ValueError(msg)
+    check_regimes(regimes)
 
 
 def _sign(x: float) -> int:
     return 1 if x > 0 else -1 if x < 0 else 0
-
-
-class Strategy:
-    """Base of the strategies: a name, the regimes it may trade in, and ``update``.
-
-    Subclasses implement ``_step(bar, feature, active)`` which advances the
-    indicators on every bar and returns (direction, strength), or None while
-    not warm; ``active`` is False when the strategy must stand aside (it then
-    drops any position it holds and its return value is ignored).
-    """
-
-    __slots__ = ("regimes",)
-    name = ""
-
-    def __init__(self, regimes: frozenset[str]) -> None:
-        _check_regimes(regimes)
-        self.regimes = frozenset(regimes)
-
-    def _step(self, bar: Bar, feature: Feature | None, active: bool) -> tuple[int, float] | None:
-        raise NotImplementedError
-
-    def update(self, ts: int, bar: Bar, feature: Feature | None, regime: str | None) -> Signal | None:
-        """Feed bar t (made at ``ts``); this strategy's signal, or None while warming or without a regime."""
-        active = regime is not None and regime in self.regimes
-        view = self._step(bar, feature, active)
-        if view is None or regime is None:
-            return None
-        direction, strength = view if active else (FLAT, 0.0)
-        return Signal(ts, bar.symbol, self.name, direction, strength, regime)
 
 
 # --------------------------------------------------------------------------- entropy scalping
@@ -112,7 +86,7 @@ class EntropyScalpingSettings:
         _check_regimes(self.regimes)
 
 
-class EntropyScalping(Strategy):
+class EntropyScalping(BarStrategy):
     """Short momentum while returns are ordered (low permutation entropy).
 
     Warm after ``lookback + 1`` bars and a feature row. With ``H`` the entropy:
@@ -128,12 +102,13 @@ class EntropyScalping(Strategy):
     (-1, 0.6)
     """
 
-    __slots__ = ("_closes", "settings")
+    __slots__ = ("_closes",)
     name = "entropy_scalping"
+    settings_class = EntropyScalpingSettings
+    settings: EntropyScalpingSettings
 
     def __init__(self, settings: EntropyScalpingSettings | None = None) -> None:
-        self.settings = settings or EntropyScalpingSettings()
-        super().__init__(self.settings.regimes)
+        super().__init__(settings)
         self._closes: deque[float] = deque(maxlen=self.settings.lookback + 1)
 
     def _step(self, bar: Bar, feature: Feature | None, active: bool) -> tuple[int, float] | None:
@@ -177,7 +152,7 @@ class TrendFollowingSettings:
         _check_regimes(self.regimes)
 
 
-class TrendFollowing(Strategy):
+class TrendFollowing(BarStrategy):
     """Fast/slow EMA crossover of the close.
 
     EMAs start at the first close (``pandas ewm(span=n, adjust=False)``); warm
@@ -194,12 +169,13 @@ class TrendFollowing(Strategy):
     (1, 0.54392829322)
     """
 
-    __slots__ = ("_a_fast", "_a_slow", "_fast", "_n", "_slow", "settings")
+    __slots__ = ("_a_fast", "_a_slow", "_fast", "_n", "_slow")
     name = "trend_following"
+    settings_class = TrendFollowingSettings
+    settings: TrendFollowingSettings
 
     def __init__(self, settings: TrendFollowingSettings | None = None) -> None:
-        self.settings = settings or TrendFollowingSettings()
-        super().__init__(self.settings.regimes)
+        super().__init__(settings)
         self._a_fast = 2.0 / (self.settings.fast + 1)
         self._a_slow = 2.0 / (self.settings.slow + 1)
         self._fast = 0.0
@@ -262,7 +238,7 @@ class MeanReversionSettings:
         _check_regimes(self.regimes)
 
 
-class MeanReversion(Strategy):
+class MeanReversion(BarStrategy):
     """Fade large z-scores of the close against its rolling mean, with hysteresis.
 
     ``z = (C_t - mean) / std`` over the last ``window`` closes (ddof=1; z = 0
@@ -279,12 +255,13 @@ class MeanReversion(Strategy):
     [(-1, 0.57735), (-1, 0.07735), (1, 0.57735), (1, 0.07735)]
     """
 
-    __slots__ = ("_held", "_moments", "settings", "z")
+    __slots__ = ("_held", "_moments", "z")
     name = "mean_reversion"
+    settings_class = MeanReversionSettings
+    settings: MeanReversionSettings
 
     def __init__(self, settings: MeanReversionSettings | None = None) -> None:
-        self.settings = settings or MeanReversionSettings()
-        super().__init__(self.settings.regimes)
+        super().__init__(settings)
         self._moments = RollingVariance(self.settings.window)
         self._held = FLAT
         self.z: float | None = None
@@ -382,7 +359,7 @@ class BreakoutSettings:
         _check_regimes(self.regimes)
 
 
-class Breakout(Strategy):
+class Breakout(BarStrategy):
     """Donchian channel breakout, held until the exit channel breaks.
 
     With ``H``/``L`` the highest high / lowest low of the previous ``window``
@@ -402,12 +379,13 @@ class Breakout(Strategy):
     [None, None, None, (1, 1.0), (1, 1.0), (0, 0.0)]
     """
 
-    __slots__ = ("_exit_hi", "_exit_lo", "_held", "_hi", "_i", "_lo", "_strength", "settings")
+    __slots__ = ("_exit_hi", "_exit_lo", "_held", "_hi", "_i", "_lo", "_strength")
     name = "breakout"
+    settings_class = BreakoutSettings
+    settings: BreakoutSettings
 
     def __init__(self, settings: BreakoutSettings | None = None) -> None:
-        self.settings = settings or BreakoutSettings()
-        super().__init__(self.settings.regimes)
+        super().__init__(settings)
         w, e = self.settings.window, self.settings.exit_window
         self._hi, self._lo = RollingExtreme(w, largest=True), RollingExtreme(w, largest=False)
         self._exit_hi, self._exit_lo = RollingExtreme(e, largest=True), RollingExtreme(e, largest=False)
@@ -461,12 +439,18 @@ class StrategiesSettings:
     breakout: BreakoutSettings = field(default_factory=BreakoutSettings)
 
 
-def default_strategies(settings: StrategiesSettings | None = None) -> list[Strategy]:
-    """Fresh instances of the four strategies for one symbol, in a fixed order."""
+BUILTINS: dict[str, type[BarStrategy]] = {
+    cls.name: cls for cls in (EntropyScalping, TrendFollowing, MeanReversion, Breakout)
+}
+"""The built-in strategies by name (``builtin:NAME`` specs), in the default order."""
+
+
+def default_specs(settings: StrategiesSettings | None = None) -> tuple[StrategySpec, ...]:
+    """The four built-in strategies of a run, in the default order (the loop's default)."""
     s = settings or StrategiesSettings()
-    return [
-        EntropyScalping(s.entropy_scalping),
-        TrendFollowing(s.trend_following),
-        MeanReversion(s.mean_reversion),
-        Breakout(s.breakout),
-    ]
+    return tuple(StrategySpec(name, cls, getattr(s, name)) for name, cls in BUILTINS.items())
+
+
+def default_strategies(settings: StrategiesSettings | None = None) -> list[BarStrategy]:
+    """Fresh instances of the four strategies for one symbol, in a fixed order."""
+    return [spec.build() for spec in default_specs(settings)]

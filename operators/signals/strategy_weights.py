@@ -49,7 +49,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from operators.features.rolling_variance import RollingVariance
-from operators.signals.strategies import RollingExtreme, Strategy
+from operators.signals.strategies import RollingExtreme
+from operators.signals.strategy import Strategy
 from schemas.records import FLAT, REGIMES, Signal
 
 COMPOSITE = "composite"
