@@ -24,7 +24,7 @@ def _trading_settings(t: TradingConfig, features: FeaturesConfig) -> TradingSett
     d = features.bar_interval * 1000
     risk = RiskSettings(
         enabled=t.risk_engine,
-        risk=PortfolioRiskSettings(
+        qvar=PortfolioRiskSettings(
             entropy_coef=features.qvar_entropy_coef,
             horizon_bars=max(1.0, t.qvar_horizon_s / features.bar_interval),
         ),

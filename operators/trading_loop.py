@@ -47,6 +47,7 @@ from operators.signals.strategies import default_specs
 from operators.signals.strategy import Strategy, StrategySpec, check_signal
 from operators.signals.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
 from schemas.records import BUY, FLAT, MARKET, SELL, Bar, Correlation, Feature, Fill, Order, RiskEvent, Signal
+from schemas.settings import check_settings, setting
 
 RISK = "risk"
 STRATEGY_ERROR = "strategy_error"
@@ -89,27 +90,22 @@ class TradingSettings:
         Tranches of the Fibonacci ladder an entry is scaled in with.
     """
 
-    bar_interval_ms: int
-    portfolio: PortfolioSettings = field(default_factory=PortfolioSettings)
-    risk: RiskSettings = field(default_factory=RiskSettings)
-    broker: BrokerSettings | None = None
-    regime: RegimeSettings = field(default_factory=RegimeSettings)
-    strategies: tuple[StrategySpec, ...] = field(default_factory=default_specs)
-    weights: StrategyWeightsSettings | None = None
-    sizing: SizingSettings | None = None
-    atr: ATRSettings = field(default_factory=ATRSettings)
-    allow_short: bool = False
-    min_trade_share: float = 0.002
-    rebalance_band: float = 0.5
-    ladder_levels: int = 3
+    bar_interval_ms: int = setting(gt=0, fixed=True)
+    portfolio: PortfolioSettings = setting(PortfolioSettings())
+    risk: RiskSettings = setting(RiskSettings())
+    broker: BrokerSettings | None = setting(None)
+    regime: RegimeSettings = setting(RegimeSettings())
+    strategies: tuple[StrategySpec, ...] = setting(default_factory=default_specs)
+    weights: StrategyWeightsSettings | None = setting(None)
+    sizing: SizingSettings | None = setting(None)
+    atr: ATRSettings = setting(ATRSettings())
+    allow_short: bool = setting(False)
+    min_trade_share: float = setting(0.002, ge=0, lt=1)
+    rebalance_band: float = setting(0.5, ge=0)
+    ladder_levels: int = setting(3, ge=1)
 
     def __post_init__(self) -> None:
-        if self.bar_interval_ms <= 0:
-            msg = f"bar_interval_ms must be > 0, got {self.bar_interval_ms}"
-            raise ValueError(msg)
-        if not 0 <= self.min_trade_share < 1 or self.ladder_levels < 1:
-            msg = "min_trade_share must be in [0, 1) and ladder_levels >= 1"
-            raise ValueError(msg)
+        check_settings(self)
         names = [spec.name for spec in self.strategies]
         if len(set(names)) != len(names):
             msg = f"strategy names must be unique, got {names}"
@@ -373,7 +369,7 @@ class TradingLoop:
         pf = self.portfolio
         if not pf.positions:
             return None
-        one_bar = dataclasses.replace(self.settings.risk.risk, horizon_bars=1.0)
+        one_bar = dataclasses.replace(self.settings.risk.qvar, horizon_bars=1.0)
         risk = portfolio_risk(pf.weights(), view.vols, view.entropies, view.corr, pf.equity(), one_bar)
         return risk.qvar
 
@@ -519,7 +515,7 @@ class TradingLoop:
         try:
             return check_signal(answer, ts, bar.symbol, strat.name, regime)
         except ValueError as exc:
-            self._mute(ts, bar.symbol, strat.name, f"returned no valid signal: {_one_line(exc)}", out)
+            self._mute(ts, bar.symbol, strat.name, f"returned no valid signal: {exc}", out)
             return None
 
     def _mute(self, ts: int, symbol: str, name: str, problem: str, out: dict) -> None:

@@ -21,7 +21,7 @@ SYMBOLS = ("A/USDT", "B/USDT", "C/USDT")
 
 
 def _loop(enabled: bool = True) -> TradingLoop:
-    risk = RiskSettings(enabled=enabled, risk=PortfolioRiskSettings(horizon_bars=1.0))
+    risk = RiskSettings(enabled=enabled, qvar=PortfolioRiskSettings(horizon_bars=1.0))
     loop = TradingLoop(TradingSettings(bar_interval_ms=D, risk=risk))
     for s in SYMBOLS:
         loop.portfolio.apply_fill(Fill(T0, f"seed-{s}", s, BUY, 200.0, 100.0, 0.0, 0.0))
@@ -129,7 +129,7 @@ def test_a_symbol_without_bars_for_five_minutes_is_stale_and_all_stale_means_obs
 
 
 def test_dlri_above_0_8_cuts_every_position_by_a_quarter_and_above_0_9_deleverages():
-    risk = RiskSettings(risk=PortfolioRiskSettings(horizon_bars=1.0))
+    risk = RiskSettings(qvar=PortfolioRiskSettings(horizon_bars=1.0))
     loop = TradingLoop(TradingSettings(bar_interval_ms=D, risk=risk))
     for s in SYMBOLS:  # gross leverage 2.4 of a maximum of 3: DLRI 0.8 at the reference volatility
         loop.portfolio.apply_fill(Fill(T0, f"seed-{s}", s, BUY, 800.0, 100.0, 0.0, 0.0))

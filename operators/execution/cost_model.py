@@ -14,11 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from schemas.settings import check_settings, setting
+
 BP = 10_000.0
-
-
-_NON_NEGATIVE = ("taker_fee_bps", "maker_fee_bps", "spread_bps", "vol_slippage_coef", "impact_coef_bps")
-_NON_NEGATIVE += ("impact_volume_share", "twap_max_slippage_bps")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +37,7 @@ class BrokerSettings:
         ``impact_coef_bps * sqrt(qty / V)`` when ``qty > impact_volume_share * V``.
     twap_threshold
         Market orders whose notional (qty x the symbol's last close) exceeds
-        this many quote units are worked as TWAP children.
+        this many quote units are worked as TWAP children (``inf``: never).
     participation
         A TWAP child is at most this share of the volume of the bar it fills in.
     twap_max_slippage_bps
@@ -50,39 +48,23 @@ class BrokerSettings:
     >>> BrokerSettings(bar_interval_ms=0)
     Traceback (most recent call last):
     ...
-    ValueError: bar_interval_ms must be a positive int, got 0
+    schemas.settings.SettingsError: BrokerSettings.bar_interval_ms must be an int > 0, got 0
     """
 
-    bar_interval_ms: int
-    taker_fee_bps: float = 10.0
-    maker_fee_bps: float = 2.0
-    spread_bps: float = 2.0
-    vol_slippage_coef: float = 0.5
-    impact_coef_bps: float = 10.0
-    impact_volume_share: float = 0.01
-    twap_threshold: float = 50_000.0
-    participation: float = 0.10
-    twap_max_slippage_bps: float = 15.0
-    recent_volume_bars: int = 20
+    bar_interval_ms: int = setting(gt=0, fixed=True)
+    taker_fee_bps: float = setting(10.0, ge=0)
+    maker_fee_bps: float = setting(2.0, ge=0)
+    spread_bps: float = setting(2.0, ge=0)
+    vol_slippage_coef: float = setting(0.5, ge=0)
+    impact_coef_bps: float = setting(10.0, ge=0)
+    impact_volume_share: float = setting(0.01, ge=0)
+    twap_threshold: float = setting(50_000.0, gt=0, allow_inf=True)  # math.inf disables TWAP
+    participation: float = setting(0.10, gt=0, le=1)
+    twap_max_slippage_bps: float = setting(15.0, ge=0)
+    recent_volume_bars: int = setting(20, ge=1, fixed=True)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bar_interval_ms, int) or self.bar_interval_ms <= 0:
-            msg = f"bar_interval_ms must be a positive int, got {self.bar_interval_ms!r}"
-            raise ValueError(msg)
-        for name in _NON_NEGATIVE:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                msg = f"{name} must be finite and >= 0, got {value!r}"
-                raise ValueError(msg)
-        if not self.twap_threshold > 0:  # math.inf disables TWAP
-            msg = f"twap_threshold must be > 0, got {self.twap_threshold!r}"
-            raise ValueError(msg)
-        if not 0 < self.participation <= 1:
-            msg = f"participation must be in (0, 1], got {self.participation!r}"
-            raise ValueError(msg)
-        if self.recent_volume_bars < 1:
-            msg = f"recent_volume_bars must be >= 1, got {self.recent_volume_bars!r}"
-            raise ValueError(msg)
+        check_settings(self)
 
 
 def impact_bps(settings: BrokerSettings, qty: float, recent_volume: float) -> float:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.records import DUPLICATE, LATE, Bar
+from schemas.settings import check_settings, setting
 from schemas.tick_columns import TickColumns
 
 NO_WATERMARK = np.iinfo(np.int64).min // 2
@@ -33,17 +34,12 @@ class BarSettings:
         closed and is rejected as late.
     """
 
-    interval_ms: int = 1000
-    allowed_lateness_ms: int = 0
-    dedup_horizon_ms: int = 600_000
+    interval_ms: int = setting(1000, gt=0, fixed=True)
+    allowed_lateness_ms: int = setting(0, ge=0)
+    dedup_horizon_ms: int = setting(600_000, ge=0)
 
     def __post_init__(self) -> None:
-        if self.interval_ms <= 0:
-            msg = f"interval_ms must be > 0, got {self.interval_ms}"
-            raise ValueError(msg)
-        if self.allowed_lateness_ms < 0 or self.dedup_horizon_ms < 0:
-            msg = "allowed_lateness_ms and dedup_horizon_ms must be >= 0"
-            raise ValueError(msg)
+        check_settings(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from operators.features.grid_returns import GridReturns
 from operators.features.rolling_correlation import RollingCorrelation
 from schemas.records import Correlation
+from schemas.settings import check_settings, setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +30,12 @@ class CorrelationSettings:
         Emit at grid indices k with k % every == 0 (>= 1).
     """
 
-    bar_interval_ms: int = 1000
-    window: int = 300
-    every: int = 60
+    bar_interval_ms: int = setting(1000, gt=0, fixed=True)
+    window: int = setting(300, ge=2, fixed=True)
+    every: int = setting(60, ge=1, fixed=True)
 
     def __post_init__(self) -> None:
-        if self.window < 2 or self.every < 1 or self.bar_interval_ms <= 0:
-            msg = f"invalid correlation settings {self}"
-            raise ValueError(msg)
+        check_settings(self)
 
 
 class _Zeros:

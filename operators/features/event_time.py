@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.records import TIME
+from schemas.settings import check_settings, setting
 from schemas.tick_columns import TickColumns
 
 NEVER = np.iinfo(np.int64).min
@@ -53,17 +54,13 @@ class TimeBounds:
         jump within ``max_ahead_ms`` only).
     """
 
-    max_ahead_ms: int = 10_000
-    max_behind_ms: int = 86_400_000
-    max_symbols: int = 500
-    confirm_ticks: int = 3
+    max_ahead_ms: int = setting(10_000, ge=1)
+    max_behind_ms: int = setting(86_400_000, ge=1)
+    max_symbols: int = setting(500, ge=1)
+    confirm_ticks: int = setting(3, ge=1)
 
     def __post_init__(self) -> None:
-        for name in ("max_ahead_ms", "max_behind_ms", "max_symbols", "confirm_ticks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"{name} must be an integer >= 1, got {value!r}"
-                raise ValueError(msg)
+        check_settings(self)
 
 
 Rejection = tuple[TickColumns, int, str, str]

@@ -10,6 +10,7 @@ from operators.features.permutation_entropy import PermutationEntropy
 from operators.features.rolling_tail import RollingTail
 from operators.features.rolling_variance import RollingVariance
 from schemas.records import Bar, Feature
+from schemas.settings import check_settings, setting
 
 Z95 = 1.6448536269514722
 
@@ -28,17 +29,12 @@ class FeatureSettings:
         c in QVaR = 1.6449 * vol * (1 - c * entropy).
     """
 
-    bar_interval_ms: int = 1000
-    window: int = 300
-    qvar_entropy_coef: float = 0.3
+    bar_interval_ms: int = setting(1000, gt=0, fixed=True)
+    window: int = setting(300, ge=3, fixed=True)
+    qvar_entropy_coef: float = setting(0.3, ge=0, le=1)
 
     def __post_init__(self) -> None:
-        if self.bar_interval_ms <= 0:
-            msg = f"bar_interval_ms must be > 0, got {self.bar_interval_ms}"
-            raise ValueError(msg)
-        if self.window < 3:
-            msg = f"window must be >= 3, got {self.window}"
-            raise ValueError(msg)
+        check_settings(self)
 
 
 class SymbolFeatures:

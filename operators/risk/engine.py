@@ -167,7 +167,7 @@ class RiskEngine:
         weights = portfolio.weights()
         vols, entropies = market.vols, market.entropies
         if equity > 0:
-            self.last_risk = portfolio_risk(weights, vols, entropies, market.corr, equity, s.risk)
+            self.last_risk = portfolio_risk(weights, vols, entropies, market.corr, equity, s.qvar)
             share = self.last_risk.qvar_share
         else:
             self.last_risk, share = None, math.inf
@@ -395,7 +395,7 @@ class RiskEngine:
             if other != sym:
                 rho = market.corr(*sorted((sym, other)))
                 if rho is None or not math.isfinite(rho):
-                    rho = s.risk.missing_corr
+                    rho = s.qvar.missing_corr
                 worst = max(worst, rho * sign * math.copysign(1.0, portfolio.positions[other]))
         if worst > s.corr_threshold:
             opening *= s.corr_reduce

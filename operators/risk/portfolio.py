@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from schemas.records import BUY, SELL, Fill
+from schemas.settings import SettingsError, check_settings, setting
 
 DAY_MS = 86_400_000
 PERIODS = ("day", "week", "month")
@@ -66,20 +67,14 @@ class PortfolioSettings:
         Daily returns kept (>= sharpe_min_days).
     """
 
-    initial_cash: float = 100_000.0
-    sharpe_min_days: int = 30
-    history_days: int = 365
+    initial_cash: float = setting(100_000.0, gt=0)
+    sharpe_min_days: int = setting(30, ge=2)
+    history_days: int = setting(365, ge=2, fixed=True)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.initial_cash) and self.initial_cash > 0):
-            msg = f"initial_cash must be finite and > 0, got {self.initial_cash}"
-            raise ValueError(msg)
-        if self.sharpe_min_days < 2:
-            msg = f"sharpe_min_days must be >= 2, got {self.sharpe_min_days}"
-            raise ValueError(msg)
+        check_settings(self)
         if self.history_days < self.sharpe_min_days:
-            msg = f"history_days ({self.history_days}) must be >= sharpe_min_days ({self.sharpe_min_days})"
-            raise ValueError(msg)
+            raise SettingsError.of(self, "history_days", f">= sharpe_min_days ({self.sharpe_min_days})")
 
 
 class Portfolio:

@@ -37,6 +37,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from schemas.settings import check_settings, setting
+
 Z95 = 1.6448536269514722
 
 
@@ -71,27 +73,15 @@ class PortfolioRiskSettings:
         The fallback when ``missing_vol`` is None and no volatility is known.
     """
 
-    z: float = Z95
-    entropy_coef: float = 0.3
-    horizon_bars: float = 1.0
-    missing_corr: float = 1.0
-    missing_vol: float | None = None
-    missing_vol_default: float = 0.01
+    z: float = setting(Z95, gt=0)
+    entropy_coef: float = setting(0.3, ge=0, le=1)
+    horizon_bars: float = setting(1.0, gt=0)
+    missing_corr: float = setting(1.0, ge=-1, le=1)
+    missing_vol: float | None = setting(None, ge=0)
+    missing_vol_default: float = setting(0.01, ge=0)
 
     def __post_init__(self) -> None:
-        checks = (
-            ("z", self.z > 0),
-            ("entropy_coef", 0.0 <= self.entropy_coef <= 1.0),
-            ("horizon_bars", self.horizon_bars > 0),
-            ("missing_corr", -1.0 <= self.missing_corr <= 1.0),
-            ("missing_vol", self.missing_vol is None or self.missing_vol >= 0),
-            ("missing_vol_default", self.missing_vol_default >= 0),
-        )
-        for name, ok in checks:
-            value = getattr(self, name)
-            if not ok or (value is not None and not math.isfinite(value)):
-                msg = f"PortfolioRiskSettings.{name} is out of range: {value!r}"
-                raise ValueError(msg)
+        check_settings(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,12 @@ market at a step, :class:`RiskActions` what the loop must do then, and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from operators.risk.portfolio_risk import PortfolioRiskSettings
 from schemas.records import REGIMES
+from schemas.settings import SettingsError, check_settings, setting
 
 NORMAL, DEFENSIVE, OBSERVATION, PAUSE, EMERGENCY = "normal", "defensive", "observation", "pause", "emergency"
 MODE_LEVEL = {NORMAL: 0, DEFENSIVE: 1, OBSERVATION: 1, PAUSE: 2, EMERGENCY: 3}
@@ -31,7 +31,7 @@ class RiskSettings:
     ----------
     enabled
         False: approve everything, never trip (comparison runs).
-    risk
+    qvar
         Settings of the portfolio QVaR.
     breaker_levels, hysteresis, breaker_hold_ms
         QVaR share of equity entering levels 1, 2, 3 (ascending); a level is
@@ -57,77 +57,53 @@ max_orders_per_minute, cost_buffer_bps
         Pre-trade limits (notional in quote units; cost buffer of the cash check in bps).
     """
 
-    enabled: bool = True
-    risk: PortfolioRiskSettings = field(default_factory=PortfolioRiskSettings)
-    breaker_levels: tuple[float, float, float] = (0.012, 0.015, 0.020)
-    hysteresis: float = 0.2
-    breaker_hold_ms: int = 1_800_000
-    max_leverage: float = 3.0
-    safe_leverage: float | None = None
-    dlri_levels: tuple[float, float] = (0.8, 0.9)
-    dlri_cut_fraction: float = 0.25
-    vol_ref_halflife_bars: float = 1440.0
-    ers_threshold: float = 0.6
-    ers_market_weight: float = 0.4
-    ers_position_weight: float = 0.6
-    ers_size_multiplier: float = 0.7
-    ers_stop_multiplier: float = 0.75
-    defensive_drawdown: float = 0.10
-    defensive_weekly_loss: float = 0.03
-    defensive_sharpe: float = 0.5
-    sharpe_days: int = 30
-    defensive_size_multiplier: float = 0.5
-    defensive_min_strength: float = 0.6
-    kill_drawdown: float = 0.15
-    kill_daily_loss: float = 0.03
-    kill_weekly_loss: float = 0.05
-    kill_monthly_loss: float = 0.08
-    stale_after_ms: int = 300_000
-    caution_blocked_regimes: frozenset[str] = frozenset({"high_vol", "crisis"})
-    max_position_share: float = 0.20
-    min_cash_share: float = 0.10
-    corr_threshold: float = 0.7
-    corr_reduce: float = 0.5
-    max_order_notional: float = 250_000.0
-    max_orders_per_minute: int = 30
-    cost_buffer_bps: float = 10.0
+    enabled: bool = setting(True)
+    qvar: PortfolioRiskSettings = setting(PortfolioRiskSettings())
+    breaker_levels: tuple[float, float, float] = setting((0.012, 0.015, 0.020), gt=0)
+    hysteresis: float = setting(0.2, ge=0, lt=1)
+    breaker_hold_ms: int = setting(1_800_000, ge=0)
+    max_leverage: float = setting(3.0, gt=0)
+    safe_leverage: float | None = setting(None, gt=0)
+    dlri_levels: tuple[float, float] = setting((0.8, 0.9), gt=0)
+    dlri_cut_fraction: float = setting(0.25, ge=0, le=1)
+    vol_ref_halflife_bars: float = setting(1440.0, gt=0)
+    ers_threshold: float = setting(0.6, ge=0, le=1)
+    ers_market_weight: float = setting(0.4, ge=0, le=1)
+    ers_position_weight: float = setting(0.6, ge=0, le=1)
+    ers_size_multiplier: float = setting(0.7, ge=0, le=1)
+    ers_stop_multiplier: float = setting(0.75, ge=0, le=1)
+    defensive_drawdown: float = setting(0.10, ge=0, le=1)
+    defensive_weekly_loss: float = setting(0.03, ge=0, le=1)
+    defensive_sharpe: float = setting(0.5)
+    sharpe_days: int = setting(30, ge=2)
+    defensive_size_multiplier: float = setting(0.5, ge=0, le=1)
+    defensive_min_strength: float = setting(0.6, ge=0, le=1)
+    kill_drawdown: float = setting(0.15, ge=0, le=1)
+    kill_daily_loss: float = setting(0.03, ge=0, le=1)
+    kill_weekly_loss: float = setting(0.05, ge=0, le=1)
+    kill_monthly_loss: float = setting(0.08, ge=0, le=1)
+    stale_after_ms: int = setting(300_000, gt=0)
+    caution_blocked_regimes: frozenset[str] = setting(frozenset({"high_vol", "crisis"}))
+    max_position_share: float = setting(0.20, gt=0, le=1)
+    min_cash_share: float = setting(0.10, ge=0, le=1)
+    corr_threshold: float = setting(0.7, ge=0, le=1)
+    corr_reduce: float = setting(0.5, ge=0, le=1)
+    max_order_notional: float = setting(250_000.0, gt=0)
+    max_orders_per_minute: int = setting(30, gt=0)
+    cost_buffer_bps: float = setting(10.0, ge=0)
 
     def __post_init__(self) -> None:
         if self.safe_leverage is None:
             object.__setattr__(self, "safe_leverage", 0.5 * self.max_leverage)
-        positive = "max_leverage safe_leverage vol_ref_halflife_bars stale_after_ms max_position_share"
-        positive += " max_order_notional max_orders_per_minute sharpe_days"
-        unit = "hysteresis dlri_cut_fraction ers_threshold ers_market_weight ers_position_weight"
-        unit += " ers_size_multiplier ers_stop_multiplier defensive_drawdown defensive_weekly_loss"
-        unit += " defensive_size_multiplier defensive_min_strength kill_drawdown kill_daily_loss"
-        unit += " kill_weekly_loss kill_monthly_loss min_cash_share corr_threshold corr_reduce"
-        for name in f"{positive} {unit} defensive_sharpe cost_buffer_bps".split():
-            value = getattr(self, name)
-            if not math.isfinite(value):
-                msg = f"RiskSettings.{name} must be finite, got {value!r}"
-                raise ValueError(msg)
-            if name in positive.split() and value <= 0:
-                msg = f"RiskSettings.{name} must be > 0, got {value!r}"
-                raise ValueError(msg)
-            if name in unit.split() and not 0.0 <= value <= 1.0:
-                msg = f"RiskSettings.{name} must be in [0, 1], got {value!r}"
-                raise ValueError(msg)
-        hold, buffer = self.breaker_hold_ms, self.cost_buffer_bps
-        if self.hysteresis >= 1.0 or self.sharpe_days < 2 or min(buffer, hold) < 0:
-            msg = "RiskSettings: need hysteresis < 1, sharpe_days >= 2, cost buffer and breaker hold >= 0"
-            raise ValueError(msg)
+        check_settings(self)
         if not self.caution_blocked_regimes <= set(REGIMES):
-            msg = f"RiskSettings.caution_blocked_regimes must be among {REGIMES}"
-            raise ValueError(msg)
+            raise SettingsError.of(self, "caution_blocked_regimes", f"among {REGIMES}")
         if self.safe_leverage > self.max_leverage:
-            msg = f"RiskSettings.safe_leverage {self.safe_leverage} exceeds max_leverage {self.max_leverage}"
-            raise ValueError(msg)
-        for name, n in (("breaker_levels", 3), ("dlri_levels", 2)):
+            raise SettingsError.of(self, "safe_leverage", f"<= max_leverage ({self.max_leverage})")
+        for name in ("breaker_levels", "dlri_levels"):
             levels = getattr(self, name)
-            ok = len(levels) == n and all(math.isfinite(x) and x > 0 for x in levels)
-            if not ok or any(a >= b for a, b in zip(levels, levels[1:], strict=False)):
-                msg = f"RiskSettings.{name} must be {n} ascending finite values > 0, got {levels!r}"
-                raise ValueError(msg)
+            if any(a >= b for a, b in zip(levels, levels[1:], strict=False)):
+                raise SettingsError.of(self, name, "ascending")
 
 
 @dataclass(frozen=True, slots=True)

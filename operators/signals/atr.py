@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.records import Bar
+from schemas.settings import check_settings, setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +34,10 @@ class ATRSettings:
         n, the number of bars of the first mean and the smoothing length (>= 1).
     """
 
-    period: int = 14
+    period: int = setting(14, ge=1, fixed=True)
 
     def __post_init__(self) -> None:
-        if self.period < 1:
-            msg = f"period must be >= 1, got {self.period}"
-            raise ValueError(msg)
+        check_settings(self)
 
 
 class ATR:

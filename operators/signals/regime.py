@@ -46,6 +46,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from schemas.records import Bar, Feature
+from schemas.settings import check_settings, setting
 
 TREND_UP, TREND_DOWN, RANGE, HIGH_VOL, CRISIS = "trend_up", "trend_down", "range", "high_vol", "crisis"
 
@@ -70,32 +71,15 @@ class RegimeSettings:
         L, bars between the two closes of the trend score (>= 1).
     """
 
-    high_vol_ratio: float = 1.5
-    ref_halflife_bars: float = 1440.0
-    ref_min_bars: int = 60
-    crisis_corr: float = 0.8
-    trend_threshold: float = 2.0
-    trend_window: int = 60
+    high_vol_ratio: float = setting(1.5, gt=0)
+    ref_halflife_bars: float = setting(1440.0, gt=0)
+    ref_min_bars: int = setting(60, ge=1)
+    crisis_corr: float = setting(0.8, ge=-1, le=1)
+    trend_threshold: float = setting(2.0, ge=0)
+    trend_window: int = setting(60, ge=1, fixed=True)
 
     def __post_init__(self) -> None:
-        if not self.high_vol_ratio > 0:
-            msg = f"high_vol_ratio must be > 0, got {self.high_vol_ratio}"
-            raise ValueError(msg)
-        if not self.ref_halflife_bars > 0:
-            msg = f"ref_halflife_bars must be > 0, got {self.ref_halflife_bars}"
-            raise ValueError(msg)
-        if self.ref_min_bars < 1:
-            msg = f"ref_min_bars must be >= 1, got {self.ref_min_bars}"
-            raise ValueError(msg)
-        if not -1.0 <= self.crisis_corr <= 1.0:
-            msg = f"crisis_corr must be in [-1, 1], got {self.crisis_corr}"
-            raise ValueError(msg)
-        if not self.trend_threshold >= 0:
-            msg = f"trend_threshold must be >= 0, got {self.trend_threshold}"
-            raise ValueError(msg)
-        if self.trend_window < 1:
-            msg = f"trend_window must be >= 1, got {self.trend_window}"
-            raise ValueError(msg)
+        check_settings(self)
 
 
 class RegimeClassifier:

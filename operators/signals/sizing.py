@@ -35,6 +35,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from schemas.settings import check_settings, setting
+
 PHI = (1.0 + math.sqrt(5.0)) / 2.0
 """The golden ratio."""
 
@@ -71,39 +73,24 @@ class SizingSettings:
         Distances are multiplied by ``1 + entropy_widen * entropy`` (>= 0).
     """
 
-    bar_interval_ms: int = 1000
-    target_daily_vol: float = 0.02
-    kelly_fraction: float = 0.25
-    max_fraction: float = 0.2
-    qvar_budget: float = 0.02
-    qvar_share_limit: float = 0.8
-    qvar_factor: float = 0.85
-    entropy_limit: float = 0.6
-    entropy_factor: float = 0.80
-    corr_limit: float = 0.28
-    corr_factor: float = 0.90
-    defensive_factor: float = 0.5
-    stop_atr: float = 2.0
-    target_atr: float = 3.0
-    entropy_widen: float = 0.5
+    bar_interval_ms: int = setting(1000, gt=0, fixed=True)
+    target_daily_vol: float = setting(0.02, gt=0)
+    kelly_fraction: float = setting(0.25, ge=0)
+    max_fraction: float = setting(0.2, gt=0)
+    qvar_budget: float = setting(0.02, gt=0)
+    qvar_share_limit: float = setting(0.8, ge=0, le=1)
+    qvar_factor: float = setting(0.85, ge=0, le=1)
+    entropy_limit: float = setting(0.6, ge=0, le=1)
+    entropy_factor: float = setting(0.80, ge=0, le=1)
+    corr_limit: float = setting(0.28, ge=0, le=1)
+    corr_factor: float = setting(0.90, ge=0, le=1)
+    defensive_factor: float = setting(0.5, ge=0, le=1)
+    stop_atr: float = setting(2.0, gt=0)
+    target_atr: float = setting(3.0, gt=0)
+    entropy_widen: float = setting(0.5, ge=0)
 
     def __post_init__(self) -> None:
-        if self.bar_interval_ms <= 0:
-            msg = f"bar_interval_ms must be > 0, got {self.bar_interval_ms}"
-            raise ValueError(msg)
-        positive = ("target_daily_vol", "max_fraction", "qvar_budget", "stop_atr", "target_atr")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                msg = f"{name} must be > 0, got {getattr(self, name)}"
-                raise ValueError(msg)
-        if not self.kelly_fraction >= 0 or not self.entropy_widen >= 0:
-            msg = "kelly_fraction and entropy_widen must be >= 0"
-            raise ValueError(msg)
-        unit = ("qvar_factor", "entropy_factor", "corr_factor", "defensive_factor")
-        for name in (*unit, "qvar_share_limit", "entropy_limit", "corr_limit"):  # nan fails too
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                msg = f"{name} must be in [0, 1], got {getattr(self, name)}"
-                raise ValueError(msg)
+        check_settings(self)
 
     @property
     def bars_per_day(self) -> float:

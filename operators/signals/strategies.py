@@ -29,15 +29,19 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from operators.features.rolling_variance import RollingVariance
-from operators.signals.strategy import BarStrategy, StrategySpec, check_regimes
-from schemas.records import FLAT, Bar, Feature
+from operators.signals.strategy import BarStrategy, StrategySpec
+from schemas.records import FLAT, REGIMES, Bar, Feature
+from schemas.settings import SettingsError, check_settings, setting
 
 
-def _check_regimes(regimes: frozenset[str]) -> None:
-    check_regimes(regimes)
+def _check(settings) -> None:
+    """The field checks of a strategy's settings, then its regimes."""
+    check_settings(settings)
+    if not settings.regimes <= set(REGIMES):
+        raise SettingsError.of(settings, "regimes", f"among {REGIMES}")
 
 
 def _sign(x: float) -> int:
@@ -68,22 +72,15 @@ class EntropyScalpingSettings:
         Regimes it may trade in.
     """
 
-    entropy_threshold: float = 0.85
-    entropy_full: float = 0.6
-    lookback: int = 10
-    regimes: frozenset[str] = frozenset({"trend_up", "trend_down", "range"})
+    entropy_threshold: float = setting(0.85, ge=0, le=1)
+    entropy_full: float = setting(0.6, ge=0, le=1)
+    lookback: int = setting(10, ge=1, fixed=True)
+    regimes: frozenset[str] = setting(frozenset({"trend_up", "trend_down", "range"}))
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.entropy_full < self.entropy_threshold <= 1.0:
-            msg = (
-                "need 0 <= entropy_full < entropy_threshold <= 1, got "
-                f"{self.entropy_full} and {self.entropy_threshold}"
-            )
-            raise ValueError(msg)
-        if self.lookback < 1:
-            msg = f"lookback must be >= 1, got {self.lookback}"
-            raise ValueError(msg)
-        _check_regimes(self.regimes)
+        _check(self)
+        if not self.entropy_full < self.entropy_threshold:
+            raise SettingsError.of(self, "entropy_full", f"< entropy_threshold ({self.entropy_threshold})")
 
 
 class EntropyScalping(BarStrategy):
@@ -141,15 +138,14 @@ class TrendFollowingSettings:
         Regimes it may trade in.
     """
 
-    fast: int = 20
-    slow: int = 60
-    regimes: frozenset[str] = frozenset({"trend_up", "trend_down"})
+    fast: int = setting(20, ge=1, fixed=True)
+    slow: int = setting(60, ge=2, fixed=True)
+    regimes: frozenset[str] = setting(frozenset({"trend_up", "trend_down"}))
 
     def __post_init__(self) -> None:
-        if not 1 <= self.fast < self.slow:
-            msg = f"need 1 <= fast < slow, got {self.fast} and {self.slow}"
-            raise ValueError(msg)
-        _check_regimes(self.regimes)
+        _check(self)
+        if not self.fast < self.slow:
+            raise SettingsError.of(self, "fast", f"< slow ({self.slow})")
 
 
 class TrendFollowing(BarStrategy):
@@ -223,19 +219,15 @@ class MeanReversionSettings:
         Regimes it may trade in.
     """
 
-    window: int = 60
-    entry_z: float = 2.0
-    exit_z: float = 0.5
-    regimes: frozenset[str] = frozenset({"range"})
+    window: int = setting(60, ge=2, fixed=True)
+    entry_z: float = setting(2.0, gt=0)
+    exit_z: float = setting(0.5, ge=0)
+    regimes: frozenset[str] = setting(frozenset({"range"}))
 
     def __post_init__(self) -> None:
-        if self.window < 2:
-            msg = f"window must be >= 2, got {self.window}"
-            raise ValueError(msg)
-        if not 0.0 <= self.exit_z < self.entry_z:
-            msg = f"need 0 <= exit_z < entry_z, got {self.exit_z} and {self.entry_z}"
-            raise ValueError(msg)
-        _check_regimes(self.regimes)
+        _check(self)
+        if not self.exit_z < self.entry_z:
+            raise SettingsError.of(self, "exit_z", f"< entry_z ({self.entry_z})")
 
 
 class MeanReversion(BarStrategy):
@@ -344,19 +336,15 @@ class BreakoutSettings:
         Regimes it may trade in.
     """
 
-    window: int = 60
-    exit_window: int = 30
-    full_strength_sigmas: float = 1.0
-    regimes: frozenset[str] = frozenset({"trend_up", "trend_down", "high_vol"})
+    window: int = setting(60, ge=1, fixed=True)
+    exit_window: int = setting(30, ge=1, fixed=True)
+    full_strength_sigmas: float = setting(1.0, gt=0)
+    regimes: frozenset[str] = setting(frozenset({"trend_up", "trend_down", "high_vol"}))
 
     def __post_init__(self) -> None:
-        if not 1 <= self.exit_window <= self.window:
-            msg = f"need 1 <= exit_window <= window, got {self.exit_window} and {self.window}"
-            raise ValueError(msg)
-        if not self.full_strength_sigmas > 0:
-            msg = f"full_strength_sigmas must be > 0, got {self.full_strength_sigmas}"
-            raise ValueError(msg)
-        _check_regimes(self.regimes)
+        _check(self)
+        if not self.exit_window <= self.window:
+            raise SettingsError.of(self, "exit_window", f"<= window ({self.window})")
 
 
 class Breakout(BarStrategy):
@@ -433,10 +421,13 @@ class Breakout(BarStrategy):
 class StrategiesSettings:
     """The settings of the four strategies."""
 
-    entropy_scalping: EntropyScalpingSettings = field(default_factory=EntropyScalpingSettings)
-    trend_following: TrendFollowingSettings = field(default_factory=TrendFollowingSettings)
-    mean_reversion: MeanReversionSettings = field(default_factory=MeanReversionSettings)
-    breakout: BreakoutSettings = field(default_factory=BreakoutSettings)
+    entropy_scalping: EntropyScalpingSettings = setting(EntropyScalpingSettings())
+    trend_following: TrendFollowingSettings = setting(TrendFollowingSettings())
+    mean_reversion: MeanReversionSettings = setting(MeanReversionSettings())
+    breakout: BreakoutSettings = setting(BreakoutSettings())
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 BUILTINS: dict[str, type[BarStrategy]] = {

@@ -52,6 +52,7 @@ from operators.features.rolling_variance import RollingVariance
 from operators.signals.strategies import RollingExtreme
 from operators.signals.strategy import Strategy
 from schemas.records import FLAT, REGIMES, Signal
+from schemas.settings import SettingsError, check_settings, setting
 
 COMPOSITE = "composite"
 """Strategy name of the composite signal; it may be recorded but never gets a weight."""
@@ -81,37 +82,19 @@ class StrategyWeightsSettings:
         Composite: smallest |score| that is not flat (>= 0).
     """
 
-    window: int = 500
-    min_obs: int = 50
-    max_dd: float = 0.2
-    prior_weight: float = 1.0
-    drift_penalty: float = 0.25
-    drift_settle_bars: int = 60
-    bar_interval_ms: int = 1000
-    min_score: float = 0.1
+    window: int = setting(500, ge=2, fixed=True)
+    min_obs: int = setting(50, ge=2)
+    max_dd: float = setting(0.2, gt=0, le=1)
+    prior_weight: float = setting(1.0, ge=0)
+    drift_penalty: float = setting(0.25, ge=0, le=1)
+    drift_settle_bars: int = setting(60, ge=1)
+    bar_interval_ms: int = setting(1000, gt=0, fixed=True)
+    min_score: float = setting(0.1, ge=0)
 
     def __post_init__(self) -> None:
-        if self.window < 2:
-            msg = f"window must be >= 2, got {self.window}"
-            raise ValueError(msg)
-        if not 2 <= self.min_obs <= self.window:
-            msg = f"need 2 <= min_obs <= window, got {self.min_obs} and {self.window}"
-            raise ValueError(msg)
-        if not 0.0 < self.max_dd <= 1.0:
-            msg = f"max_dd must be in (0, 1], got {self.max_dd}"
-            raise ValueError(msg)
-        if not self.prior_weight >= 0:
-            msg = f"prior_weight must be >= 0, got {self.prior_weight}"
-            raise ValueError(msg)
-        if not 0.0 <= self.drift_penalty <= 1.0:
-            msg = f"drift_penalty must be in [0, 1], got {self.drift_penalty}"
-            raise ValueError(msg)
-        if self.drift_settle_bars < 1 or self.bar_interval_ms <= 0:
-            msg = "drift_settle_bars must be >= 1 and bar_interval_ms > 0"
-            raise ValueError(msg)
-        if not self.min_score >= 0:
-            msg = f"min_score must be >= 0, got {self.min_score}"
-            raise ValueError(msg)
+        check_settings(self)
+        if self.min_obs > self.window:
+            raise SettingsError.of(self, "min_obs", f"<= window ({self.window})")
 
 
 @dataclass(frozen=True, slots=True)
