@@ -1,13 +1,32 @@
 """Typed settings from a TOML file plus ``--set section.key=value`` overrides.
 
-Parsed once at start-up; every key has the metric spec's default. Precedence:
-defaults, then the file, then ``QBTC_<SECTION>_<KEY>`` environment variables
-(how secrets should arrive), then ``--set``. ``[kafka.consumer]`` and
+Parsed once at start-up. Each section is a frozen settings dataclass built by
+one loader (:func:`load_settings`) along one path: values from TOML, from
+``QBTC_<SECTION>_<KEY>`` environment variables (how secrets should arrive)
+and from ``--set`` strings are coerced by the field's annotation, then the
+class checks itself (:func:`schemas.settings.check_settings`): one error
+format, ``section.key must be RULE, got VALUE``. Precedence: defaults, the
+file, the environment, then ``--set``.
+
+The operator families read their own sections straight into their settings
+classes: ``[risk]`` (with the ``[risk.qvar]`` subtable) is
+:class:`~operators.risk.settings.RiskSettings`, ``[sizing]``
+:class:`~operators.signals.sizing.SizingSettings`, ``[execution]`` the paper
+venue's :class:`~operators.execution.cost_model.BrokerSettings`,
+``[portfolio]``, ``[regime]``, ``[weights]`` and ``[atr]`` likewise. Fields
+derived from other keys (:data:`DERIVED`: every ``bar_interval_ms`` from
+``features.bar_interval``, the QVaR's entropy coefficient and horizon) are
+filled here and are not keys of their own. ``[kafka.consumer]`` and
 ``[kafka.producer]`` pass librdkafka settings through as they are.
 
->>> s = load_settings(None, ["features.window=60", "features.bar_interval=1"])
->>> (s.features.window, s.features.corr_every)
-(60, 60)
+>>> sets = ["features.window=60", "features.bar_interval=60", "risk.breaker_levels=0.01,0.02,0.03"]
+>>> s = load_settings(None, sets, env={})
+>>> (s.features.window, s.features.corr_every, s.risk.breaker_levels, s.risk.qvar.horizon_bars)
+(60, 60, (0.01, 0.02, 0.03), 1440.0)
+>>> load_settings(None, ["trading.ers_threshold=0.7"], env={})
+Traceback (most recent call last):
+...
+flows.config.ConfigError: trading.ers_threshold moved to risk.ers_threshold
 """
 
 from __future__ import annotations
@@ -15,14 +34,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from operators.execution.cost_model import BrokerSettings
+from operators.risk.portfolio import PortfolioSettings
+from operators.risk.settings import RiskSettings
+from operators.signals.atr import ATRSettings
+from operators.signals.regime import RegimeSettings
+from operators.signals.sizing import SizingSettings
+from operators.signals.strategy_weights import StrategyWeightsSettings
+from schemas.errors import UsageProblem
+from schemas.settings import SettingsError, check_settings, field_types, optional_of, setting, type_rule
 from schemas.validation import exchange_problem, symbol_problem
 from sinks.clickhouse_store import DEFAULT_DSN
 
 
-class ConfigError(Exception):
+class ConfigError(UsageProblem):
     """An unusable config file or override."""
 
 
@@ -30,17 +59,20 @@ class ConfigError(Exception):
 class FeaturesConfig:
     """``[features]``: bars, features and correlations (see the metric spec)."""
 
-    bar_interval: int = 1
-    window: int = 300
-    corr_window: int = 300
-    corr_every: int = 60
-    allowed_lateness_ms: int = 0
-    qvar_entropy_coef: float = 0.3
-    dedup_horizon_ms: int = 600_000
-    max_ahead_ms: int = 10_000
-    max_behind_ms: int = 86_400_000
-    max_symbols: int = 500
-    confirm_ticks: int = 3
+    bar_interval: int = setting(1, ge=1, fixed=True)
+    window: int = setting(300, ge=3, fixed=True)
+    corr_window: int = setting(300, ge=2, fixed=True)
+    corr_every: int = setting(60, ge=1, fixed=True)
+    allowed_lateness_ms: int = setting(0, ge=0)
+    qvar_entropy_coef: float = setting(0.3, ge=0, le=1)
+    dedup_horizon_ms: int = setting(600_000, ge=0)
+    max_ahead_ms: int = setting(10_000, ge=1)
+    max_behind_ms: int = setting(86_400_000, ge=1)
+    max_symbols: int = setting(500, ge=1)
+    confirm_ticks: int = setting(3, ge=1)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,35 +85,54 @@ class InputConfig:
     ``value`` dead letter.
     """
 
-    exchange: str = "unknown"
-    block_bytes: int = 4 << 20
-    symbols: tuple[str, ...] = ()
+    exchange: str = setting("unknown")
+    block_bytes: int = setting(4 << 20, ge=4096)
+    symbols: tuple[str, ...] = setting(())
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        problem = exchange_problem(self.exchange)
+        if problem is not None:
+            raise SettingsError.of(self, "exchange", f"a name the readers accept ({problem})")
+        for symbol in self.symbols:
+            problem = symbol_problem(symbol)
+            if problem is not None:
+                raise SettingsError.of(self, "symbols", f"ccxt-unified symbols ({problem})")
 
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     """``[store]``: where results go."""
 
-    dsn: str = DEFAULT_DSN
-    batch_rows: int = 250_000
+    dsn: str = setting(DEFAULT_DSN)
+    batch_rows: int = setting(250_000, ge=1)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass(frozen=True, slots=True)
 class SimulatorConfig:
     """``[simulator]``: the synthetic market of ``qbtc run``."""
 
-    symbols: int = 10
-    duration_s: float = 900.0
-    trades_per_s: float = 1000.0
-    seed: int = 7
+    symbols: int = setting(10, ge=1)
+    duration_s: float = setting(900.0, gt=0)
+    trades_per_s: float = setting(1000.0, gt=0)
+    seed: int = setting(7)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     """``[run]``: execution."""
 
-    workers: int = 1
-    progress: bool = True
+    workers: int = setting(1, ge=1)
+    progress: bool = setting(True)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 class Secret:
@@ -126,56 +177,71 @@ class KafkaConfig:
     ``--set kafka.producer.linger.ms=20``).
     """
 
-    brokers: str = "127.0.0.1:9092"
-    topic_prefix: str = ""
-    partitions: int = 4
-    replication: int = 1
-    consume_batch: int = 3_000
-    timeout_s: float = 30.0
-    security_protocol: str = ""
-    sasl_mechanism: str = ""
-    sasl_username: str = ""
-    sasl_password: Secret = Secret()
-    ssl_ca_location: str = ""
-    ssl_certificate_location: str = ""
-    ssl_key_location: str = ""
-    ssl_key_password: Secret = Secret()
-    consumer: dict = field(default_factory=dict)
-    producer: dict = field(default_factory=dict)
-    recovery_dir: str = ""
-    recovery_partitions: int = 1
-    snapshot_interval_s: float = 10.0
-    metrics_port: int = 0
+    brokers: str = setting("127.0.0.1:9092")
+    topic_prefix: str = setting("")
+    partitions: int = setting(4, ge=1)
+    replication: int = setting(1, ge=1)
+    consume_batch: int = setting(3_000, ge=1)
+    timeout_s: float = setting(30.0, gt=0)
+    security_protocol: str = setting("")
+    sasl_mechanism: str = setting("")
+    sasl_username: str = setting("")
+    sasl_password: Secret = setting(Secret(), secret=True)
+    ssl_ca_location: str = setting("")
+    ssl_certificate_location: str = setting("")
+    ssl_key_location: str = setting("")
+    ssl_key_password: Secret = setting(Secret(), secret=True)
+    consumer: dict = setting(default_factory=dict, secret=True)
+    producer: dict = setting(default_factory=dict, secret=True)
+    recovery_dir: str = setting("")
+    recovery_partitions: int = setting(1, ge=1)
+    snapshot_interval_s: float = setting(10.0, gt=0)
+    metrics_port: int = setting(0, ge=0, le=65535)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if not self.brokers.strip():
+            raise SettingsError.of(self, "brokers", "at least one broker")
+        for name in ("consumer", "producer"):
+            if not all(isinstance(v, (str, int, float, bool)) for v in getattr(self, name).values()):
+                raise SettingsError(type(self).__name__, name, "a table of librdkafka settings", "***")
 
 
 @dataclass(frozen=True, slots=True)
 class TradingConfig:
-    """``[trading]``: the trading loop (signals, sizing, risk engine, paper broker).
+    """``[trading]``: the trading loop's own keys, and the operator control file.
 
-    ``risk_engine = false`` turns the risk engine off (it then approves every
-    order and never trips), for comparison runs. ``qvar_horizon_s`` is the
-    portfolio QVaR's horizon: per-bar volatilities scale by the square root of
-    the bars in it (default one day, the usual VaR limit horizon), so the breaker levels mean the same
-    whatever the bar interval.
-    ``control_file`` is where ``qbtc control`` appends operator commands.
+    ``allow_short``, ``min_trade_share``, ``rebalance_band`` and
+    ``ladder_levels`` are those of :class:`~operators.trading_loop.TradingSettings`
+    (same defaults and rules, tested); ``control_file`` is where ``qbtc
+    control`` appends operator commands. The risk engine, sizing, the paper
+    venue and the portfolio have their own sections.
     """
 
-    initial_cash: float = 100_000.0
-    allow_short: bool = False
-    risk_engine: bool = True
-    qvar_horizon_s: float = 86400.0
-    max_leverage: float = 3.0
-    max_position_share: float = 0.20
-    max_order_notional: float = 250_000.0
-    taker_fee_bps: float = 10.0
-    maker_fee_bps: float = 2.0
-    spread_bps: float = 2.0
-    twap_threshold: float = 50_000.0
-    target_daily_vol: float = 0.02
-    min_trade_share: float = 0.002
-    ers_threshold: float = 0.6
-    entropy_size_limit: float = 0.6
-    control_file: str = "var/control.jsonl"
+    allow_short: bool = setting(False)
+    min_trade_share: float = setting(0.002, ge=0, lt=1)
+    rebalance_band: float = setting(0.5, ge=0)
+    ladder_levels: int = setting(3, ge=1)
+    control_file: str = setting("var/control.jsonl")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskKeys:
+    """Keys of ``[risk]`` that are not fields of :class:`RiskSettings`.
+
+    ``qvar_horizon_s`` is the portfolio QVaR's horizon: per-bar volatilities
+    scale by the square root of the bars in it (default one day, the usual
+    VaR limit horizon), so the breaker levels mean the same whatever the bar
+    interval; it sets ``risk.qvar.horizon_bars``.
+    """
+
+    qvar_horizon_s: float = setting(86_400.0, gt=0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 BUILTIN_STRATEGIES = ("entropy_scalping", "trend_following", "mean_reversion", "breakout")
@@ -191,12 +257,17 @@ class StrategiesConfig:
     checked against its strategy's settings class when the strategies load.
     """
 
-    use: tuple[str, ...] = tuple(f"builtin:{name}" for name in BUILTIN_STRATEGIES)
-    params: dict = field(default_factory=dict)
+    use: tuple[str, ...] = setting(tuple(f"builtin:{name}" for name in BUILTIN_STRATEGIES))
+    params: dict = setting(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Every section. Build it with :func:`load_settings` (which fills the derived fields)."""
+
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     input: InputConfig = field(default_factory=InputConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -204,112 +275,276 @@ class Settings:
     run: RunConfig = field(default_factory=RunConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     trading: TradingConfig = field(default_factory=TradingConfig)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+    sizing: SizingSettings = field(default_factory=SizingSettings)
+    execution: BrokerSettings = field(default_factory=lambda: BrokerSettings(bar_interval_ms=1000))
+    portfolio: PortfolioSettings = field(default_factory=PortfolioSettings)
+    regime: RegimeSettings = field(default_factory=RegimeSettings)
+    weights: StrategyWeightsSettings = field(default_factory=StrategyWeightsSettings)
+    atr: ATRSettings = field(default_factory=ATRSettings)
     strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
 
 
-def _coerce(section: str, key: str, ftype: str, value):
-    where = f"{section}.{key}"
-    if ftype == "bool":
+EXTRA_KEYS: dict[str, type] = {"risk": RiskKeys}
+"""Sections with keys that are not fields of their settings class (a settings class of those keys)."""
+
+DERIVED: dict[str, tuple[str, Callable]] = {
+    "execution.bar_interval_ms": ("features.bar_interval", lambda f, x: f.bar_interval * 1000),
+    "sizing.bar_interval_ms": ("features.bar_interval", lambda f, x: f.bar_interval * 1000),
+    "weights.bar_interval_ms": ("features.bar_interval", lambda f, x: f.bar_interval * 1000),
+    "risk.qvar.entropy_coef": ("features.qvar_entropy_coef", lambda f, x: f.qvar_entropy_coef),
+    "risk.qvar.horizon_bars": (
+        "risk.qvar_horizon_s / features.bar_interval",
+        lambda f, x: max(1.0, x["risk"].qvar_horizon_s / f.bar_interval),
+    ),
+}
+"""Fields filled from other keys: ``section.field`` -> (where it comes from, f(features, extra keys))."""
+
+MOVED: dict[str, str] = {
+    "trading.initial_cash": "portfolio.initial_cash",
+    "trading.risk_engine": "risk.enabled",
+    "trading.qvar_horizon_s": "risk.qvar_horizon_s",
+    "trading.max_leverage": "risk.max_leverage",
+    "trading.max_position_share": "risk.max_position_share and sizing.max_fraction",
+    "trading.max_order_notional": "risk.max_order_notional",
+    "trading.ers_threshold": "risk.ers_threshold",
+    "trading.taker_fee_bps": "execution.taker_fee_bps",
+    "trading.maker_fee_bps": "execution.maker_fee_bps",
+    "trading.spread_bps": "execution.spread_bps",
+    "trading.twap_threshold": "execution.twap_threshold",
+    "trading.target_daily_vol": "sizing.target_daily_vol",
+    "trading.entropy_size_limit": "sizing.entropy_limit",
+}
+"""Keys that moved: old key -> where it is now (an error names the new key)."""
+
+_NONE_WORDS = ("", "none")
+_TRUE_WORDS = ("true", "1", "yes", "on")
+_FALSE_WORDS = ("false", "0", "no", "off")
+
+
+class _NotCoercible(Exception):
+    pass
+
+
+def _scalar(tp, value):
+    if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-    elif ftype == "int":
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
+    elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, str):
             try:
-                return int(value.replace("_", ""))
+                return int(value.strip().replace("_", ""))
             except ValueError:
                 pass
-    elif ftype == "float":
+    elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):
             try:
-                return float(value)
+                return float(value.strip())
             except ValueError:
                 pass
-    elif ftype == "str":
-        if isinstance(value, str):
-            return value
-    elif ftype == "tuple[str, ...]":
-        items = value.split(",") if isinstance(value, str) else value
-        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
-            return tuple(v.strip() for v in items if v.strip())
-        ftype = "a list of strings"
-    elif ftype == "Secret":
+    elif tp is Secret:
         if isinstance(value, Secret):
             return value
         if isinstance(value, str):
             return Secret(value)
-        msg = f"{where} must be a string"  # never echo a secret
-        raise ConfigError(msg)
-    elif ftype == "dict" and section == "strategies":
-        return {str(k): dict(v) for k, v in value.items()}
-    elif ftype == "dict":
-        if isinstance(value, dict) and all(
-            isinstance(v, (str, int, float, bool)) and not isinstance(v, dict) for v in value.values()
-        ):
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
             return {str(k): v for k, v in value.items()}
-        msg = f"{where} must be a table of librdkafka settings"
-        raise ConfigError(msg)
-    msg = f"{where} must be {ftype}, got {value!r}"
-    raise ConfigError(msg)
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise _NotCoercible
 
 
-def settings_from_table(cls, table: Mapping, where: str):
-    """An operator's frozen settings dataclass from a config table (values from TOML or ``--set`` strings).
+def coerce(tp, value):
+    """``value`` (from TOML, an environment variable or ``--set``) as annotation ``tp``.
 
-    Unknown keys and values of the wrong type or range are a :class:`ConfigError`
-    naming ``where.key``.
+    Strings are parsed (``"1_000"``, ``"true"``, ``"0.01,0.02"`` for tuples and
+    sets, ``"none"`` or empty for an optional value); raises ``ValueError``
+    when the value cannot be of that type (its range is the class's check).
 
-    >>> from operators.signals.atr import ATRSettings
-    >>> settings_from_table(ATRSettings, {"period": "20"}, "atr")
-    ATRSettings(period=20)
+    >>> coerce(tuple[float, float], "0.8, 0.9"), coerce(frozenset[str], ["crisis"])
+    ((0.8, 0.9), frozenset({'crisis'}))
+    >>> coerce(float | None, "none"), coerce(int, "1_000"), coerce(bool, "off")
+    (None, 1000, False)
     """
-    known = {f.name: f.type for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(known))
+    inner = optional_of(tp)
+    if inner is not None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+            return None
+        return coerce(inner, value)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    try:
+        if origin in (tuple, frozenset):
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise _NotCoercible
+            if args[0] is str or isinstance(value, str):
+                items = [v.strip() if isinstance(v, str) else v for v in items]
+                items = [v for v in items if v != ""]
+            return origin(_scalar(args[0], v) for v in items)
+        return _scalar(tp, value)
+    except _NotCoercible:
+        msg = f"not coercible to {tp}"
+        raise ValueError(msg) from None
+
+
+def _settings_class(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _build(cls, table, where: str, derived: Mapping[str, tuple[str, object]]):
+    """``cls`` from a config table: the one path every section takes.
+
+    ``derived`` maps a dotted field (relative to ``cls``) to (its source key,
+    its value); those fields are filled and may not be given.
+    """
+    if not isinstance(table, Mapping):
+        msg = f"[{where}] must be a table"
+        raise ConfigError(msg)
+    types = field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(types))
     if unknown:
         msg = f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}"
         raise ConfigError(msg)
-    values = {k: _coerce(where, k, known[k], v) for k, v in table.items()}
+    values = {}
+    for name, tp in types.items():
+        path = f"{where}.{name}"
+        if name in derived:
+            source, value = derived[name]
+            if name in table:
+                msg = f"{path} is not a key of its own: it comes from {source}"
+                raise ConfigError(msg)
+            values[name] = value
+            continue
+        inner = {k.partition(".")[2]: v for k, v in derived.items() if k.startswith(f"{name}.")}
+        if _settings_class(tp) and (name in table or inner):
+            values[name] = _build(tp, table.get(name, {}), path, inner)
+        elif name in table:
+            try:
+                values[name] = coerce(tp, table[name])
+            except ValueError:
+                meta = fields[name].metadata
+                shown = "***" if meta.get("secret") else table[name]
+                msg = f"{path} must be {type_rule(tp, meta)}, got {shown!r}"
+                raise ConfigError(msg) from None
     try:
         return cls(**values)
+    except SettingsError as exc:
+        msg = f"{where}.{exc.name} must be {exc.rule}, got {exc.value!r}"
+        raise ConfigError(msg) from None
     except (TypeError, ValueError) as exc:
         msg = f"[{where}]: {exc}"
         raise ConfigError(msg) from None
 
 
+def settings_from_table(cls, table: Mapping, where: str):
+    """An operator's frozen settings dataclass from a config table (values from TOML or ``--set`` strings).
+
+    The same path as every section of :func:`load_settings`: unknown keys and
+    values of the wrong type or range are a :class:`ConfigError` naming
+    ``where.key``.
+
+    >>> settings_from_table(ATRSettings, {"period": "20"}, "atr")
+    ATRSettings(period=20)
+    >>> settings_from_table(ATRSettings, {"period": 0}, "strategies.mine")
+    Traceback (most recent call last):
+    ...
+    flows.config.ConfigError: strategies.mine.period must be an int >= 1, got 0
+    """
+    return _build(cls, table, where, {})
+
+
+def config_keys(cls, prefix: str = "") -> list[tuple[str, object, dataclasses.Field]]:
+    """(dotted key, annotation, field) of every key of settings class ``cls``, subtables flattened."""
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = field_types(cls)[f.name]
+        if _settings_class(tp):
+            out += config_keys(tp, f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", tp, f))
+    return out
+
+
+def section_keys(section: str) -> list[tuple[str, object, dataclasses.Field]]:
+    """The keys of a section (its extra keys included, derived fields left out)."""
+    cls = field_types(Settings)[section]
+    keys = config_keys(cls)
+    if section in EXTRA_KEYS:
+        keys += config_keys(EXTRA_KEYS[section])
+    return [k for k in keys if f"{section}.{k[0]}" not in DERIVED]
+
+
 ENV_PREFIX = "QBTC_"
+
+
+def _env_names() -> dict[str, tuple[str, str]]:
+    """``qbtc_section_key`` (lower case) -> (section, dotted key), moved keys included."""
+    names = {}
+    for section in field_types(Settings):
+        for key, tp, _f in section_keys(section):
+            if tp is not dict:
+                names[f"{section}_{key.replace('.', '_')}"] = (section, key)
+    for old in MOVED:
+        section, _, key = old.partition(".")
+        names[f"{section}_{key}"] = (section, key)
+    return names
 
 
 def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     """``QBTC_SECTION_KEY=value`` variables as (section, key, value)."""
-    sections = {
-        f.name: {g.name for g in dataclasses.fields(f.default_factory)} for f in dataclasses.fields(Settings)
-    }
+    names = _env_names()
     out = []
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        for section, keys in sections.items():
-            key = rest[len(section) + 1 :]
-            if rest.startswith(section + "_") and key in keys:
-                out.append((section, key, value))
+        if name.startswith(ENV_PREFIX):
+            found = names.get(name[len(ENV_PREFIX) :].lower())
+            if found is not None:
+                out.append((*found, value))
     return out
 
 
 def _put(raw: dict, section: str, key: str, value) -> None:
+    """Set ``section.key`` (dotted: a subtable's key, a librdkafka key, a strategy's table) in ``raw``."""
     table = raw.setdefault(section, {})
-    head, dot, tail = key.partition(".")
-    if section == "kafka" and dot and head in ("consumer", "producer"):
-        table.setdefault(head, {})[tail] = value
-    elif section == "strategies" and dot:
-        table.setdefault(head, {})[tail] = value
-    else:
-        table[key] = value
+    if not isinstance(table, dict):
+        return  # the section is not a table: an error when it is built
+    cls = field_types(Settings).get(section)
+    while cls is not None and "." in key:
+        head, _, tail = key.partition(".")
+        tp = field_types(cls).get(head)
+        if tp is dict:  # librdkafka pass-through: the rest is one key
+            table.setdefault(head, {})[tail] = value
+            return
+        if section == "strategies" and tp is None:  # [strategies.<name>]
+            table.setdefault(head, {})[tail] = value
+            return
+        if not _settings_class(tp):
+            break
+        table = table.setdefault(head, {})
+        cls, key = tp, tail
+    table[key] = value
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        msg = f"cannot read config {path}: {exc.strerror}"
+        raise ConfigError(msg) from None
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"config {path} is not valid TOML: {exc}"
+        raise ConfigError(msg) from None
 
 
 def load_settings(
@@ -317,17 +552,7 @@ def load_settings(
 ) -> Settings:
     """Defaults, the TOML file at ``path``, ``QBTC_*`` variables of ``env``
     (default ``os.environ``), then ``section.key=value`` overrides."""
-    raw: dict[str, dict] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
-        except OSError as exc:
-            msg = f"cannot read config {path}: {exc.strerror}"
-            raise ConfigError(msg) from None
-        except tomllib.TOMLDecodeError as exc:
-            msg = f"config {path} is not valid TOML: {exc}"
-            raise ConfigError(msg) from None
+    raw: dict[str, dict] = _read_toml(path) if path is not None else {}
     for section, key, value in _env_overrides(os.environ if env is None else env):
         _put(raw, section, key, value)
     for item in overrides or []:
@@ -337,83 +562,99 @@ def load_settings(
             msg = f"--set {item.partition('=')[0]!r}=...: expected section.key=value"
             raise ConfigError(msg)
         _put(raw, section, key, value.strip())
-    sections = {}
-    for sec_field in dataclasses.fields(Settings):
-        cls = sec_field.default_factory
-        given = raw.pop(sec_field.name, {})
-        if not isinstance(given, dict):
-            msg = f"[{sec_field.name}] must be a table"
-            raise ConfigError(msg)
-        known = {f.name: f.type for f in dataclasses.fields(cls)}
-        if sec_field.name == "strategies":  # [strategies.<name>] tables: checked when strategies load
-            params = {k: v for k, v in given.items() if isinstance(v, dict)}
-            given = {k: v for k, v in given.items() if not isinstance(v, dict)}
-            if params:
-                given["params"] = params
-        unknown = given.keys() - known.keys()
-        if unknown:
-            msg = f"unknown key(s) {', '.join(f'{sec_field.name}.{k}' for k in sorted(unknown))}"
-            raise ConfigError(msg)
-        sections[sec_field.name] = cls(
-            **{k: _coerce(sec_field.name, k, known[k], v) for k, v in given.items()}
-        )
-    if raw:
-        msg = f"unknown section(s) {', '.join(sorted(raw))}"
+    types = field_types(Settings)
+    unknown = sorted(set(raw) - set(types))
+    if unknown:
+        msg = f"unknown section(s) {', '.join(unknown)}"
         raise ConfigError(msg)
-    settings = Settings(**sections)
-    _validate(settings)
-    return settings
+    for section, table in raw.items():
+        for key in table if isinstance(table, dict) else ():
+            if f"{section}.{key}" in MOVED:
+                msg = f"{section}.{key} moved to {MOVED[f'{section}.{key}']}"
+                raise ConfigError(msg)
+    if isinstance(raw.get("strategies"), dict):  # [strategies.<name>] tables: checked when strategies load
+        given = raw["strategies"]
+        params = {k: v for k, v in given.items() if isinstance(v, dict)}
+        raw["strategies"] = {k: v for k, v in given.items() if not isinstance(v, dict)}
+        if params:
+            raw["strategies"]["params"] = params
+    extras = {}
+    for section, cls in EXTRA_KEYS.items():
+        table = raw.get(section, {})
+        if isinstance(table, dict):
+            names = {f.name for f in dataclasses.fields(cls)}
+            extras[section] = _build(cls, {k: v for k, v in table.items() if k in names}, section, {})
+            raw[section] = {k: v for k, v in table.items() if k not in names}
+    features = _build(FeaturesConfig, raw.get("features", {}), "features", {})
+    derived: dict[str, dict[str, tuple[str, object]]] = {}
+    for key, (source, make) in DERIVED.items():
+        section, _, rest = key.partition(".")
+        derived.setdefault(section, {})[rest] = (source, make(features, extras))
+    sections = {"features": features}
+    for section, cls in types.items():
+        if section != "features":
+            sections[section] = _build(cls, raw.get(section, {}), section, derived.get(section, {}))
+    return Settings(**sections)
 
 
-def _validate(s: Settings) -> None:
-    f = s.features
-    checks = [
-        (f.bar_interval >= 1, "features.bar_interval must be >= 1 (seconds)"),
-        (f.window >= 3, "features.window must be >= 3"),
-        (f.corr_window >= 2, "features.corr_window must be >= 2"),
-        (f.corr_every >= 1, "features.corr_every must be >= 1"),
-        (f.allowed_lateness_ms >= 0, "features.allowed_lateness_ms must be >= 0"),
-        (f.dedup_horizon_ms >= 0, "features.dedup_horizon_ms must be >= 0"),
-        (f.max_ahead_ms >= 1, "features.max_ahead_ms must be >= 1"),
-        (f.max_behind_ms >= 1, "features.max_behind_ms must be >= 1"),
-        (f.max_symbols >= 1, "features.max_symbols must be >= 1"),
-        (f.confirm_ticks >= 1, "features.confirm_ticks must be >= 1"),
-        (0 <= f.qvar_entropy_coef <= 1, "features.qvar_entropy_coef must be in [0, 1]"),
-        (s.run.workers >= 1, "run.workers must be >= 1"),
-        (s.store.batch_rows >= 1, "store.batch_rows must be >= 1"),
-        (s.input.block_bytes >= 4096, "input.block_bytes must be >= 4096"),
-        (s.simulator.symbols >= 1, "simulator.symbols must be >= 1"),
-        (s.simulator.duration_s > 0, "simulator.duration_s must be > 0"),
-        (s.kafka.partitions >= 1, "kafka.partitions must be >= 1"),
-        (s.kafka.replication >= 1, "kafka.replication must be >= 1"),
-        (s.kafka.consume_batch >= 1, "kafka.consume_batch must be >= 1"),
-        (s.kafka.timeout_s > 0, "kafka.timeout_s must be > 0"),
-        (s.kafka.recovery_partitions >= 1, "kafka.recovery_partitions must be >= 1"),
-        (s.kafka.snapshot_interval_s > 0, "kafka.snapshot_interval_s must be > 0"),
-        (0 <= s.kafka.metrics_port <= 65535, "kafka.metrics_port must be 0 (off) or a port"),
-        (bool(s.kafka.brokers.strip()), "kafka.brokers must name at least one broker"),
-        (s.trading.initial_cash > 0, "trading.initial_cash must be > 0"),
-        (s.trading.qvar_horizon_s > 0, "trading.qvar_horizon_s must be > 0"),
-        (s.trading.max_leverage > 0, "trading.max_leverage must be > 0"),
-        (0 < s.trading.max_position_share <= 1, "trading.max_position_share must be in (0, 1]"),
-        (s.trading.max_order_notional > 0, "trading.max_order_notional must be > 0"),
-        (s.trading.twap_threshold > 0, "trading.twap_threshold must be > 0"),
-        (s.trading.target_daily_vol > 0, "trading.target_daily_vol must be > 0"),
-        (0 <= s.trading.min_trade_share < 1, "trading.min_trade_share must be in [0, 1)"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    _validate_input(s.input)
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Secret):
+        return '""'
+    if isinstance(value, (tuple, frozenset)):
+        items = sorted(value) if isinstance(value, frozenset) else value
+        return "[" + ", ".join(_toml_value(v) for v in items) + "]"
+    if isinstance(value, dict):
+        return (
+            "{}"
+            if not value
+            else "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
+        )
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float):
+        return (
+            repr(value) if value == value and abs(value) != float("inf") else ("inf" if value > 0 else "nan")
+        )
+    return repr(value)
 
 
-def _validate_input(i: InputConfig) -> None:
-    """``input.exchange`` and ``input.symbols`` must be names the readers accept."""
-    found = [("exchange", exchange_problem(i.exchange))] + [("symbols", symbol_problem(x)) for x in i.symbols]
-    for key, problem in found:
-        if problem is not None:
-            msg = f"input.{key}: {problem}"
-            raise ConfigError(msg)
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _reference_lines(section: str, cls, extra=None) -> list[str]:
+    lines, tables = [], []
+    for f in dataclasses.fields(cls) + (dataclasses.fields(extra) if extra else ()):
+        tp = field_types(cls if f in dataclasses.fields(cls) else extra)[f.name]
+        if f"{section}.{f.name}" in DERIVED or tp is dict:
+            continue  # filled from other keys; pass-through tables
+        if _settings_class(tp):
+            tables.append((f"{section}.{f.name}", tp))
+            continue
+        value = _default(f)
+        rule = "a string (a secret: set it in the environment)" if tp is Secret else type_rule(tp, f.metadata)
+        fixed = "; fixed on resume" if f.metadata.get("fixed") else ""
+        text = f"{f.name} = {_toml_value(value)}" if value is not None else f"# {f.name} = (none)"
+        lines.append(f"{text:<34} # {rule}{fixed}")
+    for name, tp in tables:
+        lines += ["", f"[{name}]", *_reference_lines(name, tp)]
+    return lines
+
+
+def config_reference() -> str:
+    """Every section and key as TOML with its default, its rule as a comment (what ``README`` shows).
+
+    Derived fields are left out (named at the end); an optional key whose
+    default is None is commented out.
+    """
+    lines: list[str] = []
+    for section, cls in field_types(Settings).items():
+        lines += [f"[{section}]", *_reference_lines(section, cls, EXTRA_KEYS.get(section)), ""]
+    lines.append("# not keys, filled from others:")
+    lines += [f"#   {key} <- {source}" for key, (source, _) in DERIVED.items()]
+    return "\n".join(lines) + "\n"
 
 
 _SECURITY_KEYS = (

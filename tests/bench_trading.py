@@ -131,7 +131,7 @@ def one_run(args, seed: int) -> tuple[float | None, int, float]:
             "features.window=30",
             "features.corr_window=30",
             "features.corr_every=5",
-            "trading.qvar_horizon_s=60",
+            "risk.qvar_horizon_s=60",
             f"trading.control_file={os.devnull}",
         ],
     )
