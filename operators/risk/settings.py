@@ -93,9 +93,9 @@ max_orders_per_minute, cost_buffer_bps
     cost_buffer_bps: float = setting(10.0, ge=0)
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.safe_leverage is None:
             object.__setattr__(self, "safe_leverage", 0.5 * self.max_leverage)
-        check_settings(self)
         if not self.caution_blocked_regimes <= set(REGIMES):
             raise SettingsError.of(self, "caution_blocked_regimes", f"among {REGIMES}")
         if self.safe_leverage > self.max_leverage:
