@@ -142,7 +142,8 @@ def _trade(p, default: bool) -> None:
         action=argparse.BooleanOptionalAction,
         default=default,
         help="run the trading loop (signals, risk engine, paper broker) and print a backtest summary "
-        f"(default {'on' if default else 'off'}; [trading] config)",
+        f"(default {'on' if default else 'off'}; config sections [trading], [risk], [sizing], "
+        "[execution], [portfolio], [regime], [weights], [atr], [strategies])",
     )
 
 
