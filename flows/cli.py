@@ -145,6 +145,15 @@ def _trade(p, default: bool) -> None:
         f"(default {'on' if default else 'off'}; config sections [trading], [risk], [sizing], "
         "[execution], [portfolio], [regime], [weights], [atr], [strategies])",
     )
+    p.add_argument(
+        "--strategy",
+        dest="strategies",
+        metavar="SPEC",
+        action="append",
+        default=[],
+        help="trade this strategy, instead of [strategies] use (repeatable): builtin:NAME, "
+        "package.module:Class or path/to/file.py:Class",
+    )
 
 
 def _control_parser(sub) -> None:
@@ -243,7 +252,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args) -> Settings:
-    return load_settings(args.config, args.overrides)
+    """The config, with ``--strategy`` applied; with ``--trade`` the strategies load here,
+    so a bad one stops the command before anything runs."""
+    settings = load_settings(args.config, args.overrides)
+    specs = getattr(args, "strategies", None)
+    if specs:
+        if not args.trade:
+            msg = "--strategy needs --trade"
+            raise UsageError(msg)
+        chosen = dataclasses.replace(settings.strategies, use=tuple(specs))
+        settings = dataclasses.replace(settings, strategies=chosen)
+    if getattr(args, "trade", False):
+        from flows.trading_settings import trading_settings
+
+        trading_settings(settings)
+    return settings
 
 
 def _dsn(args, settings: Settings) -> str:

@@ -77,6 +77,9 @@ def trading_summary(report) -> None:
         f"mode changes: {s['mode_changes']} (mode now {s['mode']})",
         f"  VaR exceedances {_pct(s['var_exceedance_rate'])} of {s['var_checks']:,} bars (5% expected)",
     ]
+    if s.get("strategy_errors"):
+        muted = s["strategy_errors"]
+        lines.append(f"  strategies muted after an error: {muted} (see the strategy_error risk events)")
     sys.stdout.write("\n".join(lines) + "\n")
 
 

@@ -2,12 +2,13 @@
 
 Each operator family's section is already its settings object (the derived
 fields filled by :func:`flows.config.load_settings`); this adds the loop's
-own ``[trading]`` keys.
+own ``[trading]`` keys and the strategies of ``[strategies]``.
 """
 
 from __future__ import annotations
 
 from flows.config import Settings
+from flows.strategy_loader import load_strategies
 from operators.trading_loop import TradingSettings
 
 
@@ -20,6 +21,7 @@ def trading_settings(settings: Settings) -> TradingSettings:
         risk=settings.risk,
         broker=settings.execution,
         regime=settings.regime,
+        strategies=load_strategies(settings.strategies),
         weights=settings.weights,
         sizing=settings.sizing,
         atr=settings.atr,
