@@ -26,7 +26,7 @@ filled here and are not keys of their own. ``[kafka.consumer]`` and
 >>> load_settings(None, ["trading.ers_threshold=0.7"], env={})
 Traceback (most recent call last):
 ...
-flows.config.ConfigError: trading.ers_threshold moved to risk.ers_threshold
+flows.config_values.ConfigError: trading.ers_threshold moved to risk.ers_threshold
 """
 
 from __future__ import annotations
@@ -34,10 +34,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from flows.config_values import (
+    ConfigError,
+    Secret,
+    build_settings,
+    config_keys,
+    field_default,
+    is_table,
+    toml_value,
+)
+from flows.config_values import coerce as coerce
+from flows.config_values import settings_from_table as settings_from_table
 from operators.execution.cost_model import BrokerSettings
 from operators.risk.portfolio import PortfolioSettings
 from operators.risk.settings import RiskSettings
@@ -45,14 +55,9 @@ from operators.signals.atr import ATRSettings
 from operators.signals.regime import RegimeSettings
 from operators.signals.sizing import SizingSettings
 from operators.signals.strategy_weights import StrategyWeightsSettings
-from schemas.errors import UsageProblem
-from schemas.settings import SettingsError, check_settings, field_types, optional_of, setting, type_rule
+from schemas.settings import SettingsError, check_settings, field_types, setting, type_rule
 from schemas.validation import exchange_problem, symbol_problem
 from sinks.clickhouse_store import DEFAULT_DSN
-
-
-class ConfigError(UsageProblem):
-    """An unusable config file or override."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,38 +138,6 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-
-
-class Secret:
-    """A string that never shows itself in reprs, messages or logs.
-
-    >>> s = Secret("hunter2")
-    >>> s, str(s), s.reveal()
-    (Secret('***'), '***', 'hunter2')
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str = "") -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    def __str__(self) -> str:
-        return "***" if self._value else ""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,164 +290,6 @@ MOVED: dict[str, str] = {
 }
 """Keys that moved: old key -> where it is now (an error names the new key)."""
 
-_NONE_WORDS = ("", "none")
-_TRUE_WORDS = ("true", "1", "yes", "on")
-_FALSE_WORDS = ("false", "0", "no", "off")
-
-
-class _NotCoercible(Exception):
-    pass
-
-
-def _scalar(tp, value):
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
-            return value.strip().lower() in _TRUE_WORDS
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip().replace("_", ""))
-            except ValueError:
-                pass
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-    elif tp is Secret:
-        if isinstance(value, Secret):
-            return value
-        if isinstance(value, str):
-            return Secret(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is dict:
-        if isinstance(value, dict):
-            return {str(k): v for k, v in value.items()}
-    elif isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise _NotCoercible
-
-
-def coerce(tp, value):
-    """``value`` (from TOML, an environment variable or ``--set``) as annotation ``tp``.
-
-    Strings are parsed (``"1_000"``, ``"true"``, ``"0.01,0.02"`` for tuples and
-    sets, ``"none"`` or empty for an optional value); raises ``ValueError``
-    when the value cannot be of that type (its range is the class's check).
-
-    >>> coerce(tuple[float, float], "0.8, 0.9"), coerce(frozenset[str], ["crisis"])
-    ((0.8, 0.9), frozenset({'crisis'}))
-    >>> coerce(float | None, "none"), coerce(int, "1_000"), coerce(bool, "off")
-    (None, 1000, False)
-    """
-    inner = optional_of(tp)
-    if inner is not None:
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
-            return None
-        return coerce(inner, value)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    try:
-        if origin in (tuple, frozenset):
-            items = value.split(",") if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)):
-                raise _NotCoercible
-            if args[0] is str or isinstance(value, str):
-                items = [v.strip() if isinstance(v, str) else v for v in items]
-                items = [v for v in items if v != ""]
-            return origin(_scalar(args[0], v) for v in items)
-        return _scalar(tp, value)
-    except _NotCoercible:
-        msg = f"not coercible to {tp}"
-        raise ValueError(msg) from None
-
-
-def _settings_class(tp) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _build(cls, table, where: str, derived: Mapping[str, tuple[str, object]]):
-    """``cls`` from a config table: the one path every section takes.
-
-    ``derived`` maps a dotted field (relative to ``cls``) to (its source key,
-    its value); those fields are filled and may not be given.
-    """
-    if not isinstance(table, Mapping):
-        msg = f"[{where}] must be a table"
-        raise ConfigError(msg)
-    types = field_types(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(types))
-    if unknown:
-        msg = f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}"
-        raise ConfigError(msg)
-    values = {}
-    for name, tp in types.items():
-        path = f"{where}.{name}"
-        if name in derived:
-            source, value = derived[name]
-            if name in table:
-                msg = f"{path} is not a key of its own: it comes from {source}"
-                raise ConfigError(msg)
-            values[name] = value
-            continue
-        inner = {k.partition(".")[2]: v for k, v in derived.items() if k.startswith(f"{name}.")}
-        if _settings_class(tp) and (name in table or inner):
-            values[name] = _build(tp, table.get(name, {}), path, inner)
-        elif name in table:
-            try:
-                values[name] = coerce(tp, table[name])
-            except ValueError:
-                meta = fields[name].metadata
-                shown = "***" if meta.get("secret") else table[name]
-                msg = f"{path} must be {type_rule(tp, meta)}, got {shown!r}"
-                raise ConfigError(msg) from None
-    try:
-        return cls(**values)
-    except SettingsError as exc:
-        msg = f"{where}.{exc.name} must be {exc.rule}, got {exc.value!r}"
-        raise ConfigError(msg) from None
-    except (TypeError, ValueError) as exc:
-        msg = f"[{where}]: {exc}"
-        raise ConfigError(msg) from None
-
-
-def settings_from_table(cls, table: Mapping, where: str):
-    """An operator's frozen settings dataclass from a config table (values from TOML or ``--set`` strings).
-
-    The same path as every section of :func:`load_settings`: unknown keys and
-    values of the wrong type or range are a :class:`ConfigError` naming
-    ``where.key``.
-
-    >>> settings_from_table(ATRSettings, {"period": "20"}, "atr")
-    ATRSettings(period=20)
-    >>> settings_from_table(ATRSettings, {"period": 0}, "strategies.mine")
-    Traceback (most recent call last):
-    ...
-    flows.config.ConfigError: strategies.mine.period must be an int >= 1, got 0
-    """
-    return _build(cls, table, where, {})
-
-
-def config_keys(cls, prefix: str = "") -> list[tuple[str, object, dataclasses.Field]]:
-    """(dotted key, annotation, field) of every key of settings class ``cls``, subtables flattened."""
-    out = []
-    for f in dataclasses.fields(cls):
-        tp = field_types(cls)[f.name]
-        if _settings_class(tp):
-            out += config_keys(tp, f"{prefix}{f.name}.")
-        else:
-            out.append((f"{prefix}{f.name}", tp, f))
-    return out
-
 
 def section_keys(section: str) -> list[tuple[str, object, dataclasses.Field]]:
     """The keys of a section (its extra keys included, derived fields left out)."""
@@ -528,7 +343,7 @@ def _put(raw: dict, section: str, key: str, value) -> None:
         if section == "strategies" and tp is None:  # [strategies.<name>]
             table.setdefault(head, {})[tail] = value
             return
-        if not _settings_class(tp):
+        if not is_table(tp):
             break
         table = table.setdefault(head, {})
         cls, key = tp, tail
@@ -583,9 +398,9 @@ def load_settings(
         table = raw.get(section, {})
         if isinstance(table, dict):
             names = {f.name for f in dataclasses.fields(cls)}
-            extras[section] = _build(cls, {k: v for k, v in table.items() if k in names}, section, {})
+            extras[section] = build_settings(cls, {k: v for k, v in table.items() if k in names}, section, {})
             raw[section] = {k: v for k, v in table.items() if k not in names}
-    features = _build(FeaturesConfig, raw.get("features", {}), "features", {})
+    features = build_settings(FeaturesConfig, raw.get("features", {}), "features", {})
     derived: dict[str, dict[str, tuple[str, object]]] = {}
     for key, (source, make) in DERIVED.items():
         section, _, rest = key.partition(".")
@@ -593,35 +408,8 @@ def load_settings(
     sections = {"features": features}
     for section, cls in types.items():
         if section != "features":
-            sections[section] = _build(cls, raw.get(section, {}), section, derived.get(section, {}))
+            sections[section] = build_settings(cls, raw.get(section, {}), section, derived.get(section, {}))
     return Settings(**sections)
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Secret):
-        return '""'
-    if isinstance(value, (tuple, frozenset)):
-        items = sorted(value) if isinstance(value, frozenset) else value
-        return "[" + ", ".join(_toml_value(v) for v in items) + "]"
-    if isinstance(value, dict):
-        return (
-            "{}"
-            if not value
-            else "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
-        )
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, float):
-        return (
-            repr(value) if value == value and abs(value) != float("inf") else ("inf" if value > 0 else "nan")
-        )
-    return repr(value)
-
-
-def _default(f: dataclasses.Field):
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def _reference_lines(section: str, cls, extra=None) -> list[str]:
@@ -630,13 +418,13 @@ def _reference_lines(section: str, cls, extra=None) -> list[str]:
         tp = field_types(cls if f in dataclasses.fields(cls) else extra)[f.name]
         if f"{section}.{f.name}" in DERIVED or tp is dict:
             continue  # filled from other keys; pass-through tables
-        if _settings_class(tp):
+        if is_table(tp):
             tables.append((f"{section}.{f.name}", tp))
             continue
-        value = _default(f)
+        value = field_default(f)
         rule = "a string (a secret: set it in the environment)" if tp is Secret else type_rule(tp, f.metadata)
         fixed = "; fixed on resume" if f.metadata.get("fixed") else ""
-        text = f"{f.name} = {_toml_value(value)}" if value is not None else f"# {f.name} = (none)"
+        text = f"{f.name} = {toml_value(value)}" if value is not None else f"# {f.name} = (none)"
         lines.append(f"{text:<34} # {rule}{fixed}")
     for name, tp in tables:
         lines += ["", f"[{name}]", *_reference_lines(name, tp)]
