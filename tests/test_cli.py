@@ -34,7 +34,7 @@ def test_help(command):
         (["replay", "ticks.parquet"], "unknown tick file type"),
         (["replay", "x.csv", "--set", "features.window"], "expected section.key=value"),
         (["replay", "x.csv", "--set", "features.nope=1"], "unknown key"),
-        (["replay", "x.csv", "--set", "features.window=abc"], "features.window must be an int >= 3, got 'abc'"),
+        (["replay", "x.csv", "--set", "features.window=abc"], "features.window must be an int >= 3"),
         (["replay", "x.csv", "--config", "/nonexistent.toml"], "cannot read config"),
         (["sql", "SELECT", "--store", "ftp://x"], "neither chdb"),
         (["replay", "kafka://"], "is not kafka://BROKERS"),
