@@ -14,11 +14,11 @@ from flows import watchdog
 from flows.config import ConfigError, Settings, load_settings, scrub
 from flows.report import run_summary, trading_summary, write_table
 from schemas.ddl import TABLES
-from sinks.clickhouse_store import Store, StoreError, StoreWriteError, one_line
-from sources.tick_files import InputError
+from schemas.errors import QbtcError, UsageProblem
+from sinks.clickhouse_store import Store, StoreError, one_line
 
 
-class UsageError(Exception):
+class UsageError(UsageProblem):
     """Unusable arguments: one line on stderr, exit code 2."""
 
 
@@ -536,38 +536,16 @@ COMMANDS = {
 }
 
 
-def _failures() -> tuple[type, ...]:
-    """Errors of the outside world (broker, delivery, store writes): a message and exit code 1."""
+def _known_cause(exc: BaseException) -> BaseException | None:
+    """The first of qbtc's own errors (or a Kafka client error) in ``exc``'s chain of causes.
+
+    Bytewax wraps an error raised inside a step; this finds what it wraps.
+    """
     from confluent_kafka import KafkaException
 
-    from flows.kafka_diagnostics import ClusterAccessError
-    from infra.kafka_topics import TopicError
-    from sinks.kafka_producer import DeliveryError
-    from sources.exchange_trades import RecordError
-
-    kinds: list[type] = [
-        KafkaException,
-        TopicError,
-        DeliveryError,
-        RecordError,
-        ClusterAccessError,
-        StoreWriteError,
-    ]
-    try:
-        from infra.kafka.broker import BrokerError
-
-        kinds.append(BrokerError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(kinds)
-
-
-def _known_cause(exc: BaseException) -> BaseException | None:
-    """The first error of a known kind in ``exc``'s chain of causes (Bytewax wraps a step's error)."""
-    known = (*_failures(), UsageError, ConfigError, InputError, StoreError)
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, known):
+        if isinstance(seen, QbtcError | KafkaException):
             return seen
         seen = seen.__cause__
     return None
@@ -616,16 +594,23 @@ def main(argv: list[str] | None = None) -> int:
         disarm()
 
 
+def _exit(args, exc: BaseException, clean, running: bool = False) -> int:
+    """The one place errors become exit codes: a usage problem (exit 2) says
+    ``error:``, a failure of the outside world (exit 1) says ``failed:``.
+    A store that fails while the flow runs is a failure, whatever its kind."""
+    if isinstance(exc, QbtcError) and exc.exit_code == 2 and not (running and isinstance(exc, StoreError)):
+        sys.stderr.write(f"qbtc {args.command}: error: {clean(one_line(exc))}\n")
+        return 2
+    return _failed(args, exc, clean)
+
+
 def _dispatch(args, clean) -> int:
+    from confluent_kafka import KafkaException
+
     try:
         return COMMANDS[args.command](args)
-    except StoreWriteError as exc:
-        return _failed(args, exc, clean)
-    except (UsageError, ConfigError, InputError, StoreError) as exc:
-        sys.stderr.write(f"qbtc {args.command}: error: {clean(str(exc))}\n")
-        return 2
-    except _failures() as exc:
-        return _failed(args, exc, clean)
+    except (QbtcError, KafkaException) as exc:
+        return _exit(args, exc, clean)
     except BytewaxRuntimeError as exc:
         # errors inside a dataflow arrive wrapped; say what the cause was
         if "signal received" in str(exc):
@@ -634,10 +619,7 @@ def _dispatch(args, clean) -> int:
         cause = _known_cause(exc)
         if cause is None:
             raise
-        if isinstance(cause, (UsageError, ConfigError, InputError)):
-            sys.stderr.write(f"qbtc {args.command}: error: {clean(one_line(cause))}\n")
-            return 2
-        return _failed(args, cause, clean)  # a store error while running is a failure
+        return _exit(args, cause, clean, running=True)
     except KeyboardInterrupt:
         sys.stderr.write(f"qbtc {args.command}: interrupted\n")
         return 130

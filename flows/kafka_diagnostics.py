@@ -24,6 +24,8 @@ import time
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from schemas.errors import OutsideFailure
+
 LIBRDKAFKA = logging.getLogger("qbtc.librdkafka")
 """Where librdkafka's log lines go (the library convention: no output unless configured)."""
 LIBRDKAFKA.addHandler(logging.NullHandler())
@@ -32,7 +34,7 @@ _SECURITY_CODES = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_
 _SECURITY_WORDS = ("SASL", "SSL", "security.protocol", "authentication")
 
 
-class ClusterAccessError(Exception):
+class ClusterAccessError(OutsideFailure):
     """The cluster refused this client: credentials, TLS or the security protocol."""
 
 

@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, TopicPartition
 from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
 from flows.kafka_diagnostics import check_cluster
 from flows.metrics import FlowMetrics
-from flows.pipeline import Execution, TradingReport, build_flow, run_flow
+from flows.pipeline import Execution, TradingReport, build_flow, check_resume, run_flow
 from flows.recovery_store import RecoveryDirError, discard_unfinished
 from flows.trading_settings import trading_settings
 from infra.kafka_topics import OUTPUT_TABLES, ensure_topics, topology
@@ -231,6 +231,9 @@ def stream(
     k = settings.kafka
     ensure(settings, topic)
     _init_recovery(execution, k.recovery_partitions)
+    trading = trading_settings(settings) if report is not None else None
+    if execution.recovery_dir:
+        check_resume(execution.recovery_dir, settings, trading)
     metrics = metrics or FlowMetrics()
     if k.metrics_port:
         port = k.metrics_port + (execution.process_id or 0)
@@ -265,7 +268,7 @@ def stream(
         keep_state=bool(execution.recovery_dir),
         metrics=metrics,
         keyed_sink=True,
-        trading=trading_settings(settings) if report is not None else None,
+        trading=trading,
         report=report,
     )
     run_flow(flow, execution=execution)

@@ -27,8 +27,10 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from schemas.errors import UsageProblem
 
-class RecoveryDirError(Exception):
+
+class RecoveryDirError(UsageProblem):
     """A recovery directory whose partitions cannot be read as a whole."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from schemas.errors import OutsideFailure
+
 OUTPUT_TABLES = {
     "bars": "bars",
     "features": "features",
@@ -28,7 +30,7 @@ OUTPUT_TABLES = {
 """Output topic name (before the prefix) of each store table."""
 
 
-class TopicError(Exception):
+class TopicError(OutsideFailure):
     """A topic that cannot be created or read."""
 
 

@@ -18,16 +18,19 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.ddl import TABLES, TS, Table
+from schemas.errors import OutsideFailure, UsageProblem
 
 DEFAULT_DSN = "chdb://var/qbtc.chdb"
 
 
-class StoreError(Exception):
+class StoreError(UsageProblem):
     """A store that cannot be opened or written, with the reason."""
 
 
-class StoreWriteError(StoreError):
+class StoreWriteError(StoreError, OutsideFailure):
     """A write the store refused (a failure while running, not a usage problem)."""
+
+    exit_code = 1
 
 
 def one_line(exc: BaseException, limit: int = 1000) -> str:

@@ -18,8 +18,10 @@ import time
 
 from confluent_kafka import KafkaError, Producer
 
+from schemas.errors import OutsideFailure
 
-class DeliveryError(Exception):
+
+class DeliveryError(OutsideFailure):
     """Records the broker did not acknowledge."""
 
 

@@ -48,6 +48,7 @@ import ccxt.async_support
 import ccxt.pro
 import orjson
 
+from schemas.errors import OutsideFailure
 from schemas.records import SCHEMA, DeadLetter, Tick
 from schemas.validation import Rejected, check_record
 
@@ -59,7 +60,7 @@ SUPERVISOR_TICK_S = 1.0
 """Longest the recorder sleeps before looking at the clock again."""
 
 
-class RecordError(Exception):
+class RecordError(OutsideFailure):
     """An exchange that cannot be recorded from (markets, symbols, no trade feed)."""
 
 

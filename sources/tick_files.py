@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from schemas.errors import UsageProblem
 from schemas.records import PARSE, SCHEMA, Bar, DeadLetter, Tick
 from schemas.tick_columns import SIDE_CODES, RawSlices, TickColumns
 from schemas.validation import (
@@ -74,7 +75,7 @@ _ARROW_TYPES = {
 }
 
 
-class InputError(Exception):
+class InputError(UsageProblem):
     """An input that cannot be read at all (missing file, no usable header)."""
 
 

@@ -16,12 +16,14 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from schemas.errors import OutsideFailure
+
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 log = logging.getLogger(__name__)
 
 
-class BrokerError(Exception):
+class BrokerError(OutsideFailure):
     """The broker could not be fetched, started or stopped; the message says why."""
 
 

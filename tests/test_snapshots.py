@@ -1,0 +1,88 @@
+"""Snapshots hold state only: a resume binds today's settings, or refuses with the key and both values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from flows.config import load_settings
+from flows.snapshots import ResumeError, dump_state, load_state, settings_paths
+from flows.steps import FEATURE_FIXED, FEATURE_KEYS, TRADING_KEYS, SymbolLogic
+from flows.trading_settings import trading_settings
+from operators.features.bar_builder import BarSettings
+from operators.features.symbol_features import FeatureSettings
+from operators.trading_loop import TradingLoop
+from schemas.records import Bar
+
+
+def _reachable_settings(obj, seen=None) -> list:
+    """Every frozen dataclass instance reachable from ``obj`` (through attributes and containers)."""
+    seen = set() if seen is None else seen
+    out = []
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen or isinstance(x, str | bytes | int | float | type) or x is None:
+            continue
+        seen.add(id(x))
+        if dataclasses.is_dataclass(x) and x.__dataclass_params__.frozen:
+            out.append(x)
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list | tuple | set | frozenset):
+            stack.extend(x)
+        else:
+            stack.extend(getattr(x, "__dict__", {}).values())
+            for cls in type(x).__mro__:
+                for name in getattr(cls, "__slots__", ()):
+                    if hasattr(x, name):
+                        stack.append(getattr(x, name))
+    return out
+
+
+def _loop_settings(*overrides: str):
+    return trading_settings(load_settings(None, ["features.bar_interval=60", *overrides], env={}))
+
+
+def test_a_resumed_trading_loop_runs_on_todays_settings_everywhere():
+    old = _loop_settings()
+    loop = TradingLoop(old)
+    for k in range(5):
+        loop.add("BTC/USDT", [Bar("BTC/USDT", k * 60_000, 100.0, 101.0, 99.0, 100.5, 3.0, 100.2, 7)], [])
+    loop.advance(3)
+    data = dump_state(loop, {"trading": old})
+    new = _loop_settings("execution.taker_fee_bps=0", "risk.ers_threshold=0.9")
+    changes: list[str] = []
+    resumed = load_state(data, {"trading": new}, TRADING_KEYS, report=changes.extend)
+    assert resumed.settings is new
+    assert resumed.broker.settings is new.broker and resumed.risk.settings is new.risk
+    today = {id(s) for s in settings_paths({"trading": new}).values()}
+    found = [s for s in _reachable_settings(resumed) if type(s).__name__.endswith("Settings")]
+    stale = [s for s in found if id(s) not in today]
+    assert len(found) >= 8, found  # the loop, broker, engine, sizer, weights, regimes, ATRs, strategies
+    assert not stale, stale
+    assert any(c.endswith("taker_fee_bps changed from 10.0 to 0.0") for c in changes), changes
+    assert any("ers_threshold changed from 0.6 to 0.9" in c for c in changes), changes
+    assert resumed.bars.keys() == loop.bars.keys() and resumed.done == loop.done
+
+
+def test_a_changed_window_or_bar_interval_stops_the_resume_with_the_key_and_both_values():
+    bars, feats = BarSettings(60_000), FeatureSettings(60_000, 30, 0.3)
+    logic = SymbolLogic(bars, feats, None, keep_state=True)
+    data = logic.snapshot()
+    with pytest.raises(ResumeError, match=r"features\.window changed from 30 to 60"):
+        load_state(data, {"bars": bars, "features": FeatureSettings(60_000, 60, 0.3)}, FEATURE_KEYS,
+                   fixed=FEATURE_FIXED)  # fmt: skip
+    with pytest.raises(ResumeError, match=r"features\.bar_interval \(in ms\) changed from 60000 to 1000"):
+        load_state(
+            data,
+            {"bars": BarSettings(1000), "features": FeatureSettings(1000, 30, 0.3)},
+            FEATURE_KEYS,
+            fixed=FEATURE_FIXED,
+        )
+    # a setting that does not size saved state (the QVaR entropy coefficient) is applied
+    lines: list[str] = []
+    load_state(data, {"bars": bars, "features": FeatureSettings(60_000, 30, 0.5)}, FEATURE_KEYS, lines.extend)
+    assert lines == ["features.qvar_entropy_coef changed from 0.3 to 0.5"]
