@@ -79,13 +79,20 @@ def module_name(path: Path) -> str:
     return f"qbtc_strategy_{stem}_{digest}"
 
 
-def _failure(exc: BaseException, path: Path) -> str:
-    """What went wrong running the file at ``path``: ``Type: message (line N)``, N of the deepest
-    traceback frame in that file (the line of a syntax error)."""
+def _failure(exc: BaseException, path: Path | None) -> str:
+    """What went wrong running code of the file at ``path``: ``Type: message (line N)``, N of the
+    deepest traceback frame in that file (the line of a syntax error)."""
     if isinstance(exc, SyntaxError):
         return f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})"
-    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
+    frames = traceback.extract_tb(exc.__traceback__)
+    lines = [f.lineno for f in frames if path is not None and Path(f.filename) == path]
     return _one_line(exc) + (f" (line {lines[-1]})" if lines else "")
+
+
+def _source(cls: type) -> Path | None:
+    """The file a class was defined in, if it has one."""
+    file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return Path(file).resolve() if file else None
 
 
 def _load_file(spec: str, given: str):
@@ -192,7 +199,7 @@ def _probe(spec: str, made: StrategySpec) -> None:
     try:
         strategy = made.build()
     except Exception as exc:  # the user's constructor
-        raise _fail(spec, f"{cls.__name__}(settings) raised {_one_line(exc)}") from None
+        raise _fail(spec, f"{cls.__name__}(settings) raised {_failure(exc, _source(cls))}") from None
     regimes = getattr(strategy, "regimes", None)
     if not isinstance(regimes, (set, frozenset)) or not regimes <= set(REGIMES):
         problem = f"its regimes must be a subset of {REGIMES}, got {regimes!r}"

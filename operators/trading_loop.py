@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import traceback
 from dataclasses import dataclass, field
 
 from operators.execution.cost_model import BrokerSettings
@@ -55,7 +57,8 @@ STRATEGY_ERROR = "strategy_error"
 
 
 def _one_line(exc: Exception, limit: int = 300) -> str:
-    """``Type: message`` of an exception on one line, at most ``limit`` characters of message.
+    """``Type: message (file:line)`` of an exception on one line: at most ``limit``
+    characters of message, and where it was raised (the innermost frame's file name and line).
 
     >>> _one_line(ZeroDivisionError("division by zero\\nsecond line"))
     'ZeroDivisionError: division by zero second line'
@@ -63,7 +66,11 @@ def _one_line(exc: Exception, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     if len(text) > limit:
         text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    out = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        out += f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})"
+    return out
 
 
 @dataclass(frozen=True, slots=True)

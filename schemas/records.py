@@ -175,7 +175,9 @@ class RiskEvent:
     ----------
     kind
         What it is about, e.g. ``qvar_breaker``, ``dlri``, ``ers``,
-        ``kill_switch``, ``mode``, ``stale_data``, ``pre_trade``, ``control``.
+        ``kill_switch``, ``mode``, ``stale_data``, ``pre_trade``, ``control``,
+        ``execution``, ``strategy_error`` (a strategy raised or answered with
+        no valid signal: it is muted, ``action`` ``mute``).
     level
         Severity: 0 info or cleared, 1 warning, 2 caution, 3 emergency.
     symbol

@@ -216,7 +216,7 @@ NOT_STRATEGIES = {
                 "Regimes is not a strategy: its regimes must be a subset of"),
     "Raises": ("class Raises(BarStrategy):\n    name = 'rs'\n"
                "    def __init__(self, settings=None):\n        raise RuntimeError('no config')\n",
-               "Raises(settings) raised RuntimeError: no config"),
+               "Raises(settings) raised RuntimeError: no config (line 6)"),
     "Unpicklable": ("class Unpicklable(BarStrategy):\n    name = 'up'\n"
                     "    def __init__(self, settings=None):\n"
                     "        super().__init__(settings)\n        self.f = lambda x: x\n",
@@ -296,7 +296,7 @@ def _specs(tmp_path, *use):
 @pytest.mark.parametrize(
     ("cls", "problem"),
     [
-        ("Faulty", "raised ZeroDivisionError: bar 5 has no answer"),
+        ("Faulty", "raised ZeroDivisionError: bar 5 has no answer (faulty.py:{line})"),
         ("Overconfident", "returned no valid signal: strength must be in [0, 1], got 2.0"),
     ],
 )
@@ -311,8 +311,11 @@ def test_a_failing_strategy_is_muted_everywhere_with_one_risk_event_and_the_run_
     assert len(errors) == 1
     (e,) = errors
     assert e.ts == T0 + 5 * D and e.symbol == "A/USDT" and e.action == "mute" and e.level == 1
+    line = next(i for i, text in enumerate(textwrap.dedent(FAULTY).splitlines(), 1) if "raise Zero" in text)
+    problem = problem.format(line=line)  # the line of the user's file where it raised
     assert e.message == f"strategy {name} {problem} on A/USDT; muted for the rest of the run"
     assert loop.muted == {name} and loop.summary()["strategy_errors"] == 1
+    assert pickle.loads(pickle.dumps(loop)).muted == {name}  # a resumed run keeps it muted
     signals = [r for t, r in out if t == "signals"]
     assert not [s for s in signals if s.strategy == name and s.ts >= e.ts]
     later = {s.strategy for s in signals if s.ts > e.ts}
