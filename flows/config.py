@@ -530,3 +530,7 @@ def scrub(text: str, settings: Settings) -> str:
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+if __name__ == "__main__":  # python -m flows.config: the key reference the README shows
+    print(config_reference(), end="")

@@ -720,5 +720,5 @@ def test_readme_lists_every_key():
     begin, end = "<!-- config-reference:begin -->\n```toml\n", "```\n<!-- config-reference:end -->"
     block = readme[readme.index(begin) + len(begin) : readme.index(end)]
     assert block == config_reference(), (
-        "README's key reference is stale: paste flows.config.config_reference()"
+        "README's key reference is stale: paste the output of `python -m flows.config`"
     )
