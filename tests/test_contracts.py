@@ -71,6 +71,7 @@ from operators.signals.strategies import (
     StrategiesSettings,
     TrendFollowing,
 )
+from operators.signals.strategy import BarStrategy
 from operators.signals.strategy_weights import StrategyWeights, StrategyWeightsSettings
 from operators.trading_loop import TradingLoop, TradingSettings
 from schemas.records import BUY, LIMIT, MARKET, SELL, Bar, Feature, Fill, Order, Tick
@@ -110,8 +111,12 @@ def discovered_operators() -> list[type]:
 
 
 def discovered_settings() -> list[type]:
-    """Dataclasses of operators/ with a ``__post_init__`` (they check themselves)."""
-    found = [c for c in _classes() if dataclasses.is_dataclass(c) and "__post_init__" in vars(c)]
+    """Dataclasses of operators/ that check themselves (a ``__post_init__``) or are named ``...Settings``."""
+    found = [
+        c
+        for c in _classes()
+        if dataclasses.is_dataclass(c) and ("__post_init__" in vars(c) or c.__name__.endswith("Settings"))
+    ]
     return sorted(found, key=lambda c: c.__qualname__)
 
 
@@ -408,7 +413,7 @@ OPERATORS: dict[type, Case] = {
     RollingCorrelation: Case(
         lambda: RollingCorrelation(20, 3),
         lambda: [list(r) for r in np.random.default_rng(6).normal(0, 0.01, (N, 3))],
-        lambda op, row: (op.update(row), op.corr(0, 1), op.corr(1, 2)),
+        lambda op, row: (op.update(row), op.n > 1 and (op.corr(0, 1), op.corr(1, 2))),
     ),
     RollingExtreme: Case(
         lambda: RollingExtreme(25, largest=True),
@@ -471,17 +476,8 @@ OPERATORS: dict[type, Case] = {
     TradingLoop: Case(_loop, _loop_stream, _loop_step),
 }
 
-NOT_OPERATORS: set[type] = set()
-"""Public classes of operators/ that are bases, not operators (filled below)."""
-
-
-def _bases() -> set[type]:
-    from operators.signals.strategy import BarStrategy
-
-    return {BarStrategy}
-
-
-NOT_OPERATORS |= _bases()
+NOT_OPERATORS: set[type] = {BarStrategy}
+"""Public classes of operators/ that are bases, not operators."""
 
 
 def _plain(x):
