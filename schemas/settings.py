@@ -142,32 +142,41 @@ def bounds_rule(meta: typing.Mapping) -> str:
     return ""
 
 
-def _in_bounds(x: float, meta: typing.Mapping) -> bool:
+def _bounds_check(meta: typing.Mapping) -> typing.Callable[[float], bool]:
     gt, ge, lt, le = meta.get("gt"), meta.get("ge"), meta.get("lt"), meta.get("le")
-    return (
-        (gt is None or x > gt)
-        and (ge is None or x >= ge)
-        and (lt is None or x < lt)
-        and (le is None or x <= le)
-    )
+    lo = -math.inf if gt is None and ge is None else (gt if gt is not None else ge)
+    hi = math.inf if lt is None and le is None else (lt if lt is not None else le)
+    if gt is not None:
+        return (lambda x: lo < x < hi) if lt is not None else (lambda x: lo < x <= hi)
+    return (lambda x: lo <= x < hi) if lt is not None else (lambda x: lo <= x <= hi)
 
 
-def _scalar_ok(tp: object, x: object, meta: typing.Mapping) -> bool:
+def _scalar_check(tp: object, meta: typing.Mapping) -> typing.Callable[[object], bool]:
+    """A function telling whether a value is a valid ``tp`` within the bounds of ``meta``."""
     if tp is typing.Any:
-        return True
+        return lambda x: True
     if tp is bool:
-        return isinstance(x, bool)
+        return lambda x: x is True or x is False
+    inside = _bounds_check(meta)
     if tp is int:
-        return isinstance(x, numbers.Integral) and not isinstance(x, bool) and _in_bounds(x, meta)
+        return lambda x: (
+            (type(x) is int or (isinstance(x, numbers.Integral) and not isinstance(x, bool))) and inside(x)
+        )
     if tp is float:
-        if not isinstance(x, numbers.Real) or isinstance(x, bool):
-            return False
-        v = float(x)
-        finite = math.isfinite(v) or (meta.get("allow_inf") and not math.isnan(v))
-        return bool(finite) and _in_bounds(v, meta)
+        allow_inf = bool(meta.get("allow_inf"))
+
+        def ok(x: object) -> bool:
+            if type(x) is not float and (not isinstance(x, numbers.Real) or isinstance(x, bool)):
+                return False
+            v = float(x)
+            if v != v or (not allow_inf and v in (math.inf, -math.inf)):
+                return False
+            return inside(v)
+
+        return ok
     if isinstance(tp, type):
-        return isinstance(x, tp)
-    return True  # an annotation this module does not know (a protocol, a callable): not checked
+        return lambda x: isinstance(x, tp)
+    return lambda x: True  # an annotation this module does not know (a protocol, a callable): not checked
 
 
 def _scalar_rule(tp: object, meta: typing.Mapping, plural: bool = False) -> str:
@@ -202,23 +211,47 @@ def type_rule(tp: object, meta: typing.Mapping) -> str:
     return _scalar_rule(tp, meta)
 
 
-def value_ok(tp: object, x: object, meta: typing.Mapping) -> bool:
-    """Whether ``x`` is a valid value of annotation ``tp`` within the bounds of ``meta``."""
+def value_check(tp: object, meta: typing.Mapping) -> typing.Callable[[object], bool]:
+    """A function telling whether a value is valid for annotation ``tp`` within the bounds of ``meta``."""
     inner = optional_of(tp)
     if inner is not None:
-        return x is None or value_ok(inner, x, meta)
+        check = value_check(inner, meta)
+        return lambda x: x is None or check(x)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is tuple:
-        if not isinstance(x, tuple):
-            return False
         if len(args) == 2 and args[1] is Ellipsis:
-            return all(_scalar_ok(args[0], v, meta) for v in x)
-        return len(x) == len(args) and all(_scalar_ok(a, v, meta) for a, v in zip(args, x, strict=True))
+            each = _scalar_check(args[0], meta)
+            return lambda x: isinstance(x, tuple) and all(each(v) for v in x)
+        checks = [_scalar_check(a, meta) for a in args]
+        return lambda x: (
+            isinstance(x, tuple)
+            and len(x) == len(checks)
+            and all(c(v) for c, v in zip(checks, x, strict=True))
+        )
     if origin is frozenset:
-        return isinstance(x, frozenset) and all(_scalar_ok(args[0], v, meta) for v in x)
+        each = _scalar_check(args[0], meta)
+        return lambda x: isinstance(x, frozenset) and all(each(v) for v in x)
     if origin is not None:
-        return isinstance(x, origin)
-    return _scalar_ok(tp, x, meta)
+        return lambda x: isinstance(x, origin)
+    return _scalar_check(tp, meta)
+
+
+def value_ok(tp: object, x: object, meta: typing.Mapping) -> bool:
+    """Whether ``x`` is a valid value of annotation ``tp`` within the bounds of ``meta``."""
+    return value_check(tp, meta)(x)
+
+
+_CHECKS: dict[type, list[tuple[str, typing.Callable[[object], bool]]]] = {}
+
+
+def _checks(cls: type) -> list[tuple[str, typing.Callable[[object], bool]]]:
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        hints = field_types(cls)
+        checks = _CHECKS[cls] = [
+            (f.name, value_check(hints[f.name], f.metadata)) for f in dataclasses.fields(cls)
+        ]
+    return checks
 
 
 def check_settings(obj: object) -> None:
@@ -227,13 +260,12 @@ def check_settings(obj: object) -> None:
     Raises :class:`SettingsError` at the first field that fails.
     """
     cls = type(obj)
-    hints = field_types(cls)
-    for f in dataclasses.fields(cls):
-        value = getattr(obj, f.name)
-        meta = f.metadata
-        if not value_ok(hints[f.name], value, meta):
+    for name, ok in _checks(cls):
+        value = getattr(obj, name)
+        if not ok(value):
+            meta = cls.__dataclass_fields__[name].metadata
             shown = "***" if meta.get("secret") else value
-            raise SettingsError(cls.__name__, f.name, type_rule(hints[f.name], meta), shown)
+            raise SettingsError(cls.__name__, name, type_rule(field_types(cls)[name], meta), shown)
 
 
 def is_settings_class(cls: object) -> bool:
