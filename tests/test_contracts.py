@@ -718,3 +718,17 @@ def test_readme_lists_every_key():
     assert block == config_reference(), (
         "README's key reference is stale: paste the output of `python -m flows.config`"
     )
+
+
+def test_trading_section_keys_are_the_loops_own():
+    """``[trading]`` repeats four fields of TradingSettings: same defaults, same rules."""
+    from flows.config import TradingConfig
+
+    loop = {f.name: f for f in dataclasses.fields(TradingSettings)}
+    for f in dataclasses.fields(TradingConfig):
+        twin = loop.get(f.name)
+        if twin is not None:
+            assert (f.default, dict(f.metadata)) == (twin.default, dict(twin.metadata)), f.name
+            assert field_types(TradingConfig)[f.name] == field_types(TradingSettings)[f.name], f.name
+    shared = {"allow_short", "min_trade_share", "rebalance_band", "ladder_levels"}
+    assert shared <= {f.name for f in dataclasses.fields(TradingConfig)}
