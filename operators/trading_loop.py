@@ -48,6 +48,7 @@ from operators.signals.sizing import PositionSizer, SizingSettings, fib_ladder
 from operators.signals.strategies import default_specs
 from operators.signals.strategy import Strategy, StrategySpec, check_signal
 from operators.signals.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
+from operators.trading_stats import TradingStats
 from schemas.records import BUY, FLAT, MARKET, SELL, Bar, Correlation, Feature, Fill, Order, RiskEvent, Signal
 from schemas.settings import check_settings, setting
 
@@ -124,52 +125,6 @@ class TradingSettings:
             object.__setattr__(self, "weights", StrategyWeightsSettings(bar_interval_ms=d))
         if self.sizing is None:
             object.__setattr__(self, "sizing", SizingSettings(bar_interval_ms=d))
-
-
-@dataclass(slots=True)
-class TradingStats:
-    """Running totals for the backtest summary (all in event time)."""
-
-    steps: int = 0
-    start_equity: float = 0.0
-    last_equity: float = 0.0
-    returns_n: int = 0
-    returns_sum: float = 0.0
-    returns_sq: float = 0.0
-    downside_sq: float = 0.0
-    peak: float = 0.0
-    max_drawdown: float = 0.0
-    wins: int = 0
-    losses: int = 0
-    gross_profit: float = 0.0
-    gross_loss: float = 0.0
-    orders: int = 0
-    fills: int = 0
-    signals: int = 0
-    breaker_trips: dict[int, int] = field(default_factory=dict)
-    kill_switches: int = 0
-    mode_changes: int = 0
-    denials: int = 0
-    strategy_errors: int = 0
-    var_checks: int = 0
-    var_exceedances: int = 0
-    first_ts: int | None = None
-    last_ts: int | None = None
-
-    def equity_step(self, equity: float) -> None:
-        if self.steps == 0:
-            self.start_equity = self.peak = equity
-        else:
-            r = equity / self.last_equity - 1.0 if self.last_equity > 0 else 0.0
-            self.returns_n += 1
-            self.returns_sum += r
-            self.returns_sq += r * r
-            self.downside_sq += min(r, 0.0) ** 2
-        self.steps += 1
-        self.last_equity = equity
-        self.peak = max(self.peak, equity)
-        if self.peak > 0:
-            self.max_drawdown = max(self.max_drawdown, 1.0 - equity / self.peak)
 
 
 @dataclass(slots=True)
@@ -578,16 +533,8 @@ class TradingLoop:
         before = pf.position(fill.symbol)
         realised = pf.apply_fill(fill)
         out["fills"].append(fill)
-        st = self.stats
-        st.fills += 1
         after = pf.position(fill.symbol)
-        if abs(after) < abs(before) or before * after < 0:  # a (partial) close
-            if realised > 0:
-                st.wins += 1
-                st.gross_profit += realised
-            elif realised < 0:
-                st.losses += 1
-                st.gross_loss -= realised
+        self.stats.fill(realised if abs(after) < abs(before) or before * after < 0 else None)
         self._protect(fill.ts, fill.symbol, after)
 
     def _protect(self, ts: int, symbol: str, qty: float) -> None:
@@ -613,35 +560,4 @@ class TradingLoop:
 
     def summary(self) -> dict:
         """Backtest figures: return, Sharpe, Sortino, drawdown, trades, breakers, VaR exceedances."""
-        st = self.stats
-        n = st.returns_n
-        mean = st.returns_sum / n if n else 0.0
-        var = (st.returns_sq - n * mean * mean) / (n - 1) if n > 1 else 0.0
-        per_year = 365 * 86_400_000 / self.settings.bar_interval_ms
-        sharpe = mean / math.sqrt(var) * math.sqrt(per_year) if var > 0 else None
-        down = math.sqrt(st.downside_sq / n) if n else 0.0
-        sortino = mean / down * math.sqrt(per_year) if down > 0 else None
-        trades = st.wins + st.losses
-        return {
-            "start_equity": st.start_equity,
-            "end_equity": st.last_equity,
-            "return": st.last_equity / st.start_equity - 1.0 if st.start_equity else 0.0,
-            "sharpe": sharpe,
-            "sortino": sortino,
-            "max_drawdown": st.max_drawdown,
-            "win_rate": st.wins / trades if trades else None,
-            "profit_factor": st.gross_profit / st.gross_loss if st.gross_loss > 0 else None,
-            "orders": st.orders,
-            "fills": st.fills,
-            "signals": st.signals,
-            "breaker_trips": dict(sorted(st.breaker_trips.items())),
-            "kill_switches": st.kill_switches,
-            "mode_changes": st.mode_changes,
-            "denials": st.denials,
-            "strategy_errors": st.strategy_errors,
-            "var_exceedance_rate": st.var_exceedances / st.var_checks if st.var_checks else None,
-            "var_checks": st.var_checks,
-            "mode": self.risk.mode,
-            "first_ts": st.first_ts,
-            "last_ts": st.last_ts,
-        }
+        return self.stats.summary(self.settings.bar_interval_ms, self.risk.mode)
