@@ -205,13 +205,24 @@ def check_signal(sig: Any, ts: int, symbol: str, name: str, regime: str | None) 
     """
     if sig is None:
         return None
+    if (  # the usual answer, checked in one go (the loop asks every strategy at every bar)
+        type(sig) is Signal
+        and type(sig.direction) is int
+        and type(sig.strength) is float
+        and -1 <= sig.direction <= 1
+        and 0.0 <= sig.strength <= 1.0
+        and sig.ts == ts
+        and sig.symbol == symbol
+        and sig.strategy == name
+        and sig.regime == regime
+        and regime is not None
+    ):
+        return sig
     if type(sig) is not Signal:
         msg = f"update must return a Signal or None, got {type(sig).__name__}"
         raise ValueError(msg)
     d, s = sig.direction, sig.strength
-    if type(d) is int and type(s) is float and d in (-1, 0, 1) and 0.0 <= s <= 1.0:
-        pass  # the usual answer
-    else:
+    if not (type(d) is int and type(s) is float and d in (-1, 0, 1) and 0.0 <= s <= 1.0):
         try:
             direction = int(d) if not isinstance(d, bool | str) and int(d) == d else None
         except (TypeError, ValueError, OverflowError):
