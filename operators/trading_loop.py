@@ -50,7 +50,7 @@ from operators.signals.strategy import Strategy, StrategySpec, check_signal
 from operators.signals.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
 from operators.trading_stats import TradingStats
 from schemas.records import BUY, FLAT, MARKET, SELL, Bar, Correlation, Feature, Fill, Order, RiskEvent, Signal
-from schemas.settings import check_settings, setting
+from schemas.settings import SettingsError, check_settings, setting
 
 RISK = "risk"
 STRATEGY_ERROR = "strategy_error"
@@ -118,6 +118,9 @@ class TradingSettings:
         if len(set(names)) != len(names):
             msg = f"strategy names must be unique, got {names}"
             raise ValueError(msg)
+        days, kept = self.risk.sharpe_days, self.portfolio.history_days
+        if days > kept:  # the engine asks the portfolio for a Sharpe ratio over days it does not keep
+            raise SettingsError.of(self.risk, "sharpe_days", f"<= portfolio.history_days ({kept})")
         d = self.bar_interval_ms
         if self.broker is None:
             object.__setattr__(self, "broker", BrokerSettings(bar_interval_ms=d))

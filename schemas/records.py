@@ -128,7 +128,7 @@ LONG = 1
 SHORT = -1
 FLAT = 0
 REGIMES = ("trend_up", "trend_down", "range", "high_vol", "crisis")
-"""Market regimes of a symbol (see ``operators.regime``)."""
+"""Market regimes of a symbol (see ``operators.signals.regime``)."""
 
 BUY = "buy"
 SELL = "sell"

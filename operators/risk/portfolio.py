@@ -60,14 +60,14 @@ class PortfolioSettings:
     Parameters
     ----------
     initial_cash
-        Starting cash in quote units, > 0.
+        Starting cash in quote units, > 0 (fixed: a resumed run keeps the cash it has).
     sharpe_min_days
         Daily returns needed before :meth:`Portfolio.sharpe` has a value (>= 2).
     history_days
         Daily returns kept (>= sharpe_min_days).
     """
 
-    initial_cash: float = setting(100_000.0, gt=0)
+    initial_cash: float = setting(100_000.0, gt=0, fixed=True)
     sharpe_min_days: int = setting(30, ge=2)
     history_days: int = setting(365, ge=2, fixed=True)
 
