@@ -58,7 +58,8 @@ def _walk(obj, path: str, out: dict[str, object]) -> None:
     elif isinstance(obj, tuple):
         for i, item in enumerate(obj):
             if dataclasses.is_dataclass(item) and not isinstance(item, type):
-                _walk(item, f"{path}[{i}]", out)
+                name = getattr(item, "name", None)  # a named part (a strategy) goes by its name
+                _walk(item, f"{path}.{name}" if isinstance(name, str) else f"{path}[{i}]", out)
 
 
 def settings_paths(tree: Mapping[str, object]) -> dict[str, object]:
@@ -139,13 +140,16 @@ def config_key(path: str, keys: Mapping[str, str]) -> str:
 
     >>> config_key("trading.broker.spread_bps", {"trading.broker.": "execution."})
     'execution.spread_bps'
+    >>> config_key("trading.strategies.breakout.settings.window", {"trading.strategies.": "strategies."})
+    'strategies.breakout.window'
     """
     if path in keys:
         return keys[path]
     for prefix in sorted(keys, key=len, reverse=True):
         if prefix.endswith(".") and path.startswith(prefix):
-            return keys[prefix] + path[len(prefix) :]
-    return path
+            path = keys[prefix] + path[len(prefix) :]
+            break
+    return path.replace(".settings.", ".")  # a part's settings are its own table
 
 
 def _compare(tag, old: dict, paths: dict, keys: Mapping[str, str], fixed_paths, report) -> None:

@@ -55,7 +55,6 @@ FEATURE_FIXED = frozenset(
 
 TRADING_KEYS = {
     "trading.bar_interval_ms": BAR_INTERVAL,
-    "trading.risk.risk.": "risk.qvar.",
     "trading.risk.qvar.": "risk.qvar.",
     "trading.risk.": "risk.",
     "trading.broker.": "execution.",
@@ -64,7 +63,7 @@ TRADING_KEYS = {
     "trading.regime.": "regime.",
     "trading.weights.": "weights.",
     "trading.atr.": "atr.",
-    "trading.strategies": "strategies",
+    "trading.strategies.": "strategies.",
 }
 """Settings paths of the trading step, as config keys."""
 

@@ -8,7 +8,7 @@ import pytest
 
 from flows.config import load_settings
 from flows.snapshots import ResumeError, dump_state, load_state, settings_paths
-from flows.steps import FEATURE_FIXED, FEATURE_KEYS, TRADING_KEYS, SymbolLogic
+from flows.steps import FEATURE_FIXED, FEATURE_KEYS, TRADING_FIXED, TRADING_KEYS, SymbolLogic
 from flows.trading_settings import trading_settings
 from operators.features.bar_builder import BarSettings
 from operators.features.symbol_features import FeatureSettings
@@ -86,3 +86,15 @@ def test_a_changed_window_or_bar_interval_stops_the_resume_with_the_key_and_both
     lines: list[str] = []
     load_state(data, {"bars": bars, "features": FeatureSettings(60_000, 30, 0.5)}, FEATURE_KEYS, lines.extend)
     assert lines == ["features.qvar_entropy_coef changed from 0.3 to 0.5"]
+
+
+def test_a_changed_strategy_lookback_stops_the_resume_naming_the_strategys_key():
+    old = _loop_settings()
+    data = dump_state(TradingLoop(old), {"trading": old})
+    new = _loop_settings("strategies.entropy_scalping.lookback=5")
+    with pytest.raises(ResumeError, match=r"strategies\.entropy_scalping\.lookback changed from 10 to 5"):
+        load_state(data, {"trading": new}, TRADING_KEYS, fixed=TRADING_FIXED)
+    lines: list[str] = []
+    load_state(data, {"trading": _loop_settings("strategies.breakout.full_strength_sigmas=3")}, TRADING_KEYS,
+               lines.extend, TRADING_FIXED)  # fmt: skip
+    assert lines == ["strategies.breakout.full_strength_sigmas changed from 1.0 to 3.0"], lines
