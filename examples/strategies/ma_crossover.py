@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from operators.signals.strategy import BarStrategy
 from schemas.records import Bar, Feature
+from schemas.settings import SettingsError, check_settings, setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +44,17 @@ class MovingAverageCrossoverSettings:
         The regimes it may trade in.
     """
 
-    fast: int = 10
-    slow: int = 30
-    full_gap: float = 0.002
-    regimes: frozenset[str] = frozenset({"trend_up", "trend_down", "range"})
+    # setting(): types and ranges checked like qbtc's own settings; fixed=True because the
+    # windows size the saved state (a resume with other windows stops instead of mixing them)
+    fast: int = setting(10, ge=1, fixed=True)
+    slow: int = setting(30, ge=2, fixed=True)
+    full_gap: float = setting(0.002, gt=0)
+    regimes: frozenset[str] = setting(frozenset({"trend_up", "trend_down", "range"}))
 
     def __post_init__(self) -> None:
-        if not 1 <= self.fast < self.slow:
-            msg = f"need 1 <= fast < slow, got {self.fast} and {self.slow}"
-            raise ValueError(msg)
-        if not (math.isfinite(self.full_gap) and self.full_gap > 0):
-            msg = f"full_gap must be a finite number > 0, got {self.full_gap}"
-            raise ValueError(msg)
+        check_settings(self)
+        if self.fast >= self.slow:
+            raise SettingsError.of(self, "fast", f"< slow ({self.slow})")
 
 
 class MovingAverageCrossover(BarStrategy):
