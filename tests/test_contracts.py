@@ -732,3 +732,39 @@ def test_trading_section_keys_are_the_loops_own():
             assert field_types(TradingConfig)[f.name] == field_types(TradingSettings)[f.name], f.name
     shared = {"allow_short", "min_trade_share", "rebalance_band", "ladder_levels"}
     assert shared <= {f.name for f in dataclasses.fields(TradingConfig)}
+
+
+FEATURE_TWINS = {
+    "window": (FeatureSettings, "window"),
+    "qvar_entropy_coef": (FeatureSettings, "qvar_entropy_coef"),
+    "corr_window": (CorrelationSettings, "window"),
+    "corr_every": (CorrelationSettings, "every"),
+    "allowed_lateness_ms": (BarSettings, "allowed_lateness_ms"),
+    "dedup_horizon_ms": (BarSettings, "dedup_horizon_ms"),
+    "max_ahead_ms": (TimeBounds, "max_ahead_ms"),
+    "max_behind_ms": (TimeBounds, "max_behind_ms"),
+    "max_symbols": (TimeBounds, "max_symbols"),
+    "confirm_ticks": (TimeBounds, "confirm_ticks"),
+}
+"""``[features]`` keys and the operator settings field each one becomes (the bar interval, in
+seconds there and ms in the operators, is checked by the flow tests)."""
+
+
+def test_feature_section_keys_are_their_operators_own():
+    """``[features]`` feeds four operators' settings: each key has its field's default and rule."""
+    from flows.config import FeaturesConfig
+    from flows.pipeline import MarketSettings
+
+    keys = {f.name: f for f in dataclasses.fields(FeaturesConfig)}
+    assert set(keys) == {*FEATURE_TWINS, "bar_interval"}
+    for name, (cls, field_name) in FEATURE_TWINS.items():
+        twin = next(f for f in dataclasses.fields(cls) if f.name == field_name)
+        got = (keys[name].default, dict(keys[name].metadata), field_types(FeaturesConfig)[name])
+        assert got == (twin.default, dict(twin.metadata), field_types(cls)[field_name]), name
+    m = MarketSettings.of(load_settings(None, [], env={}))
+    assert (m.bars, m.features, m.grid, m.bounds) == (
+        BarSettings(1000),
+        FeatureSettings(1000),
+        CorrelationSettings(1000),
+        TimeBounds(),
+    )
