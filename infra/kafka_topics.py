@@ -3,8 +3,10 @@
 ``ticks`` carries trade ticks keyed by symbol (so one symbol's ticks stay in
 order in one partition); ``bars``, ``features``, ``correlations`` and
 ``dead-letters`` carry the flows' output records, and ``signals``,
-``risk-events``, ``orders`` and ``fills`` the trading loop's. Values are the codec's
-orjson records with the schema version.
+``risk-events``, ``orders`` and ``fills`` the trading loop's; ``order-events``
+is for the execution service (issue 12: no flow writes it yet; the loop's
+heartbeats are to travel on ``orders``). Values are the codec's orjson records
+with the schema version.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ OUTPUT_TABLES = {
     "risk_events": "risk-events",
     "orders": "orders",
     "fills": "fills",
+    "order_events": "order-events",
 }
 """Output topic name (before the prefix) of each store table."""
 
@@ -47,7 +50,7 @@ def topology(prefix: str, partitions: int, replication: int) -> list[TopicSpec]:
     >>> [t.name for t in topology("t-", 4, 1)][:5]
     ['t-ticks', 't-bars', 't-features', 't-correlations', 't-dead-letters']
     >>> [t.name for t in topology("t-", 4, 1)][5:]
-    ['t-signals', 't-risk-events', 't-orders', 't-fills']
+    ['t-signals', 't-risk-events', 't-orders', 't-fills', 't-order-events']
     """
     names = ["ticks", *OUTPUT_TABLES.values()]
     return [TopicSpec(prefix + n, partitions, replication) for n in names]

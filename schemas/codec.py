@@ -21,7 +21,20 @@ from typing import Any
 
 import orjson
 
-from schemas.records import Bar, Correlation, DeadLetter, Feature, Fill, Order, RiskEvent, Signal, Tick
+from schemas.records import (
+    Bar,
+    Correlation,
+    DeadLetter,
+    ExecutionQuality,
+    Feature,
+    Fill,
+    Heartbeat,
+    Order,
+    OrderEvent,
+    RiskEvent,
+    Signal,
+    Tick,
+)
 
 SCHEMA_VERSION = 1
 
@@ -35,6 +48,9 @@ RECORD_TYPES: dict[str, type] = {
     "risk_event": RiskEvent,
     "order": Order,
     "fill": Fill,
+    "order_event": OrderEvent,
+    "heartbeat": Heartbeat,
+    "execution_quality": ExecutionQuality,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 _FIELDS = {cls: tuple((f.name, f.type) for f in dataclasses.fields(cls)) for cls in RECORD_TYPES.values()}

@@ -156,8 +156,46 @@ FILLS = Table(
     ),
     ("order_id",),
 )
+ORDER_EVENTS = Table(
+    "order_events",
+    (
+        ("ts", TS),
+        ("order_id", "String"),
+        ("venue_order_id", "String"),
+        ("symbol", "LowCardinality(String)"),
+        ("side", "LowCardinality(String)"),
+        ("kind", "LowCardinality(String)"),
+        ("qty", "Float64"),
+        ("filled_qty", "Float64"),
+        ("price", "Float64"),
+        ("reason", "String"),
+        ("venue", "LowCardinality(String)"),
+        ("venue_ts", TS),
+    ),
+    # not ts (the service's clock): an event emitted again after a restart
+    # (reconciliation, a replayed venue report) replaces the first row
+    ("venue", "order_id", "venue_order_id", "kind", "filled_qty"),
+)
+EXECUTION_QUALITY = Table(
+    "execution_quality",
+    (
+        ("ts", TS),
+        ("order_id", "String"),
+        ("symbol", "LowCardinality(String)"),
+        ("side", "LowCardinality(String)"),
+        ("qty", "Float64"),
+        ("expected_slippage_bps", "Float64"),
+        ("realised_slippage_bps", "Float64"),
+        ("reference_price", "Float64"),
+        ("fill_price", "Float64"),
+    ),
+    # one row per fill: an order filled in parts has a row per part
+    ("order_id", "ts", "qty", "fill_price"),
+)
 MARKET_TABLES = (TICKS, BARS, FEATURES, CORRELATIONS, DEAD_LETTERS)
 """What the features flow writes."""
 TRADING_TABLES = (SIGNALS, RISK_EVENTS, ORDERS, FILLS)
 """What the trading loop writes."""
-TABLES = {t.name: t for t in (*MARKET_TABLES, *TRADING_TABLES)}
+EXECUTION_TABLES = (ORDER_EVENTS, EXECUTION_QUALITY)
+"""What the execution service writes (issue 12; no flow writes them yet)."""
+TABLES = {t.name: t for t in (*MARKET_TABLES, *TRADING_TABLES, *EXECUTION_TABLES)}

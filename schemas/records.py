@@ -259,3 +259,137 @@ class Fill:
     price: float
     fee: float
     slippage_bps: float
+
+
+# -- the execution service -------------------------------------------------------
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+PARTIALLY_FILLED = "partially_filled"
+FILLED = "filled"
+CANCELLED = "cancelled"
+EXPIRED = "expired"
+EXTERNAL = "external"
+WOULD_SEND = "would_send"
+ORDER_EVENT_KINDS = (ACCEPTED, REJECTED, PARTIALLY_FILLED, FILLED, CANCELLED, EXPIRED, EXTERNAL, WOULD_SEND)
+"""What happened to an order at the venue (see :class:`OrderEvent`)."""
+FINAL_ORDER_EVENTS = (REJECTED, FILLED, CANCELLED, EXPIRED)
+"""Kinds after which an order is no longer working."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    """What the execution service learnt about one order at its venue.
+
+    Parameters
+    ----------
+    ts
+        When the service observed it, epoch ms UTC (its own clock).
+    order_id
+        Our client order id (the loop's deterministic ``Order.order_id``); for
+        an ``external`` order, the venue's client id, ``""`` when it has none.
+    venue_order_id
+        The venue's id, ``""`` when there is none yet (dry runs, rejections
+        before the venue answered).
+    symbol, side
+        As in the order.
+    kind
+        One of :data:`ORDER_EVENT_KINDS`: ``accepted``, ``rejected`` (``reason``
+        says why), ``partially_filled``, ``filled``, ``cancelled``,
+        ``expired``, ``external`` (an order at the venue that is not ours, found
+        by reconciliation) or ``would_send`` (a dry run: recorded, not sent).
+        Anything else is a schema error.
+    qty
+        The order's quantity.
+    filled_qty
+        Cumulative filled quantity at this event.
+    price
+        The order's limit or stop price, or the average fill price of a fill
+        event; 0.0 when there is none.
+    reason
+        Text for a person; for ``rejected`` the reason (the service's limit or
+        the venue's error), ``""`` when there is nothing to say.
+    venue
+        Where: ``paper``, ``ccxt:binance``, ...
+    venue_ts
+        The venue's timestamp of the event, epoch ms; 0 when it gave none.
+
+    The store keys rows by (venue, order_id, venue_order_id, kind, filled_qty),
+    not ``ts``: an event emitted again after a restart replaces the first.
+    """
+
+    ts: int
+    order_id: str
+    venue_order_id: str
+    symbol: str
+    side: str
+    kind: str
+    qty: float
+    filled_qty: float
+    price: float
+    reason: str
+    venue: str
+    venue_ts: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in ORDER_EVENT_KINDS:
+            msg = f"unknown order event kind {self.kind!r}"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A trading loop's sign of life, published with its orders (on the ``orders`` topic).
+
+    The execution service's dead man's switch (``operators.execution.deadman``)
+    times the gaps between heartbeats on its own clock, not by ``ts``.
+
+    Parameters
+    ----------
+    ts
+        When the loop sent it, epoch ms UTC (its clock: event time in a replay).
+    source
+        Who sent it, e.g. ``stream`` or a process id; one sequence per source.
+    seq
+        1, 2, 3, ... per source: a gap means a lost heartbeat.
+    last_order_ts
+        ``ts`` of the last order the source published before this heartbeat,
+        0 when none yet (a lockstep consumer knows it has every order up to it).
+    """
+
+    ts: int
+    source: str
+    seq: int
+    last_order_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionQuality:
+    """Expected against realised slippage of one fill.
+
+    Parameters
+    ----------
+    ts
+        The fill's ts, epoch ms.
+    order_id, symbol, side, qty
+        As in the fill.
+    expected_slippage_bps
+        What the cost model expected when the order was sent, bps (>= 0).
+    realised_slippage_bps
+        The fill price against ``reference_price``, bps, positive when it cost
+        us (a buy above, a sell below the reference), negative when it gained.
+    reference_price
+        The last trade price when the order was sent.
+    fill_price
+        The fill's price.
+    """
+
+    ts: int
+    order_id: str
+    symbol: str
+    side: str
+    qty: float
+    expected_slippage_bps: float
+    realised_slippage_bps: float
+    reference_price: float
+    fill_price: float

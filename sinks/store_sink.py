@@ -22,7 +22,18 @@ import pyarrow as pa
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from schemas.ddl import TABLES
-from schemas.records import Bar, Correlation, DeadLetter, Feature, Fill, Order, RiskEvent, Signal
+from schemas.records import (
+    Bar,
+    Correlation,
+    DeadLetter,
+    ExecutionQuality,
+    Feature,
+    Fill,
+    Order,
+    OrderEvent,
+    RiskEvent,
+    Signal,
+)
 from schemas.tick_columns import SIDES
 from sinks import failure
 from sinks.clickhouse_store import Store
@@ -38,6 +49,8 @@ _RECORD_FIELDS = {
         ("risk_events", RiskEvent),
         ("orders", Order),
         ("fills", Fill),
+        ("order_events", OrderEvent),
+        ("execution_quality", ExecutionQuality),
     )
 }
 

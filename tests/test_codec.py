@@ -13,9 +13,12 @@ from schemas import (
     Bar,
     Correlation,
     DeadLetter,
+    ExecutionQuality,
     Feature,
     Fill,
+    Heartbeat,
     Order,
+    OrderEvent,
     RiskEvent,
     SchemaError,
     Signal,
@@ -23,6 +26,9 @@ from schemas import (
     decode,
     encode,
 )
+from schemas.ddl import TABLES
+from schemas.records import ORDER_EVENT_KINDS
+from sinks.store_sink import record_columns
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 ints = st.integers(min_value=-(2**53), max_value=2**53)
@@ -40,6 +46,34 @@ RECORDS = st.one_of(
         Order, ints, text, text, text, st.sampled_from(["buy", "sell"]), finite, text, finite, text, text
     ),
     st.builds(Fill, ints, text, text, st.sampled_from(["buy", "sell"]), finite, finite, finite, finite),
+    st.builds(
+        OrderEvent,
+        ints,
+        text,
+        text,
+        text,
+        st.sampled_from(["buy", "sell"]),
+        st.sampled_from(ORDER_EVENT_KINDS),
+        finite,
+        finite,
+        finite,
+        text,
+        text,
+        ints,
+    ),
+    st.builds(Heartbeat, ints, text, ints, ints),
+    st.builds(
+        ExecutionQuality,
+        ints,
+        text,
+        text,
+        st.sampled_from(["buy", "sell"]),
+        finite,
+        finite,
+        finite,
+        finite,
+        finite,
+    ),
 )
 
 
@@ -73,3 +107,24 @@ def test_decode_is_strict(change, words):
 def test_decode_pins_the_type():
     with pytest.raises(SchemaError, match="expected a bar"):
         decode(encode(Tick(1, "A", 1.0, 1.0)), Bar)
+
+
+def test_an_unknown_order_event_kind_is_a_schema_error():
+    event = OrderEvent(1, "o1", "", "A/B", "buy", "filled", 1.0, 1.0, 2.0, "", "paper", 0)
+    msg = orjson.loads(encode(event))
+    msg["kind"] = "exploded"
+    with pytest.raises(SchemaError, match="unknown order event kind 'exploded'"):
+        decode(orjson.dumps(msg))
+
+
+@pytest.mark.parametrize(
+    ("table", "record"),
+    [
+        ("order_events", OrderEvent(1, "o1", "v9", "A/B", "buy", "accepted", 1.0, 0.0, 2.0, "", "paper", 3)),
+        ("execution_quality", ExecutionQuality(1, "o1", "A/B", "sell", 1.0, 3.0, 4.5, 100.0, 99.955)),
+    ],
+)
+def test_execution_records_have_their_table(table, record):
+    """The store writes a record's fields as its table's columns, in the table's order."""
+    assert tuple(record_columns(table, [record])) == TABLES[table].column_names
+    assert set(TABLES[table].key) <= set(TABLES[table].column_names)
