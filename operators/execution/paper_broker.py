@@ -34,10 +34,12 @@ from operators.execution.venue import (
     SUPERSEDED,
     TARGET_EXIT,
     TWAP,
-    TWAP_SLIPPAGE,
     BarContext,
     BarResult,
     Cancellation,
+    child_order,
+    twap_child_qty,
+    twap_slippage_cancellation,
 )
 from schemas.records import BUY, LIMIT, MARKET, ORDER_TYPES, SELL, STOP, Bar, Fill, Order
 
@@ -325,28 +327,14 @@ class _BarRun:
     def twap_child(self, w: _Working) -> None:
         bar = self.bar
         parent = w.order
-        qty = min(w.remaining, self.settings.participation * bar.volume)
+        qty = twap_child_qty(w.remaining, bar.volume, self.settings.participation)
         w.children += 1
-        child = Order(
-            bar.ts,
-            f"{parent.order_id}/{w.children}",
-            parent.order_id,
-            parent.symbol,
-            parent.side,
-            qty,
-            MARKET,
-            0.0,
-            TWAP,
-            parent.strategy,
-        )
+        child = child_order(parent, w.children, bar.ts, qty, TWAP)
         self.new_orders.append(child)
         slip = self.slippage(qty)
-        if slip > self.settings.twap_max_slippage_bps:
-            message = (
-                f"TWAP child {child.order_id!r}: expected slippage {slip:.3f} bps > "
-                f"{self.settings.twap_max_slippage_bps} bps; parent keeps working"
-            )
-            self.broker._outbox.append(Cancellation(bar.ts, child, TWAP_SLIPPAGE, message))
+        skipped = twap_slippage_cancellation(bar.ts, child, slip, self.settings.twap_max_slippage_bps)
+        if skipped is not None:
+            self.broker._outbox.append(skipped)
             return
         self.taker(child, bar.ts, qty, bar.open, slip)
         w.remaining -= qty

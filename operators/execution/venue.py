@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas.records import Bar, Fill, Order
+from schemas.records import MARKET, Bar, Fill, Order
 
 QTY_EPS = 1e-12
 """Relative quantity below which a remainder or a position counts as zero."""
@@ -23,6 +23,7 @@ CANCEL_REASONS = (REJECTED, TWAP_SLIPPAGE, SUPERSEDED)
 STOP_EXIT = "stop"
 TARGET_EXIT = "target"
 TWAP = "twap"
+ICEBERG = "iceberg"
 PROTECTION_STRATEGY = "risk"
 """``Order.strategy`` of the protective exits the broker creates."""
 
@@ -92,6 +93,59 @@ class BarResult:
     fills: tuple[Fill, ...] = ()
     new_orders: tuple[Order, ...] = ()
     cancelled: tuple[Cancellation, ...] = ()
+
+
+def child_order(
+    parent: Order,
+    n: int,
+    ts: int,
+    qty: float,
+    reason: str,
+    order_type: str = MARKET,
+    limit_price: float = 0.0,
+) -> Order:
+    """The ``n``-th child (1, 2, ...) of ``parent``, id ``f"{parent.order_id}/{n}"`` (TWAP, iceberg).
+
+    Symbol, side and strategy are the parent's; ``parent_id`` is its id.
+
+    >>> parent = Order(0, "o7", "", "X", "buy", 9.0, MARKET, 0.0, "entry", "demo")
+    >>> child_order(parent, 2, 60_000, 1.5, TWAP).order_id
+    'o7/2'
+    """
+    return Order(
+        ts,
+        f"{parent.order_id}/{n}",
+        parent.order_id,
+        parent.symbol,
+        parent.side,
+        qty,
+        order_type,
+        limit_price,
+        reason,
+        parent.strategy,
+    )
+
+
+def twap_child_qty(remaining: float, volume: float, participation: float) -> float:
+    """A TWAP child's size: at most ``participation`` of the volume it trades against.
+
+    >>> twap_child_qty(50.0, 200.0, 0.1), twap_child_qty(5.0, 200.0, 0.1)
+    (20.0, 5.0)
+    """
+    return min(remaining, participation * volume)
+
+
+def twap_slippage_cancellation(
+    ts: int, child: Order, slippage_bps: float, max_slippage_bps: float
+) -> Cancellation | None:
+    """The cancellation of a TWAP child whose expected slippage exceeds the cap, None when it may go."""
+    if slippage_bps <= max_slippage_bps:
+        return None
+    message = (
+        f"TWAP child {child.order_id!r}: expected slippage {slippage_bps:.3f} bps > "
+        f"{max_slippage_bps} bps; parent keeps working"
+    )
+    return Cancellation(ts, child, TWAP_SLIPPAGE, message)
 
 
 class Venue(Protocol):
