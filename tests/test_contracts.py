@@ -43,8 +43,18 @@ from flows.config import (
     section_keys,
     settings_from_table,
 )
+from operators.execution.algos import IcebergWorker, TwapSettings, TwapWorker
 from operators.execution.cost_model import BrokerSettings
+from operators.execution.deadman import (
+    DeadMansSwitch,
+    DeadMansSwitchSettings,
+    VenueHealth,
+    VenueHealthSettings,
+)
+from operators.execution.limits import ExecutionGuard, ExecutionLimits
 from operators.execution.paper_broker import PaperBroker
+from operators.execution.quality import SlippageMonitor, SlippageSettings
+from operators.execution.reconcile import ReconcileSettings
 from operators.features.bar_builder import BarBuilder, BarSettings
 from operators.features.candle_bars import CandleBars
 from operators.features.correlation_grid import CorrelationGrid, CorrelationSettings
@@ -399,6 +409,95 @@ def _feed(op, x):
     return op.get()
 
 
+def _guard_orders() -> list:
+    """Orders over three UTC days, some over the caps, some closed."""
+    rng = random.Random(14)
+    out, sent = [], []
+    for k in range(N):
+        now = T0 + k * 600_000
+        if sent and rng.random() < 0.45:
+            out.append(("close", sent.pop(rng.randrange(len(sent)))))
+            continue
+        kind = rng.choice((MARKET, LIMIT))
+        price = 100.0 * rng.uniform(0.9, 1.1) if kind == LIMIT else 0.0
+        qty = rng.choice((0.5, 2.0, 20.0))
+        side = rng.choice((BUY, SELL))
+        out.append(
+            ("order", Order(now, f"g{k}", "", "A/USDT", side, qty, kind, price, "entry", "t"), 100.0, now)
+        )
+        sent.append(f"g{k}")
+    return out
+
+
+def _guard_step(guard: ExecutionGuard, item):
+    if item[0] == "close":
+        return guard.on_closed(item[1]), guard.open_orders
+    _, order, last, now = item
+    reason = guard.check(order, last, now)
+    if reason is None:
+        guard.on_sent(order, guard.notional(order, last), now)
+    return reason, guard.open_orders, guard.daily_notional(now)
+
+
+def _beats() -> list:
+    rng = random.Random(15)
+    out, ts = [], T0
+    for _ in range(N):
+        ts += rng.choice((1_000, 5_000, 20_000, 45_000))
+        out.append((rng.choice(("beat", "poll", "poll")), ts))
+    return out
+
+
+def _switch_step(switch: DeadMansSwitch, item):
+    kind, ts = item
+    if kind == "beat":
+        return switch.beat(ts), switch.tripped
+    return switch.trip(ts), switch.expired(ts), switch.tripped
+
+
+def _venue_calls() -> list:
+    rng = random.Random(16)
+    out, ts, up = [], T0, True
+    for _ in range(N):
+        ts += rng.choice((10_000, 60_000, 300_000))
+        if rng.random() < 0.05:
+            up = not up
+        out.append(("ok" if up else rng.choice(("failed", "check")), ts))
+    return out
+
+
+def _market_prints(seed: int) -> list:
+    rng = random.Random(seed)
+    out, price = [], 100.0
+    for k in range(N):
+        price *= 1 + rng.gauss(0, 0.001)
+        out.append((T0 + k * 10_000, price, rng.uniform(1, 100) if rng.random() < 0.9 else 0.0))
+    return out
+
+
+def _twap_step(worker: TwapWorker, item):
+    ts, price, volume = item
+    out = worker.on_market(ts, price, volume)
+    for child in out.send:  # filled at once, a little worse than the print
+        worker.on_fill(ts + 1, child.order.qty, price * 1.0003)
+    return out, worker.filled_qty
+
+
+def _iceberg_step(worker: IcebergWorker, item):
+    ts, price, volume = item
+    out = worker.on_market(ts, price, volume)
+    if volume > 50:
+        out = (out, worker.on_fill(ts + 1, volume / 20, price))
+    elif volume == 0.0:
+        out = (out, worker.on_child_closed(ts))
+    return out, worker.filled_qty
+
+
+def _slippage_stream() -> list:
+    rng = random.Random(17)
+    return [(T0 + k, 3.0, rng.gauss(9.0 if (k // 60) % 2 else 3.0, 1.0)) for k in range(N)]
+
+
 OPERATORS: dict[type, Case] = {
     RollingVariance: Case(lambda: RollingVariance(30), _floats(1), _feed, lambda op, _: op.get()),
     PermutationEntropy: Case(lambda: PermutationEntropy(30), _floats(2), _feed, lambda op, _: op.get()),
@@ -474,6 +573,44 @@ OPERATORS: dict[type, Case] = {
     RiskEngine: Case(RiskEngine, _engine_stream, _engine_step),
     PaperBroker: Case(lambda: PaperBroker(BrokerSettings(bar_interval_ms=D)), _broker_stream, _broker_step),
     TradingLoop: Case(_loop, _loop_stream, _loop_step),
+    ExecutionGuard: Case(
+        lambda: ExecutionGuard(
+            ExecutionLimits(
+                max_order_notional=1_000.0,
+                max_daily_notional=2_000.0,
+                max_open_orders=5,
+                price_band_bps=800.0,
+            )
+        ),
+        _guard_orders,
+        _guard_step,
+    ),
+    DeadMansSwitch: Case(lambda: DeadMansSwitch(DeadMansSwitchSettings(30_000)), _beats, _switch_step),
+    VenueHealth: Case(
+        lambda: VenueHealth(VenueHealthSettings(120_000, 1_800_000)),
+        _venue_calls,
+        lambda op, item: (getattr(op, item[0])(item[1]), op.state),
+    ),
+    TwapWorker: Case(
+        lambda: TwapWorker(
+            Order(T0, "tw", "", "A/USDT", BUY, 1e6, MARKET, 0.0, "entry", "t"),
+            BrokerSettings(bar_interval_ms=D, twap_max_slippage_bps=6.5),  # some children skipped
+            TwapSettings(horizon_ms=600_000, slice_ms=60_000),
+        ),
+        lambda: _market_prints(18),
+        _twap_step,
+    ),
+    IcebergWorker: Case(
+        lambda: IcebergWorker(Order(T0, "ice", "", "A/USDT", SELL, 1e6, LIMIT, 101.0, "exit", "t"), 10.0),
+        lambda: _market_prints(19),
+        _iceberg_step,
+    ),
+    SlippageMonitor: Case(
+        lambda: SlippageMonitor(SlippageSettings(window=20, min_fills=5)),
+        _slippage_stream,
+        lambda op, item: op.update(*item),
+        lambda op, _: op.get(),
+    ),
 }
 
 NOT_OPERATORS: set[type] = {BarStrategy}
@@ -560,6 +697,17 @@ FROM_FEATURES = {
 ASSEMBLED = {TradingSettings, StrategiesSettings}
 """Settings put together from other sections (``[trading]`` keys, loaded strategies)."""
 
+EXECUTION_SERVICE = {
+    ExecutionLimits,
+    DeadMansSwitchSettings,
+    VenueHealthSettings,
+    TwapSettings,
+    SlippageSettings,
+    ReconcileSettings,
+}
+"""Settings of the execution service's building blocks (issue 12): no config keys until
+``qbtc execute`` is wired (``[execution]`` is BrokerSettings today)."""
+
 
 def _section_classes() -> dict[type, str]:
     out: dict[type, str] = {}
@@ -611,7 +759,11 @@ def test_every_settings_class_is_reachable_from_config():
     lost = [
         c.__qualname__
         for c in SETTINGS
-        if c not in sections and c not in strategies and c not in FROM_FEATURES and c not in ASSEMBLED
+        if c not in sections
+        and c not in strategies
+        and c not in FROM_FEATURES
+        and c not in ASSEMBLED
+        and c not in EXECUTION_SERVICE
     ]
     assert lost == [], f"give these settings a config section (flows/config.py Settings): {lost}"
     for cls, keys in FROM_FEATURES.items():
