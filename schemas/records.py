@@ -177,7 +177,9 @@ class RiskEvent:
         What it is about, e.g. ``qvar_breaker``, ``dlri``, ``ers``,
         ``kill_switch``, ``mode``, ``stale_data``, ``pre_trade``, ``control``,
         ``execution``, ``strategy_error`` (a strategy raised or answered with
-        no valid signal: it is muted, ``action`` ``mute``).
+        no valid signal: it is muted, ``action`` ``mute``); from the
+        execution service's parts: ``venue`` (venue health), ``slippage``
+        (execution quality), ``reconcile`` (start-up reconciliation).
     level
         Severity: 0 info or cleared, 1 warning, 2 caution, 3 emergency.
     symbol

@@ -1,1 +1,7 @@
-"""Execution: the venue protocol, the cost model and the paper broker."""
+"""Execution: the venue protocol, the cost model, the paper broker, and the execution service's parts.
+
+The service's parts (issue 12, not wired yet): hard limits (``limits``), the
+dead man's switch and venue health (``deadman``), TWAP and iceberg workers
+(``algos``), execution quality (``quality``) and start-up reconciliation
+(``reconcile``).
+"""
