@@ -28,9 +28,12 @@ from schemas.records import (
     Bar,
     Correlation,
     DeadLetter,
+    ExecutionQuality,
     Feature,
     Fill,
+    Heartbeat,
     Order,
+    OrderEvent,
     RiskEvent,
     Signal,
     Tick,
@@ -241,6 +244,9 @@ def test_codec_takes_only_the_integer_1_as_version(cls, version):
         RiskEvent: RiskEvent(T, "breaker", 1, "BTC/USDT", 0.1, 0.05, "reduce", "m"),
         Order: Order(T, "o1", "", "BTC/USDT", "buy", 1.0, "market", 0.0, "r", "trend"),
         Fill: Fill(T, "o1", "BTC/USDT", "buy", 1.0, 100.0, 0.1, 2.0),
+        OrderEvent: OrderEvent(T, "o1", "v1", "BTC/USDT", "buy", "filled", 1.0, 1.0, 100.0, "", "paper", T),
+        Heartbeat: Heartbeat(T, "stream", 1, T),
+        ExecutionQuality: ExecutionQuality(T, "o1", "BTC/USDT", "buy", 1.0, 3.0, 4.0, 100.0, 100.04),
     }
     record = samples[cls]
     obj = orjson.loads(encode(record))
