@@ -173,7 +173,9 @@ def test_two_brokers_gone_end_a_stream_with_one_line(kafka_cluster3, tmp_path):
     prefix = unique("gone")
     sets = set_args(prefix, "kafka.replication=3", "kafka.timeout_s=10")
     qbtc("kafka", "topics", "--kafka", servers, *sets, cwd=tmp_path)
-    publish_sim(servers, prefix, tmp_path, seconds=300, rate=500, symbols=4)
+    # a backlog the flow is still reading when the brokers die (a flow that has read everything
+    # has nothing left to deliver, so nothing fails): it once finished 150,000 ticks first on a busy machine
+    publish_sim(servers, prefix, tmp_path, seconds=900, rate=500, symbols=4)
     meta = AdminClient({"bootstrap.servers": servers}).list_topics(f"{prefix}ticks", timeout=10)
     survivor = meta.topics[f"{prefix}ticks"].partitions[0].leader  # its partitions still feed the flow
     args = ["stream", "--kafka", servers, "--store", "chdb://g.chdb", "--snapshot-interval", "0.5", "--quiet"]
