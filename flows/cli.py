@@ -156,6 +156,19 @@ def _trade(p, default: bool) -> None:
     )
 
 
+def _venue_parser(sub) -> None:
+    from infra.exchange.daemon import configure
+
+    venue = sub.add_parser(
+        "venue",
+        help="a local exchange to rehearse on: Binance's spot REST API for ccxt (up/down/status/serve)",
+        description="Start, stop or inspect a local exchange that speaks the part of Binance's spot REST "
+        "API ccxt's binance class uses, matching orders against ticks from files or the ticks topic with "
+        "the paper cost model.",
+    )
+    configure(venue.add_subparsers(dest="venue_command", metavar="ACTION", required=True))
+
+
 def _control_parser(sub) -> None:
     ctl = sub.add_parser(
         "control",
@@ -228,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster(topic)
 
     _kafka_parsers(sub)
+    _venue_parser(sub)
     _control_parser(sub)
 
     sql = sub.add_parser(
@@ -529,6 +543,7 @@ COMMANDS = {
     "sql": cmd_sql,
     "simulate": cmd_simulate,
     "kafka": cmd_kafka,
+    "venue": cmd_kafka,  # both run the action their subcommand set
     "publish": cmd_publish,
     "stream": cmd_stream,
     "record": cmd_record,
