@@ -320,17 +320,17 @@ def test_qbtc_venue_up_status_down_in_the_background(tmp_path):
     assert "POST /api/v3/order -> 200" in (data / "venue.log").read_text()
 
 
-def test_qbtc_venue_refuses_bad_options_with_one_line(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "flows.cli",
-        "venue",
-        "up",
-        "--data-dir",
-        str(tmp_path),
-        "--market",
-        "BTC/USDT:lot=1",
-    ]
-    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown key 'lot'" in bad.stderr
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        (["--market", "BTC/USDT:lot=1"], "unknown key 'lot'"),
+        (["--ticks", "missing.csv"], "no such file"),
+        (["--balance", "USDT"], "ASSET=AMOUNT"),
+        (["--set", "execution.taker_fee_bps=-1"], "execution.taker_fee_bps"),
+    ],
+)
+def test_qbtc_venue_refuses_bad_options_with_one_line(tmp_path, option, words):
+    cmd = [sys.executable, "-m", "flows.cli", "venue", "up", "--data-dir", str(tmp_path), *option]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and words in bad.stderr
+    assert not (tmp_path / "venue.pid").exists()

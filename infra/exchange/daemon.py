@@ -163,6 +163,10 @@ def venue_settings(args: argparse.Namespace) -> VenueSettings:
         if not math.isfinite(balances[asset.strip()]):
             msg = f"--balance {item!r}: give ASSET=AMOUNT, e.g. USDT=100000"
             raise VenueUsage(msg)
+    for source in args.ticks:
+        if not source.startswith("kafka://") and not os.path.isfile(source):
+            msg = f"--ticks {source}: no such file (give a tick file or kafka://BROKERS[/TOPIC])"
+            raise VenueUsage(msg)
     engine = EngineSettings(config.execution, args.partial_fills, args.client_ids)
     return VenueSettings(
         engine=engine,
@@ -256,6 +260,9 @@ def up(args: argparse.Namespace) -> int:
     if pid is not None and url is not None and answers(url):
         print(f"venue: already up at {url} (pid {pid}, log {paths['log']})")
         return 0
+    if pid is not None:
+        msg = f"a venue runs (pid {pid}) but does not answer at {url}: see {paths['log']}, or run down first"
+        raise VenueFailure(msg)
     venue_settings(args)  # bad options stop here, before anything starts
     keys = resolve_keys(os.environ, args.secret_file, str(paths["keys"]))
     paths["ready"].unlink(missing_ok=True)
@@ -355,9 +362,10 @@ def serve(args: argparse.Namespace) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    if args.ready_file:
-        ready = Path(args.ready_file)
-        ready.write_bytes(orjson.dumps({"url": venue.url, "pid": os.getpid()}))
+    if args.ready_file:  # written whole, then renamed: a reader never sees half of it
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_bytes(orjson.dumps({"url": venue.url, "pid": os.getpid()}))
+        tmp.replace(args.ready_file)
     print(f"venue: serving at {venue.url}", flush=True)
     try:
         while not done.wait(0.5):

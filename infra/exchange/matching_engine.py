@@ -269,9 +269,9 @@ class MatchingEngine:
         if spec is None or not (_positive(tick.price) and _positive(tick.qty)):
             self.state.ignored_ticks += 1
             return []
-        tape = self._tape(spec.market_id, tick)
+        self._tape(spec.market_id, tick)
         fills = self._fill_resting(spec, tick)
-        fills += self._trigger_stops(spec, tape, tick.price)
+        fills += self._trigger_stops(spec, tick.price)
         return fills
 
     def _tape(self, market_id: str, tick: Tick) -> Tape:
@@ -325,7 +325,7 @@ class MatchingEngine:
             fills.append(self._fill(spec, order, qty, order.price, maker=True))
         return fills
 
-    def _trigger_stops(self, spec: MarketSpec, tape: Tape, price: float) -> list[VenueTrade]:
+    def _trigger_stops(self, spec: MarketSpec, price: float) -> list[VenueTrade]:
         hit = [
             o
             for o in self.state.orders.values()
