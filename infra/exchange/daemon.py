@@ -32,14 +32,15 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from infra.exchange.api_keys import KEY_ENV, SECRET_ENV, resolve_keys
-from infra.exchange.markets import MarketSpec
-from infra.exchange.matching_engine import EngineSettings
-from infra.exchange.server import DEFAULT_MARKETS, VenueSettings
 from schemas.errors import OutsideFailure, QbtcError, UsageProblem
+
+if TYPE_CHECKING:  # the server's modules load when a command runs, not with the `qbtc` parser
+    from infra.exchange.server import VenueSettings
 
 DEFAULT_DIR = "var/venue"
 START_TIMEOUT_S = 30.0
@@ -147,6 +148,9 @@ def _paths(data_dir: str) -> dict[str, Path]:
 def venue_settings(args: argparse.Namespace) -> VenueSettings:
     """The settings the options give (config sections ``[execution]`` and ``[kafka]`` included)."""
     from flows.config import load_settings
+    from infra.exchange.markets import MarketSpec
+    from infra.exchange.matching_engine import EngineSettings
+    from infra.exchange.server import DEFAULT_MARKETS, VenueSettings
 
     config = load_settings(args.config, args.overrides)
     try:
