@@ -186,6 +186,29 @@ def _control_parser(sub) -> None:
     _common(ctl, store=False)
 
 
+def _execute_parser(sub) -> None:
+    ex = sub.add_parser(
+        "execute",
+        help="the execution service: orders topic -> venue -> order-events and fills topics",
+        description="Consume the orders topic (group qbtc-execute), check each order against "
+        "[execution_limits], send it with its order id as the client order id and publish its order "
+        "events and fills; offsets are committed after they are delivered. Without --sandbox or --live "
+        "it is a dry run: would_send events, nothing sent. API keys: QBTC_EXECUTION_API_KEY and "
+        "QBTC_EXECUTION_API_SECRET, or --secret-file.",
+    )
+    ex.add_argument("--venue", default="dry-run", metavar="VENUE", help="dry-run (default) or ccxt:EXCHANGE")
+    mode = ex.add_mutually_exclusive_group()
+    mode.add_argument("--sandbox", action="store_true", help="the exchange's test network or --venue-url")
+    mode.add_argument("--live", action="store_true", help="real orders (needs execution_limits set)")
+    ex.add_argument(
+        "--venue-url", metavar="URL", help="base URL of a Binance-like venue (the local exchange)"
+    )
+    ex.add_argument("--secret-file", metavar="FILE", help="NAME=VALUE lines with the API key and secret")
+    ex.add_argument("--kafka", metavar="BROKERS", help="bootstrap servers (default from config)")
+    ex.add_argument("--idle-exit", type=float, metavar="S", help="stop after S seconds without a message")
+    _common(ex, store=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qbtc",
@@ -242,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _kafka_parsers(sub)
     _venue_parser(sub)
+    _execute_parser(sub)
     _control_parser(sub)
 
     sql = sub.add_parser(
@@ -457,6 +481,15 @@ def cmd_stream(args) -> int:
     return _run_topic(args, settings, topic, span, dsn, True, "stream")
 
 
+def cmd_execute(args) -> int:
+    from flows.execute import DRY_RUN, execute_options, execution_keys, run_execute, with_kafka
+
+    settings = with_kafka(load_settings(args.config, args.overrides), args.kafka)
+    options = execute_options(args.venue, args.sandbox, args.live, args.venue_url, args.idle_exit, settings)
+    keys = None if options.mode == DRY_RUN else execution_keys(os.environ, args.secret_file)
+    return run_execute(settings, options, keys)
+
+
 def cmd_kafka(args) -> int:
     return args.func(args)
 
@@ -548,6 +581,7 @@ COMMANDS = {
     "stream": cmd_stream,
     "record": cmd_record,
     "control": cmd_control,
+    "execute": cmd_execute,
 }
 
 

@@ -13,6 +13,8 @@ classes: ``[risk]`` (with the ``[risk.qvar]`` subtable) is
 :class:`~operators.risk.settings.RiskSettings`, ``[sizing]``
 :class:`~operators.signals.sizing.SizingSettings`, ``[execution]`` the paper
 venue's :class:`~operators.execution.cost_model.BrokerSettings`,
+``[execution_limits]`` the execution service's hard limits
+(:class:`~operators.execution.limits.ExecutionLimits`, ``qbtc execute``),
 ``[portfolio]``, ``[regime]``, ``[weights]`` and ``[atr]`` likewise. Fields
 derived from other keys (:data:`DERIVED`: every ``bar_interval_ms`` from
 ``features.bar_interval``, the QVaR's entropy coefficient and horizon) are
@@ -49,6 +51,7 @@ from flows.config_values import (
 from flows.config_values import coerce as coerce
 from flows.config_values import settings_from_table as settings_from_table
 from operators.execution.cost_model import BrokerSettings
+from operators.execution.limits import ExecutionLimits
 from operators.risk.portfolio import PortfolioSettings
 from operators.risk.settings import RiskSettings
 from operators.signals.atr import ATRSettings
@@ -251,6 +254,7 @@ class Settings:
     risk: RiskSettings = field(default_factory=RiskSettings)
     sizing: SizingSettings = field(default_factory=SizingSettings)
     execution: BrokerSettings = field(default_factory=lambda: BrokerSettings(bar_interval_ms=1000))
+    execution_limits: ExecutionLimits = field(default_factory=ExecutionLimits)
     portfolio: PortfolioSettings = field(default_factory=PortfolioSettings)
     regime: RegimeSettings = field(default_factory=RegimeSettings)
     weights: StrategyWeightsSettings = field(default_factory=StrategyWeightsSettings)

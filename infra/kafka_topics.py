@@ -4,7 +4,7 @@
 order in one partition); ``bars``, ``features``, ``correlations`` and
 ``dead-letters`` carry the flows' output records, and ``signals``,
 ``risk-events``, ``orders`` and ``fills`` the trading loop's; ``order-events``
-is for the execution service (issue 12: no flow writes it yet; the loop's
+is the execution service's (``qbtc execute``, issue 12; the loop's
 heartbeats are to travel on ``orders``). Values are the codec's orjson records
 with the schema version.
 """

@@ -698,15 +698,14 @@ ASSEMBLED = {TradingSettings, StrategiesSettings}
 """Settings put together from other sections (``[trading]`` keys, loaded strategies)."""
 
 EXECUTION_SERVICE = {
-    ExecutionLimits,
     DeadMansSwitchSettings,
     VenueHealthSettings,
     TwapSettings,
     SlippageSettings,
     ReconcileSettings,
 }
-"""Settings of the execution service's building blocks (issue 12): no config keys until
-``qbtc execute`` is wired (``[execution]`` is BrokerSettings today)."""
+"""Settings of the execution service's building blocks (issue 12) with no config keys yet
+(``ExecutionLimits`` is ``[execution_limits]``, read by ``qbtc execute``)."""
 
 
 def _section_classes() -> dict[type, str]:

@@ -73,9 +73,12 @@ class ExecutionLimits:
     def __post_init__(self) -> None:
         check_settings(self)
 
-    def live_refusal(self) -> str | None:
-        """Why real orders may not be sent with these limits, None when they may."""
-        unset = [f"execution.{name}" for name in LIVE_REQUIRED if getattr(self, name) is None]
+    def live_refusal(self, section: str = "execution") -> str | None:
+        """Why real orders may not be sent with these limits, None when they may.
+
+        ``section`` is the config section the keys are named in.
+        """
+        unset = [f"{section}.{name}" for name in LIVE_REQUIRED if getattr(self, name) is None]
         if not unset:
             return None
         return f"{' and '.join(unset)} must be set to send real orders"

@@ -1,0 +1,327 @@
+"""``qbtc execute``: orders topic -> local exchange (real ccxt client over HTTP) -> order-events and fills.
+
+The kafka-marked tests run the service as a subprocess against the
+in-process local exchange (``infra.exchange.server.start_venue``) and a real
+broker; ``--idle-exit`` ends each run once the orders are consumed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import ccxt
+import pytest
+from confluent_kafka import Producer
+
+from flows.cli import main
+from flows.config import load_settings
+from flows.execute import (
+    COMMIT_HOOK,
+    CRASH_HOOK,
+    KEY_ENV,
+    SECRET_ENV,
+    ExecuteUsage,
+    execute_options,
+    execution_keys,
+    fill_of,
+    order_events,
+)
+from infra.exchange.api_keys import ApiKeys
+from infra.exchange.binance_api import ccxt_urls
+from infra.exchange.markets import MarketSpec
+from infra.exchange.server import default_settings, start_venue
+from schemas.codec import decode, encode
+from schemas.records import (
+    ACCEPTED,
+    FILLED,
+    MARKET,
+    REJECTED,
+    WOULD_SEND,
+    DeadLetter,
+    Fill,
+    Heartbeat,
+    Order,
+    OrderEvent,
+    Tick,
+)
+from tests.kafka_helpers import read_topic, unique
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ApiKeys.generate()
+MARKETS = (MarketSpec("BTC/USDT", tick_size=0.01, step_size=0.0001, min_qty=0.0001, min_notional=5),)
+START_USDT = 100_000.0
+
+
+def order(i: int, side: str = "buy", qty: float = 0.01, symbol: str = "BTC/USDT") -> Order:
+    return Order(1_700_000_000_000 + i, f"ord-{i}", "", symbol, side, qty, MARKET, 0.0, "entry", "demo")
+
+
+# -- without a broker ---------------------------------------------------------------------
+
+
+def test_dry_run_is_the_default_and_live_needs_both_limits():
+    s = load_settings(None, env={})
+    assert execute_options("dry-run", False, False, None, None, s).mode == "dry-run"
+    assert execute_options("ccxt:binance", False, False, None, None, s).mode == "dry-run"
+    assert execute_options("ccxt:binance", True, False, "http://x", None, s).mode == "sandbox"
+    with pytest.raises(ExecuteUsage, match="execution_limits.max_daily_notional must be set"):
+        execute_options(
+            "ccxt:binance",
+            False,
+            True,
+            None,
+            None,
+            load_settings(None, ["execution_limits.max_order_notional=10"], env={}),
+        )
+    limits = ["execution_limits.max_order_notional=10", "execution_limits.max_daily_notional=100"]
+    assert (
+        execute_options("ccxt:binance", False, True, None, None, load_settings(None, limits, env={})).mode
+        == "live"
+    )
+    for bad in (("paper", False, None), ("dry-run", True, None), ("ccxt:binance", False, "http://x")):
+        with pytest.raises(ExecuteUsage):
+            execute_options(bad[0], bad[1], False, bad[2], None, s)
+
+
+def test_live_without_limits_is_refused_with_one_line_and_exit_2(capsys, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "key-abcdef-123")
+    monkeypatch.setenv(SECRET_ENV, "secret-abcdef-456")
+    assert main(["execute", "--venue", "ccxt:binance", "--live"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("qbtc execute: error: --live refused: execution_limits.max_order_notional")
+    assert "key-abcdef-123" not in err and "secret-abcdef-456" not in err
+
+
+def test_keys_come_from_the_environment_or_a_secret_file_as_secrets(tmp_path):
+    key, secret = execution_keys({KEY_ENV: "k1", SECRET_ENV: "s1"}, None)
+    assert (key.reveal(), secret.reveal()) == ("k1", "s1") and "s1" not in repr((key, secret))
+    path = tmp_path / "keys.env"
+    path.write_text(f"# keys\n{KEY_ENV}=k2\nexport {SECRET_ENV}='s2'\n")
+    assert [s.reveal() for s in execution_keys({}, str(path))] == ["k2", "s2"]
+    with pytest.raises(ExecuteUsage, match=f"set {KEY_ENV} and {SECRET_ENV}") as info:
+        execution_keys({KEY_ENV: "only-the-key"}, None)
+    assert "only-the-key" not in str(info.value)
+
+
+def test_a_venue_order_becomes_accepted_then_its_state_and_trades_become_fills():
+    o = order(1)
+    got = {"id": "7", "timestamp": 5, "status": "closed", "filled": 0.01, "average": 60_018.0}
+    events = order_events(o, got, "ccxt:binance", 9)
+    assert [(e.kind, e.venue_order_id, e.filled_qty, e.venue_ts) for e in events] == [
+        (ACCEPTED, "7", 0.0, 5),
+        (FILLED, "7", 0.01, 5),
+    ]
+    assert events[1].price == pytest.approx(60_018.0)
+    trade = {"price": 60_018.0, "amount": 0.01, "timestamp": 5, "fee": {"cost": 0.6, "currency": "USDT"}}
+    assert fill_of(o, trade) == Fill(5, "ord-1", "BTC/USDT", "buy", 0.01, 60_018.0, 0.6, 0.0)
+    resting = order_events(o, {"id": "8", "status": "open", "filled": 0.004, "average": 1.0}, "v", 9)
+    assert [e.kind for e in resting] == [ACCEPTED, "partially_filled"]
+
+
+# -- with a broker and the local exchange -----------------------------------------------------
+
+
+@pytest.fixture
+def venue():
+    v = start_venue(default_settings(port=0, markets=MARKETS, balances={"USDT": START_USDT}), KEYS)
+    v.tick(Tick(0, "BTC/USDT", 60_000.0, 1000.0))
+    yield v
+    v.stop()
+
+
+def client(url: str) -> ccxt.binance:
+    ex = ccxt.binance({"apiKey": KEYS.key.reveal(), "secret": KEYS.secret.reveal()})
+    ex.urls["api"] = ccxt_urls(ex.urls["api"], url)
+    return ex
+
+
+def publish(brokers: str, topic: str, values: list[bytes]) -> None:
+    """Keyed by symbol as the flows publish orders: one symbol's orders in order on one partition."""
+    p = Producer({"bootstrap.servers": brokers})
+    for v in values:
+        p.produce(topic, v, b"BTC/USDT")
+    assert p.flush(30) == 0
+
+
+def ensure_topics(brokers: str, prefix: str) -> None:
+    from flows.kafka_flow import ensure
+
+    ensure(load_settings(None, [f"kafka.brokers={brokers}", f"kafka.topic_prefix={prefix}"], env={}))
+
+
+def execute(brokers: str, prefix: str, *args: str, env: dict | None = None, check: bool = True):
+    full = {**os.environ, KEY_ENV: KEYS.key.reveal(), SECRET_ENV: KEYS.secret.reveal(), **(env or {})}
+    for hook in (CRASH_HOOK, COMMIT_HOOK):
+        if hook not in (env or {}):
+            full.pop(hook, None)
+    cmd = [sys.executable, "-m", "flows.cli", "execute", "--kafka", brokers, "--idle-exit", "6"]
+    cmd += ["--set", f"kafka.topic_prefix={prefix}", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=180)
+    for secret in (KEYS.key.reveal(), KEYS.secret.reveal()):
+        assert secret not in proc.stdout + proc.stderr
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def records(brokers: str, topic: str, cls: type) -> list:
+    return [decode(v, cls) for _k, v in read_topic(brokers, topic)]
+
+
+@pytest.mark.kafka
+def test_a_dry_run_records_would_send_and_nothing_reaches_the_exchange(kafka_bootstrap, venue):
+    prefix = unique("ex")
+    ensure_topics(kafka_bootstrap, prefix)
+    publish(kafka_bootstrap, f"{prefix}orders", [encode(order(i)) for i in range(3)])
+    proc = execute(kafka_bootstrap, prefix, "--venue", "ccxt:binance", "--venue-url", venue.url, check=False)
+    assert proc.returncode == 2 and "--venue-url needs --sandbox" in proc.stderr  # a URL alone sends nothing
+    proc = execute(kafka_bootstrap, prefix, "--venue", "ccxt:binance")
+    assert proc.stdout.strip().endswith("0 dead letters") and "3 would_send" in proc.stdout
+    events = records(kafka_bootstrap, f"{prefix}order-events", OrderEvent)
+    assert [(e.order_id, e.kind, e.venue) for e in events] == [
+        (f"ord-{i}", WOULD_SEND, "ccxt:binance") for i in range(3)
+    ]
+    ex = client(venue.url)
+    assert ex.fetch_my_trades("BTC/USDT") == [] and ex.fetch_orders("BTC/USDT") == []
+    assert read_topic(kafka_bootstrap, f"{prefix}fills") == []
+
+
+def _balances_agree(ex: ccxt.binance, fills: list[Fill]) -> None:
+    usdt = START_USDT + sum((-1 if f.side == "buy" else 1) * f.qty * f.price - f.fee for f in fills)
+    btc = sum((1 if f.side == "buy" else -1) * f.qty for f in fills)
+    total = ex.fetch_balance()["total"]
+    assert total["USDT"] == pytest.approx(usdt, abs=1e-6)
+    assert total.get("BTC", 0.0) == pytest.approx(btc, abs=1e-9)
+
+
+@pytest.mark.kafka
+def test_sandbox_orders_fill_on_the_local_exchange_and_balances_match_the_fills(kafka_bootstrap, venue):
+    prefix = unique("ex")
+    ensure_topics(kafka_bootstrap, prefix)
+    orders = [order(0, qty=0.02), order(1, qty=0.01), order(2, side="sell", qty=0.015)]
+    beat = encode(Heartbeat(1_700_000_000_000, "stream", 1, 0))
+    publish(kafka_bootstrap, f"{prefix}orders", [encode(orders[0]), beat, *map(encode, orders[1:])])
+    proc = execute(kafka_bootstrap, prefix, "--venue", "ccxt:binance", "--sandbox", "--venue-url", venue.url)
+    assert "3 accepted" in proc.stdout and "3 fills" in proc.stdout
+    events = records(kafka_bootstrap, f"{prefix}order-events", OrderEvent)
+    assert [(e.order_id, e.kind) for e in events] == [
+        (f"ord-{i}", kind) for i in range(3) for kind in (ACCEPTED, FILLED)
+    ]
+    assert all(e.venue_order_id and e.venue_ts > 0 for e in events)
+    fills = records(kafka_bootstrap, f"{prefix}fills", Fill)
+    assert [(f.order_id, f.side, f.qty) for f in fills] == [(o.order_id, o.side, o.qty) for o in orders]
+    ex = client(venue.url)
+    trades = ex.fetch_my_trades("BTC/USDT")
+    assert sorted(f.price for f in fills) == pytest.approx(sorted(t["price"] for t in trades))
+    _balances_agree(ex, fills)
+
+
+@pytest.mark.kafka
+def test_killed_after_sending_or_before_committing_no_order_is_sent_twice_and_each_trade_is_one_fill(
+    kafka_bootstrap, venue
+):
+    prefix = unique("ex")
+    ensure_topics(kafka_bootstrap, prefix)
+    orders = [order(i, side="buy" if i % 3 else "sell", qty=0.01 + 0.001 * i) for i in range(8)]
+    orders[0] = order(0, qty=0.05)  # something to sell first
+    publish(kafka_bootstrap, f"{prefix}orders", [encode(o) for o in orders])
+    args = ("--venue", "ccxt:binance", "--sandbox", "--venue-url", venue.url)
+    # SIGKILL points: right after the 2nd order reached the venue (nothing reported for it), after the
+    # 1st re-sent order (the duplicate) and one more, after a message's records were delivered but before
+    # its offset was committed; then a clean run to the end
+    for hook in ({CRASH_HOOK: "2"}, {CRASH_HOOK: "2"}, {COMMIT_HOOK: "2"}, {CRASH_HOOK: "1"}, {}):
+        proc = execute(kafka_bootstrap, prefix, *args, env=hook, check=not hook)
+        if hook:
+            assert proc.returncode == 137, proc.stderr
+    ex = client(venue.url)
+    venue_orders = ex.fetch_orders("BTC/USDT")
+    ids = [o["clientOrderId"] for o in venue_orders]
+    assert sorted(ids) == sorted(o.order_id for o in orders)  # each client id reached it once
+    trades = ex.fetch_my_trades("BTC/USDT")
+    fills = records(kafka_bootstrap, f"{prefix}fills", Fill)
+    assert len(trades) == len(orders) and len(fills) == len(trades)
+    assert Counter(f.order_id for f in fills) == Counter(o.order_id for o in orders)
+    by_venue_id = {o["id"]: o["clientOrderId"] for o in venue_orders}
+    assert sorted((by_venue_id[t["order"]], t["price"]) for t in trades) == sorted(
+        (f.order_id, f.price) for f in fills
+    )
+    events = records(kafka_bootstrap, f"{prefix}order-events", OrderEvent)
+    assert {e.order_id for e in events if e.kind == FILLED} == {o.order_id for o in orders}
+    _balances_agree(ex, fills)
+
+
+@pytest.mark.kafka
+def test_bad_messages_become_dead_letters_and_bad_orders_rejected_events(kafka_bootstrap, venue):
+    prefix = unique("ex")
+    ensure_topics(kafka_bootstrap, prefix)
+    values = [
+        b"{not json",
+        encode(Tick(0, "BTC/USDT", 1.0, 1.0)),
+        b'{"v": 1, "type": "order", "order_id": "x"}',
+        encode(order(1, qty=-1.0)),
+        encode(order(2, symbol="XXX/USDT")),
+        encode(order(3, qty=1e-7)),
+        encode(order(4)),
+    ]
+    publish(kafka_bootstrap, f"{prefix}orders", values)
+    limits = ("--set", "execution_limits.max_order_notional=50000")
+    args = ("--venue", "ccxt:binance", "--sandbox", "--venue-url", venue.url, *limits)
+    proc = execute(kafka_bootstrap, prefix, *args)
+    assert "3 dead letters" in proc.stdout
+    dead = records(kafka_bootstrap, f"{prefix}dead-letters", DeadLetter)
+    dead.sort(key=lambda d: int(d.source.rpartition("@")[2]))  # keyed by source: partitions differ
+    assert [d.reason for d in dead] == ["parse", "schema", "schema"]
+    assert dead[0].payload == b"{not json" and re.fullmatch(rf"{prefix}orders\[\d+\]@1", dead[1].source)
+    assert "expected an order, got Tick" in dead[1].message
+    events = records(kafka_bootstrap, f"{prefix}order-events", OrderEvent)
+    events.sort(key=lambda e: e.order_id)  # keyed by symbol: XXX/USDT's may be on another partition
+    kinds = [(e.order_id, e.kind) for e in events]
+    assert kinds == [
+        ("ord-1", REJECTED),
+        ("ord-2", REJECTED),
+        ("ord-3", REJECTED),
+        ("ord-4", ACCEPTED),
+        ("ord-4", FILLED),
+    ]
+    reasons = [e.reason for e in events[:3]]
+    assert "quantity -1.0 is not a finite number > 0" in reasons[0]
+    assert reasons[1].startswith("no last trade price of XXX/USDT")  # the notional cap needs a price
+    assert reasons[2].startswith("venue refused: InvalidOrder") and "minimum amount" in reasons[2]
+    assert math.isclose(records(kafka_bootstrap, f"{prefix}fills", Fill)[0].qty, 0.01)
+
+
+@pytest.mark.kafka
+def test_sigterm_finishes_the_current_order_commits_and_exits_0_with_one_line(kafka_bootstrap):
+    prefix = unique("ex")
+    ensure_topics(kafka_bootstrap, prefix)
+    publish(kafka_bootstrap, f"{prefix}orders", [encode(order(i)) for i in range(2)])
+    env = {k: v for k, v in os.environ.items() if k not in (CRASH_HOOK, COMMIT_HOOK)}
+    cmd = [sys.executable, "-m", "flows.cli", "execute", "--kafka", kafka_bootstrap]
+    cmd += ["--set", f"kafka.topic_prefix={prefix}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(read_topic(kafka_bootstrap, f"{prefix}order-events")) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "no order events"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.splitlines() == [
+        "qbtc execute: 2 orders (2 would_send, 0 accepted, 0 rejected), 0 fills, 0 dead letters"
+    ]
+    # committed: a second run reads nothing more
+    again = execute(kafka_bootstrap, prefix)
+    assert again.stdout.startswith("qbtc execute: 0 orders")
