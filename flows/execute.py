@@ -15,6 +15,10 @@ Venues: ``dry-run`` (records ``would_send`` events, sends nothing; also any
 ``ccxt:<exchange>`` without ``--sandbox`` or ``--live``), ``ccxt:<exchange>``
 with ``--sandbox`` (ccxt's sandbox mode, or ``--venue-url``: the local
 exchange) or ``--live`` (refused unless ``execution_limits`` caps are set).
+
+At start, before consuming: the ``fills`` topic is read to its end (an
+order's fills are published once), and the venue's open orders that are
+not on the ``orders`` topic become ``external`` events (:func:`external_orders`).
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ before anything is produced or committed (the SIGKILL point of the restart test)
 COMMIT_HOOK = "QBTC_TEST_EXECUTE_CRASH_BEFORE_COMMIT"
 """Test hook: the process ends right after the Nth message's records were delivered, before its
 offset is committed."""
+MAX_SCAN_SYMBOLS = 50
+"""At start, open orders are listed for every market of a venue with at most this many, else for the
+symbols of our orders only (one request per symbol)."""
 RETRIES = (0.5, 1.0, 2.0)
 """Waits between attempts after a network error; then the order is rejected."""
 
@@ -400,12 +407,12 @@ class Executor:
         self.seen_fills.add(order.order_id)
 
 
-def published_fills(conf: dict, topic: str, timeout_s: float) -> set[str]:
-    """Order ids of every fill on ``topic`` up to its current end (read without a group)."""
+def topic_records(conf: dict, topic: str, cls: type, timeout_s: float) -> list:
+    """Every ``cls`` record on ``topic`` up to its current end (read without committing; others skipped)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**conf, "group.id": f"{GROUP}-fills-scan", "enable.auto.commit": False})
-    out: set[str] = set()
+    consumer = Consumer({**conf, "group.id": f"{GROUP}-scan", "enable.auto.commit": False})
+    out: list = []
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s)
         parts = meta.topics[topic].partitions if topic in meta.topics else {}
@@ -426,11 +433,48 @@ def published_fills(conf: dict, topic: str, timeout_s: float) -> set[str]:
                     continue
                 pos = msg.offset() + 1
                 try:
-                    out.add(decode(msg.value(), Fill).order_id)
+                    out.append(decode(msg.value(), cls))
                 except SchemaError:
                     continue  # not ours to judge here
     finally:
         consumer.close()
+    return out
+
+
+def external_orders(venue: CcxtVenue, name: str, ours: list[Order], now_ms: int) -> list[tuple[str, object]]:
+    """Start-up reconciliation, its first part: open orders at the venue that are not ours (client
+    ids not on the ``orders`` topic) -> ``external`` order events and ``reconcile`` risk events."""
+    from operators.execution.reconcile import OurBook, VenueOrder, VenueView, reconcile
+
+    markets = venue.ex.symbols or []
+    mine = {o.symbol for o in ours} & set(markets)  # an unknown symbol has no orders to list
+    symbols = sorted(mine | (set(markets) if len(markets) <= MAX_SCAN_SYMBOLS else set()))
+    seen: list[VenueOrder] = []
+    for symbol in symbols:
+        try:
+            listed = venue.ex.fetch_open_orders(symbol)
+        except venue.ccxt.BaseError as exc:
+            msg = f"venue {name}: cannot list open orders of {symbol}: {type(exc).__name__}"
+            raise OutsideFailure(msg) from None
+        seen += [
+            VenueOrder(
+                str(o.get("id") or ""),
+                str(o.get("clientOrderId") or ""),
+                symbol,
+                str(o.get("side") or ""),
+                float(o.get("amount") or 0.0),
+                float(o.get("filled") or 0.0),
+                float(o.get("price") or 0.0),
+                str(o.get("status") or ""),
+                int(o.get("timestamp") or 0),
+            )  # fmt: skip
+            for o in listed
+        ]
+    found = reconcile(
+        OurBook(working=tuple({o.order_id: o for o in ours}.values())), VenueView(name, tuple(seen)), now_ms
+    )
+    out: list[tuple[str, object]] = [("order_events", e) for e in found.external]
+    out += [("risk_events", r) for r in found.risk_events(now_ms) if r.action == "external"]
     return out
 
 
@@ -446,7 +490,7 @@ def run_execute(settings: Settings, options: ExecuteOptions, keys: tuple[Secret,
     ensure(settings)
     topics = topic_names(k)
     consumer_conf = kafka_client_config(k, "consumer")
-    seen = published_fills(consumer_conf, topics["fills"], k.timeout_s)
+    seen = {f.order_id for f in topic_records(consumer_conf, topics["fills"], Fill, k.timeout_s)}
     venue = None
     if options.mode != DRY_RUN:
         venue = CcxtVenue(options.venue[5:], keys, options.venue_url, options.mode == SANDBOX)
@@ -459,6 +503,13 @@ def run_execute(settings: Settings, options: ExecuteOptions, keys: tuple[Secret,
 
     def emit(table: str, record: object) -> None:
         producer.produce(topics[table], encode(record), record_key(table, record))
+
+    if venue is not None:
+        ours = topic_records(consumer_conf, topics["orders"], Order, k.timeout_s)
+        for table, record in external_orders(venue, options.venue, ours, wall_ms()):
+            emit(table, record)
+        producer.producer.flush(k.timeout_s)
+        producer.check()
 
     executor = Executor(options, ExecutionGuard(settings.execution_limits), venue, emit, seen)
     stop: list[int] = []
