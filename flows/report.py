@@ -29,13 +29,15 @@ def run_summary(
         out.write(f"{skipped:,} records outside --from-ts/--to-ts skipped (not dead letters)\n")
     if store is None:
         out.write("null sink: rows computed (not stored)\n")
+        w = max((len(table) for table in written), default=14) + 2
         for table, n in sorted(written.items()):
-            out.write(f"  {table:<14}{n:>12,}\n")
+            out.write(f"  {table:<{w}}{n:>12,}\n")
         return
     counts = store.counts()
     out.write(f"store: {redact(dsn)}\n")
+    w = max((len(table) for table in counts), default=14) + 2
     for table, n in counts.items():
-        out.write(f"  {table:<14}{n:>12,} rows\n")
+        out.write(f"  {table:<{w}}{n:>12,} rows\n")
     path = dsn[len("chdb://") :] if dsn.startswith("chdb://") else None
     store_arg = "" if dsn == DEFAULT_DSN else f" --store {shlex.quote(dsn)}"
     if path:
