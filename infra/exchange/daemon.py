@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from infra.exchange.api_keys import KEY_ENV, SECRET_ENV, resolve_keys
+from infra.processes import process_alive
 from schemas.errors import OutsideFailure, QbtcError, UsageProblem
 
 if TYPE_CHECKING:  # the server's modules load when a command runs, not with the `qbtc` parser
@@ -202,23 +203,6 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     return argv + ["--data-dir", args.data_dir]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False  # our own child, now reaped
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    return True
-
-
 def running_pid(data_dir: str) -> int | None:
     """The pid in the data dir's pid file, if that process is a live venue of this data dir."""
     path = _paths(data_dir)["pid"]
@@ -226,7 +210,7 @@ def running_pid(data_dir: str) -> int | None:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    if _alive(pid):
+    if process_alive(pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -316,12 +300,12 @@ def _stop(data_dir: str, timeout_s: float = 10.0) -> bool:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if process_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+            while process_alive(pid):
                 time.sleep(0.05)
     paths["pid"].unlink(missing_ok=True)
     paths["ready"].unlink(missing_ok=True)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.kafka.jars import BrokerError, _java, ensure_jars, jars_ready, kafka_version
+from infra.processes import process_alive
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -314,26 +315,6 @@ def _pid_file(settings: BrokerSettings, node_id: int) -> Path:
     return settings.node_dir(node_id) / "kafka.pid"
 
 
-def _alive(pid: int) -> bool:
-    """Whether the process runs; reaps it if it is our exited child."""
-    try:
-        return os.waitpid(pid, os.WNOHANG)[0] != pid  # our own child: the kernel knows best
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A JVM whose main thread has ended shows state Z while its other threads still shut down.
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-        fields = dict(line.split(":", 1) for line in lines if ":" in line)
-        return not (fields["State"].strip().startswith("Z") and int(fields["Threads"]) <= 1)
-    return True
-
-
 def _running_pid(settings: BrokerSettings, node_id: int) -> int | None:
     """Pid of the node's JVM if its pid file names a live process running this node's config."""
     path = _pid_file(settings, node_id)
@@ -341,7 +322,7 @@ def _running_pid(settings: BrokerSettings, node_id: int) -> int | None:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    if _alive(pid):
+    if process_alive(pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -486,14 +467,16 @@ def _stop(settings: BrokerSettings, node_ids: list[int], timeout_s: float, kill:
     voters = _known_nodes(settings)
     others = [i for i in voters if i not in pids]
     deadline, quorum_lost = time.monotonic() + timeout_s, False
-    while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
-        alive = sum(map(_alive, pids.values())) + sum(_running_pid(settings, i) is not None for i in others)
+    while any(process_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        alive = sum(map(process_alive, pids.values())) + sum(
+            _running_pid(settings, i) is not None for i in others
+        )
         if not quorum_lost and alive < len(voters) // 2 + 1:
             quorum_lost, deadline = True, min(deadline, time.monotonic() + QUORUM_LOST_GRACE_S)
         time.sleep(0.1)
     stuck = []
     for i, pid in pids.items():
-        if _alive(pid):
+        if process_alive(pid):
             why = (
                 "cannot finish without a controller quorum"
                 if quorum_lost
@@ -503,9 +486,9 @@ def _stop(settings: BrokerSettings, node_ids: list[int], timeout_s: float, kill:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             end = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < end:
+            while process_alive(pid) and time.monotonic() < end:
                 time.sleep(0.05)
-        if _alive(pid):
+        if process_alive(pid):
             stuck.append(f"node {i} (pid {pid})")
         else:
             _pid_file(settings, i).unlink(missing_ok=True)
