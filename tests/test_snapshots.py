@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import pytest
 
@@ -98,3 +99,27 @@ def test_a_changed_strategy_lookback_stops_the_resume_naming_the_strategys_key()
     load_state(data, {"trading": _loop_settings("strategies.breakout.full_strength_sigmas=3")}, TRADING_KEYS,
                lines.extend, TRADING_FIXED)  # fmt: skip
     assert lines == ["strategies.breakout.full_strength_sigmas changed from 1.0 to 3.0"], lines
+
+
+def test_the_end_of_a_bounded_read_saves_the_state_from_before_it_plus_late_normal_messages():
+    """The grid's saved state skips what the end of the input made (``final``) but keeps a normal
+    message that arrived after it (from another worker), so a resume carries on as if never stopped."""
+    from flows.messages import SymbolProgress
+    from flows.steps import GridLogic
+    from operators.features.correlation_grid import CorrelationGrid, CorrelationSettings
+
+    settings = CorrelationSettings(1000, 5, 2)
+
+    def progress(symbol: str, k: int, final: bool = False) -> SymbolProgress:
+        return SymbolProgress(symbol, [(k, 100.0 + k + (symbol == "B"))], k, ("A", "B"), None, final)
+
+    logic = GridLogic(settings, None, keep_state=True)
+    logic.on_batch([progress(s, k) for k in range(6) for s in ("A", "B")])
+    logic.on_batch([progress("A", 6, final=True), progress("B", 6)])  # B's 6 came late, not from the end
+    logic.on_eof()
+    saved = load_state(logic.snapshot(), {"grid": settings}, FEATURE_KEYS)
+    want = CorrelationGrid(settings)
+    for p in [progress(s, k) for k in range(6) for s in ("A", "B")] + [progress("B", 6)]:
+        want.update(p.symbol, p.closes, p.closed_through, p.peers)
+    assert pickle.dumps(saved) == pickle.dumps(want)
+    assert pickle.dumps(saved) != pickle.dumps(logic.grid)  # the live grid took A's final bar too
