@@ -224,6 +224,7 @@ def order_events(order: Order, got: dict, venue: str, now_ms: int) -> list[Order
         return OrderEvent(
             now_ms, order.order_id, vid, order.symbol, order.side, kind,
             order.qty, filled_qty, px, reason, venue, vts,
+            0.0 if kind in FINAL_ORDER_EVENTS else max(order.qty - filled_qty, 0.0),
         )  # fmt: skip
 
     out = [event(ACCEPTED, 0.0, price)]
@@ -325,6 +326,7 @@ class Executor:
         return OrderEvent(
             self.now_ms(), order.order_id, "", order.symbol, order.side, kind,
             order.qty, 0.0, price, reason, self.options.venue, 0,
+            0.0 if kind in FINAL_ORDER_EVENTS else order.qty,
         )  # fmt: skip
 
     def _report(self, event: OrderEvent) -> None:

@@ -23,6 +23,7 @@ import orjson
 
 from schemas.records import (
     Bar,
+    CancelRequest,
     Correlation,
     DeadLetter,
     ExecutionQuality,
@@ -31,9 +32,12 @@ from schemas.records import (
     Heartbeat,
     Order,
     OrderEvent,
+    Protection,
     RiskEvent,
     Signal,
+    StepMark,
     Tick,
+    VenueBar,
 )
 
 SCHEMA_VERSION = 1
@@ -51,6 +55,10 @@ RECORD_TYPES: dict[str, type] = {
     "order_event": OrderEvent,
     "heartbeat": Heartbeat,
     "execution_quality": ExecutionQuality,
+    "cancel_request": CancelRequest,
+    "protection": Protection,
+    "venue_bar": VenueBar,
+    "step_mark": StepMark,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 _FIELDS = {cls: tuple((f.name, f.type) for f in dataclasses.fields(cls)) for cls in RECORD_TYPES.values()}

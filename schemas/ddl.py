@@ -154,7 +154,8 @@ FILLS = Table(
         ("fee", "Float64"),
         ("slippage_bps", "Float64"),
     ),
-    ("order_id",),
+    # one row per trade: a venue may fill one order in several trades (a paper fill is whole)
+    ("order_id", "ts", "price", "qty"),
 )
 ORDER_EVENTS = Table(
     "order_events",
@@ -171,6 +172,7 @@ ORDER_EVENTS = Table(
         ("reason", "String"),
         ("venue", "LowCardinality(String)"),
         ("venue_ts", TS),
+        ("leaves_qty", "Float64"),
     ),
     # not ts (the service's clock): an event emitted again after a restart
     # (reconciliation, a replayed venue report) replaces the first row

@@ -315,6 +315,12 @@ class OrderEvent:
         Where: ``paper``, ``ccxt:binance``, ...
     venue_ts
         The venue's timestamp of the event, epoch ms; 0 when it gave none.
+    leaves_qty
+        The quantity still working after this event (FIX ``LeavesQty``): 0.0
+        once the order is final; for a TWAP or iceberg parent, what its
+        children have not filled yet. Exact as the venue holds it, so a loop
+        that mirrors the venue's working orders from events sizes against
+        the same numbers.
 
     The store keys rows by (venue, order_id, venue_order_id, kind, filled_qty),
     not ``ts``: an event emitted again after a restart replaces the first.
@@ -332,6 +338,7 @@ class OrderEvent:
     reason: str
     venue: str
     venue_ts: int
+    leaves_qty: float
 
     def __post_init__(self) -> None:
         if self.kind not in ORDER_EVENT_KINDS:
@@ -395,3 +402,118 @@ class ExecutionQuality:
     realised_slippage_bps: float
     reference_price: float
     fill_price: float
+
+
+# -- the loop's requests to an external venue (on the ``orders`` topic, beside orders) ---------
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """The loop asks the execution service to cancel a working order (or stop a TWAP parent).
+
+    Parameters
+    ----------
+    ts
+        The loop's decision time, epoch ms (event time in a replay).
+    order_id
+        The client order id to cancel.
+    symbol
+        Its symbol (the message's key: it travels in the order's partition, after it).
+    """
+
+    ts: int
+    order_id: str
+    symbol: str
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """The loop asks the execution service to protect a position with a stop and/or a target.
+
+    The service works it (the venue need not support stops): when a trade
+    reaches a level, it sends a market exit of the protected quantity.
+
+    Parameters
+    ----------
+    ts
+        From when it applies, epoch ms.
+    symbol
+        The position's symbol.
+    position_qty
+        The position to protect, signed (> 0 long); 0.0 clears the protection.
+    stop, target
+        The levels, 0.0 for none (both 0.0 clear it).
+    """
+
+    ts: int
+    symbol: str
+    position_qty: float
+    stop: float
+    target: float
+
+
+@dataclass(frozen=True, slots=True)
+class VenueBar:
+    """A bar the loop hands to a lockstep paper venue, with what the in-process venue would get.
+
+    Only ``qbtc stream --execution external --lockstep`` publishes these (on
+    the ``orders`` topic): the paper service then fills on exactly the bars
+    and context the loop saw, so orders and fills equal an in-process backtest.
+
+    Parameters
+    ----------
+    step
+        The grid step (``ts // bar_interval_ms``).
+    symbol, ts, open, high, low, close, volume, vwap, trades
+        The bar (as :class:`Bar`).
+    normalised_vol
+        The symbol's volatility over its reference volatility at the loop (1.0 when unknown).
+    """
+
+    step: int
+    symbol: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    vwap: float
+    trades: int
+    normalised_vol: float
+
+
+LOOP_MARK = "loop"
+VENUE_MARK = "venue"
+
+
+@dataclass(frozen=True, slots=True)
+class StepMark:
+    """A lockstep barrier, written to every partition of a topic.
+
+    ``kind`` ``loop`` (on ``orders``): the loop has published everything it
+    decided before step ``step`` and the step's :class:`VenueBar` records.
+    ``kind`` ``venue`` (on ``fills`` and ``order-events``): the venue has
+    published everything the bars of step ``step`` did.
+
+    Parameters
+    ----------
+    ts
+        The step's bar open time, epoch ms.
+    source
+        Who wrote it (the loop's or the service's name).
+    kind
+        ``loop`` or ``venue``.
+    step
+        The grid step.
+    """
+
+    ts: int
+    source: str
+    kind: str
+    step: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in (LOOP_MARK, VENUE_MARK):
+            msg = f"unknown step mark kind {self.kind!r}"
+            raise ValueError(msg)

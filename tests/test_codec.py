@@ -27,7 +27,15 @@ from schemas import (
     encode,
 )
 from schemas.ddl import TABLES
-from schemas.records import ORDER_EVENT_KINDS
+from schemas.records import (
+    LOOP_MARK,
+    ORDER_EVENT_KINDS,
+    VENUE_MARK,
+    CancelRequest,
+    Protection,
+    StepMark,
+    VenueBar,
+)
 from sinks.store_sink import record_columns
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -60,8 +68,13 @@ RECORDS = st.one_of(
         text,
         text,
         ints,
+        finite,
     ),
     st.builds(Heartbeat, ints, text, ints, ints),
+    st.builds(CancelRequest, ints, text, text),
+    st.builds(Protection, ints, text, finite, finite, finite),
+    st.builds(VenueBar, ints, text, ints, finite, finite, finite, finite, finite, finite, ints, finite),
+    st.builds(StepMark, ints, text, st.sampled_from([LOOP_MARK, VENUE_MARK]), ints),
     st.builds(
         ExecutionQuality,
         ints,
@@ -110,7 +123,7 @@ def test_decode_pins_the_type():
 
 
 def test_an_unknown_order_event_kind_is_a_schema_error():
-    event = OrderEvent(1, "o1", "", "A/B", "buy", "filled", 1.0, 1.0, 2.0, "", "paper", 0)
+    event = OrderEvent(1, "o1", "", "A/B", "buy", "filled", 1.0, 1.0, 2.0, "", "paper", 0, 0.0)
     msg = orjson.loads(encode(event))
     msg["kind"] = "exploded"
     with pytest.raises(SchemaError, match="unknown order event kind 'exploded'"):
@@ -120,7 +133,10 @@ def test_an_unknown_order_event_kind_is_a_schema_error():
 @pytest.mark.parametrize(
     ("table", "record"),
     [
-        ("order_events", OrderEvent(1, "o1", "v9", "A/B", "buy", "accepted", 1.0, 0.0, 2.0, "", "paper", 3)),
+        (
+            "order_events",
+            OrderEvent(1, "o1", "v9", "A/B", "buy", "accepted", 1.0, 0.0, 2.0, "", "paper", 3, 1.0),
+        ),
         ("execution_quality", ExecutionQuality(1, "o1", "A/B", "sell", 1.0, 3.0, 4.5, 100.0, 99.955)),
     ],
 )

@@ -26,6 +26,7 @@ from schemas.records import (
     SCHEMA,
     VALUE,
     Bar,
+    CancelRequest,
     Correlation,
     DeadLetter,
     ExecutionQuality,
@@ -34,9 +35,12 @@ from schemas.records import (
     Heartbeat,
     Order,
     OrderEvent,
+    Protection,
     RiskEvent,
     Signal,
+    StepMark,
     Tick,
+    VenueBar,
 )
 from sources.control_file import ControlReader, append_command
 from sources.kafka_ticks import decode_ticks
@@ -244,8 +248,14 @@ def test_codec_takes_only_the_integer_1_as_version(cls, version):
         RiskEvent: RiskEvent(T, "breaker", 1, "BTC/USDT", 0.1, 0.05, "reduce", "m"),
         Order: Order(T, "o1", "", "BTC/USDT", "buy", 1.0, "market", 0.0, "r", "trend"),
         Fill: Fill(T, "o1", "BTC/USDT", "buy", 1.0, 100.0, 0.1, 2.0),
-        OrderEvent: OrderEvent(T, "o1", "v1", "BTC/USDT", "buy", "filled", 1.0, 1.0, 100.0, "", "paper", T),
+        OrderEvent: OrderEvent(
+            T, "o1", "v1", "BTC/USDT", "buy", "filled", 1.0, 1.0, 100.0, "", "paper", T, 0.0
+        ),
         Heartbeat: Heartbeat(T, "stream", 1, T),
+        CancelRequest: CancelRequest(T, "o1", "BTC/USDT"),
+        Protection: Protection(T, "BTC/USDT", 1.0, 90.0, 120.0),
+        VenueBar: VenueBar(5, "BTC/USDT", T, 1.0, 2.0, 0.5, 1.5, 3.0, 1.25, 4, 1.0),
+        StepMark: StepMark(T, "loop", "loop", 5),
         ExecutionQuality: ExecutionQuality(T, "o1", "BTC/USDT", "buy", 1.0, 3.0, 4.0, 100.0, 100.04),
     }
     record = samples[cls]

@@ -43,6 +43,7 @@ from schemas.records import (
     EXPIRED,
     EXTERNAL,
     FILLED,
+    FINAL_ORDER_EVENTS,
     PARTIALLY_FILLED,
     REJECTED,
     Fill,
@@ -300,6 +301,7 @@ def _event(
         reason,
         venue,
         venue_ts,
+        0.0 if kind in FINAL_ORDER_EVENTS else max(order.qty - filled, 0.0),
     )
 
 
@@ -454,6 +456,7 @@ def reconcile(
                 reason,
                 venue.venue,
                 vo.ts,
+                max(vo.qty - vo.filled_qty, 0.0),
             )
         )
 
