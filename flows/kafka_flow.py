@@ -29,7 +29,7 @@ from flows.metrics import FlowMetrics
 from flows.pipeline import Execution, TradingReport, build_flow, check_resume, run_flow
 from flows.recovery_store import RecoveryDirError, discard_unfinished
 from flows.trading_settings import trading_settings
-from infra.kafka_topics import OUTPUT_TABLES, ensure_topics, topology
+from infra.kafka_topics import CONTROL_TOPIC, OUTPUT_TABLES, ensure_topics, topology
 from schemas.codec import encode
 from sinks.kafka_producer import RecordProducer
 from sinks.output_sink import OutputSink
@@ -39,13 +39,14 @@ from sources.tick_files import Chunk
 
 
 def topic_names(k: KafkaConfig) -> dict[str, str]:
-    """Topic of ``ticks`` and of each output table, with the configured prefix.
+    """Topic of ``ticks``, of each output table and of ``control``, with the configured prefix.
 
     >>> topic_names(KafkaConfig(topic_prefix="lab-"))["dead_letters"]
     'lab-dead-letters'
     """
     names = {"ticks": k.topic_prefix + "ticks"}
     names.update({table: k.topic_prefix + topic for table, topic in OUTPUT_TABLES.items()})
+    names["control"] = k.topic_prefix + CONTROL_TOPIC
     return names
 
 

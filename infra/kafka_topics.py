@@ -5,8 +5,9 @@ order in one partition); ``bars``, ``features``, ``correlations`` and
 ``dead-letters`` carry the flows' output records, and ``signals``,
 ``risk-events``, ``orders`` and ``fills`` the trading loop's; ``order-events``
 is the execution service's (``qbtc execute``, issue 12; the loop's
-heartbeats are to travel on ``orders``). Values are the codec's orjson records
-with the schema version.
+heartbeats are to travel on ``orders``); ``control`` carries operator
+commands (``qbtc control --kafka``) to every loop and execution service.
+Values are the codec's orjson records with the schema version.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ OUTPUT_TABLES = {
 }
 """Output topic name (before the prefix) of each store table."""
 
+CONTROL_TOPIC = "control"
+"""Operator commands (``qbtc control --kafka``) for every loop and execution service: written by
+the command line only, never by a flow's sink (so it has no store table)."""
+
 
 class TopicError(OutsideFailure):
     """A topic that cannot be created or read."""
@@ -50,9 +55,9 @@ def topology(prefix: str, partitions: int, replication: int) -> list[TopicSpec]:
     >>> [t.name for t in topology("t-", 4, 1)][:5]
     ['t-ticks', 't-bars', 't-features', 't-correlations', 't-dead-letters']
     >>> [t.name for t in topology("t-", 4, 1)][5:]
-    ['t-signals', 't-risk-events', 't-orders', 't-fills', 't-order-events']
+    ['t-signals', 't-risk-events', 't-orders', 't-fills', 't-order-events', 't-control']
     """
-    names = ["ticks", *OUTPUT_TABLES.values()]
+    names = ["ticks", *OUTPUT_TABLES.values(), CONTROL_TOPIC]
     return [TopicSpec(prefix + n, partitions, replication) for n in names]
 
 

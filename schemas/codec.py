@@ -30,6 +30,7 @@ from schemas.records import (
     Feature,
     Fill,
     Heartbeat,
+    OperatorCommand,
     Order,
     OrderEvent,
     Protection,
@@ -59,6 +60,7 @@ RECORD_TYPES: dict[str, type] = {
     "protection": Protection,
     "venue_bar": VenueBar,
     "step_mark": StepMark,
+    "control": OperatorCommand,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 _FIELDS = {cls: tuple((f.name, f.type) for f in dataclasses.fields(cls)) for cls in RECORD_TYPES.values()}

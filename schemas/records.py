@@ -263,6 +263,51 @@ class Fill:
     slippage_bps: float
 
 
+# -- operator commands (the ``control`` topic) -----------------------------------
+
+RESUME = "resume"
+PAUSE = "pause"
+FLATTEN = "flatten"
+CONTROL_COMMANDS = (RESUME, PAUSE, FLATTEN)
+"""What an operator may tell the trading loops and the execution service (``qbtc control``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorCommand:
+    """An operator's command on the ``control`` topic, for every loop and execution service.
+
+    Parameters
+    ----------
+    ts
+        When it was issued, epoch ms UTC (the issuer's wall clock).
+    command
+        One of :data:`CONTROL_COMMANDS`: ``resume`` (lift a pause or a hold),
+        ``pause`` (no new orders), ``flatten`` (close everything).
+    reason
+        Why, for the record; not empty.
+    source
+        Who issued it, e.g. ``user@host``.
+
+    >>> OperatorCommand(0, "halt", "why", "me@here")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown control command 'halt' (expected resume, pause, flatten)
+    """
+
+    ts: int
+    command: str
+    reason: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.command not in CONTROL_COMMANDS:
+            msg = f"unknown control command {self.command!r} (expected {', '.join(CONTROL_COMMANDS)})"
+            raise ValueError(msg)
+        if not self.reason.strip():
+            msg = "a control command needs a reason"
+            raise ValueError(msg)
+
+
 # -- the execution service -------------------------------------------------------
 
 ACCEPTED = "accepted"

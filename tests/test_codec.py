@@ -28,10 +28,12 @@ from schemas import (
 )
 from schemas.ddl import TABLES
 from schemas.records import (
+    CONTROL_COMMANDS,
     LOOP_MARK,
     ORDER_EVENT_KINDS,
     VENUE_MARK,
     CancelRequest,
+    OperatorCommand,
     Protection,
     StepMark,
     VenueBar,
@@ -75,6 +77,9 @@ RECORDS = st.one_of(
     st.builds(Protection, ints, text, finite, finite, finite),
     st.builds(VenueBar, ints, text, ints, finite, finite, finite, finite, finite, finite, ints, finite),
     st.builds(StepMark, ints, text, st.sampled_from([LOOP_MARK, VENUE_MARK]), ints),
+    st.builds(
+        OperatorCommand, ints, st.sampled_from(CONTROL_COMMANDS), text.filter(lambda s: s.strip()), text
+    ),
     st.builds(
         ExecutionQuality,
         ints,

@@ -33,6 +33,7 @@ from schemas.records import (
     Feature,
     Fill,
     Heartbeat,
+    OperatorCommand,
     Order,
     OrderEvent,
     Protection,
@@ -257,6 +258,7 @@ def test_codec_takes_only_the_integer_1_as_version(cls, version):
         VenueBar: VenueBar(5, "BTC/USDT", T, 1.0, 2.0, 0.5, 1.5, 3.0, 1.25, 4, 1.0),
         StepMark: StepMark(T, "loop", "loop", 5),
         ExecutionQuality: ExecutionQuality(T, "o1", "BTC/USDT", "buy", 1.0, 3.0, 4.0, 100.0, 100.04),
+        OperatorCommand: OperatorCommand(T, "pause", "checking the venue", "ops@desk"),
     }
     record = samples[cls]
     obj = orjson.loads(encode(record))
