@@ -33,7 +33,8 @@ from infra.kafka_topics import CONTROL_TOPIC, OUTPUT_TABLES, ensure_topics, topo
 from schemas.codec import encode
 from sinks.kafka_producer import RecordProducer
 from sinks.output_sink import OutputSink
-from sources.chunk_source import Progress
+from sources.chunk_source import Progress, wall_ms
+from sources.control_topic import ControlTopicSettings
 from sources.kafka_ticks import KafkaTickSource, TopicRange
 from sources.tick_files import Chunk
 
@@ -223,13 +224,16 @@ def stream(
     """Run the features flow from ``topic`` into the store at ``dsn`` and the output topics.
 
     With ``report`` the trading loop runs too (its tables go to the store and
-    their topics) and leaves its summary there at the end of a bounded read.
+    their topics) and leaves its summary there at the end of a bounded read;
+    it applies the operator commands put on the ``control`` topic after this
+    call began (and those of ``trading.control_file``).
 
     ``span.bounded`` makes it a replay that ends at the topic's end offsets
     found at start; otherwise it runs until stopped. ``outputs=False``
     writes no output topics (a store-only replay).
     """
     k = settings.kafka
+    started = wall_ms()
     ensure(settings, topic)
     _init_recovery(execution, k.recovery_partitions)
     trading = trading_settings(settings) if report is not None else None
@@ -262,6 +266,9 @@ def stream(
         names,
         stall_timeout_s=k.timeout_s,
     )
+    control = None
+    if trading is not None:  # operator commands issued from now on (sources.control_topic)
+        control = ControlTopicSettings(consumer_conf, names["control"], started, k.timeout_s)
     flow = build_flow(
         source,
         settings,
@@ -271,6 +278,7 @@ def stream(
         keyed_sink=True,
         trading=trading,
         report=report,
+        control_topic=control,
     )
     run_flow(flow, execution=execution)
     if progress is not None:

@@ -34,6 +34,7 @@ from operators.features.symbol_features import FeatureSettings
 from operators.trading_loop import TradingSettings
 from sinks.store_sink import RowCounter, StoreSink
 from sources.chunk_source import ChunkFactory, ChunkSource, Progress
+from sources.control_topic import ControlTopicSettings
 from sources.tick_files import Chunk
 
 # -- the dataflow ---------------------------------------------------------------
@@ -76,6 +77,7 @@ def build_flow(
     keyed_sink: bool = False,
     trading: TradingSettings | None = None,
     report: TradingReport | None = None,
+    control_topic: ControlTopicSettings | None = None,
 ) -> Dataflow:
     """The dataflow from ``source`` (Chunks) to ``sink`` ((table, payload) items).
 
@@ -84,7 +86,8 @@ def build_flow(
     recovery); ``metrics`` gets the flow's counts (see ``flows.metrics``);
     ``keyed_sink`` sends items as ``("out", item)`` to a partitioned sink;
     ``trading`` runs the trading loop after the correlation grid (its own
-    step), leaving its summary in ``report``.
+    step), leaving its summary in ``report``, with the operator commands of
+    ``trading.control_file`` and of ``control_topic`` (streams on Kafka).
     """
     m = MarketSettings.of(settings)
     bounds, bar_settings, feature_settings, corr_settings = m.bounds, m.bars, m.features, m.grid
@@ -133,7 +136,9 @@ def build_flow(
         trading_rows = op.stateful_batch(
             "trading",
             steps,
-            lambda resume: TradingLogic(trading, resume, keep_state, report, settings.trading.control_file),
+            lambda resume: TradingLogic(
+                trading, resume, keep_state, report, settings.trading.control_file, control_topic
+            ),
         )
         store_items.append(op.key_rm("unkey_loop", trading_rows))
     items = op.merge("store_items", *store_items)

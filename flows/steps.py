@@ -35,6 +35,7 @@ from schemas.records import CAPACITY, SCHEMA, Bar, DeadLetter
 from schemas.tick_columns import TickColumns
 from sources.chunk_source import wall_ms
 from sources.control_file import ControlReader
+from sources.control_topic import ControlPosition, ControlTopicReader, ControlTopicSettings
 
 BAR_INTERVAL = "features.bar_interval (in ms)"
 FEATURE_KEYS = {
@@ -455,10 +456,14 @@ class TradingReport:
 
 
 class TradingLogic(_Step):
-    """The trading loop over the grid's final steps, with the operator commands of the control file.
+    """The trading loop over the grid's final steps, with the operator commands of the control file
+    and, with ``control_topic``, of the control topic.
 
     The loop processes a grid step once the grid has made it final, so its
-    signals, orders and fills do not depend on how symbols interleave.
+    signals, orders and fills do not depend on how symbols interleave. A
+    file command applies at the first bar close at or after its ``ts``; a
+    topic command at the loop's next bar close (:mod:`sources.control_topic`).
+    Both readers' positions are part of the saved state.
     """
 
     def __init__(
@@ -468,34 +473,41 @@ class TradingLogic(_Step):
         keep_state: bool = False,
         report: TradingReport | None = None,
         control_path: str = "",
+        control_topic: ControlTopicSettings | None = None,
     ) -> None:
         self.settings = settings
         self.keep_state = keep_state
         self.report = report
+        position: ControlPosition | None = None
         if resume is not None:
-            self.loop, self.control = load_state(resume, self._tree(), TRADING_KEYS, fixed=TRADING_FIXED)
+            state = load_state(resume, self._tree(), TRADING_KEYS, fixed=TRADING_FIXED)
+            self.loop, self.control = state[:2]
+            position = state[2] if len(state) > 2 else None  # saved before the control topic: none
         else:
             self.loop = TradingLoop(settings)
             self.control = ControlReader(control_path) if control_path else None
+        self.position = position if position is not None else ControlPosition()
+        self.topic = ControlTopicReader(control_topic, self.position) if control_topic is not None else None
 
     def _tree(self) -> dict:
         return {"trading": self.settings}
 
     def _controls(self) -> list[StoreRows]:
         """New operator commands into the loop; unreadable ones as dead letters."""
-        if self.control is None:
-            return []
-        commands, bad = self.control.read_numbered()
-        for cmd in commands:
-            self.loop.add_control(cmd.ts, cmd.command, cmd.reason)
-        if not bad:
-            return []
-        now, path = wall_ms(), self.control.path
-        return [
-            StoreRows(
-                "dead_letters", [DeadLetter(now, b.source(path), SCHEMA, b.problem, b.raw) for b in bad]
-            )
-        ]
+        dead: list[DeadLetter] = []
+        if self.control is not None:
+            commands, bad = self.control.read_numbered()
+            for cmd in commands:
+                self.loop.add_control(cmd.ts, cmd.command, cmd.reason)
+            now, path = wall_ms(), self.control.path
+            dead.extend(DeadLetter(now, b.source(path), SCHEMA, b.problem, b.raw) for b in bad)
+        if self.topic is not None:
+            got = self.topic.read()
+            now = self.loop.stats.last_ts or 0  # the loop's event time: due at its next close
+            for cmd in got.commands:
+                self.loop.add_control(now, cmd.command, f"{cmd.reason} (by {cmd.source})")
+            dead.extend(got.dead)
+        return [StoreRows("dead_letters", dead)] if dead else []
 
     def on_batch(self, steps: list[GridStep]) -> tuple[list, bool]:
         loop = self.loop
@@ -523,4 +535,4 @@ class TradingLogic(_Step):
         return out, StatefulBatchLogic.RETAIN
 
     def _state(self):
-        return (self.loop, self.control)
+        return (self.loop, self.control, self.position)

@@ -1,0 +1,213 @@
+"""Operator commands read from the ``<prefix>control`` topic (``qbtc control --kafka``).
+
+:class:`ControlTopicReader` is what ``qbtc stream --trade`` and ``qbtc
+execute`` read commands with, each process on its own (every process sees
+every command). Its read position is a :class:`ControlPosition`: partition
+-> next offset, nothing else.
+
+* **Start.** A reader with no position starts at the first message produced
+  at or after ``since_ms`` (the process's start, by the message's Kafka
+  timestamp), else at the partition's end: a command issued before the
+  process started is never applied, so an old ``pause`` on the topic does
+  not stop a later, unrelated run. The position is taken at the first read
+  and kept from then on (even before a message arrives).
+* **Restart.** The stream keeps the position in its step's snapshot, so a
+  run resumed from its recovery directory carries on after the last command
+  its saved state had read: none is applied twice, none is lost. The
+  execution service commits it to the consumer group ``group`` after
+  handling; at start the committed offsets win over ``since_ms``.
+* **Bad messages.** A message that is not an :class:`OperatorCommand`
+  becomes a :class:`DeadLetter` (source ``topic[partition]@offset``, the
+  raw message kept); reading goes on.
+
+The consumer is made at the first :meth:`ControlTopicReader.read` (a resumed
+step reconnects lazily) and is never pickled; nor are the client settings
+(they may hold secrets): only the position is state.
+
+**When the stream's loop applies a command.** A command from the topic
+takes effect at the loop's next bar close (it is added at the loop's
+current event time), whatever its ``ts``. A live stream's event time lags
+wall time (a replayed topic, a slow producer, a simulator started in the
+past); a command applied at the first close at or after its wall-clock
+``ts`` would wait until the data caught up, maybe never, and a ``pause``
+must act promptly. The control file keeps its event-time semantics (a
+replay applies a file command at the first close at or after ``ts``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from schemas.codec import SchemaError, decode
+from schemas.errors import OutsideFailure
+from schemas.records import PARSE, SCHEMA, DeadLetter, OperatorCommand
+from sources.chunk_source import wall_ms
+
+CONTROL_KEY = b"control"
+"""Every command's message key: one partition, so commands keep the order they were issued in."""
+
+
+class ControlTopicError(OutsideFailure):
+    """The control topic cannot be read (no broker, no topic) within the timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlTopicSettings:
+    """Where and how to read commands (not state: never pickled).
+
+    Parameters
+    ----------
+    conf
+        librdkafka consumer settings (may hold secrets).
+    topic
+        ``<prefix>control``.
+    since_ms
+        Wall-clock start of the reading process, epoch ms: a reader without
+        a position starts at the first message produced at or after it.
+    timeout_s
+        How long connecting may take before :class:`ControlTopicError`.
+    group
+        Consumer group whose committed offsets are the position (``qbtc
+        execute``); "" keeps the position in :class:`ControlPosition` only.
+    """
+
+    conf: dict = field(repr=False)
+    topic: str
+    since_ms: int
+    timeout_s: float = 30.0
+    group: str = ""
+
+
+@dataclass(slots=True)
+class ControlPosition:
+    """The reader's state: next offset to read, by partition (empty until the first read)."""
+
+    offsets: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRead:
+    """What one read got: the commands, in order, and the messages that are not commands."""
+
+    commands: list[OperatorCommand]
+    dead: list[DeadLetter]
+
+
+def parse_command(value: bytes | None, source: str, now_ms: int) -> OperatorCommand | DeadLetter:
+    """One message of the control topic: a command, or a dead letter saying why not.
+
+    >>> from schemas.codec import encode
+    >>> parse_command(encode(OperatorCommand(1, "pause", "why", "me@host")), "c[0]@0", 5).command
+    'pause'
+    >>> bad = parse_command(b"pause!", "c[0]@1", 5)
+    >>> bad.source, bad.reason, bad.payload
+    ('c[0]@1', 'parse', b'pause!')
+    >>> parse_command(b'{"v": 1, "type": "tick"}', "c[0]@2", 5).message
+    'c[0]@2: not a control command: expected a control record, got tick'
+    """
+    try:
+        return decode(value or b"", OperatorCommand)
+    except SchemaError as exc:
+        reason = PARSE if str(exc).startswith("not JSON") else SCHEMA
+        return DeadLetter(now_ms, source, reason, f"{source}: not a control command: {exc}", value or b"")
+
+
+class ControlTopicReader:
+    """Commands issued on the control topic since the last read (non-blocking).
+
+    Parameters
+    ----------
+    settings
+        :class:`ControlTopicSettings`.
+    position
+        A saved :class:`ControlPosition` (a resumed step's), None to start fresh.
+    """
+
+    def __init__(self, settings: ControlTopicSettings, position: ControlPosition | None = None) -> None:
+        self.settings = settings
+        self.position = position if position is not None else ControlPosition()
+        self._consumer: Consumer | None = None
+
+    def __getstate__(self):
+        msg = "a ControlTopicReader is not pickled: keep its position (ControlPosition) instead"
+        raise TypeError(msg)
+
+    def read(self, max_messages: int = 100) -> ControlRead:
+        """What arrived since the last read; connects at the first call (up to ``timeout_s``)."""
+        consumer = self._consumer or self._connect()
+        commands: list[OperatorCommand] = []
+        dead: list[DeadLetter] = []
+        offsets = self.position.offsets
+        for msg in consumer.consume(max_messages, 0):
+            if msg.error() is not None:
+                continue
+            part, offset = msg.partition(), msg.offset()
+            if offset < offsets.get(part, 0):
+                continue  # fetched before a seek: already read
+            offsets[part] = offset + 1
+            got = parse_command(msg.value(), f"{msg.topic()}[{part}]@{offset}", wall_ms())
+            (commands if isinstance(got, OperatorCommand) else dead).append(got)
+        return ControlRead(commands, dead)
+
+    def commit(self) -> None:
+        """Commit the position to ``settings.group`` (synchronously); nothing without a group."""
+        if not self.settings.group or self._consumer is None or not self.position.offsets:
+            return
+        t = self.settings.topic
+        parts = [TopicPartition(t, p, o) for p, o in sorted(self.position.offsets.items())]
+        self._consumer.commit(offsets=parts, asynchronous=False)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def _connect(self) -> Consumer:
+        s = self.settings
+        conf = {**s.conf, "enable.auto.commit": False, "enable.auto.offset.store": False}
+        if s.group:
+            conf["group.id"] = s.group
+        consumer = Consumer(conf)
+        try:
+            start = self._start(consumer)
+        except (KafkaException, ControlTopicError):
+            consumer.close()
+            raise
+        consumer.assign([TopicPartition(s.topic, p, o) for p, o in sorted(start.items())])
+        self._consumer = consumer
+        return consumer
+
+    def _start(self, consumer: Consumer) -> dict[int, int]:
+        """Each partition's first offset to read: the saved position, the group's, or ``since_ms``'s."""
+        s = self.settings
+        deadline = time.monotonic() + s.timeout_s
+        meta = consumer.list_topics(s.topic, timeout=s.timeout_s).topics.get(s.topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            why = meta.error.str() if meta is not None and meta.error is not None else "no such topic"
+            msg = f"control topic {s.topic}: {why}"
+            raise ControlTopicError(msg)
+        offsets = self.position.offsets
+        todo = [p for p in sorted(meta.partitions) if p not in offsets]
+        if todo and s.group:
+            left = max(0.1, deadline - time.monotonic())
+            for tp in consumer.committed([TopicPartition(s.topic, p) for p in todo], timeout=left):
+                if tp.offset >= 0:
+                    offsets[tp.partition] = tp.offset
+            todo = [p for p in todo if p not in offsets]
+        if todo:
+            left = max(0.1, deadline - time.monotonic())
+            found = consumer.offsets_for_times([TopicPartition(s.topic, p, s.since_ms) for p in todo], left)
+            for tp in found:
+                if tp.offset >= 0:
+                    offsets[tp.partition] = tp.offset
+                else:  # nothing produced since: the end, as it is now
+                    left = max(0.1, deadline - time.monotonic())
+                    marks = consumer.get_watermark_offsets(tp, timeout=left)
+                    if marks is None:
+                        msg = f"control topic {s.topic}[{tp.partition}]: no end offset in {s.timeout_s:.0f} s"
+                        raise ControlTopicError(msg)
+                    offsets[tp.partition] = marks[1]
+        return dict(offsets)
