@@ -15,6 +15,7 @@ from flows.config import ConfigError, Settings, load_settings, scrub
 from flows.report import run_summary, trading_summary, write_table
 from schemas.ddl import TABLES
 from schemas.errors import QbtcError, UsageProblem
+from schemas.records import CONTROL_COMMANDS
 from sinks.clickhouse_store import Store, StoreError, one_line
 
 
@@ -172,16 +173,28 @@ def _venue_parser(sub) -> None:
 def _control_parser(sub) -> None:
     ctl = sub.add_parser(
         "control",
-        help="operator commands to the trading loop: resume, pause, flatten (recorded)",
-        description="Append an operator command to the trading loop's control file "
-        "(trading.control_file). A running flow applies it at its next bar close; a replay applies it "
-        "at the first bar close at or after --at. Only `resume` re-enables trading after the kill "
-        "switch. Every command and its reason becomes a risk event.",
+        help="operator commands to the trading loops and execution services: resume, pause, flatten",
+        description="Without --kafka: append an operator command to the control file "
+        "(trading.control_file) of embedded runs (run, replay); a running flow applies it at its next "
+        "bar close, a replay at the first bar close at or after --at. With --kafka: put it on the "
+        "<prefix>control topic, where every `qbtc stream --trade` and `qbtc execute` started before it "
+        "applies it once (a stream at its next bar close, the execution service at once: pause and "
+        "flatten hold new orders, resume releases them); exit 1 if the broker does not acknowledge it "
+        "within kafka.timeout_s. Only `resume` re-enables trading after the kill switch. Every command "
+        "and its reason becomes a risk event.",
     )
-    ctl.add_argument("action", choices=("resume", "pause", "flatten"))
+    ctl.add_argument("action", choices=CONTROL_COMMANDS)
     ctl.add_argument("--reason", required=True, help="why (recorded with the command)")
     ctl.add_argument(
-        "--at", metavar="T", help="event time to apply it at (epoch ms or ISO-8601); default now"
+        "--at", metavar="T", help="event time to apply it at (epoch ms or ISO-8601; file only); default now"
+    )
+    ctl.add_argument(
+        "--kafka",
+        nargs="?",
+        const="",
+        metavar="BROKERS",
+        help="put the command on the control topic (not the file): at BROKERS, or at kafka.brokers of "
+        "the config when given without a value; the topic only ever with --kafka",
     )
     _common(ctl, store=False)
 
@@ -436,6 +449,8 @@ def cmd_control(args) -> int:
     from sources.control_file import append_command
 
     settings = _settings(args)
+    if args.kafka is not None:
+        return _control_topic(args, settings)
     at = _time_arg("--at", args.at)
     path = settings.trading.control_file
     try:
@@ -443,6 +458,30 @@ def cmd_control(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     sys.stdout.write(f"control: {cmd.command} at {cmd.ts} ({args.reason}) -> {path}\n")
+    return 0
+
+
+def _control_topic(args, settings: Settings) -> int:
+    """``qbtc control --kafka``: the command onto ``<prefix>control``, acknowledged."""
+    from flows.config import kafka_client_config
+    from flows.kafka_flow import ensure, topic_names, with_brokers
+    from schemas.records import OperatorCommand
+    from sources.chunk_source import wall_ms
+    from sources.control_topic import check_reachable, issuer, produce_command
+
+    if args.at is not None:
+        msg = "--at is for the control file: a command on the topic applies at each loop's next bar close"
+        raise UsageError(msg)
+    try:
+        cmd = OperatorCommand(wall_ms(), args.action, args.reason.strip(), issuer())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    settings = with_brokers(settings, args.kafka)
+    k = settings.kafka
+    check_reachable(kafka_client_config(k, "admin"), k.timeout_s)
+    ensure(settings)
+    where = produce_command(kafka_client_config(k, "producer"), topic_names(k)["control"], cmd, k.timeout_s)
+    sys.stdout.write(f"control: {cmd.command} at {cmd.ts} by {cmd.source} ({cmd.reason}) -> {where}\n")
     return 0
 
 

@@ -115,6 +115,58 @@ def parse_command(value: bytes | None, source: str, now_ms: int) -> OperatorComm
         return DeadLetter(now_ms, source, reason, f"{source}: not a control command: {exc}", value or b"")
 
 
+def issuer() -> str:
+    """Who issues a command from this process: ``user@host`` (``cli`` when neither is known)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry)
+        user = ""
+    host = socket.gethostname()
+    return f"{user or 'cli'}@{host}" if host else user or "cli"
+
+
+def produce_command(producer_conf: dict, topic: str, command: OperatorCommand, timeout_s: float) -> str:
+    """Put ``command`` on ``topic`` and wait for the broker's acknowledgement (idempotent producer).
+
+    Returns where it went, ``topic[partition]@offset``; raises
+    :class:`ControlTopicError` when it is not acknowledged within ``timeout_s``.
+    """
+    from confluent_kafka import Producer
+
+    from schemas.codec import encode
+
+    conf = {**producer_conf, "enable.idempotence": True, "message.timeout.ms": max(1, int(timeout_s * 1000))}
+    producer = Producer(conf)
+    result: list = []
+    producer.produce(
+        topic, encode(command), CONTROL_KEY, on_delivery=lambda err, msg: result.append((err, msg))
+    )
+    producer.flush(timeout_s + 1)
+    if not result:
+        msg = f"control topic {topic}: no acknowledgement in {timeout_s:.0f} s"
+        raise ControlTopicError(msg)
+    err, delivered = result[0]
+    if err is not None:
+        msg = f"control topic {topic}: not delivered: {err.str()}"
+        raise ControlTopicError(msg)
+    return f"{topic}[{delivered.partition()}]@{delivered.offset()}"
+
+
+def check_reachable(admin_conf: dict, timeout_s: float) -> None:
+    """Raise :class:`ControlTopicError` when the cluster does not answer within ``timeout_s``."""
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient(admin_conf).list_topics(timeout=timeout_s)
+    except KafkaException:
+        servers = admin_conf.get("bootstrap.servers", "")
+        msg = f"cannot reach the Kafka cluster at {servers} in {timeout_s:g} s (kafka.timeout_s)"
+        raise ControlTopicError(msg) from None
+
+
 class ControlTopicReader:
     """Commands issued on the control topic since the last read (non-blocking).
 
