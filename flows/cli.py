@@ -219,6 +219,9 @@ def _execute_parser(sub) -> None:
     ex.add_argument("--secret-file", metavar="FILE", help="NAME=VALUE lines with the API key and secret")
     ex.add_argument("--kafka", metavar="BROKERS", help="bootstrap servers (default from config)")
     ex.add_argument("--idle-exit", type=float, metavar="S", help="stop after S seconds without a message")
+    ex.add_argument(
+        "--store", metavar="DSN", help="also write the records published to this store (default: topics only)"
+    )
     _common(ex, store=False)
 
 
@@ -526,7 +529,7 @@ def cmd_execute(args) -> int:
     settings = with_kafka(load_settings(args.config, args.overrides), args.kafka)
     options = execute_options(args.venue, args.sandbox, args.live, args.venue_url, args.idle_exit, settings)
     keys = None if options.mode == DRY_RUN else execution_keys(os.environ, args.secret_file)
-    return run_execute(settings, options, keys)
+    return run_execute(settings, options, keys, args.store)
 
 
 def cmd_kafka(args) -> int:

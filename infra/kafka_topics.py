@@ -30,6 +30,7 @@ OUTPUT_TABLES = {
     "orders": "orders",
     "fills": "fills",
     "order_events": "order-events",
+    "execution_quality": "execution-quality",
 }
 """Output topic name (before the prefix) of each store table."""
 

@@ -24,9 +24,8 @@ from confluent_kafka import KafkaException, Producer
 from flows.cli import main
 from flows.config import load_settings
 from flows.execute import (
-    COMMIT_HOOK,
-    CRASH_HOOK,
     KEY_ENV,
+    KILL_HOOK,
     SECRET_ENV,
     ExecuteUsage,
     execute_options,
@@ -162,9 +161,8 @@ def ensure_topics(brokers: str, prefix: str) -> None:
 
 def execute(brokers: str, prefix: str, *args: str, env: dict | None = None, check: bool = True):
     full = {**os.environ, KEY_ENV: KEYS.key.reveal(), SECRET_ENV: KEYS.secret.reveal(), **(env or {})}
-    for hook in (CRASH_HOOK, COMMIT_HOOK):
-        if hook not in (env or {}):
-            full.pop(hook, None)
+    if KILL_HOOK not in (env or {}):
+        full.pop(KILL_HOOK, None)
     cmd = [sys.executable, "-m", "flows.cli", "execute", "--kafka", brokers, "--idle-exit", "6"]
     cmd += ["--set", f"kafka.topic_prefix={prefix}", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=180)
@@ -218,7 +216,10 @@ def test_sandbox_orders_fill_on_the_local_exchange_and_balances_match_the_fills(
     assert "3 accepted" in proc.stdout and "3 fills" in proc.stdout
     external, *events = records(kafka_bootstrap, f"{prefix}order-events", OrderEvent)
     assert (external.kind, external.order_id, external.venue_order_id) == (EXTERNAL, "by-hand", by_hand["id"])
-    (risk,) = records(kafka_bootstrap, f"{prefix}risk-events", RiskEvent)
+    risks = records(kafka_bootstrap, f"{prefix}risk-events", RiskEvent)
+    baselines = {r.symbol: r.value for r in risks if r.action == "baseline"}
+    assert baselines == pytest.approx({"BTC": 0.0, "USDT": START_USDT})  # nothing filled before
+    (risk,) = [r for r in risks if r.action != "baseline"]
     assert (risk.kind, risk.level, risk.action, risk.symbol) == ("reconcile", 2, "external", "BTC/USDT")
     assert [(e.order_id, e.kind) for e in events] == [
         (f"ord-{i}", kind) for i in range(3) for kind in (ACCEPTED, FILLED)
@@ -244,7 +245,8 @@ def test_killed_after_sending_or_before_committing_no_order_is_sent_twice_and_ea
     # SIGKILL points: right after the 2nd order reached the venue (nothing reported for it), after the
     # 1st re-sent order (the duplicate) and one more, after a message's records were delivered but before
     # its offset was committed; then a clean run to the end
-    for hook in ({CRASH_HOOK: "2"}, {CRASH_HOOK: "2"}, {COMMIT_HOOK: "2"}, {CRASH_HOOK: "1"}, {}):
+    for point in ("sent:2", "sent:2", "commit:2", "sent:1", ""):
+        hook = {KILL_HOOK: point} if point else {}
         proc = execute(kafka_bootstrap, prefix, *args, env=hook, check=not hook)
         if hook:
             assert proc.returncode == 137, proc.stderr
@@ -317,7 +319,7 @@ def test_sigterm_finishes_the_current_order_commits_and_exits_0_with_one_line(ka
     prefix = unique("ex")
     ensure_topics(kafka_bootstrap, prefix)
     publish(kafka_bootstrap, f"{prefix}orders", [encode(order(i)) for i in range(2)])
-    env = {k: v for k, v in os.environ.items() if k not in (CRASH_HOOK, COMMIT_HOOK)}
+    env = {k: v for k, v in os.environ.items() if k != KILL_HOOK}
     cmd = [sys.executable, "-m", "flows.cli", "execute", "--kafka", kafka_bootstrap]
     cmd += ["--set", f"kafka.topic_prefix={prefix}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -54,6 +54,10 @@ class ExecutionLimits:
     price_band_bps
         A limit or stop price this far or farther from the last trade price
         is a fat finger (market orders have no price to check).
+    deadman_s
+        The dead man's switch: no heartbeat from the loop for this many
+        seconds (on the service's clock) cancels every open order and holds
+        new ones until heartbeats return.
 
     ``max_order_notional`` and ``max_daily_notional`` have no default on
     purpose: :meth:`live_refusal` says why ``--live`` must refuse to start
@@ -69,6 +73,7 @@ class ExecutionLimits:
     max_daily_notional: float | None = setting(None, gt=0)
     max_open_orders: int | None = setting(None, ge=1)
     price_band_bps: float | None = setting(None, gt=0)
+    deadman_s: float = setting(30.0, gt=0)
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -1,0 +1,275 @@
+"""``qbtc execute`` before it consumes: our books from the topics, reconciled with the venue.
+
+:func:`read_book` reads ``orders`` (orders and protections), ``order-events``,
+``fills`` and the balance baselines on ``risk-events`` to their ends.
+:func:`start_up` asks the venue for its open orders (every market when it has
+at most :data:`MAX_SCAN_SYMBOLS`, else the symbols of our orders), each of our
+orders with no event yet by client id, its recent trades in our symbols and
+its balances, runs :func:`operators.execution.reconcile.reconcile` and emits
+what it found: missing fills, the events of orders learnt or closed while we
+were down, ``external`` events with ``reconcile`` risk events. The
+:class:`~flows.executor.Executor` then follows the orders the venue still
+works and keeps the protections whose exits were not sent.
+
+**Expected balances.** The venue's balances are compared, per asset of the
+symbols we trade, with a *baseline* plus the effect of every fill on the
+``fills`` topic (base +/- qty, quote -/+ qty x price minus the fee) plus the
+missing fills. The baseline of an asset is set the first time the asset is
+ours at a start-up (the venue's balance minus those fills: nothing to compare
+that time) and again when an operator resumes after a mismatch (``qbtc
+control resume``: the venue's balances are taken as right); it is published as
+a ``reconcile`` risk event (level 0, action ``baseline``, symbol = the asset,
+value = the baseline), so it lives on the topics with the rest. A difference
+beyond the tolerance (0.01 %, :class:`~operators.execution.reconcile.ReconcileSettings`)
+fails closed: the guard's ``reconcile`` hold denies every order (a ``rejected``
+event each) and a level-3 ``reconcile`` risk event says why, until ``resume``.
+Deposits, withdrawals and trades by hand in our assets therefore fail closed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from flows.execution_venue import CcxtVenue, fill_key, venue_order, venue_trade
+from flows.executor import Executor, Working, protection_exit
+from operators.execution.reconcile import OurBook, VenueView, assets_of, reconcile
+from schemas.codec import SchemaError, decode
+from schemas.errors import OutsideFailure
+from schemas.records import (
+    BUY,
+    FINAL_ORDER_EVENTS,
+    Fill,
+    Order,
+    OrderEvent,
+    Protection,
+    RiskEvent,
+)
+
+MAX_SCAN_SYMBOLS = 50
+"""Open orders are listed for every market of a venue with at most this many, else for our symbols."""
+BASELINE = "baseline"
+"""Action of the ``reconcile`` risk events that carry a balance baseline."""
+SNAPSHOT_TRIES = 3
+"""Trades, balances, trades: asked again (this many times at most) while trades arrive in between."""
+
+
+def topic_records(conf: dict, topic: str, classes: tuple[type, ...], timeout_s: float, group: str) -> list:
+    """Every record of ``classes`` on ``topic`` up to its current end (read without committing)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**conf, "group.id": f"{group}-scan", "enable.auto.commit": False})
+    out: list = []
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s)
+        parts = meta.topics[topic].partitions if topic in meta.topics else {}
+        for p in sorted(parts):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, low)])
+            deadline, pos = time.monotonic() + timeout_s, low
+            while pos < high:
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    if time.monotonic() > deadline:
+                        text = f"cannot read {topic}[{p}] to its end in {timeout_s:.0f} s"
+                        raise OutsideFailure(text)
+                    continue
+                if msg.error() is not None:
+                    continue
+                pos = msg.offset() + 1
+                try:
+                    record = decode(msg.value())
+                except SchemaError:
+                    continue  # not ours to judge here
+                if isinstance(record, classes):
+                    out.append(record)
+    finally:
+        consumer.close()
+    return out
+
+
+@dataclass
+class Book:
+    """What the topics say at a start."""
+
+    orders: list[Order] = field(default_factory=list)
+    protections: list[Protection] = field(default_factory=list)
+    events: list[OrderEvent] = field(default_factory=list)
+    fills: list[Fill] = field(default_factory=list)
+    baseline: dict[str, float] = field(default_factory=dict)
+
+
+def read_book(conf: dict, topics: dict[str, str], timeout_s: float, group: str, venue: bool) -> Book:
+    """The fills always; with a venue also orders, protections, order events and baselines."""
+    book = Book(fills=topic_records(conf, topics["fills"], (Fill,), timeout_s, group))
+    if not venue:
+        return book
+    for r in topic_records(conf, topics["orders"], (Order, Protection), timeout_s, group):
+        (book.orders if isinstance(r, Order) else book.protections).append(r)
+    book.events = topic_records(conf, topics["order_events"], (OrderEvent,), timeout_s, group)
+    for r in topic_records(conf, topics["risk_events"], (RiskEvent,), timeout_s, group):
+        if r.kind == "reconcile" and r.action == BASELINE:
+            book.baseline[r.symbol] = r.value
+    return book
+
+
+def fill_effect(fills: list[Fill]) -> dict[str, float]:
+    """Per asset, what ``fills`` moved (quote net of fees).
+
+    >>> fill_effect([Fill(0, "o", "BTC/USDT", "buy", 0.5, 100.0, 0.1, 0.0)])
+    {'BTC': 0.5, 'USDT': -50.1}
+    """
+    out: dict[str, float] = {}
+    for f in fills:
+        base, quote = assets_of(f.symbol)
+        sign = 1.0 if f.side == BUY else -1.0
+        out[base] = out.get(base, 0.0) + sign * f.qty
+        out[quote] = out.get(quote, 0.0) - sign * f.qty * f.price - f.fee
+    return out
+
+
+def _protections(items: list[Protection]) -> dict[str, Protection]:
+    out: dict[str, Protection] = {}
+    for p in items:
+        if p.position_qty == 0 or (p.stop == 0.0 and p.target == 0.0):
+            out.pop(p.symbol, None)
+        else:
+            out[p.symbol] = p
+    return out
+
+
+def _snapshot(venue: CcxtVenue, symbols: list[str]) -> tuple[list, dict[str, float]]:
+    def trades() -> list:
+        return [venue_trade(t, s) for s in symbols for t in venue.ex.fetch_my_trades(s)]
+
+    before = trades()
+    for _ in range(SNAPSHOT_TRIES):
+        balances = venue.balances()
+        after = trades()
+        if after == before:
+            break
+        before = after
+    return after, balances
+
+
+def baseline_events(values: dict[str, float], now_ms: int) -> list[RiskEvent]:
+    """The ``reconcile`` risk events that carry balance baselines."""
+    return [
+        RiskEvent(now_ms, "reconcile", 0, a, v, 0.0, BASELINE, f"{a} balance baseline {v:.10g}")
+        for a, v in sorted(values.items())
+    ]
+
+
+def start_up(venue: CcxtVenue, name: str, book: Book, ex: Executor, now_ms: int) -> None:
+    """Reconcile ``book`` with the venue, emit what was found and hand ``ex`` its state."""
+    orders = {o.order_id: o for o in book.orders}
+    evented: dict[str, list[OrderEvent]] = {}
+    for e in book.events:
+        evented.setdefault(e.order_id, []).append(e)
+    venue_ids = {oid: e.venue_order_id for oid, es in evented.items() for e in es if e.venue_order_id}
+    protections = _protections(book.protections)
+    exits = {}
+    for symbol, p in list(protections.items()):
+        pair = [protection_exit(p, kind, p.ts) for kind in ("stop", "target")]
+        exits.update({x.order_id: x for x in pair})
+        if any(x.order_id in evented for x in pair):
+            del protections[symbol]  # its exit went before the restart
+    markets = venue.ex.symbols or []
+    pending = [
+        o
+        for oid, o in {**orders, **exits}.items()
+        if oid not in evented and o.symbol in markets and _sendable(o.qty)
+    ]  # the others cannot have reached the venue: the guard or the venue rejects them when consumed
+    working = [
+        orders[oid]
+        for oid, es in evented.items()
+        if oid in orders and not any(e.kind in FINAL_ORDER_EVENTS for e in es) and es[-1].venue_order_id
+    ]
+    symbols = sorted(
+        ({o.symbol for o in orders.values()} | set(protections) | {f.symbol for f in book.fills})
+        & set(markets)
+    )
+    scan = sorted(set(symbols) | (set(markets) if len(markets) <= MAX_SCAN_SYMBOLS else set()))
+    ccxt = venue.ccxt
+    try:
+        listed = [venue_order(o, s) for s in scan for o in venue.ex.fetch_open_orders(s)]
+        ex.kill("startup_listed")
+        asked = []
+        for o in [*pending, *working]:
+            if o.symbol not in markets:
+                continue
+            try:
+                asked.append(venue_order(venue.fetch(o.order_id, o.symbol), o.symbol))
+            except ccxt.OrderNotFound:
+                continue
+        trades, balances = _snapshot(venue, symbols)
+    except ccxt.BaseError as exc:
+        msg = f"venue {name}: start-up reconciliation: {type(exc).__name__}: {str(exc)[:200]}"
+        raise OutsideFailure(msg) from None
+    seen_ids = {vo.venue_order_id for vo in asked}
+    view_orders = tuple(asked + [vo for vo in listed if vo.venue_order_id not in seen_ids])
+    effect = fill_effect(book.fills)
+    assets = {a for s in symbols for a in assets_of(s)}
+    view = VenueView(name, view_orders, tuple(trades), balances)
+    ours = OurBook(tuple(pending), tuple(working), tuple(book.fills), venue_ids)
+    first = reconcile(ours, view, now_ms)  # what the missing fills move (no balances of ours)
+    fresh = {a: balances.get(a, 0.0) - effect.get(a, 0.0) - first.expected_balances.get(a, 0.0)
+             for a in assets if a not in book.baseline}  # fmt: skip
+    base = {**book.baseline, **fresh}
+    expected = {a: base[a] + effect.get(a, 0.0) for a in assets}
+    found = reconcile(OurBook(ours.pending, ours.working, ours.fills, venue_ids, expected), view, now_ms)
+
+    for table, record in [("risk_events", r) for r in baseline_events(fresh, now_ms)]:
+        ex.emit(table, record)
+    ex.fill_effect = effect
+    ex.seen_fills.update(fill_key(f) for f in book.fills)
+    for f in found.missing_fills:
+        if fill_key(f) not in ex.seen_fills:
+            ex.publish_fill(f, None, 0.0)
+    if found.missing_fills:
+        ex.kill("missing_fills")
+    for e in found.events:
+        ex.emit("order_events", e)
+    for r in found.risk_events(now_ms):
+        ex.emit("risk_events", r)
+    if found.fail_closed:
+        m = found.mismatches[0]
+        ex.guard.halt("reconcile", f"{m.asset} balance: venue {m.venue:.10g}, ours {m.ours:.10g}")
+
+    by_client = {vo.client_order_id: vo for vo in view_orders if vo.client_order_id}
+    everything = {**orders, **exits}
+    for oid in found.working:
+        vo = by_client.get(oid)
+        o = everything[oid]
+        ex.working[oid] = Working(
+            o, vo.venue_order_id if vo else venue_ids.get(oid, ""), vo.filled_qty if vo else 0.0
+        )
+        ex.guard.on_sent(o, None, now_ms)
+    ex.done.update(evented, (e.order_id for e in found.events), found.working, found.closed)
+    ex.ours.update(everything)
+    ex.symbols.update(symbols)
+    ex.protections.update(protections)
+
+    def rebaseline() -> None:
+        try:
+            now_balances = venue.balances()
+        except ccxt.BaseError:
+            return
+        values = {
+            a: now_balances.get(a, 0.0) - ex.fill_effect.get(a, 0.0) for a in sorted(assets | _assets(ex))
+        }
+        for r in baseline_events(values, ex.now_ms()):
+            ex.emit("risk_events", r)
+
+    ex.rebaseline = rebaseline
+
+
+def _sendable(qty: object) -> bool:
+    return isinstance(qty, int | float) and not isinstance(qty, bool) and math.isfinite(qty) and qty > 0
+
+
+def _assets(ex: Executor) -> set[str]:
+    return {a for s in ex.symbols for a in assets_of(s)}
