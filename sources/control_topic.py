@@ -37,6 +37,7 @@ replay applies a file command at the first close at or after ``ts``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -167,6 +168,26 @@ def check_reachable(admin_conf: dict, timeout_s: float) -> None:
         raise ControlTopicError(msg) from None
 
 
+def take_commands(
+    reader: ControlTopicReader,
+    apply: Callable[[str, str, int], None],
+    emit: Callable[[str, object], None],
+    now_ms: Callable[[], int] = wall_ms,
+) -> int:
+    """One non-blocking read for a service: each command to ``apply(command, reason, now_ms)``.
+
+    The reason names who issued it (``"... (by user@host)"``); a bad message
+    goes to ``emit("dead_letters", letter)``. Returns how many messages were
+    read: when any, deliver what was emitted, then :meth:`ControlTopicReader.commit`.
+    """
+    got = reader.read()
+    for cmd in got.commands:
+        apply(cmd.command, f"{cmd.reason} (by {cmd.source})", now_ms())
+    for letter in got.dead:
+        emit("dead_letters", letter)
+    return len(got.commands) + len(got.dead)
+
+
 class ControlTopicReader:
     """Commands issued on the control topic since the last read (non-blocking).
 
@@ -182,27 +203,38 @@ class ControlTopicReader:
         self.settings = settings
         self.position = position if position is not None else ControlPosition()
         self._consumer: Consumer | None = None
+        self._backlog: dict[int, int] = {}  # partition -> its end at connect, while behind it
 
     def __getstate__(self):
         msg = "a ControlTopicReader is not pickled: keep its position (ControlPosition) instead"
         raise TypeError(msg)
 
     def read(self, max_messages: int = 100) -> ControlRead:
-        """What arrived since the last read; connects at the first call (up to ``timeout_s``)."""
+        """What arrived since the last read; connects at the first call (up to ``timeout_s``).
+
+        The first reads wait (up to ``timeout_s``) for the messages that were
+        already there at connect (those issued while a restarted process was
+        down), so they apply at once; later reads do not wait.
+        """
         consumer = self._consumer or self._connect()
         commands: list[OperatorCommand] = []
         dead: list[DeadLetter] = []
         offsets = self.position.offsets
-        for msg in consumer.consume(max_messages, 0):
-            if msg.error() is not None:
-                continue
-            part, offset = msg.partition(), msg.offset()
-            if offset < offsets.get(part, 0):
-                continue  # fetched before a seek: already read
-            offsets[part] = offset + 1
-            got = parse_command(msg.value(), f"{msg.topic()}[{part}]@{offset}", wall_ms())
-            (commands if isinstance(got, OperatorCommand) else dead).append(got)
-        return ControlRead(commands, dead)
+        deadline = time.monotonic() + self.settings.timeout_s
+        while True:
+            for msg in consumer.consume(max_messages, 0.1 if self._backlog else 0):
+                if msg.error() is not None:
+                    continue
+                part, offset = msg.partition(), msg.offset()
+                if offset < offsets.get(part, 0):
+                    continue  # fetched before a seek: already read
+                offsets[part] = offset + 1
+                got = parse_command(msg.value(), f"{msg.topic()}[{part}]@{offset}", wall_ms())
+                (commands if isinstance(got, OperatorCommand) else dead).append(got)
+            self._backlog = {p: end for p, end in self._backlog.items() if offsets.get(p, 0) < end}
+            if not self._backlog or time.monotonic() > deadline:
+                self._backlog = {}
+                return ControlRead(commands, dead)
 
     def commit(self) -> None:
         """Commit the position to ``settings.group`` (synchronously); nothing without a group."""
@@ -223,20 +255,43 @@ class ControlTopicReader:
         if s.group:
             conf["group.id"] = s.group
         consumer = Consumer(conf)
-        try:
-            start = self._start(consumer)
-        except (KafkaException, ControlTopicError):
-            consumer.close()
-            raise
+        deadline = time.monotonic() + s.timeout_s
+        while True:
+            try:
+                start = self._start(consumer, deadline)
+                break
+            except KafkaException as exc:  # a new topic's leaders still settling: ask again
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                consumer.close()
+                msg = f"control topic {s.topic}: {exc.args[0].str() if exc.args else exc}"
+                raise ControlTopicError(msg) from None
+            except ControlTopicError:  # no such topic (yet): the same
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                consumer.close()
+                raise
         consumer.assign([TopicPartition(s.topic, p, o) for p, o in sorted(start.items())])
         self._consumer = consumer
         return consumer
 
-    def _start(self, consumer: Consumer) -> dict[int, int]:
+    def _end(self, consumer: Consumer, partition: int, deadline: float) -> int:
+        """A partition's end offset now."""
+        s = self.settings
+        left = max(0.1, deadline - time.monotonic())
+        marks = consumer.get_watermark_offsets(TopicPartition(s.topic, partition), timeout=left)
+        if marks is None:
+            msg = f"control topic {s.topic}[{partition}]: no end offset in {s.timeout_s:.0f} s"
+            raise ControlTopicError(msg)
+        return marks[1]
+
+    def _start(self, consumer: Consumer, deadline: float) -> dict[int, int]:
         """Each partition's first offset to read: the saved position, the group's, or ``since_ms``'s."""
         s = self.settings
-        deadline = time.monotonic() + s.timeout_s
-        meta = consumer.list_topics(s.topic, timeout=s.timeout_s).topics.get(s.topic)
+        left = max(0.1, deadline - time.monotonic())
+        meta = consumer.list_topics(s.topic, timeout=left).topics.get(s.topic)
         if meta is None or meta.error is not None or not meta.partitions:
             why = meta.error.str() if meta is not None and meta.error is not None else "no such topic"
             msg = f"control topic {s.topic}: {why}"
@@ -256,10 +311,7 @@ class ControlTopicReader:
                 if tp.offset >= 0:
                     offsets[tp.partition] = tp.offset
                 else:  # nothing produced since: the end, as it is now
-                    left = max(0.1, deadline - time.monotonic())
-                    marks = consumer.get_watermark_offsets(tp, timeout=left)
-                    if marks is None:
-                        msg = f"control topic {s.topic}[{tp.partition}]: no end offset in {s.timeout_s:.0f} s"
-                        raise ControlTopicError(msg)
-                    offsets[tp.partition] = marks[1]
+                    offsets[tp.partition] = self._end(consumer, tp.partition, deadline)
+        ends = {p: self._end(consumer, p, deadline) for p in offsets}
+        self._backlog = {p: end for p, end in ends.items() if end > offsets[p]}
         return dict(offsets)

@@ -1,0 +1,258 @@
+"""Operator commands on the ``control`` topic (``qbtc control --kafka``), on a real broker.
+
+A command reaches a running ``qbtc stream --trade`` (a ``control`` risk event
+in its store) and a running ``qbtc execute`` (orders rejected while paused,
+sent again after ``resume``); a bad message becomes a dead letter; neither a
+restart nor a later run applies an old command again.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from flows.config import load_settings
+from schemas.codec import decode, encode
+from schemas.records import (
+    Bar,
+    OperatorCommand,
+    RiskEvent,
+    Tick,
+)
+from sources.control_topic import (
+    CONTROL_KEY,
+    ControlPosition,
+    ControlTopicReader,
+    ControlTopicSettings,
+)
+from tests.kafka_helpers import dump, qbtc, read_topic, set_args, start_cli, unique
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000_000
+"""The first tick: event time far behind the wall clock, as in a replayed topic."""
+SYMBOLS = ("BTC/USDT", "ETH/USDT")
+
+
+def _ensure(brokers: str, prefix: str) -> None:
+    from flows.kafka_flow import ensure
+
+    ensure(load_settings(None, [f"kafka.brokers={brokers}", f"kafka.topic_prefix={prefix}"], env={}))
+
+
+def _produce(brokers: str, topic: str, values: list[bytes], keys: list[bytes]) -> list[str]:
+    """Produce in order; returns where each message went, ``topic[partition]@offset``."""
+    p = Producer({"bootstrap.servers": brokers})
+    where: list[str] = []
+
+    def delivered(err, msg) -> None:
+        assert err is None, err
+        where.append(f"{msg.topic()}[{msg.partition()}]@{msg.offset()}")
+
+    for v, k in zip(values, keys, strict=True):
+        p.produce(topic, v, k, on_delivery=delivered)
+    assert p.flush(30) == 0
+    return where
+
+
+def _ticks(brokers: str, topic: str, start_s: int, seconds: int, seed: int) -> None:
+    """Ten ticks a second per symbol over [start_s, start_s + seconds) after T0 (random walks)."""
+    rng = np.random.default_rng(seed)
+    values, keys = [], []
+    for i, symbol in enumerate(SYMBOLS):
+        n = seconds * 10
+        ts = T0 + start_s * 1000 + np.arange(n) * 100
+        price = (30_000.0 / (i + 1)) * np.exp(np.cumsum(rng.normal(0, 5e-4, n)))
+        values += [
+            encode(Tick(int(t), symbol, float(p), 0.01, "buy", "", "sim"))
+            for t, p in zip(ts, price, strict=True)
+        ]
+        keys += [symbol.encode()] * n
+    _produce(brokers, topic, values, keys)
+
+
+def _records(brokers: str, topic: str, cls: type) -> list:
+    try:
+        return [decode(v, cls) for _, v in read_topic(brokers, topic)]
+    except Exception:  # a topic still settling its leaders: ask again
+        return []
+
+
+def _wait(what: str, check, proc: subprocess.Popen | None = None, lines=(), timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while not (got := check()):
+        alive = proc is None or proc.poll() is None
+        assert alive and time.monotonic() < deadline, f"{what}: not seen\n{''.join(lines)}"
+        time.sleep(0.2)
+    return got
+
+
+def _control(brokers: str, prefix: str, action: str, reason: str) -> str:
+    out = qbtc(
+        "control", action, "--reason", reason, "--kafka", brokers, "--set", f"kafka.topic_prefix={prefix}",
+        cwd=ROOT,
+    )  # fmt: skip
+    return out.stdout
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+# -- without a broker ----------------------------------------------------------------------
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_1_within_the_timeout(tmp_path):
+    started = time.monotonic()
+    out = qbtc(
+        "control", "pause", "--reason", "venue down", "--kafka", "127.0.0.1:1", "--set", "kafka.timeout_s=1",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "qbtc control: failed: cannot reach the Kafka cluster at 127.0.0.1:1 in 1 s (kafka.timeout_s)"
+    ]
+    assert time.monotonic() - started < 15
+    assert not (tmp_path / "var").exists()  # nothing went to the control file
+
+
+def test_at_is_for_the_file_only(tmp_path):
+    out = qbtc("control", "pause", "--reason", "x", "--kafka", "--at", "5", cwd=tmp_path, check=False)
+    assert out.returncode == 2
+    assert "--at is for the control file" in out.stderr
+
+
+def test_a_reader_is_not_pickled_its_position_is():
+    reader = ControlTopicReader(
+        ControlTopicSettings({"sasl.password": "s3"}, "c", 0), ControlPosition({0: 4})
+    )
+    with pytest.raises(TypeError, match="not pickled"):
+        pickle.dumps(reader)
+    position = pickle.loads(pickle.dumps(reader.position))
+    assert position.offsets == {0: 4} and b"s3" not in pickle.dumps(reader.position)
+
+
+# -- on a broker -------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_the_reader_starts_after_its_start_keeps_order_and_resumes_at_its_position(kafka_bootstrap):
+    prefix = unique("ctl")
+    _ensure(kafka_bootstrap, prefix)
+    topic = f"{prefix}control"
+    old = OperatorCommand(1, "pause", "old", "a@b")
+    _produce(kafka_bootstrap, topic, [encode(old)], [CONTROL_KEY])
+    time.sleep(0.05)
+    since = int(time.time() * 1000)
+    conf = {"bootstrap.servers": kafka_bootstrap, "group.id": "qbtc"}
+    settings = ControlTopicSettings(conf, topic, since, timeout_s=10)
+    reader = ControlTopicReader(settings)
+    assert reader.read().commands == []  # connects: the old command is before the start
+    cmds = [OperatorCommand(since + i, a, f"r{i}", "ops@desk") for i, a in enumerate(("pause", "resume"))]
+    where = _produce(
+        kafka_bootstrap, topic, [encode(cmds[0]), b"{not json", encode(cmds[1])], [CONTROL_KEY] * 3
+    )
+    got, dead = [], []
+    deadline = time.monotonic() + 20
+    while len(got) + len(dead) < 3 and time.monotonic() < deadline:
+        read = reader.read()
+        got += read.commands
+        dead += read.dead
+        time.sleep(0.05)
+    assert got == cmds
+    assert [(d.source, d.reason, d.payload) for d in dead] == [(where[1], "parse", b"{not json")]
+    assert where[1].endswith("@2")  # one partition for every command: the old one was @0
+    saved = pickle.loads(pickle.dumps(reader.position))
+    reader.close()
+    assert max(saved.offsets.values()) == 4
+
+    later = OperatorCommand(since + 9, "flatten", "later", "ops@desk")
+    _produce(kafka_bootstrap, topic, [encode(later)], [CONTROL_KEY])
+    # a restored reader (its start long past) resumes at the saved offset: only the new command
+    again = ControlTopicReader(ControlTopicSettings(conf, topic, since + 10**9, timeout_s=10), saved)
+    deadline = time.monotonic() + 20
+    got = []
+    while not got and time.monotonic() < deadline:
+        got = again.read().commands
+        time.sleep(0.05)
+    again.close()
+    assert got == [later]
+
+
+@pytest.mark.kafka
+def test_pause_reaches_a_running_stream_a_restart_neither_repeats_nor_loses_a_command(
+    kafka_bootstrap, tmp_path
+):
+    prefix = unique("cs")
+    _ensure(kafka_bootstrap, prefix)
+    ticks = f"{prefix}ticks"
+    _ticks(kafka_bootstrap, ticks, 0, 120, seed=1)
+    args = [
+        "stream", "--trade", "--kafka", kafka_bootstrap, "--topic", ticks, "--store", "chdb://live.chdb",
+        "--recovery-dir", "recovery", "--snapshot-interval", "0.3", *set_args(prefix),
+    ]  # fmt: skip
+    proc, lines = start_cli(args, tmp_path)
+    try:
+        _wait("bars", lambda: len(_records(kafka_bootstrap, f"{prefix}bars", Bar)) > 100, proc, lines)
+        said = _control(kafka_bootstrap, prefix, "pause", "checking the feed")
+        assert f"-> {prefix}control[" in said and said.startswith("control: pause at ")
+        (bad,) = _produce(kafka_bootstrap, f"{prefix}control", [b"pause please"], [CONTROL_KEY])
+        _ticks(kafka_bootstrap, ticks, 120, 30, seed=2)  # the loop applies it at its next bar close
+
+        def control_events() -> list[RiskEvent]:
+            return [
+                e for e in _records(kafka_bootstrap, f"{prefix}risk-events", RiskEvent) if e.kind == "control"
+            ]
+
+        (event,) = _wait("the control risk event", control_events, proc, lines)
+        time.sleep(1.5)  # a few epochs: the position after the command is in the snapshot
+    finally:
+        _stop(proc)
+    assert event.action == "pause" and "checking the feed" in event.message and "(by " in event.message
+    assert T0 < event.ts < T0 + 200_000  # at a bar close of the data, not at the wall clock
+
+    # a command issued while the stream is down is applied after its restart (from the saved
+    # position, not from the restarted process's start); the pause is not applied again
+    _control(kafka_bootstrap, prefix, "resume", "feed checked")
+    proc, lines = start_cli(args, tmp_path)
+    try:
+        _ticks(kafka_bootstrap, ticks, 150, 30, seed=3)
+        end = T0 + 170_000
+        _wait(
+            "the restarted stream's bars",
+            lambda: any(decode(v).ts >= end for _, v in read_topic(kafka_bootstrap, f"{prefix}bars")),
+            proc,
+            lines,
+            timeout_s=90,
+        )
+        time.sleep(1.0)
+    finally:
+        _stop(proc)
+    store = dump("chdb://live.chdb", tmp_path, ("risk_events", "dead_letters"))
+    events = store["risk_events"]
+    kind, action = events["columns"].index("kind"), events["columns"].index("action")
+    assert [r[action] for r in events["rows"] if r[kind] == "control"] == ["pause", "resume"]
+    dead = store["dead_letters"]
+    source = dead["columns"].index("source")
+    assert [r[source] for r in dead["rows"] if "control" in r[source]] == [bad]
+
+    # a later run (no saved state) over the same topics starts after the old command
+    later = qbtc(
+        "stream", "--trade", "--until-end", "--kafka", kafka_bootstrap, "--topic", ticks,
+        "--store", "chdb://later.chdb", "--quiet", *set_args(prefix),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert later.returncode == 0
+    events = dump("chdb://later.chdb", tmp_path, ("risk_events",))["risk_events"]
+    assert events["rows"] and not [r for r in events["rows"] if r[kind] == "control"]
