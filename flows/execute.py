@@ -19,6 +19,13 @@ exchange) or ``--live`` (refused unless ``execution_limits`` caps are set).
 At start, before consuming: the ``fills`` topic is read to its end (an
 order's fills are published once), and the venue's open orders that are
 not on the ``orders`` topic become ``external`` events (:func:`external_orders`).
+
+Operator commands of ``<prefix>control`` (``qbtc control --kafka``) go to
+:meth:`Executor.control` at every loop turn, before the next order: read
+from the service's start at its first start, then from the offsets it
+commits to ``<prefix>qbtc-execute-control`` after handling them (a restart
+neither repeats nor loses a command; holds are not saved, so a restarted
+service is not paused until told again). See :mod:`sources.control_topic`.
 """
 
 from __future__ import annotations
@@ -158,7 +165,9 @@ def run_execute(
     from flows.kafka_flow import ensure, topic_names
     from sinks.kafka_producer import RecordProducer
     from sinks.output_sink import record_key
+    from sources.control_topic import ControlTopicReader, ControlTopicSettings, take_commands
 
+    started = wall_ms()  # operator commands issued from now on (or after the committed offsets)
     k = settings.kafka
     ensure(settings)
     topics = topic_names(k)
@@ -207,11 +216,17 @@ def run_execute(
         assigned.append(True)
 
     consumer.subscribe([topics["orders"]], on_assign=on_assign)
+    control = ControlTopicReader(
+        ControlTopicSettings(consumer_conf, topics["control"], started, k.timeout_s, f"{group}-control")
+    )
     idle_since = time.monotonic()
     try:
         while not stop:
             msg = consumer.poll(0.2)
             executor.poll(wall_ms())  # followed orders, protections, the dead man's switch
+            if take_commands(control, executor.control, emit):  # before the next order
+                deliver()
+                control.commit()
             deliver()
             if msg is None:
                 if not assigned:
@@ -228,6 +243,7 @@ def run_execute(
             consumer.commit(message=msg, asynchronous=False)
     finally:
         consumer.close()
+        control.close()
         producer.producer.flush(k.timeout_s)
         if writer is not None:
             writer.flush()
