@@ -118,6 +118,19 @@ def _kafka_parsers(sub) -> None:
     )
     st.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _trade(st, default=False)
+    st.add_argument(
+        "--execution",
+        choices=("internal", "external"),
+        default="internal",
+        help="where the loop's orders go: internal (the paper broker in the flow, default) or external "
+        "(the orders topic, for qbtc execute; the portfolio is booked from the fills topic)",
+    )
+    st.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="with --execution external: each step waits for the execution service's fills of the step "
+        "before the next (with qbtc execute --venue paper --lockstep: the in-process backtest's results)",
+    )
     _cluster(st)
 
     rec = sub.add_parser(
@@ -209,7 +222,18 @@ def _execute_parser(sub) -> None:
         "it is a dry run: would_send events, nothing sent. API keys: QBTC_EXECUTION_API_KEY and "
         "QBTC_EXECUTION_API_SECRET, or --secret-file.",
     )
-    ex.add_argument("--venue", default="dry-run", metavar="VENUE", help="dry-run (default) or ccxt:EXCHANGE")
+    ex.add_argument(
+        "--venue",
+        default="dry-run",
+        metavar="VENUE",
+        help="dry-run (default), paper (the paper broker on the ticks topic) or ccxt:EXCHANGE",
+    )
+    ex.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="with --venue paper: fill on the bars of qbtc stream --execution external --lockstep, "
+        "step by step",
+    )
     mode = ex.add_mutually_exclusive_group()
     mode.add_argument("--sandbox", action="store_true", help="the exchange's test network or --venue-url")
     mode.add_argument("--live", action="store_true", help="real orders (needs execution_limits set)")
@@ -387,7 +411,16 @@ def _kafka_settings(args, settings: Settings) -> Settings:
     return settings
 
 
-def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outputs: bool, kind: str) -> int:
+def _run_topic(
+    args,
+    settings: Settings,
+    topic: str,
+    span,
+    dsn: str | None,
+    outputs: bool,
+    kind: str,
+    venue: str = "internal",
+) -> int:
     from flows.inputs import stderr_progress
     from flows.kafka_flow import execution_from, stream
     from flows.pipeline import TradingReport
@@ -400,7 +433,9 @@ def _run_topic(args, settings: Settings, topic: str, span, dsn: str | None, outp
     progress = Progress(report=None if args.quiet else stderr_progress)
     report = TradingReport() if args.trade else None
     start = time.perf_counter()
-    metrics = stream(settings, topic, span, dsn, execution, outputs=outputs, progress=progress, report=report)
+    metrics = stream(
+        settings, topic, span, dsn, execution, outputs=outputs, progress=progress, report=report, venue=venue
+    )
     seconds = time.perf_counter() - start
     if dsn is not None and not metrics.writes_here:
         # another process of the cluster held the sink (and the store)
@@ -520,13 +555,25 @@ def cmd_stream(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     dsn = None if args.null_sink else _dsn(args, settings)
-    return _run_topic(args, settings, topic, span, dsn, True, "stream")
+    if args.execution == "external" and not args.trade:
+        msg = "--execution external needs --trade"
+        raise UsageError(msg)
+    if args.lockstep and args.execution != "external":
+        msg = "--lockstep needs --execution external"
+        raise UsageError(msg)
+    venue = "lockstep" if args.lockstep else args.execution
+    return _run_topic(args, settings, topic, span, dsn, True, "stream", venue)
 
 
 def cmd_execute(args) -> int:
     from flows.execute import DRY_RUN, execute_options, execution_keys, run_execute, with_kafka
 
     settings = with_kafka(load_settings(args.config, args.overrides), args.kafka)
+    if args.venue == "paper" or args.lockstep:
+        from flows.paper_service import paper_options, run_paper
+
+        lockstep = paper_options(args.venue, args.lockstep, args.sandbox, args.live, args.venue_url)
+        return run_paper(settings, lockstep, args.idle_exit)
     options = execute_options(args.venue, args.sandbox, args.live, args.venue_url, args.idle_exit, settings)
     keys = None if options.mode == DRY_RUN else execution_keys(os.environ, args.secret_file)
     return run_execute(settings, options, keys, args.store)

@@ -24,6 +24,7 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from flows.config import ConfigError, KafkaConfig, Settings, kafka_client_config
+from flows.external_venue import RemoteVenueConfig, loop_source
 from flows.kafka_diagnostics import check_cluster
 from flows.metrics import FlowMetrics
 from flows.pipeline import Execution, TradingReport, build_flow, check_resume, run_flow
@@ -37,6 +38,9 @@ from sources.chunk_source import Progress, wall_ms
 from sources.control_topic import ControlTopicSettings
 from sources.kafka_ticks import KafkaTickSource, TopicRange
 from sources.tick_files import Chunk
+
+INTERNAL, EXTERNAL, LOCKSTEP = "internal", "external", "lockstep"
+"""Where a stream's trading loop sends its orders (see :func:`stream`)."""
 
 
 def topic_names(k: KafkaConfig) -> dict[str, str]:
@@ -220,8 +224,14 @@ def stream(
     outputs: bool = True,
     progress: Progress | None = None,
     report: TradingReport | None = None,
+    venue: str = INTERNAL,
 ) -> FlowMetrics:
     """Run the features flow from ``topic`` into the store at ``dsn`` and the output topics.
+
+    ``venue`` is where the trading loop's orders go: ``internal`` (the paper
+    broker, in the flow), ``external`` (the ``orders`` topic, for ``qbtc
+    execute``; fills come back from its topics) or ``lockstep`` (external,
+    step by step with ``qbtc execute --venue paper --lockstep``).
 
     With ``report`` the trading loop runs too (its tables go to the store and
     their topics) and leaves its summary there at the end of a bounded read;
@@ -258,12 +268,29 @@ def stream(
         ranges = _read_ranges(source) if bounded else None
         source.observe = _progress_observer(metrics, progress, ranges)
     names = topic_names(k)
+    external = None
+    sink_topics: dict[str, str | None] = dict(names)
+    if trading is not None and venue != INTERNAL:
+        external = RemoteVenueConfig(
+            kafka_client_config(k, "producer"),
+            consumer_conf,
+            names["orders"],
+            names["fills"],
+            names["order_events"],
+            lockstep=venue == LOCKSTEP,
+            timeout_s=k.timeout_s,
+            heartbeat_s=min(5.0, settings.execution_limits.deadman_s / 3),  # 3 per dead man's wait
+            source=loop_source(),
+        )
+        # the venue publishes the orders itself and the service the fills and events: the sink
+        # stores them only
+        sink_topics.update(orders=None, fills=None, order_events=None)
     sink = OutputSink(
         dsn,
         metrics,
         settings.store.batch_rows,
         kafka_client_config(k, "producer") if outputs else None,
-        names,
+        sink_topics,
         stall_timeout_s=k.timeout_s,
     )
     control = None
@@ -279,6 +306,7 @@ def stream(
         trading=trading,
         report=report,
         control_topic=control,
+        external=external,
     )
     run_flow(flow, execution=execution)
     if progress is not None:

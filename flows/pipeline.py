@@ -23,6 +23,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig
 
 from flows.config import Settings
+from flows.external_venue import RemoteVenueConfig
 from flows.messages import StoreRows
 from flows.snapshots import check_saved
 from flows.steps import EventTimeLogic, GridLogic, SymbolLogic, TradingLogic, TradingReport, resume_checks
@@ -78,6 +79,7 @@ def build_flow(
     trading: TradingSettings | None = None,
     report: TradingReport | None = None,
     control_topic: ControlTopicSettings | None = None,
+    external: RemoteVenueConfig | None = None,
 ) -> Dataflow:
     """The dataflow from ``source`` (Chunks) to ``sink`` ((table, payload) items).
 
@@ -87,7 +89,9 @@ def build_flow(
     ``keyed_sink`` sends items as ``("out", item)`` to a partitioned sink;
     ``trading`` runs the trading loop after the correlation grid (its own
     step), leaving its summary in ``report``, with the operator commands of
-    ``trading.control_file`` and of ``control_topic`` (streams on Kafka).
+    ``trading.control_file`` and of ``control_topic`` (streams on Kafka);
+    ``external`` gives it a :class:`~flows.external_venue.RemoteVenue` (orders
+    to the execution service, fills from it) instead of the paper broker.
     """
     m = MarketSettings.of(settings)
     bounds, bar_settings, feature_settings, corr_settings = m.bounds, m.bars, m.features, m.grid
@@ -137,7 +141,7 @@ def build_flow(
             "trading",
             steps,
             lambda resume: TradingLogic(
-                trading, resume, keep_state, report, settings.trading.control_file, control_topic
+                trading, resume, keep_state, report, settings.trading.control_file, control_topic, external
             ),
         )
         store_items.append(op.key_rm("unkey_loop", trading_rows))

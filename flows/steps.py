@@ -12,6 +12,7 @@ import time
 
 from bytewax.operators import StatefulBatchLogic
 
+from flows.external_venue import RemoteVenue, RemoteVenueConfig
 from flows.messages import (
     BarBatch,
     GridOut,
@@ -23,7 +24,7 @@ from flows.messages import (
     SymbolProgress,
     TradeInput,
 )
-from flows.snapshots import dump_state, load_state
+from flows.snapshots import ResumeError, dump_state, load_state
 from operators.features.bar_builder import BarBuilder, BarSettings
 from operators.features.candle_bars import CandleBars
 from operators.features.correlation_grid import CorrelationGrid, CorrelationSettings
@@ -448,6 +449,20 @@ def _feed(loop: TradingLoop, step: GridStep) -> None:
         loop.advance(step.done)
 
 
+def _attach_venue(loop: TradingLoop, external: RemoteVenueConfig | None) -> None:
+    """A resumed loop's venue must be the one asked for: an external one gets its connection back."""
+    remote = isinstance(loop.broker, RemoteVenue)
+    if remote != (external is not None):
+        saved, now = ("external", "internal") if remote else ("internal", "external")
+        msg = (
+            f"the saved trading loop used --execution {saved}, this run asks for {now}: "
+            "run with the same --execution, or start with an empty recovery directory"
+        )
+        raise ResumeError(msg)
+    if external is not None:
+        loop.broker.attach(external)
+
+
 class TradingReport:
     """Where the trading step leaves the loop's summary at the end of the input."""
 
@@ -474,6 +489,7 @@ class TradingLogic(_Step):
         report: TradingReport | None = None,
         control_path: str = "",
         control_topic: ControlTopicSettings | None = None,
+        external: RemoteVenueConfig | None = None,
     ) -> None:
         self.settings = settings
         self.keep_state = keep_state
@@ -483,8 +499,9 @@ class TradingLogic(_Step):
             state = load_state(resume, self._tree(), TRADING_KEYS, fixed=TRADING_FIXED)
             self.loop, self.control = state[:2]
             position = state[2] if len(state) > 2 else None  # saved before the control topic: none
+            _attach_venue(self.loop, external)
         else:
-            self.loop = TradingLoop(settings)
+            self.loop = TradingLoop(settings, venue=None if external is None else RemoteVenue(external))
             self.control = ControlReader(control_path) if control_path else None
         self.position = position if position is not None else ControlPosition()
         self.topic = ControlTopicReader(control_topic, self.position) if control_topic is not None else None
@@ -509,6 +526,17 @@ class TradingLogic(_Step):
             dead.extend(got.dead)
         return [StoreRows("dead_letters", dead)] if dead else []
 
+    def _keep_final(self) -> None:
+        # an external venue has seen the steps after the end: the saved state is the one after them
+        if not isinstance(self.loop.broker, RemoteVenue):
+            super()._keep_final()
+
+    def _venue_events(self) -> list[StoreRows]:
+        """The external venue's events about our orders, for the store."""
+        venue = self.loop.broker
+        events = venue.take_events() if isinstance(venue, RemoteVenue) else []
+        return [StoreRows("order_events", events)] if events else []
+
     def on_batch(self, steps: list[GridStep]) -> tuple[list, bool]:
         loop = self.loop
         out: list[StoreRows] = []
@@ -523,6 +551,7 @@ class TradingLogic(_Step):
             loop.add_correlations(step.correlations)
             if step.done is not None:
                 out.extend(StoreRows(table, rows) for table, rows in loop.advance(step.done))
+                out.extend(self._venue_events())
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list, bool]:
@@ -530,6 +559,9 @@ class TradingLogic(_Step):
         loop = self.loop
         out = self._controls()
         out.extend(StoreRows(table, rows) for table, rows in loop.advance(max(loop.bars, default=-1)))
+        out.extend(self._venue_events())
+        if isinstance(loop.broker, RemoteVenue):
+            loop.broker.close()
         if self.report is not None:
             self.report.summary = loop.summary()
         return out, StatefulBatchLogic.RETAIN

@@ -221,11 +221,12 @@ class TradingLoop:
         pf = self.portfolio
         held_before = {sym: (q, pf.marks.get(sym)) for sym, q in pf.positions.items() if q}
         # 1. venue: fills at the open, protection along the path
+        contexts = {symbol: BarContext(normalised_vol=self._normalised_vol(symbol)) for symbol in bars}
+        self.broker.begin_step(k, bars, contexts)
         for symbol in sorted(bars):
             bar = bars[symbol]
             self._symbol(symbol)  # state for a symbol seen the first time
-            ctx = BarContext(normalised_vol=self._normalised_vol(symbol))
-            result = self.broker.on_bar(bar, ctx)
+            result = self.broker.on_bar(bar, contexts[symbol])
             out["orders"].extend(result.new_orders)
             st.orders += len(result.new_orders)
             for c in result.cancelled:
@@ -266,6 +267,7 @@ class TradingLoop:
         self._risk_orders(close_ts, actions, view, out)
         # 4. signals and entries
         self._signals(close_ts, bars, actions, view, out)
+        self.broker.end_step(k)
         st.equity_step(pf.equity())
         self.last_qvar = self._bar_qvar(view)
 

@@ -72,11 +72,15 @@ class RecordProducer:
             if self.first_error is None:
                 self.first_error = f"{msg.topic()}: {err.str()}"
 
-    def produce(self, topic: str, value: bytes, key: bytes | str | None = None) -> None:
-        """Queue one record; when the queue is full, serve callbacks until it has room."""
+    def produce(
+        self, topic: str, value: bytes, key: bytes | str | None = None, partition: int | None = None
+    ) -> None:
+        """Queue one record (to ``partition``, else by key); when the queue is full, serve callbacks
+        until it has room."""
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self.producer.produce(topic, value, key, on_delivery=self._on_delivery, **where)
                 return
             except BufferError:
                 self.waits += 1

@@ -38,7 +38,9 @@ def record_key(table: str, record) -> bytes | None:
 
 
 class _OutPartition(StatefulSinkPartition):
-    def __init__(self, writer: StoreWriter, producer: RecordProducer | None, topics: dict[str, str]) -> None:
+    def __init__(
+        self, writer: StoreWriter, producer: RecordProducer | None, topics: dict[str, str | None]
+    ) -> None:
         self.writer = writer
         self.producer = producer
         self.topics = topics
@@ -52,8 +54,8 @@ class _OutPartition(StatefulSinkPartition):
         producer = self.producer
         for table, payload in items:
             add(table, payload)
-            if producer is not None and table != "ticks":
-                topic = self.topics[table]
+            topic = self.topics[table] if producer is not None and table != "ticks" else None
+            if topic:  # None: a table this sink stores but does not publish
                 producer.produce_many(
                     topic, [encode(r) for r in payload], [record_key(table, r) for r in payload]
                 )
@@ -95,7 +97,8 @@ class OutputSink(FixedPartitionedSink):
     producer_conf
         librdkafka producer settings, or None for no output topics.
     topics
-        Topic of each table (``bars``, ``features``, ``correlations``, ``dead_letters``).
+        Topic of each table (``bars``, ``features``, ``correlations``, ``dead_letters``, ...);
+        None for a table stored but not published.
     stall_timeout_s
         An epoch's flush fails when the cluster sent no delivery report for this long.
     """
@@ -106,7 +109,7 @@ class OutputSink(FixedPartitionedSink):
         counter: RowCounter,
         batch_rows: int,
         producer_conf: dict | None,
-        topics: dict[str, str],
+        topics: dict[str, str | None],
         stall_timeout_s: float = 30.0,
     ) -> None:
         self.dsn = dsn

@@ -446,6 +446,11 @@ def _retrying(call, timeout_s: float):
             time.sleep(0.2)
 
 
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """A partition's (low, high) offsets, retried while a new topic's leaders settle."""
+    return _retrying(lambda: consumer.get_watermark_offsets(tp, timeout=timeout_s), timeout_s)
+
+
 def _offset_for_time(consumer: Consumer, tp: TopicPartition, ts: int, high: int) -> int:
     found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, ts)], timeout=15)[0]
     return high if found.offset < 0 else found.offset

@@ -123,6 +123,14 @@ class PaperBroker:
         self._seq = 0
         self.ignored_bars = 0
 
+    # -- steps ----------------------------------------------------------------------
+
+    def begin_step(self, step: int, bars: dict[str, Bar], contexts: dict[str, BarContext]) -> None:
+        """Nothing: the paper broker works bar by bar, in :meth:`on_bar`."""
+
+    def end_step(self, step: int) -> None:
+        """Nothing: orders work from the moment they are submitted."""
+
     # -- orders ---------------------------------------------------------------------
 
     def _reject(self, order: Order, message: str) -> list[Order]:

@@ -156,6 +156,18 @@ class Venue(Protocol):
     ``set_protection``) dated at or after the bar's close.
     """
 
+    def begin_step(self, step: int, bars: dict[str, Bar], contexts: dict[str, BarContext]) -> None:
+        """A grid step starts: its bars (and their contexts), before ``on_bar`` for each of them.
+
+        An external venue in lockstep hands them over and waits for what they
+        did; the paper broker has nothing to do.
+        """
+        ...
+
+    def end_step(self, step: int) -> None:
+        """The loop has made every decision of a step (an external venue sends them now)."""
+        ...
+
     def submit(self, order: Order) -> list[Order]:
         """Accept an order; the orders now working for it, ``[]`` when rejected."""
         ...

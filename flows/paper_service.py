@@ -1,0 +1,440 @@
+"""``qbtc execute --venue paper``: the in-process paper broker, as a service on the topics.
+
+The same :class:`~operators.execution.paper_broker.PaperBroker` (same cost
+model, same code) that fills in-process backtests works the requests of
+``<prefix>orders`` (:class:`~schemas.records.Order`,
+:class:`~schemas.records.CancelRequest`, :class:`~schemas.records.Protection`;
+heartbeats are passed over) and reports on ``<prefix>fills`` (one
+:class:`~schemas.records.Fill` per fill) and ``<prefix>order-events``
+(``accepted``, ``rejected``, ``partially_filled``, ``filled``,
+``cancelled`` events with ``leaves_qty``, and the orders it creates: TWAP
+children and protective exits, as :class:`~schemas.records.Order` records).
+An undecodable message becomes a dead letter.
+
+**Free-running** (default): the bars are the service's own, built from
+``<prefix>ticks`` by the flows' :class:`~operators.features.bar_builder.BarBuilder`
+(a bar closes when a later tick of its symbol arrives); requests apply from
+the next bar that closes after they arrive. It starts at the ticks topic's
+end and the orders topic's committed offsets (group ``<prefix>qbtc-execute-paper``),
+and keeps its book in memory: a restart starts with an empty book (working
+paper orders are then gone; say so with ``expired`` events? no: nothing is
+known of them) — use lockstep for runs that must be exact.
+
+**Lockstep** (``--lockstep``, with ``qbtc stream --execution external
+--lockstep``): the bars are the loop's :class:`~schemas.records.VenueBar`
+records. Requests are applied in each partition's order up to the loop's
+:class:`~schemas.records.StepMark` of step k; once every partition of
+``orders`` has reached it, the step's bars go through the broker in symbol
+order and a ``venue`` mark of step k goes to every partition of ``fills`` and
+``order-events``. The result is a function of the orders topic alone, so a
+restart reads it again from the start, recomputes, and publishes only what
+is not on the output topics yet (steps with a complete mark are skipped, the
+records of a half-published step are not repeated). A loop that resumed
+from a snapshot sends steps again: marks, bars and order ids already
+processed are ignored. One lockstep session per topic prefix.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from flows.config import Settings, kafka_client_config
+from operators.execution.paper_broker import PaperBroker
+from operators.execution.venue import REJECTED as CANCEL_REJECTED
+from operators.execution.venue import BarContext, BarResult
+from operators.features.bar_builder import BarBuilder, BarSettings
+from schemas.codec import SchemaError, decode, encode
+from schemas.errors import OutsideFailure, UsageProblem
+from schemas.records import (
+    ACCEPTED,
+    CANCELLED,
+    FILLED,
+    LOOP_MARK,
+    PARSE,
+    PARTIALLY_FILLED,
+    REJECTED,
+    SCHEMA,
+    VENUE_MARK,
+    Bar,
+    CancelRequest,
+    DeadLetter,
+    Fill,
+    Heartbeat,
+    Order,
+    OrderEvent,
+    Protection,
+    StepMark,
+    VenueBar,
+)
+from sources.chunk_source import wall_ms
+
+VENUE = "paper"
+GROUP = "qbtc-execute-paper"
+
+
+@dataclass
+class PaperSummary:
+    orders: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    fills: int = 0
+    steps: int = 0
+    dead_letters: int = 0
+    replayed: int = 0  # records recomputed at a restart and found already published
+
+    def line(self, lockstep: bool) -> str:
+        steps = f", {self.steps} steps" if lockstep else ""
+        again = f" ({self.replayed} records already published)" if self.replayed else ""
+        return (
+            f"qbtc execute --venue paper: {self.orders} orders ({self.accepted} accepted, {self.rejected} "
+            f"rejected), {self.fills} fills{steps}, {self.dead_letters} dead letters{again}"
+        )
+
+
+class PaperDesk:
+    """The broker and what its requests and bars did, as records (pure: no I/O).
+
+    ``publish(table, record, key)`` receives every record to send, in order.
+    """
+
+    def __init__(self, settings: Settings, publish) -> None:
+        self.broker = PaperBroker(settings.execution)
+        self.publish = publish
+        self.seen: set[str] = set()  # order ids taken: a loop that resumed sends some again
+        self.summary = PaperSummary()
+
+    def _event(
+        self, order: Order, kind: str, ts: int, filled: float, price: float, reason: str, leaves: float
+    ):
+        return OrderEvent(
+            ts, order.order_id, "", order.symbol, order.side, kind, order.qty, filled, price, reason,
+            VENUE, ts, leaves,
+        )  # fmt: skip
+
+    def request(self, record: object) -> None:
+        """One request of the loop."""
+        b = self.broker
+        if isinstance(record, Order):
+            if record.order_id in self.seen:
+                return
+            self.seen.add(record.order_id)
+            self.summary.orders += 1
+            working = b.submit(record)
+            price = record.limit_price
+            if working:
+                self.summary.accepted += 1
+                self.publish(
+                    "order_events",
+                    self._event(record, ACCEPTED, record.ts, 0.0, price, "", float(record.qty)),
+                    record.symbol,
+                )
+            self._cancellations(b.take_cancelled())
+        elif isinstance(record, CancelRequest):
+            left = b.remaining(record.order_id)
+            order = next((o for o in b.open_orders() if o.order_id == record.order_id), None)
+            if b.cancel(record.order_id, record.ts) and order is not None:
+                filled = order.qty - (left or 0.0)
+                event = self._event(order, CANCELLED, record.ts, filled, order.limit_price, "requested", 0.0)
+                self.publish("order_events", event, order.symbol)
+        elif isinstance(record, Protection):
+            stop = record.stop if record.stop > 0 else None
+            target = record.target if record.target > 0 else None
+            if record.position_qty == 0 or (stop is None and target is None):
+                b.clear_protection(record.symbol)
+            else:
+                b.set_protection(record.symbol, record.position_qty, stop, target, record.ts)
+
+    def bar(self, bar: Bar, context: BarContext | None = None) -> None:
+        """One closed bar of one symbol through the broker, and what it did."""
+        b = self.broker
+        before = {o.order_id: (o, b.remaining(o.order_id)) for o in b.open_orders() if o.symbol == bar.symbol}
+        result: BarResult = b.on_bar(bar, context)
+        for order in result.new_orders:
+            self.publish("order_events", order, order.symbol)
+        whole = set()
+        by_id = {o.order_id: o for o in result.new_orders}
+        for fill in result.fills:
+            self.summary.fills += 1
+            self.publish("fills", fill, fill.symbol)
+            order = by_id.get(fill.order_id) or before.get(fill.order_id, (None,))[0]
+            if order is not None:
+                whole.add(order.order_id)
+                self.publish(
+                    "order_events",
+                    self._event(order, FILLED, fill.ts, fill.qty, fill.price, "", 0.0),
+                    order.symbol,
+                )
+        for oid, (order, left) in before.items():
+            now = b.remaining(oid)
+            if oid in whole or now == left or any(c.order.order_id == oid for c in result.cancelled):
+                continue
+            ts = bar.ts + b.settings.bar_interval_ms - 1
+            if now is None:
+                event = self._event(order, FILLED, ts, order.qty, 0.0, "", 0.0)
+            else:
+                event = self._event(order, PARTIALLY_FILLED, ts, order.qty - now, 0.0, "", now)
+            self.publish("order_events", event, order.symbol)
+        self._cancellations(result.cancelled)
+
+    def _cancellations(self, cancelled) -> None:
+        for c in cancelled:
+            kind = REJECTED if c.reason == CANCEL_REJECTED else CANCELLED
+            if kind == REJECTED:
+                self.summary.rejected += 1
+            o = c.order
+            event = self._event(o, kind, c.ts, 0.0, o.limit_price, f"{c.reason}: {c.message}", 0.0)
+            self.publish("order_events", event, o.symbol)
+
+
+@dataclass
+class Lockstep:
+    """The lockstep barrier over the orders topic's partitions (pure: no I/O)."""
+
+    partitions: int
+    queues: dict[int, deque] = field(default_factory=dict)
+    waiting: dict[int, int] = field(default_factory=dict)  # partition -> the loop mark it stopped at
+    bars: dict[int, dict[str, VenueBar]] = field(default_factory=dict)
+    done: int | None = None  # the last step processed
+
+    def add(self, partition: int, record: object) -> None:
+        self.queues.setdefault(partition, deque()).append(record)
+
+    def run(self, desk: PaperDesk, on_step) -> None:
+        """Apply what is queued, up to and through every step all partitions have reached."""
+        while True:
+            for p, queue in self.queues.items():
+                while p not in self.waiting and queue:
+                    record = queue.popleft()
+                    if isinstance(record, StepMark):
+                        if record.kind == LOOP_MARK and (self.done is None or record.step > self.done):
+                            self.waiting[p] = record.step
+                    elif isinstance(record, VenueBar):
+                        if self.done is None or record.step > self.done:
+                            self.bars.setdefault(record.step, {})[record.symbol] = record
+                    else:
+                        desk.request(record)
+            if len(self.waiting) < self.partitions:
+                return
+            step = min(self.waiting.values())
+            for vb in sorted(self.bars.pop(step, {}).values(), key=lambda v: v.symbol):
+                bar = Bar(vb.symbol, vb.ts, vb.open, vb.high, vb.low, vb.close, vb.volume, vb.vwap, vb.trades)
+                desk.bar(bar, BarContext(normalised_vol=vb.normalised_vol))
+            for stale in [k for k in self.bars if k <= step]:
+                del self.bars[stale]
+            self.waiting = {p: k for p, k in self.waiting.items() if k != step}
+            self.done = step
+            desk.summary.steps += 1
+            on_step(step)
+
+
+def _consume(consumer, timeout_s: float) -> list:
+    """What is there, waiting at most ``timeout_s`` for the first message."""
+    first = consumer.consume(1, timeout_s)
+    return first + consumer.consume(2000, 0) if first else first
+
+
+def _published(consumer_conf: dict, topics: list[str], timeout_s: float) -> tuple[int | None, Counter]:
+    """What a lockstep service published before: the last step with its mark on every partition of
+    ``topics``, and the records after those marks (a half-published step)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from sources.kafka_ticks import watermarks
+
+    consumer = Consumer({**consumer_conf, "group.id": f"{GROUP}-scan", "enable.auto.commit": False})
+    marks: dict[tuple[str, int], int] = {}
+    tails: dict[tuple[str, int], list[bytes]] = {}
+    try:
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            for p in sorted(meta.partitions if meta is not None else {}):
+                marks.setdefault((topic, p), -1)
+                low, high = watermarks(consumer, TopicPartition(topic, p), timeout_s)
+                if high <= low:
+                    continue
+                consumer.assign([TopicPartition(topic, p, low)])
+                pos, deadline = low, time.monotonic() + timeout_s
+                while pos < high:
+                    msg = consumer.poll(0.2)
+                    if msg is None:
+                        if time.monotonic() > deadline:
+                            text = f"cannot read {topic}[{p}] to its end in {timeout_s:.0f} s"
+                            raise OutsideFailure(text)
+                        continue
+                    if msg.error() is not None:
+                        continue
+                    pos = msg.offset() + 1
+                    try:
+                        record = decode(msg.value())
+                    except SchemaError:
+                        continue
+                    if isinstance(record, StepMark) and record.kind == VENUE_MARK:
+                        marks[(topic, p)] = record.step
+                        tails[(topic, p)] = []
+                    else:
+                        tails.setdefault((topic, p), []).append(msg.value())
+    finally:
+        consumer.close()
+    if not marks:
+        return None, Counter()
+    done = min(marks.values())
+    tail: Counter = Counter()
+    for tp, values in tails.items():
+        if marks[tp] == done or marks[tp] == -1:
+            tail.update(values)
+    return (None if done < 0 else done), tail
+
+
+def paper_options(venue: str, lockstep: bool, sandbox: bool, live: bool, venue_url: str | None) -> bool:
+    """``--lockstep``, once the options are checked (:class:`~schemas.errors.UsageProblem`, exit 2).
+
+    >>> paper_options("paper", True, False, False, None)
+    True
+    >>> paper_options("ccxt:binance", True, True, False, None)
+    Traceback (most recent call last):
+    ...
+    schemas.errors.UsageProblem: --lockstep needs --venue paper
+    """
+    if venue != VENUE:
+        msg = "--lockstep needs --venue paper"
+        raise UsageProblem(msg)
+    if sandbox or live or venue_url:
+        msg = "--sandbox, --live and --venue-url need --venue ccxt:<exchange> (the paper venue sends nothing)"
+        raise UsageProblem(msg)
+    return lockstep
+
+
+def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> int:
+    """The paper venue service, until a signal (or ``idle_exit_s`` without a message)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from flows.kafka_flow import ensure, topic_names
+    from sinks.kafka_producer import RecordProducer
+
+    k = settings.kafka
+    ensure(settings)
+    topics = topic_names(k)
+    consumer_conf = kafka_client_config(k, "consumer")
+    producer = RecordProducer(kafka_client_config(k, "producer"))
+    done_before, tail = (
+        _published(consumer_conf, [topics["fills"], topics["order_events"]], k.timeout_s)
+        if lockstep
+        else (None, Counter())
+    )
+
+    def published_before() -> bool:
+        """Lockstep restart: the records being made belong to a step published completely before."""
+        return done_before is not None and (barrier.done is None or barrier.done < done_before)
+
+    def publish(table: str, record: object, key: str | None) -> None:
+        value = encode(record)
+        if published_before():
+            desk.summary.replayed += 1
+            return
+        if tail[value] > 0:
+            tail[value] -= 1
+            desk.summary.replayed += 1
+            return
+        producer.produce(topics[table], value, None if key is None else key.encode())
+
+    desk = PaperDesk(settings, publish)
+    orders_topic = topics["orders"]
+    meta = producer.producer.list_topics(orders_topic, timeout=k.timeout_s).topics[orders_topic]
+    partitions = len(meta.partitions)
+    barrier = Lockstep(partitions)
+    for p in range(partitions):
+        barrier.queues[p] = deque()
+
+    def on_step(step: int) -> None:
+        if done_before is None or step > done_before:
+            for table in ("fills", "order_events"):
+                mark = encode(StepMark(0, "paper", VENUE_MARK, step))
+                for p in range(partitions):
+                    producer.produce(topics[table], mark, None, partition=p)
+        producer.flush()
+
+    group = k.topic_prefix + GROUP
+    consumer = Consumer(
+        {**consumer_conf, "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False}
+    )
+    if lockstep:
+        consumer.assign([TopicPartition(orders_topic, p, -2) for p in range(partitions)])  # beginning
+    else:
+        consumer.subscribe([orders_topic])
+    ticks = None
+    builders: dict[str, BarBuilder] = {}
+    bar_settings = BarSettings(interval_ms=settings.features.bar_interval * 1000)
+    if not lockstep:
+        from sources.kafka_ticks import decode_ticks
+
+        ticks = Consumer({**consumer_conf, "group.id": group + "-ticks", "auto.offset.reset": "latest"})
+        ticks.subscribe([topics["ticks"]])
+    stop: list[int] = []
+    previous = {s: signal.signal(s, lambda n, _f: stop.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    idle_since = time.monotonic()
+    try:
+        while not stop:
+            got = False
+            msgs = _consume(consumer, 0.05)
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                got = True
+                source = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+                try:
+                    record = decode(msg.value() or b"")
+                except SchemaError as exc:
+                    reason = PARSE if str(exc).startswith("not JSON") else SCHEMA
+                    desk.summary.dead_letters += 1
+                    if not published_before():
+                        dead = DeadLetter(wall_ms(), source, reason, f"{source}: {exc}", msg.value() or b"")
+                        producer.produce(topics["dead_letters"], encode(dead), source.encode())
+                    continue
+                if isinstance(record, Heartbeat | Fill | OrderEvent):
+                    continue
+                if lockstep:
+                    barrier.add(msg.partition(), record)
+                elif not isinstance(record, StepMark | VenueBar):
+                    desk.request(record)
+            if lockstep:
+                barrier.run(desk, on_step)
+            elif ticks is not None:
+                tick_msgs = _consume(ticks, 0.05)
+                if tick_msgs:
+                    got = True
+                    good = [m for m in tick_msgs if m.error() is None]
+                    now = wall_ms()
+                    values, offsets = [m.value() for m in good], [m.offset() for m in good]
+                    batches, dead = decode_ticks(values, offsets, [now] * len(good), topics["ticks"])
+                    for d in dead:
+                        desk.summary.dead_letters += 1
+                        producer.produce(topics["dead_letters"], encode(d), d.source.encode())
+                    for cols in batches:
+                        b = builders.get(cols.symbol)
+                        if b is None:
+                            b = builders[cols.symbol] = BarBuilder(bar_settings, cols.symbol)
+                        for bar in b.update(cols).closed:
+                            desk.bar(bar)
+                if msgs:
+                    producer.flush()
+                    consumer.commit(asynchronous=False)
+                if tick_msgs:
+                    producer.flush()
+                    ticks.commit(asynchronous=False)
+            if got:
+                idle_since = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                break
+    finally:
+        consumer.close()
+        if ticks is not None:
+            ticks.close()
+        producer.producer.flush(k.timeout_s)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    producer.check()
+    sys.stdout.write(desk.summary.line(lockstep) + "\n")
+    return 0

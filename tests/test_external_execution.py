@@ -1,0 +1,110 @@
+"""The loop closed through Kafka: ``qbtc stream --trade --execution external`` + ``qbtc execute``.
+
+The lockstep parity test: the same recorded topic through the in-process
+backtest and through the loop and the paper service as two processes, step by
+step, gives the same orders, fills and signals.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from kafka_helpers import dump, publish_sim, qbtc, read_topic, set_args, start_cli, unique
+
+from schemas.codec import decode
+from schemas.records import Fill, Heartbeat, Order, OrderEvent, StepMark, VenueBar
+
+pytestmark = pytest.mark.kafka
+
+TABLES = ("orders", "fills", "signals", "risk_events")
+
+
+def _backtest(stdout: str) -> str:
+    return stdout[stdout.index("backtest ") :]
+
+
+def _wait(proc, lines: list[str], timeout: float = 60.0) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except Exception:
+        proc.kill()
+        raise
+    return "".join(lines)
+
+
+def test_lockstep_through_kafka_gives_the_in_process_backtests_orders_and_fills(kafka_bootstrap, tmp_path):
+    source = unique("in")
+    publish_sim(kafka_bootstrap, source, tmp_path, seconds=900, rate=120, symbols=4)
+    common = [
+        "stream",
+        "--trade",
+        "--until-end",
+        "--kafka",
+        kafka_bootstrap,
+        "--topic",
+        f"{source}ticks",
+        "--quiet",
+    ]
+    ref, ext = unique("ref"), unique("ext")
+    reference = qbtc(*common, "--store", "chdb://ref.chdb", *set_args(ref), cwd=tmp_path)
+
+    service, lines = start_cli(
+        ["execute", "--venue", "paper", "--lockstep", "--kafka", kafka_bootstrap, "--idle-exit", "8",
+         *set_args(ext)],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        looped = qbtc(
+            *common, "--execution", "external", "--lockstep", "--store", "chdb://ext.chdb", *set_args(ext),
+            cwd=tmp_path, check=False,
+        )  # fmt: skip
+        out = _wait(service, lines)
+        assert looped.returncode == 0, f"{looped.stderr[-3000:]}\nservice:\n{out}"
+    finally:
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            service.wait(timeout=30)
+    assert service.returncode == 0, out
+    assert "qbtc execute --venue paper:" in out
+
+    want = dump("chdb://ref.chdb", tmp_path, TABLES)
+    got = dump("chdb://ext.chdb", tmp_path, (*TABLES, "order_events"))
+    assert want["orders"]["rows"] and want["fills"]["rows"]
+    for table in TABLES:
+        assert got[table]["rows"] == want[table]["rows"], f"{table} differs between in-process and lockstep"
+    assert _backtest(looped.stdout) == _backtest(reference.stdout)
+
+    # the loop's requests and the service's reports went through the topics
+    requests = [decode(v) for _, v in read_topic(kafka_bootstrap, f"{ext}orders")]
+    orders = [r for r in requests if isinstance(r, Order)]
+    oid = want["orders"]["columns"].index("order_id")
+    parent = want["orders"]["columns"].index("parent_id")
+    # the loop's own orders (not the venue's TWAP children and protective exits)
+    exits = ("stop:", "target:")
+    loop_orders = [r[oid] for r in want["orders"]["rows"] if not r[parent] and not r[oid].startswith(exits)]
+    assert sorted(o.order_id for o in orders) == sorted(loop_orders)
+    assert any(isinstance(r, VenueBar) for r in requests)
+    assert any(isinstance(r, StepMark) for r in requests)
+    assert any(isinstance(r, Heartbeat) for r in requests)
+    fills = [decode(v) for _, v in read_topic(kafka_bootstrap, f"{ext}fills")]
+    assert len([f for f in fills if isinstance(f, Fill)]) == len(want["fills"]["rows"])
+    events = [decode(v) for _, v in read_topic(kafka_bootstrap, f"{ext}order-events")]
+    assert any(isinstance(e, OrderEvent) and e.kind == "filled" for e in events)
+    assert got["order_events"]["rows"], "the loop stores the service's events about its orders"
+
+
+def test_a_lockstep_loop_without_a_service_stops_with_one_line(kafka_bootstrap, tmp_path):
+    source = unique("in")
+    publish_sim(kafka_bootstrap, source, tmp_path, seconds=60, rate=50, symbols=2)
+    start = time.monotonic()
+    proc = qbtc(
+        "stream", "--trade", "--until-end", "--kafka", kafka_bootstrap, "--topic", f"{source}ticks",
+        "--quiet", "--execution", "external", "--lockstep", "--null-sink",
+        *set_args(unique("none"), "kafka.timeout_s=2"), cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "lockstep: no answer from the execution service" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 120
