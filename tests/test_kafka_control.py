@@ -8,21 +8,29 @@ restart nor a later run applies an old command again.
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from flows.config import load_settings
 from schemas.codec import decode, encode
 from schemas.records import (
+    MARKET,
+    REJECTED,
+    WOULD_SEND,
     Bar,
+    DeadLetter,
     OperatorCommand,
+    Order,
+    OrderEvent,
     RiskEvent,
     Tick,
 )
@@ -78,10 +86,15 @@ def _ticks(brokers: str, topic: str, start_s: int, seconds: int, seed: int) -> N
 
 
 def _records(brokers: str, topic: str, cls: type) -> list:
-    try:
-        return [decode(v, cls) for _, v in read_topic(brokers, topic)]
-    except Exception:  # a topic still settling its leaders: ask again
-        return []
+    """Every record of ``topic`` (asks again while a new topic's leaders settle)."""
+    for attempt in range(20):
+        try:
+            return [decode(v, cls) for _, v in read_topic(brokers, topic)]
+        except (KafkaException, AssertionError):
+            if attempt == 19:
+                raise
+            time.sleep(0.25)
+    return []
 
 
 def _wait(what: str, check, proc: subprocess.Popen | None = None, lines=(), timeout_s: float = 60):
@@ -256,3 +269,67 @@ def test_pause_reaches_a_running_stream_a_restart_neither_repeats_nor_loses_a_co
     assert later.returncode == 0
     events = dump("chdb://later.chdb", tmp_path, ("risk_events",))["risk_events"]
     assert events["rows"] and not [r for r in events["rows"] if r[kind] == "control"]
+
+
+def _order(i: int) -> bytes:
+    return encode(Order(T0 + i, f"ord-{i}", "", "BTC/USDT", "buy", 0.01, MARKET, 0.0, "entry", "demo"))
+
+
+def _execute(brokers: str, prefix: str, *extra: str) -> tuple[list[str], dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QBTC_TEST_EXECUTE")}
+    cmd = [sys.executable, "-m", "flows.cli", "execute", "--kafka", brokers]
+    return [*cmd, "--set", f"kafka.topic_prefix={prefix}", *extra], env
+
+
+@pytest.mark.kafka
+def test_pause_and_resume_reach_a_running_execution_service_and_a_restart_does_not_repeat_them(
+    kafka_bootstrap,
+):
+    prefix = unique("cx")
+    _ensure(kafka_bootstrap, prefix)
+    orders, events_topic = f"{prefix}orders", f"{prefix}order-events"
+
+    def event_of(order_id: str) -> OrderEvent | None:
+        got = [e for e in _records(kafka_bootstrap, events_topic, OrderEvent) if e.order_id == order_id]
+        return got[-1] if got else None
+
+    def controls() -> list[RiskEvent]:  # in time order (the topic's partitions are read one by one)
+        events = _records(kafka_bootstrap, f"{prefix}risk-events", RiskEvent)
+        return sorted((e for e in events if e.kind == "control"), key=lambda e: e.ts)
+
+    cmd, env = _execute(kafka_bootstrap, prefix)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _produce(kafka_bootstrap, orders, [_order(1)], [b"BTC/USDT"])
+        assert _wait("ord-1", lambda: event_of("ord-1"), proc).kind == WOULD_SEND
+        _control(kafka_bootstrap, prefix, "pause", "venue maintenance")
+        not_a_command = b'{"v": 1, "type": "control"}'
+        (bad,) = _produce(kafka_bootstrap, f"{prefix}control", [not_a_command], [CONTROL_KEY])
+        (paused,) = _wait("the pause", controls, proc)
+        _produce(kafka_bootstrap, orders, [_order(2)], [b"BTC/USDT"])
+        denied = _wait("ord-2", lambda: event_of("ord-2"), proc)
+        _control(kafka_bootstrap, prefix, "resume", "maintenance over")
+        _wait("the resume", lambda: len(controls()) == 2, proc)
+        _produce(kafka_bootstrap, orders, [_order(3)], [b"BTC/USDT"])
+        assert _wait("ord-3", lambda: event_of("ord-3"), proc).kind == WOULD_SEND
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert paused.action == "pause" and "venue maintenance" in paused.message
+    assert denied.kind == REJECTED and "pause" in denied.reason and "venue maintenance" in denied.reason
+    dead = [d for d in _records(kafka_bootstrap, f"{prefix}dead-letters", DeadLetter) if d.source == bad]
+    assert [d.reason for d in dead] == ["schema"]
+
+    # restarted from its committed offsets: the commands handled are not applied again, the one
+    # issued while it was down is applied before the next order
+    _control(kafka_bootstrap, prefix, "pause", "night")
+    _produce(kafka_bootstrap, orders, [_order(4)], [b"BTC/USDT"])
+    cmd, env = _execute(kafka_bootstrap, prefix, "--idle-exit", "3")
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    last = event_of("ord-4")
+    assert last.kind == REJECTED and "night" in last.reason, last
+    assert [e.action for e in controls()] == ["pause", "resume", "pause"], controls()
