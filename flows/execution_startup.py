@@ -55,8 +55,11 @@ SNAPSHOT_TRIES = 3
 """Trades, balances, trades: asked again (this many times at most) while trades arrive in between."""
 
 
-def topic_records(conf: dict, topic: str, classes: tuple[type, ...], timeout_s: float, group: str) -> list:
-    """Every record of ``classes`` on ``topic`` up to its current end (read without committing)."""
+def topic_records(
+    conf: dict, topic: str, classes: tuple[type, ...], timeout_s: float, group: str, committed: bool = False
+) -> list:
+    """Every record of ``classes`` on ``topic`` up to its current end (read without committing);
+    ``committed``: only up to the offsets ``group`` committed (what it has consumed)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({**conf, "group.id": f"{group}-scan", "enable.auto.commit": False})
@@ -64,8 +67,11 @@ def topic_records(conf: dict, topic: str, classes: tuple[type, ...], timeout_s: 
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s)
         parts = meta.topics[topic].partitions if topic in meta.topics else {}
+        ends = _committed(conf, group, topic, sorted(parts), timeout_s) if committed else {}
         for p in sorted(parts):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if committed:
+                high = min(high, ends.get(p, low))
             if high <= low:
                 continue
             consumer.assign([TopicPartition(topic, p, low)])
@@ -91,6 +97,18 @@ def topic_records(conf: dict, topic: str, classes: tuple[type, ...], timeout_s: 
     return out
 
 
+def _committed(conf: dict, group: str, topic: str, parts: list[int], timeout_s: float) -> dict[int, int]:
+    """The offsets ``group`` committed on ``topic`` (partitions without one: absent)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**conf, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=timeout_s)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+
+
 @dataclass
 class Book:
     """What the topics say at a start."""
@@ -107,8 +125,9 @@ def read_book(conf: dict, topics: dict[str, str], timeout_s: float, group: str, 
     book = Book(fills=topic_records(conf, topics["fills"], (Fill,), timeout_s, group))
     if not venue:
         return book
-    for r in topic_records(conf, topics["orders"], (Order, Protection), timeout_s, group):
-        (book.orders if isinstance(r, Order) else book.protections).append(r)
+    book.orders = topic_records(conf, topics["orders"], (Order,), timeout_s, group)
+    # protections the service took before it stopped (later ones arrive as messages)
+    book.protections = topic_records(conf, topics["orders"], (Protection,), timeout_s, group, committed=True)
     book.events = topic_records(conf, topics["order_events"], (OrderEvent,), timeout_s, group)
     for r in topic_records(conf, topics["risk_events"], (RiskEvent,), timeout_s, group):
         if r.kind == "reconcile" and r.action == BASELINE:
@@ -183,11 +202,19 @@ def start_up(venue: CcxtVenue, name: str, book: Book, ex: Executor, now_ms: int)
         for oid, o in {**orders, **exits}.items()
         if oid not in evented and o.symbol in markets and _sendable(o.qty)
     ]  # the others cannot have reached the venue: the guard or the venue rejects them when consumed
+    recorded: dict[str, float] = {}
+    for f in book.fills:
+        recorded[f.order_id] = recorded.get(f.order_id, 0.0) + f.qty
     working = [
         orders[oid]
         for oid, es in evented.items()
-        if oid in orders and not any(e.kind in FINAL_ORDER_EVENTS for e in es) and es[-1].venue_order_id
-    ]
+        if oid in orders
+        and any(e.venue_order_id for e in es)
+        and (
+            not any(e.kind in FINAL_ORDER_EVENTS for e in es)
+            or max(e.filled_qty for e in es) > recorded.get(oid, 0.0) * (1 + 1e-9) + 1e-12
+        )
+    ]  # still working, or finished with fills not on the topic (the process died in between)
     symbols = sorted(
         ({o.symbol for o in orders.values()} | set(protections) | {f.symbol for f in book.fills})
         & set(markets)
@@ -231,8 +258,10 @@ def start_up(venue: CcxtVenue, name: str, book: Book, ex: Executor, now_ms: int)
             ex.publish_fill(f, None, 0.0)
     if found.missing_fills:
         ex.kill("missing_fills")
+    said = {(e.order_id, e.kind) for e in book.events}
     for e in found.events:
-        ex.emit("order_events", e)
+        if (e.order_id, e.kind) not in said:
+            ex.emit("order_events", e)
     for r in found.risk_events(now_ms):
         ex.emit("risk_events", r)
     if found.fail_closed:

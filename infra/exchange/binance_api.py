@@ -41,7 +41,7 @@ from infra.exchange.matching_engine import BUY, LIMITS, SELL, STOPS, MatchingEng
 from operators.execution.cost_model import BP
 
 _NUMBER = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
-_CLIENT_ID = re.compile(r"^[a-zA-Z0-9\-_]{1,36}$")
+_CLIENT_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")  # Binance's own rule (its -1100 message)
 _INT = re.compile(r"^[0-9]{1,20}$")
 TIME_IN_FORCE = ("GTC", "IOC", "FOK")
 MAX_AHEAD_MS = 1000
