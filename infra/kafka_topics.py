@@ -55,8 +55,10 @@ def topology(prefix: str, partitions: int, replication: int) -> list[TopicSpec]:
 
     >>> [t.name for t in topology("t-", 4, 1)][:5]
     ['t-ticks', 't-bars', 't-features', 't-correlations', 't-dead-letters']
-    >>> [t.name for t in topology("t-", 4, 1)][5:]
-    ['t-signals', 't-risk-events', 't-orders', 't-fills', 't-order-events', 't-control']
+    >>> [t.name for t in topology("t-", 4, 1)][5:10]
+    ['t-signals', 't-risk-events', 't-orders', 't-fills', 't-order-events']
+    >>> [t.name for t in topology("t-", 4, 1)][10:]
+    ['t-execution-quality', 't-control']
     """
     names = ["ticks", *OUTPUT_TABLES.values(), CONTROL_TOPIC]
     return [TopicSpec(prefix + n, partitions, replication) for n in names]
