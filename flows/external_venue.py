@@ -233,6 +233,27 @@ class RemoteVenue:
 
     # -- beyond the protocol ------------------------------------------------------------
 
+    @property
+    def lockstep(self) -> bool:
+        return self._config is not None and self._config.lockstep
+
+    def settle(self, timeout_s: float, quiet_s: float = 1.0) -> list[Fill]:
+        """End of a run: wait (at most ``timeout_s``) until no order of ours works, then for
+        ``quiet_s`` without a report; the fills that came meanwhile, in time order."""
+        clients = self._connect()
+        clients.flush()
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if clients.drain(self._take, wait_s=0.2):
+                quiet_since = time.monotonic()
+            elif not self._working and time.monotonic() - quiet_since >= quiet_s:
+                break
+        fills = [f for symbol in sorted(self._fills) for f in self._fills[symbol]]
+        self._fills.clear()
+        self._new.clear()
+        return sorted(fills, key=lambda f: f.ts)
+
     def take_events(self) -> list[OrderEvent]:
         """The service's events about our orders since the last call (for the store)."""
         out, self._events = self._events, []
@@ -372,12 +393,14 @@ class _Clients:
             return  # the service's topics: a message that is not a record is not a report
         take(topic, p, record)
 
-    def drain(self, take) -> None:
-        """Every report already on the topics (free-running)."""
+    def drain(self, take, wait_s: float = 0.0) -> int:
+        """Every report already on the topics (waiting at most ``wait_s`` for the first); how many."""
+        n = 0
         while True:
-            msgs = _consume(self.consumer, 0.0)
+            msgs = _consume(self.consumer, wait_s if n == 0 else 0.0)
             if not msgs:
-                return
+                return n
+            n += len(msgs)
             for msg in msgs:
                 if msg.error() is None:
                     self._handle(msg, take)

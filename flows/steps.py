@@ -449,6 +449,10 @@ def _feed(loop: TradingLoop, step: GridStep) -> None:
         loop.advance(step.done)
 
 
+SETTLE_S = 60.0
+"""At the end of a bounded read, how long an external loop waits for its working orders to finish."""
+
+
 def _attach_venue(loop: TradingLoop, external: RemoteVenueConfig | None) -> None:
     """A resumed loop's venue must be the one asked for: an external one gets its connection back."""
     remote = isinstance(loop.broker, RemoteVenue)
@@ -559,9 +563,12 @@ class TradingLogic(_Step):
         loop = self.loop
         out = self._controls()
         out.extend(StoreRows(table, rows) for table, rows in loop.advance(max(loop.bars, default=-1)))
-        out.extend(self._venue_events())
-        if isinstance(loop.broker, RemoteVenue):
-            loop.broker.close()
+        venue = loop.broker
+        if isinstance(venue, RemoteVenue):
+            if not venue.lockstep:  # free-running: the last orders' fills come after the last step
+                out.extend(StoreRows(table, rows) for table, rows in loop.settle(venue.settle(SETTLE_S)))
+            out.extend(self._venue_events())
+            venue.close()
         if self.report is not None:
             self.report.summary = loop.summary()
         return out, StatefulBatchLogic.RETAIN

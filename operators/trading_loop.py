@@ -533,14 +533,25 @@ class TradingLoop:
             sym.tranches += 1
         self._send(ts, symbol, math.copysign(approved, delta), intent.reason, COMPOSITE, out)
 
-    def _book(self, fill: Fill, out: dict) -> None:
+    def settle(self, fills: list[Fill]) -> list[tuple[str, list]]:
+        """Book fills that arrived after the last step (an external venue's, at the end of a run).
+
+        The portfolio takes them; nothing is decided and no protection is set.
+        """
+        out: dict[str, list] = {"fills": []}
+        for fill in fills:
+            self._book(fill, out, protect=False)
+        return [("fills", out["fills"])] if out["fills"] else []
+
+    def _book(self, fill: Fill, out: dict, protect: bool = True) -> None:
         pf = self.portfolio
         before = pf.position(fill.symbol)
         realised = pf.apply_fill(fill)
         out["fills"].append(fill)
         after = pf.position(fill.symbol)
         self.stats.fill(realised if abs(after) < abs(before) or before * after < 0 else None)
-        self._protect(fill.ts, fill.symbol, after)
+        if protect:
+            self._protect(fill.ts, fill.symbol, after)
 
     def _protect(self, ts: int, symbol: str, qty: float) -> None:
         if qty == 0:

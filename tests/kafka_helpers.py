@@ -142,11 +142,13 @@ def set_args(prefix: str, *extra: str) -> list[str]:
     return [a for s in [*SMALL, f"kafka.topic_prefix={prefix}", *extra] for a in ("--set", s)]
 
 
-def start_cli(args: list[str], cwd: Path) -> tuple[subprocess.Popen, list[str]]:
-    """Start ``qbtc ARGS`` in the background; its stdout and stderr lines collect in the list."""
+def start_cli(args: list[str], cwd: Path, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``qbtc ARGS`` in the background (``env`` added to the environment); its stdout and
+    stderr lines collect in the list."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", *args],
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
