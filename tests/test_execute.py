@@ -27,9 +27,13 @@ from flows.execute import (
     KEY_ENV,
     KILL_HOOK,
     SECRET_ENV,
+    CcxtVenue,
+    ExecuteOptions,
     ExecuteUsage,
+    Executor,
     execute_options,
     execution_keys,
+    fill_key,
     fill_of,
     order_events,
 )
@@ -37,21 +41,31 @@ from infra.exchange.api_keys import ApiKeys
 from infra.exchange.binance_api import ccxt_urls
 from infra.exchange.markets import MarketSpec
 from infra.exchange.server import default_settings, start_venue
+from operators.execution.cost_model import BrokerSettings
+from operators.execution.limits import ExecutionGuard
+from operators.execution.quality import SlippageMonitor, SlippageSettings
 from schemas.codec import decode, encode
 from schemas.records import (
     ACCEPTED,
+    CANCELLED,
     EXTERNAL,
     FILLED,
+    LIMIT,
+    LOOP_MARK,
     MARKET,
     REJECTED,
     WOULD_SEND,
+    CancelRequest,
     DeadLetter,
     Fill,
     Heartbeat,
     Order,
     OrderEvent,
+    Protection,
     RiskEvent,
+    StepMark,
     Tick,
+    VenueBar,
 )
 from tests.kafka_helpers import read_topic, unique
 
@@ -340,3 +354,175 @@ def test_sigterm_finishes_the_current_order_commits_and_exits_0_with_one_line(ka
     # committed: a second run reads nothing more
     again = execute(kafka_bootstrap, prefix)
     assert again.stdout.startswith("qbtc execute: 0 orders")
+
+
+# -- the executor's steps against the local exchange, without a broker -----------------------
+
+
+class Clock:
+    """The service's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1_800_000_000_000
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def executor_at(url: str, *limits: str, dry: bool = False, **kw) -> tuple[Executor, list, Clock]:
+    settings = load_settings(None, list(limits), env={})
+    out: list = []
+    clock = Clock()
+    venue = None
+    if not dry:
+        venue = CcxtVenue("binance", (KEYS.key, KEYS.secret), url, True)
+        venue.ex.load_markets()
+    options = ExecuteOptions("ccxt:binance", "dry-run" if dry else "sandbox", url)
+    guard = ExecutionGuard(settings.execution_limits)
+    ex = Executor(options, guard, venue, lambda t, r: out.append((t, r)), set(), now_ms=clock, **kw)
+    return ex, out, clock
+
+
+def limit(i: int, price: float, side: str = "buy", qty: float = 0.01) -> Order:
+    return Order(1_700_000_000_000 + i, f"lim-{i}", "", "BTC/USDT", side, qty, LIMIT, price, "entry", "demo")
+
+
+def of(out: list, table: str) -> list:
+    return [r for t, r in out if t == table]
+
+
+def test_cancel_requests_protections_and_lockstep_records(venue):
+    ex, out, clock = executor_at(venue.url)
+    ex.handle(encode(limit(1, 59_000.0)), "o@0")
+    ex.handle(encode(CancelRequest(5, "lim-1", "BTC/USDT")), "o@1")
+    assert [(e.order_id, e.kind) for e in of(out, "order_events")] == [
+        ("lim-1", ACCEPTED),
+        ("lim-1", CANCELLED),
+    ]
+    assert client(venue.url).fetch_order(None, "BTC/USDT", {"clientOrderId": "lim-1"})["status"] == "canceled"
+    n = len(out)
+    ex.handle(encode(CancelRequest(6, "lim-1", "BTC/USDT")), "o@2")  # finished: nothing
+    ex.handle(encode(CancelRequest(6, "nobody", "BTC/USDT")), "o@3")  # unknown: nothing
+    ex.handle(encode(VenueBar(1, "BTC/USDT", 0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1, 1.0)), "o@4")
+    ex.handle(encode(StepMark(0, "loop", LOOP_MARK, 1)), "o@5")
+    assert len(out) == n  # no dead letter, no event
+    ex.handle(encode(order(2, qty=0.02)), "o@6")
+    ex.handle(encode(Protection(7, "BTC/USDT", 0.02, 59_000.0, 61_000.0)), "o@7")
+    clock.t += 2_000
+    ex.poll(clock.t)
+    assert "stop:BTC/USDT:7" not in ex.ours  # 60 000 is between the levels
+    venue.tick(Tick(1, "BTC/USDT", 61_500.0, 1.0))
+    for _ in range(3):
+        clock.t += 1_000
+        ex.poll(clock.t)
+    sent = [o["clientOrderId"] for o in client(venue.url).fetch_orders("BTC/USDT")]
+    assert sent.count("target:BTC/USDT:7") == 1 and "stop:BTC/USDT:7" not in sent
+    exit_fill = of(out, "fills")[-1]
+    assert (exit_fill.order_id, exit_fill.side, exit_fill.qty) == ("target:BTC/USDT:7", "sell", 0.02)
+    ex.handle(encode(Protection(8, "BTC/USDT", 0.01, 70_000.0, 0.0)), "o@8")
+    ex.handle(encode(Protection(9, "BTC/USDT", 0.0, 0.0, 0.0)), "o@9")  # cleared
+    clock.t += 1_000
+    ex.poll(clock.t)
+    assert not ex.protections and "stop:BTC/USDT:8" not in ex.ours
+    dry, dry_out, _ = executor_at(venue.url, dry=True)
+    dry.handle(encode(CancelRequest(5, "lim-9", "BTC/USDT")), "o@0")
+    (event,) = of(dry_out, "order_events")
+    assert (event.order_id, event.kind) == ("lim-9", CANCELLED) and "dry run" in event.reason
+
+
+def test_a_resting_order_is_followed_each_poll_and_each_trade_is_one_fill(venue):
+    ex, out, clock = executor_at(venue.url)
+    ex.handle(encode(limit(1, 59_900.0)), "o@0")
+    assert "lim-1" in ex.working and of(out, "fills") == []
+    venue.tick(Tick(1, "BTC/USDT", 59_800.0, 0.004))  # a partial fill at the limit
+    clock.t += 1_000
+    ex.poll(clock.t)
+    venue.tick(Tick(2, "BTC/USDT", 59_800.0, 1.0))
+    clock.t += 500
+    ex.poll(clock.t)  # within the poll interval: not asked yet
+    assert len(of(out, "fills")) == 1
+    clock.t += 500
+    ex.poll(clock.t)
+    clock.t += 1_000
+    ex.poll(clock.t)  # nothing new
+    events = [(e.kind, e.filled_qty, e.leaves_qty) for e in of(out, "order_events")]
+    assert events == [
+        (ACCEPTED, 0.0, 0.01),
+        ("partially_filled", 0.004, pytest.approx(0.006)),
+        (FILLED, 0.01, 0.0),
+    ]
+    fills = of(out, "fills")
+    assert [f.qty for f in fills] == pytest.approx([0.004, 0.006]) and {f.price for f in fills} == {59_900.0}
+    assert len({fill_key(f) for f in fills}) == 2 and ex.working == {}
+
+
+def test_start_up_publishes_missing_fills_and_a_balance_mismatch_holds_until_resume(venue):
+    from flows.execution_startup import Book, start_up
+
+    lost = order(1, qty=0.02)  # sent, then the process died before it recorded anything
+    client(venue.url).create_order("BTC/USDT", "market", "buy", 0.02, None, {"clientOrderId": lost.order_id})
+    ex, out, _ = executor_at(venue.url)
+    start_up(ex.venue, "ccxt:binance", Book(orders=[lost]), ex, 5)
+    (fill,) = of(out, "fills")
+    assert (fill.order_id, fill.qty) == (lost.order_id, 0.02) and not ex.guard.holds
+    assert [(e.order_id, e.kind) for e in of(out, "order_events")] == [(lost.order_id, FILLED)]
+    baselines = {r.symbol: r.value for r in of(out, "risk_events") if r.action == "baseline"}
+    assert baselines == pytest.approx({"BTC": 0.0, "USDT": START_USDT})
+    # a restart that knows the fill and a baseline 1000 USDT off: fail closed
+    again, out2, _ = executor_at(venue.url)
+    book = Book(orders=[lost], fills=[fill], baseline={"BTC": 0.0, "USDT": START_USDT - 1_000.0})
+    start_up(again.venue, "ccxt:binance", book, again, 6)
+    assert of(out2, "fills") == [] and "reconcile" in again.guard.holds
+    (risk,) = [r for r in of(out2, "risk_events") if r.action == "fail_closed"]
+    assert (risk.kind, risk.level) == ("reconcile", 3) and "USDT" in risk.message
+    again.handle(encode(order(2)), "o@0")
+    assert of(out2, "order_events")[-1].kind == REJECTED
+    assert of(out2, "order_events")[-1].reason.startswith("halted (reconcile)")
+    again.control("resume", "checked by hand", 7)
+    assert not again.guard.holds
+    rebased = {r.symbol: r.value for r in of(out2, "risk_events") if r.action == "baseline"}
+    assert rebased == pytest.approx({"BTC": 0.0, "USDT": START_USDT})  # the venue's, before our fills
+    again.handle(encode(order(3)), "o@1")
+    assert [e.kind for e in of(out2, "order_events")[-2:]] == [ACCEPTED, FILLED]
+
+
+def test_the_dead_mans_switch_cancels_open_orders_and_holds_until_heartbeats_return(venue):
+    ex, out, clock = executor_at(venue.url, "execution_limits.deadman_s=3")
+    ex.handle(encode(limit(1, 59_000.0)), "o@0")
+    ex.handle(encode(limit(2, 61_000.0, side="sell", qty=0.001)), "o@1")  # refused (no BTC): not open
+    ex.handle(encode(limit(3, 58_000.0)), "o@2")
+    clock.t += 10_000
+    ex.poll(clock.t)  # not armed before the first heartbeat
+    assert not ex.guard.holds
+    ex.handle(encode(Heartbeat(0, "loop", 1, 0)), "o@3")
+    clock.t += 3_000
+    ex.poll(clock.t)
+    assert not ex.guard.holds
+    clock.t += 1
+    ex.poll(clock.t)
+    assert "deadman" in ex.guard.holds
+    assert client(venue.url).fetch_open_orders("BTC/USDT") == []
+    assert any(r.action == "cancel_all" and r.level == 3 for r in of(out, "risk_events"))
+    ex.handle(encode(order(4)), "o@4")
+    assert of(out, "order_events")[-1].reason.startswith("halted (deadman): no heartbeat for 3.0 s")
+    ex.handle(encode(Heartbeat(1, "loop", 2, 0)), "o@5")
+    assert not ex.guard.holds
+    ex.handle(encode(order(5)), "o@6")
+    assert of(out, "order_events")[-1].kind == FILLED
+
+
+def test_each_fill_carries_its_realised_slippage_and_a_quality_row(venue):
+    broker = BrokerSettings(bar_interval_ms=1000, spread_bps=0.0)
+    ex, out, _ = executor_at(venue.url, broker=broker)
+    ex.monitor = SlippageMonitor(SlippageSettings(window=2, min_fills=1))
+    ex.handle(encode(order(1, qty=0.05)), "o@0")
+    (fill,) = of(out, "fills")
+    (row,) = of(out, "execution_quality")
+    realised = (fill.price / 60_000.0 - 1.0) * 10_000.0
+    assert realised > 0 and fill.slippage_bps == pytest.approx(realised)
+    assert (row.order_id, row.reference_price, row.fill_price) == ("ord-1", 60_000.0, fill.price)
+    assert row.expected_slippage_bps == pytest.approx(0.0) and row.realised_slippage_bps == pytest.approx(
+        realised
+    )
+    (risk,) = of(out, "risk_events")  # realised > 2 x max(expected, floor 1 bps)
+    assert (risk.kind, risk.level) == ("slippage", 2)
