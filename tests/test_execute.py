@@ -192,14 +192,23 @@ def records(brokers: str, topic: str, cls: type) -> list:
 
 
 @pytest.mark.kafka
-def test_a_dry_run_records_would_send_and_nothing_reaches_the_exchange(kafka_bootstrap, venue):
+def test_a_dry_run_records_would_send_and_nothing_reaches_the_exchange(kafka_bootstrap, venue, tmp_path):
     prefix = unique("ex")
     ensure_topics(kafka_bootstrap, prefix)
     publish(kafka_bootstrap, f"{prefix}orders", [encode(order(i)) for i in range(3)])
     proc = execute(kafka_bootstrap, prefix, "--venue", "ccxt:binance", "--venue-url", venue.url, check=False)
     assert proc.returncode == 2 and "--venue-url needs --sandbox" in proc.stderr  # a URL alone sends nothing
-    proc = execute(kafka_bootstrap, prefix, "--venue", "ccxt:binance")
+    dsn = f"chdb://{tmp_path / 'store.chdb'}"
+    proc = execute(kafka_bootstrap, prefix, "--venue", "ccxt:binance", "--store", dsn)
     assert proc.stdout.strip().endswith("0 dead letters") and "3 would_send" in proc.stdout
+    count = (
+        "import sys; from sinks.clickhouse_store import Store; "
+        "print(Store(sys.argv[1]).counts()[sys.argv[2]])"
+    )
+    stored = subprocess.run(
+        [sys.executable, "-c", count, dsn, "order_events"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert stored.stdout.strip() == "3", stored.stderr  # --store: the records also went to the store
     events = records(kafka_bootstrap, f"{prefix}order-events", OrderEvent)
     assert [(e.order_id, e.kind, e.venue) for e in events] == [
         (f"ord-{i}", WOULD_SEND, "ccxt:binance") for i in range(3)
@@ -526,3 +535,20 @@ def test_each_fill_carries_its_realised_slippage_and_a_quality_row(venue):
     )
     (risk,) = of(out, "risk_events")  # realised > 2 x max(expected, floor 1 bps)
     assert (risk.kind, risk.level) == ("slippage", 2)
+
+
+def test_a_venue_down_2_minutes_raises_an_alert_and_30_minutes_stops_sending(venue):
+    ex, out, clock = executor_at(venue.url, sleep=lambda _s: None)
+    ex.handle(encode(limit(1, 59_000.0)), "o@0")  # followed: the poll asks the venue about it
+    ex.venue.ex.urls["api"] = ccxt_urls(ex.venue.ex.urls["api"], "http://127.0.0.1:9")  # nobody there
+    clock.t += 1_000
+    ex.poll(clock.t)  # the first failure
+    clock.t += 120_000
+    ex.poll(clock.t)
+    (alert,) = of(out, "risk_events")
+    assert (alert.kind, alert.level, alert.action) == ("venue", 2, "alert")
+    clock.t += 1_680_000
+    ex.poll(clock.t)
+    assert of(out, "risk_events")[-1].action == "stop_sending" and "venue" in ex.guard.holds
+    ex.handle(encode(order(2)), "o@1")
+    assert of(out, "order_events")[-1].reason.startswith("halted (venue): venue ccxt:binance unreachable")
