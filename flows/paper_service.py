@@ -36,6 +36,7 @@ processed are ignored. One lockstep session per topic prefix.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -43,6 +44,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from flows.config import Settings, kafka_client_config
+from operators.execution.deadman import DeadMansSwitch, DeadMansSwitchSettings
 from operators.execution.paper_broker import PaperBroker
 from operators.execution.venue import REJECTED as CANCEL_REJECTED
 from operators.execution.venue import BarContext, BarResult
@@ -67,6 +69,7 @@ from schemas.records import (
     Order,
     OrderEvent,
     Protection,
+    RiskEvent,
     StepMark,
     VenueBar,
 )
@@ -74,6 +77,9 @@ from sources.chunk_source import wall_ms
 
 VENUE = "paper"
 GROUP = "qbtc-execute-paper"
+KILL_HOOK = "QBTC_TEST_PAPER_KILL_AT_STEP"
+"""Test hook: the process ends (``os._exit(137)``, as SIGKILL) at its Nth lockstep step, after the
+step's records were delivered and before its marks."""
 
 
 @dataclass
@@ -107,7 +113,7 @@ class PaperDesk:
         self.seen: set[str] = set()  # order ids taken: a loop that resumed sends some again
         self.summary = PaperSummary()
 
-    def _event(
+    def event(
         self, order: Order, kind: str, ts: int, filled: float, price: float, reason: str, leaves: float
     ):
         return OrderEvent(
@@ -129,7 +135,7 @@ class PaperDesk:
                 self.summary.accepted += 1
                 self.publish(
                     "order_events",
-                    self._event(record, ACCEPTED, record.ts, 0.0, price, "", float(record.qty)),
+                    self.event(record, ACCEPTED, record.ts, 0.0, price, "", float(record.qty)),
                     record.symbol,
                 )
             self._cancellations(b.take_cancelled())
@@ -138,7 +144,7 @@ class PaperDesk:
             order = next((o for o in b.open_orders() if o.order_id == record.order_id), None)
             if b.cancel(record.order_id, record.ts) and order is not None:
                 filled = order.qty - (left or 0.0)
-                event = self._event(order, CANCELLED, record.ts, filled, order.limit_price, "requested", 0.0)
+                event = self.event(order, CANCELLED, record.ts, filled, order.limit_price, "requested", 0.0)
                 self.publish("order_events", event, order.symbol)
         elif isinstance(record, Protection):
             stop = record.stop if record.stop > 0 else None
@@ -147,6 +153,17 @@ class PaperDesk:
                 b.clear_protection(record.symbol)
             else:
                 b.set_protection(record.symbol, record.position_qty, stop, target, record.ts)
+
+    def cancel_all(self, ts: int, reason: str) -> int:
+        """Cancel every working order (the dead man's switch); how many."""
+        b = self.broker
+        orders = b.open_orders()
+        for order in orders:
+            left = b.remaining(order.order_id) or 0.0
+            b.cancel(order.order_id, ts)
+            event = self.event(order, CANCELLED, ts, order.qty - left, order.limit_price, reason, 0.0)
+            self.publish("order_events", event, order.symbol)
+        return len(orders)
 
     def bar(self, bar: Bar, context: BarContext | None = None) -> None:
         """One closed bar of one symbol through the broker, and what it did."""
@@ -165,7 +182,7 @@ class PaperDesk:
                 whole.add(order.order_id)
                 self.publish(
                     "order_events",
-                    self._event(order, FILLED, fill.ts, fill.qty, fill.price, "", 0.0),
+                    self.event(order, FILLED, fill.ts, fill.qty, fill.price, "", 0.0),
                     order.symbol,
                 )
         for oid, (order, left) in before.items():
@@ -174,9 +191,9 @@ class PaperDesk:
                 continue
             ts = bar.ts + b.settings.bar_interval_ms - 1
             if now is None:
-                event = self._event(order, FILLED, ts, order.qty, 0.0, "", 0.0)
+                event = self.event(order, FILLED, ts, order.qty, 0.0, "", 0.0)
             else:
-                event = self._event(order, PARTIALLY_FILLED, ts, order.qty - now, 0.0, "", now)
+                event = self.event(order, PARTIALLY_FILLED, ts, order.qty - now, 0.0, "", now)
             self.publish("order_events", event, order.symbol)
         self._cancellations(result.cancelled)
 
@@ -186,7 +203,7 @@ class PaperDesk:
             if kind == REJECTED:
                 self.summary.rejected += 1
             o = c.order
-            event = self._event(o, kind, c.ts, 0.0, o.limit_price, f"{c.reason}: {c.message}", 0.0)
+            event = self.event(o, kind, c.ts, 0.0, o.limit_price, f"{c.reason}: {c.message}", 0.0)
             self.publish("order_events", event, o.symbol)
 
 
@@ -307,6 +324,43 @@ def paper_options(venue: str, lockstep: bool, sandbox: bool, live: bool, venue_u
     return lockstep
 
 
+def _ticks_consumer(conf: dict, topic: str, group: str, timeout_s: float):
+    """The free-running service's ticks: from where it stopped (its group's committed offsets), else
+    from the end. Assigned at once, so no tick published after the ready line is passed over."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from sources.kafka_ticks import watermarks
+
+    consumer = Consumer({**conf, "group.id": group, "enable.auto.commit": False})
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    parts = [TopicPartition(topic, p) for p in sorted(meta.partitions if meta is not None else {})]
+    start = []
+    for tp in consumer.committed(parts, timeout=timeout_s) if parts else []:
+        offset = tp.offset if tp.offset >= 0 else watermarks(consumer, tp, timeout_s)[1]
+        start.append(TopicPartition(topic, tp.partition, offset))
+    consumer.assign(start)
+    return consumer
+
+
+def _commit(consumer, msgs: list) -> None:
+    """Commit past ``msgs`` (those without an error), once their records are delivered."""
+    from confluent_kafka import TopicPartition
+
+    ends: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        if m.error() is None:
+            key = (m.topic(), m.partition())
+            ends[key] = max(ends.get(key, 0), m.offset() + 1)
+    if ends:
+        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
+
+
+def _risk(producer, topics: dict[str, str], now: int, level: int, message: str) -> None:
+    action = "cancel_all" if level else "clear"
+    event = RiskEvent(now, "deadman", level, "", 0.0, 0.0, action, message)
+    producer.produce(topics["risk_events"], encode(event), None)
+
+
 def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> int:
     """The paper venue service, until a signal (or ``idle_exit_s`` without a message)."""
     from confluent_kafka import Consumer, TopicPartition
@@ -348,7 +402,13 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
     for p in range(partitions):
         barrier.queues[p] = deque()
 
+    hook = os.environ.get(KILL_HOOK, "")
+    kill_at = int(hook) if hook.isdigit() else None
+
     def on_step(step: int) -> None:
+        if kill_at is not None and desk.summary.steps >= kill_at:
+            producer.flush()  # the step's records are out, its marks are not: a half-published step
+            os._exit(137)
         if done_before is None or step > done_before:
             for table in ("fills", "order_events"):
                 mark = encode(StepMark(0, "paper", VENUE_MARK, step))
@@ -370,11 +430,14 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
     if not lockstep:
         from sources.kafka_ticks import decode_ticks
 
-        ticks = Consumer({**consumer_conf, "group.id": group + "-ticks", "auto.offset.reset": "latest"})
-        ticks.subscribe([topics["ticks"]])
+        ticks = _ticks_consumer(consumer_conf, topics["ticks"], group + "-ticks", k.timeout_s)
+    switch = DeadMansSwitch(DeadMansSwitchSettings(int(settings.execution_limits.deadman_s * 1000)))
     stop: list[int] = []
     previous = {s: signal.signal(s, lambda n, _f: stop.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
     idle_since = time.monotonic()
+    mode = "lockstep" if lockstep else "free-running"
+    sys.stderr.write(f"qbtc execute --venue paper: ready ({mode}) on {orders_topic}\n")
+    sys.stderr.flush()
     try:
         while not stop:
             got = False
@@ -393,12 +456,37 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
                         dead = DeadLetter(wall_ms(), source, reason, f"{source}: {exc}", msg.value() or b"")
                         producer.produce(topics["dead_letters"], encode(dead), source.encode())
                     continue
-                if isinstance(record, Heartbeat | Fill | OrderEvent):
+                if isinstance(record, Heartbeat):
+                    if not lockstep and switch.beat(wall_ms()):
+                        _risk(producer, topics, wall_ms(), 0, "heartbeats are back: orders are taken again")
+                    continue
+                if isinstance(record, Fill | OrderEvent):
+                    continue
+                if not lockstep and switch.tripped and isinstance(record, Order):
+                    reason = "rejected: dead man's switch: no heartbeat from the loop"
+                    producer.produce(
+                        topics["order_events"],
+                        encode(desk.event(record, REJECTED, wall_ms(), 0.0, record.limit_price, reason, 0.0)),
+                        record.symbol.encode(),
+                    )
+                    desk.seen.add(record.order_id)
                     continue
                 if lockstep:
                     barrier.add(msg.partition(), record)
                 elif not isinstance(record, StepMark | VenueBar):
                     desk.request(record)
+            if not lockstep and switch.trip(wall_ms()):
+                silent = switch.silence_ms(wall_ms()) or 0
+                n = desk.cancel_all(wall_ms(), f"dead man's switch: no heartbeat for {silent / 1000:.0f} s")
+                _risk(
+                    producer,
+                    topics,
+                    wall_ms(),
+                    3,
+                    f"no heartbeat for {silent / 1000:.0f} s: {n} open order(s) cancelled, "
+                    "new orders rejected until heartbeats return",
+                )
+                producer.flush()
             if lockstep:
                 barrier.run(desk, on_step)
             elif ticks is not None:
@@ -420,10 +508,10 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
                             desk.bar(bar)
                 if msgs:
                     producer.flush()
-                    consumer.commit(asynchronous=False)
+                    _commit(consumer, msgs)
                 if tick_msgs:
                     producer.flush()
-                    ticks.commit(asynchronous=False)
+                    _commit(ticks, tick_msgs)
             if got:
                 idle_since = time.monotonic()
             elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:

@@ -13,6 +13,7 @@ import time
 import pytest
 from kafka_helpers import dump, publish_sim, qbtc, read_topic, set_args, start_cli, unique
 
+from flows.paper_service import KILL_HOOK
 from schemas.codec import decode
 from schemas.records import Fill, Heartbeat, Order, OrderEvent, StepMark, VenueBar
 
@@ -93,6 +94,54 @@ def test_lockstep_through_kafka_gives_the_in_process_backtests_orders_and_fills(
     events = [decode(v) for _, v in read_topic(kafka_bootstrap, f"{ext}order-events")]
     assert any(isinstance(e, OrderEvent) and e.kind == "filled" for e in events)
     assert got["order_events"]["rows"], "the loop stores the service's events about its orders"
+
+
+def test_a_lockstep_service_killed_mid_step_and_restarted_publishes_nothing_twice(kafka_bootstrap, tmp_path):
+    source = unique("in")
+    publish_sim(kafka_bootstrap, source, tmp_path, seconds=300, rate=120, symbols=3)
+    common = [
+        "stream",
+        "--trade",
+        "--until-end",
+        "--kafka",
+        kafka_bootstrap,
+        "--topic",
+        f"{source}ticks",
+        "--quiet",
+    ]
+    ref, ext = unique("ref"), unique("ext")
+    reference = qbtc(*common, "--store", "chdb://ref.chdb", *set_args(ref), cwd=tmp_path)
+    service_args = ["execute", "--venue", "paper", "--lockstep", "--kafka", kafka_bootstrap, *set_args(ext)]
+    first, first_lines = start_cli([*service_args, "--idle-exit", "60"], tmp_path, env={KILL_HOOK: "150"})
+    loop, loop_lines = start_cli(
+        [*common, "--execution", "external", "--lockstep", "--store", "chdb://ext.chdb", *set_args(ext)],
+        tmp_path,
+    )
+    second = None
+    try:
+        assert first.wait(timeout=120) == 137, "".join(first_lines)
+        second, second_lines = start_cli([*service_args, "--idle-exit", "8"], tmp_path)
+        assert loop.wait(timeout=180) == 0, "".join(loop_lines)
+        assert second.wait(timeout=60) == 0, "".join(second_lines)
+    finally:
+        for proc in (first, loop, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert "records already published" in "".join(second_lines)
+    want = dump("chdb://ref.chdb", tmp_path, TABLES)
+    got = dump("chdb://ext.chdb", tmp_path, TABLES)
+    for table in TABLES:
+        assert got[table]["rows"] == want[table]["rows"], f"{table} differs after the service's restart"
+    assert _backtest("".join(loop_lines)) == _backtest(reference.stdout)
+    fills = [f for _, v in read_topic(kafka_bootstrap, f"{ext}fills") if isinstance(f := decode(v), Fill)]
+    assert len(fills) == len(want["fills"]["rows"])  # none published twice
+    events = [
+        e
+        for _, v in read_topic(kafka_bootstrap, f"{ext}order-events")
+        if isinstance(e := decode(v), OrderEvent)
+    ]
+    keys = [(e.order_id, e.kind, e.filled_qty) for e in events]
+    assert len(keys) == len(set(keys))
 
 
 def test_a_lockstep_loop_without_a_service_stops_with_one_line(kafka_bootstrap, tmp_path):
