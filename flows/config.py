@@ -291,6 +291,12 @@ MOVED: dict[str, str] = {
     "trading.twap_threshold": "execution.twap_threshold",
     "trading.target_daily_vol": "sizing.target_daily_vol",
     "trading.entropy_size_limit": "sizing.entropy_limit",
+    # [execution] is the paper venue's cost model; the execution service's hard limits have their own
+    "execution.max_order_notional": "execution_limits.max_order_notional",
+    "execution.max_daily_notional": "execution_limits.max_daily_notional",
+    "execution.max_open_orders": "execution_limits.max_open_orders",
+    "execution.price_band_bps": "execution_limits.price_band_bps",
+    "execution.deadman_s": "execution_limits.deadman_s",
 }
 """Keys that moved: old key -> where it is now (an error names the new key)."""
 
