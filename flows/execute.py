@@ -1,24 +1,23 @@
 """``qbtc execute``: the execution service's loop, from the ``orders`` topic to a venue and back.
 
-Each message of ``<prefix>orders`` (consumer group ``<prefix>qbtc-execute``) is
-decoded (an undecodable one becomes a dead letter, a heartbeat is passed
-over), checked by :class:`~operators.execution.limits.ExecutionGuard` (a
-denial is a ``rejected`` order event with the reason) and sent with its
-``order_id`` as the client order id. Its order events go to
-``<prefix>order-events`` and one :class:`~schemas.records.Fill` per venue
-trade to ``<prefix>fills`` (keyed by symbol, as the flows' outputs); the message's offset is
-committed only once those records are delivered: at least once in, exactly
-once towards the venue, because the venue refuses a client order id it saw
-before and the service then fetches that order and reports its state.
+Each message of ``<prefix>orders`` (consumer group ``<prefix>qbtc-execute``)
+goes to :class:`~flows.executor.Executor` (orders, cancel requests,
+protections, heartbeats; an undecodable message becomes a dead letter), and
+between messages the executor polls (working orders, protections, the dead
+man's switch, venue health). Its records go to ``<prefix>order-events``,
+``<prefix>fills``, ``<prefix>execution-quality``, ``<prefix>risk-events`` and
+``<prefix>dead-letters`` (and to the store with ``--store``); the message's
+offset is committed only once they are delivered: at least once in, exactly
+once towards the venue (client order ids are the loop's order ids, and an
+order handled before a restart is not sent again).
 
 Venues: ``dry-run`` (records ``would_send`` events, sends nothing; also any
 ``ccxt:<exchange>`` without ``--sandbox`` or ``--live``), ``ccxt:<exchange>``
 with ``--sandbox`` (ccxt's sandbox mode, or ``--venue-url``: the local
 exchange) or ``--live`` (refused unless ``execution_limits`` caps are set).
 
-At start, before consuming: the ``fills`` topic is read to its end (an
-order's fills are published once), and the venue's open orders that are
-not on the ``orders`` topic become ``external`` events (:func:`external_orders`).
+At start, before consuming: the topics are read back and reconciled with the
+venue (:func:`flows.execution_startup.start_up`).
 
 Operator commands of ``<prefix>control`` (``qbtc control --kafka``) go to
 :meth:`Executor.control` at every loop turn, before the next order: read
