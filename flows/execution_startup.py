@@ -33,13 +33,14 @@ import time
 from dataclasses import dataclass, field
 
 from flows.execution_venue import CcxtVenue, fill_key, venue_order, venue_trade
-from flows.executor import Executor, Working, protection_exit
+from flows.executor import UNREACHABLE, Executor, Working, protection_exit
 from operators.execution.reconcile import OurBook, VenueView, assets_of, reconcile
 from schemas.codec import SchemaError, decode
 from schemas.errors import OutsideFailure
 from schemas.records import (
     BUY,
     FINAL_ORDER_EVENTS,
+    REJECTED,
     Fill,
     Order,
     OrderEvent,
@@ -200,7 +201,7 @@ def start_up(venue: CcxtVenue, name: str, book: Book, ex: Executor, now_ms: int)
     pending = [
         o
         for oid, o in {**orders, **exits}.items()
-        if oid not in evented and o.symbol in markets and _sendable(o.qty)
+        if (oid not in evented or _given_up(evented[oid])) and o.symbol in markets and _sendable(o.qty)
     ]  # the others cannot have reached the venue: the guard or the venue rejects them when consumed
     recorded: dict[str, float] = {}
     for f in book.fills:
@@ -294,6 +295,12 @@ def start_up(venue: CcxtVenue, name: str, book: Book, ex: Executor, now_ms: int)
             ex.emit("risk_events", r)
 
     ex.rebaseline = rebaseline
+
+
+def _given_up(events: list[OrderEvent]) -> bool:
+    """Rejected after network errors: the order may still have reached the venue."""
+    last = events[-1]
+    return last.kind == REJECTED and last.reason.startswith(UNREACHABLE)
 
 
 def _sendable(qty: object) -> bool:

@@ -88,6 +88,8 @@ POLL_MS = 1_000
 """Followed orders and protected symbols are looked at this often."""
 RETRIES = (0.5, 1.0, 2.0)
 """Waits between attempts after a network error; then the order is rejected."""
+UNREACHABLE = "venue unreachable"
+"""How the reason of an order given up after network errors starts (it may have reached the venue)."""
 HOLDS = ("reconcile", "deadman", "venue", "pause")
 """The guard's holds that ``resume`` releases."""
 
@@ -305,7 +307,7 @@ class Executor:
             except ccxt.NetworkError as exc:
                 self._health(self.health.failed(self.now_ms()))
                 if attempt == len(RETRIES):
-                    self._report(self._event(order, REJECTED, f"venue unreachable: {type(exc).__name__}"))
+                    self._report(self._event(order, REJECTED, f"{UNREACHABLE}: {type(exc).__name__}"))
                     return None
                 self.sleep(RETRIES[attempt])
                 continue

@@ -552,3 +552,22 @@ def test_a_venue_down_2_minutes_raises_an_alert_and_30_minutes_stops_sending(ven
     assert of(out, "risk_events")[-1].action == "stop_sending" and "venue" in ex.guard.holds
     ex.handle(encode(order(2)), "o@1")
     assert of(out, "order_events")[-1].reason.startswith("halted (venue): venue ccxt:binance unreachable")
+
+
+def test_an_order_given_up_after_network_errors_is_looked_up_at_start(venue):
+    from flows.execution_startup import Book, start_up
+
+    given_up = order(1, qty=0.01)  # it reached the venue, the answer did not come back
+    params = {"clientOrderId": given_up.order_id}
+    client(venue.url).create_order("BTC/USDT", "market", "buy", 0.01, None, params)
+    rejected = OrderEvent(
+        1, given_up.order_id, "", "BTC/USDT", "buy", REJECTED, 0.01, 0.0, 0.0,
+        "venue unreachable: RequestTimeout", "ccxt:binance", 0, 0.0,
+    )  # fmt: skip
+    ex, out, _ = executor_at(venue.url)
+    start_up(ex.venue, "ccxt:binance", Book(orders=[given_up], events=[rejected]), ex, 5)
+    assert [(f.order_id, f.qty) for f in of(out, "fills")] == [(given_up.order_id, 0.01)]
+    assert [(e.order_id, e.kind) for e in of(out, "order_events")] == [(given_up.order_id, FILLED)]
+    assert not [r for r in of(out, "risk_events") if r.action == "external"]
+    ex.handle(encode(given_up), "o@0")  # consumed again: not sent again
+    assert len(client(venue.url).fetch_orders("BTC/USDT")) == 1
