@@ -52,6 +52,8 @@ __all__ = [
     "state_event", "topic_records",
 ]  # fmt: skip
 
+VENUE_KEY_ENV = "QBTC_VENUE_API_KEY"
+VENUE_SECRET_ENV = "QBTC_VENUE_API_SECRET"
 KEY_ENV = "QBTC_EXECUTION_API_KEY"
 SECRET_ENV = "QBTC_EXECUTION_API_SECRET"
 GROUP = "qbtc-execute"
@@ -128,7 +130,11 @@ execution_limits.max_daily_notional must be set to send real orders
 
 
 def execution_keys(env: Mapping[str, str], secret_file: str | None) -> tuple[Secret, Secret]:
-    """API key and secret from ``secret_file`` (``NAME=VALUE`` lines) or the environment, as secrets."""
+    """API key and secret from ``secret_file`` (``NAME=VALUE`` lines) or the environment, as secrets.
+
+    A secret file may also hold the local exchange's names (``var/venue/api-keys.env``, as ``qbtc
+    venue up`` writes it), so a rehearsal needs no copying of keys.
+    """
     values: Mapping[str, str] = env
     if secret_file:
         try:
@@ -143,6 +149,9 @@ def execution_keys(env: Mapping[str, str], secret_file: str | None) -> tuple[Sec
             if eq and not name.startswith("#"):
                 values[name.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
     key, secret = values.get(KEY_ENV, "").strip(), values.get(SECRET_ENV, "").strip()
+    if secret_file and not key and not secret:  # the file `qbtc venue up` wrote (rehearsals)
+        key = values.get(VENUE_KEY_ENV, "").strip()
+        secret = values.get(VENUE_SECRET_ENV, "").strip()
     if not key or not secret:
         msg = f"no API keys: set {KEY_ENV} and {SECRET_ENV}, or give --secret-file"
         raise ExecuteUsage(msg)

@@ -250,7 +250,9 @@ class Fill:
     fee
         Fee in quote units.
     slippage_bps
-        Slippage against the reference price, in basis points (>= 0).
+        Slippage against the reference price, in basis points, positive when it
+        cost us (the paper venue's is >= 0; a real venue's can be negative, a
+        fill better than the last trade when the order went).
     """
 
     ts: int

@@ -26,7 +26,7 @@ from sinks.store_sink import FailOnce, RowCounter, StoreWriter
 
 def record_key(table: str, record) -> bytes | None:
     """The topic key of a record: its symbol (the first for correlations; none for portfolio events)."""
-    if table in ("bars", "features", "signals", "orders", "fills", "order_events"):
+    if table in ("bars", "features", "signals", "orders", "fills", "order_events", "execution_quality"):
         return record.symbol.encode()
     if table == "risk_events":
         return record.symbol.encode() or None

@@ -125,6 +125,9 @@ def test_keys_come_from_the_environment_or_a_secret_file_as_secrets(tmp_path):
     with pytest.raises(ExecuteUsage, match=f"set {KEY_ENV} and {SECRET_ENV}") as info:
         execution_keys({KEY_ENV: "only-the-key"}, None)
     assert "only-the-key" not in str(info.value)
+    venue_file = tmp_path / "api-keys.env"  # as qbtc venue up writes it
+    venue_file.write_text("QBTC_VENUE_API_KEY=k3\nQBTC_VENUE_API_SECRET=s3\n")
+    assert [s.reveal() for s in execution_keys({}, str(venue_file))] == ["k3", "s3"]
 
 
 def test_a_venue_order_becomes_accepted_then_its_state_and_trades_become_fills():
