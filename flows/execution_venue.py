@@ -97,6 +97,25 @@ class CcxtVenue:
         last = self.ex.fetch_ticker(symbol).get("last")
         return float(last) if last else None
 
+    def lot(self, symbol: str, price: float | None) -> tuple[float, float]:
+        """The market's amount step and its smallest sendable amount (the amount minimum, or the
+        cost minimum at ``price``); 0.0 when unknown."""
+        market = (self.ex.markets or {}).get(symbol) or {}
+        precision = (market.get("precision") or {}).get("amount")
+        step = 0.0
+        if precision:
+            step = (
+                float(precision)
+                if self.ex.precisionMode == self.ccxt.TICK_SIZE
+                else 10.0 ** -float(precision)
+            )
+        limits = market.get("limits") or {}
+        least = float((limits.get("amount") or {}).get("min") or 0.0)
+        cost = float((limits.get("cost") or {}).get("min") or 0.0)
+        if cost > 0 and price:
+            least = max(least, cost / price)
+        return step, least
+
     def balances(self) -> dict[str, float]:
         """Total per asset."""
         total = self.ex.fetch_balance().get("total") or {}

@@ -26,6 +26,11 @@ turn). Its records go to ``emit(table, record)``; the loop in
 - :class:`~schemas.records.VenueBar`, :class:`~schemas.records.StepMark`:
   for the paper venue's lockstep mode; ignored here.
 
+An order over ``execution.twap_threshold`` is worked as a TWAP or iceberg
+parent (:mod:`flows.worked_orders`); its children go through
+:meth:`Executor.order` like any order. Ticks (:meth:`Executor.on_tick`) drive
+the parents and the observed volume of the expected slippage's impact term.
+
 Each fill carries its realised slippage against the last trade when its
 order went (0.0 when unknown, e.g. an order sent before a restart), and an
 :class:`~schemas.records.ExecutionQuality` row goes to ``execution_quality``.
@@ -40,6 +45,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flows.execution_venue import CcxtVenue, fill_key, fill_of, order_events, state_event
+from flows.worked_orders import WorkedOrders
+from operators.execution.algos import ChildOrder
 from operators.execution.cost_model import BrokerSettings, taker_slippage_bps
 from operators.execution.deadman import (
     STOP as VENUE_STOP,
@@ -50,6 +57,7 @@ from operators.execution.deadman import (
     VenueHealth,
 )
 from operators.execution.limits import ExecutionGuard
+from operators.execution.observed_volume import ObservedVolume, ObservedVolumeSettings
 from operators.execution.quality import SlippageMonitor, execution_quality, realised_slippage_bps
 from operators.execution.reconcile import assets_of
 from schemas.codec import SchemaError, decode
@@ -82,7 +90,8 @@ KILL_HOOK = "QBTC_TEST_EXECUTE_KILL"
 (:data:`KILL_POINTS`)."""
 KILL_POINTS = (
     "decoded", "guarded", "sent", "events", "fills", "commit", "startup_listed", "missing_fills",
-    "poll_trades", "cancel_sent", "protection_sent", "deadman_cancel",
+    "poll_trades", "cancel_sent", "protection_sent", "deadman_cancel", "twap_child_sent",
+    "iceberg_refill",
 )  # fmt: skip
 POLL_MS = 1_000
 """Followed orders and protected symbols are looked at this often."""
@@ -182,6 +191,7 @@ class Executor:
         sleep: Callable[[float], None] = time.sleep,
         broker: BrokerSettings | None = None,
         kill: Callable[[str], None] | None = None,
+        deliver: Callable[[], None] | None = None,
     ) -> None:
         self.options, self.guard, self.venue, self.emit = options, guard, venue, emit
         self.seen_fills, self.now_ms, self.sleep = seen_fills, now_ms, sleep
@@ -198,7 +208,13 @@ class Executor:
         self.symbols: set[str] = set()
         self.protections: dict[str, Protection] = {}
         self.checked: dict[str, int] = {}  # protected symbol -> last check
-        self.volumes: dict[str, float] = {}
+        self.deliver = deliver or (lambda: None)  # what was emitted is on the topics when it returns
+        self.volume = ObservedVolume(
+            ObservedVolumeSettings(
+                slice_ms=self.broker.bar_interval_ms, slices=self.broker.recent_volume_bars
+            )
+        )
+        self.worked = WorkedOrders(self)
         self.fill_effect: dict[str, float] = {}  # per asset, what our published fills moved
         self.last_poll = 0
         self.rebaseline: Callable[[], None] | None = None  # after a resume of a failed reconciliation
@@ -226,6 +242,13 @@ class Executor:
         elif not isinstance(record, VenueBar | StepMark):
             got = type(record).__name__
             self._dead(now, source, SCHEMA, f"{source}: expected an order, got {got}", value or b"")
+        self.worked.settle()
+
+    def on_tick(self, symbol: str, ts: int, price: float, qty: float) -> None:
+        """A market print of ``<prefix>ticks``: observed volume, and the parents of the symbol."""
+        self.volume.update(symbol, ts, qty)
+        self.worked.on_tick(symbol, ts, price, qty)
+        self.worked.settle()
 
     def _dead(self, now: int, source: str, reason: str, message: str, payload: bytes) -> None:
         self.summary.dead_letters += 1
@@ -247,12 +270,18 @@ class Executor:
         elif event.kind == WOULD_SEND:
             self.summary.would_send += 1
         self.emit("order_events", event)
+        if event.kind in FINAL_ORDER_EVENTS:
+            self.worked.noticed(event)
 
     def _risk(self, kind: str, level: int, action: str, message: str, symbol: str = "") -> None:
         self.emit("risk_events", RiskEvent(self.now_ms(), kind, level, symbol, 0.0, 0.0, action, message))
 
-    def order(self, order: Order, now: int, point: str = "sent") -> None:
-        """Guard, send, report; follow it when it is not final."""
+    def order(self, order: Order, now: int, point: str = "sent", child: ChildOrder | None = None) -> None:
+        """Guard, send, report; follow it when it is not final.
+
+        An order of the loop over the TWAP threshold becomes a parent (:mod:`flows.worked_orders`);
+        ``child``: one of a parent's children, with its expected slippage.
+        """
         self.summary.orders += 1
         self.ours.add(order.order_id)
         self.symbols.add(order.symbol)
@@ -270,8 +299,16 @@ class Executor:
             self.done.add(order.order_id)
             self._report(self._event(order, WOULD_SEND))
             return
-        volume = self.volumes.get(order.symbol, 0.0)
-        expected = taker_slippage_bps(self.broker, order.qty, 1.0, volume)
+        kind = self.worked.kind_of(order, last) if point == "sent" and child is None else None
+        if kind is not None:
+            self.done.add(order.order_id)
+            self.worked.start(order, kind, last, now)
+            return
+        if child is not None:
+            expected = child.expected_slippage_bps
+        else:
+            volume = self.volume.get(order.symbol) or 0.0  # the impact term: 0 without ticks
+            expected = taker_slippage_bps(self.broker, order.qty, 1.0, volume)
         got = self._send(order, point)
         self.done.add(order.order_id)
         if got is None:
@@ -290,6 +327,10 @@ class Executor:
             self._fills(w)
             self.kill("fills")
         w.filled = events[-1].filled_qty
+
+    def last_price(self, symbol: str) -> float | None:
+        """The venue's last trade price of ``symbol`` (None: none, an error, or a dry run)."""
+        return self._last_price(symbol)
 
     def _last_price(self, symbol: str) -> float | None:
         if self.venue is None:
@@ -348,6 +389,7 @@ class Executor:
         self.seen_fills.add(fill_key(fill))
         self.summary.fills += 1
         self.emit("fills", fill)
+        self.worked.noticed(fill)
         base, quote = assets_of(fill.symbol)
         sign = 1.0 if fill.side == BUY else -1.0
         self.fill_effect[base] = self.fill_effect.get(base, 0.0) + sign * fill.qty
@@ -369,13 +411,18 @@ class Executor:
             event = self._event(order, CANCELLED, "dry run: cancel request recorded, nothing sent")
             self._report(event)
             return
-        w = self.working.get(req.order_id)
+        if not self.worked.cancel(req.order_id, "requested"):
+            self.cancel_working(req.order_id)
+
+    def cancel_working(self, order_id: str) -> None:
+        """Cancel a followed order at the venue and report its final state (not followed: nothing)."""
+        w = self.working.get(order_id)
         if w is None:
             return
         try:
-            got = self.venue.cancel(req.order_id, w.order.symbol)
+            got = self.venue.cancel(order_id, w.order.symbol)
         except self.venue.ccxt.BaseError as exc:
-            self._risk("execution", 1, "none", f"cancel of {req.order_id!r} failed: {type(exc).__name__}")
+            self._risk("execution", 1, "none", f"cancel of {order_id!r} failed: {type(exc).__name__}")
             return
         self.kill("cancel_sent")
         self._update(w, got)
@@ -407,6 +454,7 @@ class Executor:
         if self.venue is None:
             return
         self._health(self.health.check(now))
+        self.worked.settle()  # a hold stops the parents
         if now - self.last_poll < POLL_MS:
             return
         self.last_poll = now
@@ -429,6 +477,7 @@ class Executor:
             if kind is not None:
                 del self.protections[symbol]
                 self.order(protection_exit(p, kind, now), now, point="protection_sent")
+        self.worked.settle()
 
     def _update(self, w: Working, got: dict, point: str = "") -> None:
         """The venue's answer about a followed order: new fills, then its state when it changed."""
@@ -494,8 +543,10 @@ class Executor:
         elif command == "pause":
             self.guard.halt("pause", reason or "paused by the operator")
             self._risk("control", 1, "pause", f"pause: no new orders ({reason or 'operator'})")
+            self.worked.settle()
         elif command == "flatten":
             self.protections.clear()
+            self.worked.stop_all(f"flatten ({reason or 'operator'})")
             n = self.cancel_all()
             self._risk(
                 "control", 2, "flatten", f"flatten: {n} open orders cancelled ({reason or 'operator'})"

@@ -52,6 +52,7 @@ from operators.execution.deadman import (
     VenueHealthSettings,
 )
 from operators.execution.limits import ExecutionGuard, ExecutionLimits
+from operators.execution.observed_volume import ObservedVolume, ObservedVolumeSettings
 from operators.execution.paper_broker import PaperBroker
 from operators.execution.quality import SlippageMonitor, SlippageSettings
 from operators.execution.reconcile import ReconcileSettings
@@ -493,6 +494,14 @@ def _iceberg_step(worker: IcebergWorker, item):
     return out, worker.filled_qty
 
 
+def _volume_ticks() -> list:
+    rng = random.Random(23)
+    return [
+        ("AB/C" if k % 3 else "XY/Z", T0 + k * 700 + rng.randint(-900, 0), rng.uniform(0, 5))
+        for k in range(N)
+    ]
+
+
 def _slippage_stream() -> list:
     rng = random.Random(17)
     return [(T0 + k, 3.0, rng.gauss(9.0 if (k // 60) % 2 else 3.0, 1.0)) for k in range(N)]
@@ -605,6 +614,12 @@ OPERATORS: dict[type, Case] = {
         lambda: _market_prints(19),
         _iceberg_step,
     ),
+    ObservedVolume: Case(
+        lambda: ObservedVolume(ObservedVolumeSettings(slice_ms=2_000, slices=5)),
+        _volume_ticks,
+        lambda op, item: op.update(*item),
+        lambda op, _: op.get("AB/C"),
+    ),
     SlippageMonitor: Case(
         lambda: SlippageMonitor(SlippageSettings(window=20, min_fills=5)),
         _slippage_stream,
@@ -702,6 +717,7 @@ EXECUTION_SERVICE = {
     VenueHealthSettings,
     TwapSettings,
     SlippageSettings,
+    ObservedVolumeSettings,
     ReconcileSettings,
 }
 """Settings of the execution service's building blocks (issue 12) with no config keys yet

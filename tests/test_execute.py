@@ -574,3 +574,127 @@ def test_an_order_given_up_after_network_errors_is_looked_up_at_start(venue):
     assert not [r for r in of(out, "risk_events") if r.action == "external"]
     ex.handle(encode(given_up), "o@0")  # consumed again: not sent again
     assert len(client(venue.url).fetch_orders("BTC/USDT")) == 1
+
+
+# -- TWAP and iceberg parents worked by the service ---------------------------------------------
+
+ALGO = ("execution_limits.twap_horizon_s=4", "execution_limits.twap_slice_s=1")
+
+
+def algo_executor(url: str, **broker) -> tuple[Executor, list, Clock]:
+    cost = BrokerSettings(bar_interval_ms=1000, twap_threshold=1_000.0, **broker)
+    return executor_at(url, *ALGO, broker=cost)
+
+
+def parent_events(out: list, parent_id: str) -> list:
+    return [(e.kind, e.filled_qty, e.leaves_qty) for e in of(out, "order_events") if isinstance(e, OrderEvent)
+            and e.order_id == parent_id]  # fmt: skip
+
+
+def children(out: list, parent_id: str) -> list[Order]:
+    return [r for r in of(out, "order_events") if isinstance(r, Order) and r.parent_id == parent_id]
+
+
+def test_a_twap_parent_is_cut_into_children_of_at_most_10_percent_of_the_slice_before(venue):
+    ex, out, clock = algo_executor(venue.url)
+    parent = order(1, qty=0.05)  # 3 000 USDT > the threshold: a TWAP parent, nothing sent yet
+    ex.handle(encode(parent), "o@0")
+    assert client(venue.url).fetch_orders("BTC/USDT") == []
+    assert parent_events(out, "ord-1") == [(ACCEPTED, 0.0, 0.05)]
+    volumes = [0.03, 0.2, 0.08, 0.3, 0.5, 0.01, 0.4, 0.6, 0.9]  # per 1 s slice from the parent's ts
+    sizes = []
+    for k, v in enumerate(volumes):
+        for j in range(4):  # 4 prints per slice; the first of a slice closes the one before
+            before = len(children(out, "ord-1"))
+            clock.t += 250
+            ex.on_tick("BTC/USDT", parent.ts + k * 1000 + j * 250, 60_000.0, v / 4)
+            made = children(out, "ord-1")[before:]
+            if made:
+                assert j == 0 and k > 0
+                (child,) = made
+                assert child.qty <= 0.1 * volumes[k - 1] + 1e-12  # participation
+                sizes.append(child.qty)
+        if not ex.worked.parents:
+            break
+    kids = children(out, "ord-1")
+    assert [c.order_id for c in kids] == [f"ord-1/{n}" for n in range(1, len(kids) + 1)]
+    assert all(c.reason == "twap" and c.order_type == MARKET for c in kids)
+    fills = of(out, "fills")
+    assert sum(f.qty for f in fills) == pytest.approx(0.05) and {f.order_id for f in fills} == {
+        c.order_id for c in kids
+    }
+    events = parent_events(out, "ord-1")
+    assert events[0] == (ACCEPTED, 0.0, 0.05) and events[-1][:2] == (FILLED, pytest.approx(0.05))
+    for kind, filled, leaves in events[1:-1]:
+        assert kind == "partially_filled" and leaves == pytest.approx(0.05 - filled)
+    # each child's record is on order-events before its own events (the loop learns it first)
+    ids = [r.order_id for r in of(out, "order_events")]
+    for c in kids:
+        assert ids.index(c.order_id) < max(i for i, x in enumerate(ids) if x == c.order_id)
+    sent = [o["clientOrderId"] for o in client(venue.url).fetch_orders("BTC/USDT")]
+    assert sorted(sent) == sorted(c.order_id for c in kids) and "ord-1" not in sent
+
+
+def test_a_twap_child_over_15_bps_is_skipped_and_the_parent_goes_on(venue):
+    from operators.execution.cost_model import taker_slippage_bps
+
+    ex, out, clock = algo_executor(venue.url, impact_coef_bps=30.0)
+    parent = order(1, qty=0.05)
+    ex.handle(encode(parent), "o@0")
+    volumes = [0.01, 0.01, 0.1] + [0.2] * 12  # a spike in slice 2: its 10% is big against the mean
+    for k, v in enumerate(volumes):
+        clock.t += 1000
+        ex.on_tick("BTC/USDT", parent.ts + k * 1000, 60_000.0, v)
+    events = [e for e in of(out, "order_events") if isinstance(e, OrderEvent)]
+    skipped = [e for e in events if e.kind == CANCELLED]
+    assert skipped[0].order_id == "ord-1/3" and all(e.reason.startswith("twap_slippage: ") for e in skipped)
+    child = next(c for c in children(out, "ord-1") if c.order_id == "ord-1/3")
+    assert child.qty == pytest.approx(0.01)  # 10% of the spike
+    assert taker_slippage_bps(ex.broker, child.qty, 1.0, sum(volumes[:3]) / 3) > 15.0
+    sent = [o["clientOrderId"] for o in client(venue.url).fetch_orders("BTC/USDT")]
+    assert not {e.order_id for e in skipped} & set(sent)
+    last_skipped = max(int(e.order_id.rpartition("/")[2]) for e in skipped)
+    assert f"ord-1/{last_skipped + 1}" in sent  # the parent went on
+    assert all(r.expected_slippage_bps <= 15.0 for r in of(out, "execution_quality"))
+    assert any(r.expected_slippage_bps > 3.0 for r in of(out, "execution_quality"))  # the impact term
+
+
+def test_an_iceberg_shows_its_display_size_and_refills_when_it_fills(venue):
+    ex, out, clock = algo_executor(venue.url)
+    parent = limit(1, 59_900.0, qty=0.05)  # 0.05 x 60 000 > the threshold: an iceberg, display 0.005
+    ex.handle(encode(parent), "o@0")
+    ex_client = client(venue.url)
+    shown = []
+    for step in range(40):
+        opened = ex_client.fetch_open_orders("BTC/USDT")
+        assert len(opened) <= 1  # one child at a time
+        if opened:
+            shown.append(opened[0]["amount"] - opened[0]["filled"])
+            assert opened[0]["amount"] <= 0.005 + 1e-12
+        if not ex.worked.parents:
+            break
+        venue.tick(Tick(step, "BTC/USDT", 59_800.0, 0.003))  # fills at most 0.003 of the child
+        clock.t += 1_000
+        ex.poll(clock.t)
+    kids = children(out, "lim-1")
+    assert len(kids) == 10 and all(c.qty == pytest.approx(0.005) and c.limit_price == 59_900.0 for c in kids)
+    assert max(shown) <= 0.005 + 1e-12 and min(shown) < 0.005  # partly filled children were seen
+    fills = of(out, "fills")
+    assert sum(f.qty for f in fills) == pytest.approx(0.05) and all(f.price <= 59_900.0 for f in fills)
+    events = parent_events(out, "lim-1")
+    assert events[-1][:2] == (FILLED, pytest.approx(0.05))
+    assert [k for k, _, _ in events[1:-1]] == ["partially_filled"] * (len(events) - 2)
+
+
+def test_a_cancel_request_and_a_hold_stop_parents_and_their_open_child(venue):
+    ex, out, clock = algo_executor(venue.url)
+    ex.handle(encode(limit(1, 59_000.0, qty=0.05)), "o@0")
+    ex.handle(encode(limit(2, 59_100.0, qty=0.05)), "o@1")
+    assert len(client(venue.url).fetch_open_orders("BTC/USDT")) == 2  # lim-1/1 and lim-2/1
+    ex.handle(encode(CancelRequest(5, "lim-1", "BTC/USDT")), "o@2")
+    assert parent_events(out, "lim-1")[-1] == (CANCELLED, 0.0, 0.0)
+    assert [o["clientOrderId"] for o in client(venue.url).fetch_open_orders("BTC/USDT")] == ["lim-2/1"]
+    ex.control("pause", "test", clock.t)
+    (last,) = [e for e in of(out, "order_events") if isinstance(e, OrderEvent) and e.order_id == "lim-2"][-1:]
+    assert last.kind == CANCELLED and last.reason.startswith("halted (pause)")
+    assert client(venue.url).fetch_open_orders("BTC/USDT") == [] and not ex.worked.parents

@@ -162,12 +162,59 @@ class _Fills:
         return AlgoOut(cancel=(self.open_child,)) if self.open_child is not None else NOTHING
 
 
-class _WorkerBase:
-    """Fill bookkeeping and the read-only view common to both workers."""
+def lot_qty(qty: float, lot: float) -> float:
+    """``qty`` floored to a multiple of ``lot`` (``lot`` 0: unchanged).
 
-    __slots__ = ("_book",)
+    >>> lot_qty(0.12345, 0.001), lot_qty(0.3, 0.1), lot_qty(2.5, 0.0)
+    (0.123, 0.3, 2.5)
+    """
+    if lot <= 0:
+        return qty
+    return round(math.floor(qty / lot + 1e-9) * lot, 12)
+
+
+class _WorkerBase:
+    """Fill bookkeeping and the read-only view common to both workers.
+
+    ``lot`` (the market's amount step, 0: none) floors every child's
+    quantity; a child under ``min_qty`` is not made.
+    """
+
+    __slots__ = ("_book", "_lot", "_min_qty", "_n")
 
     _book: _Fills
+
+    def _lots(self, lot: float, min_qty: float) -> None:
+        if not (math.isfinite(lot) and lot >= 0 and math.isfinite(min_qty) and min_qty >= 0):
+            msg = f"lot and min_qty must be finite numbers >= 0, got {lot!r}, {min_qty!r}"
+            raise ValueError(msg)
+        self._lot, self._min_qty, self._n = float(lot), float(min_qty), 0
+
+    def _sendable(self, qty: float) -> float:
+        """``qty`` floored to the lot; 0.0 when under the minimum (or nothing)."""
+        qty = lot_qty(qty, self._lot)
+        return qty if qty > QTY_EPS * self._book.parent.qty and qty >= self._min_qty else 0.0
+
+    @property
+    def children(self) -> int:
+        """Children made so far (the last child id is ``f"{parent_id}/{children}"``)."""
+        return self._n
+
+    @property
+    def exhausted(self) -> bool:
+        """Not filled, no child open, and the rest under the lot or the minimum: nothing more can go."""
+        b = self._book
+        return not b.done and b.open_child is None and self._sendable(b.remaining) == 0.0
+
+    def restore(
+        self, children: int, filled: float, notional: float, open_child: str | None, left: float
+    ) -> None:
+        """Take back a parent's state after a restart: ``children`` made, ``filled`` qty for
+        ``notional`` (qty x price), the child still open (None: none) with ``left`` unfilled."""
+        b = self._book
+        self._n = max(self._n, int(children))
+        b.filled, b.notional = float(filled), float(notional)
+        b.open_child, b.outstanding = (open_child, float(left)) if open_child is not None else (None, 0.0)
 
     @property
     def parent(self) -> Order:
@@ -286,7 +333,6 @@ class TwapWorker(_WorkerBase):
 
     __slots__ = (
         "_last_price",
-        "_n",
         "_slice_end",
         "_slice_volume",
         "_slices",
@@ -295,8 +341,17 @@ class TwapWorker(_WorkerBase):
         "settings",
     )
 
-    def __init__(self, parent: Order, cost: BrokerSettings, settings: TwapSettings | None = None) -> None:
+    def __init__(
+        self,
+        parent: Order,
+        cost: BrokerSettings,
+        settings: TwapSettings | None = None,
+        *,
+        lot: float = 0.0,
+        min_qty: float = 0.0,
+    ) -> None:
         _check_parent(parent)
+        self._lots(lot, min_qty)
         self.settings = settings or TwapSettings()
         self.cost = cost
         self._book = _Fills(parent)
@@ -304,7 +359,6 @@ class TwapWorker(_WorkerBase):
         self._slices = 0
         self._slice_volume = 0.0
         self._volumes: deque[float] = deque(maxlen=cost.recent_volume_bars)
-        self._n = 0
         self._last_price: float | None = None
 
     @property
@@ -362,8 +416,8 @@ class TwapWorker(_WorkerBase):
             return NOTHING
         parent = book.parent
         due = parent.qty * min(1.0, self._slices / self.n_slices) - book.filled
-        qty = twap_child_qty(min(due, book.remaining), volume, self.cost.participation)
-        if qty <= QTY_EPS * parent.qty:
+        qty = self._sendable(twap_child_qty(min(due, book.remaining), volume, self.cost.participation))
+        if qty == 0.0:
             return NOTHING
         self._n += 1
         child = child_order(parent, self._n, ts, qty, TWAP)
@@ -406,10 +460,11 @@ class IcebergWorker(_WorkerBase):
     0.5
     """
 
-    __slots__ = ("_last_price", "_n", "display_qty")
+    __slots__ = ("_last_price", "display_qty")
 
-    def __init__(self, parent: Order, display_qty: float) -> None:
+    def __init__(self, parent: Order, display_qty: float, *, lot: float = 0.0, min_qty: float = 0.0) -> None:
         _check_parent(parent)
+        self._lots(lot, min_qty)
         if parent.order_type != LIMIT or not _finite_positive(parent.limit_price):
             msg = (
                 "an iceberg works a limit order with a price > 0, "
@@ -421,7 +476,6 @@ class IcebergWorker(_WorkerBase):
             raise ValueError(msg)
         self.display_qty = float(display_qty)
         self._book = _Fills(parent)
-        self._n = 0
         self._last_price: float | None = None
 
     def start(self, ts: int) -> AlgoOut:
@@ -442,8 +496,8 @@ class IcebergWorker(_WorkerBase):
         book = self._book
         if book.cancelled or book.done or book.open_child is not None:
             return NOTHING
-        qty = min(self.display_qty, book.remaining)
-        if qty <= QTY_EPS * book.parent.qty:
+        qty = self._sendable(min(self.display_qty, book.remaining))
+        if qty == 0.0:
             return NOTHING
         parent = book.parent
         self._n += 1

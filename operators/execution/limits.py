@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from schemas.records import BUY, LIMIT, MARKET, ORDER_TYPES, SELL, STOP, Order
-from schemas.settings import check_settings, setting
+from schemas.settings import SettingsError, check_settings, setting
 
 DAY_MS = 86_400_000
 BP = 10_000.0
@@ -58,6 +58,12 @@ class ExecutionLimits:
         The dead man's switch: no heartbeat from the loop for this many
         seconds (on the service's clock) cancels every open order and holds
         new ones until heartbeats return.
+    twap_horizon_s, twap_slice_s
+        The schedule of the TWAP parents the service works (``TwapSettings``:
+        spread over the horizon, one child at most per slice; slice <= horizon).
+    iceberg_display_share
+        An iceberg parent shows this share of its quantity at a time (floored
+        to the market's amount step).
 
     ``max_order_notional`` and ``max_daily_notional`` have no default on
     purpose: :meth:`live_refusal` says why ``--live`` must refuse to start
@@ -74,9 +80,14 @@ class ExecutionLimits:
     max_open_orders: int | None = setting(None, ge=1)
     price_band_bps: float | None = setting(None, gt=0)
     deadman_s: float = setting(30.0, gt=0)
+    twap_horizon_s: float = setting(600.0, gt=0)
+    twap_slice_s: float = setting(60.0, gt=0)
+    iceberg_display_share: float = setting(0.1, gt=0, le=1)
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.twap_slice_s > self.twap_horizon_s:
+            raise SettingsError.of(self, "twap_slice_s", f"<= twap_horizon_s ({self.twap_horizon_s})")
 
     def live_refusal(self, section: str = "execution") -> str | None:
         """Why real orders may not be sent with these limits, None when they may.
