@@ -113,17 +113,18 @@ def t_ppf(p: float, nu: float) -> float:
     """The p-quantile of Student's t for p in (0, 0.5): Newton from the normal quantile.
 
     The cdf is convex left of 0, so Newton from z_p (right of the root) falls
-    monotonically onto it.
+    monotonically onto it; once a step is below 1e-8 relative, one more step
+    reaches the limit of the cdf's accuracy.
 
     >>> round(t_ppf(0.05, 5.0), 9)
     -2.015048373
     """
     t = _NORMAL.inv_cdf(p)
-    for _ in range(200):
+    for _ in range(100):
         step = (t_cdf(t, nu) - p) / t_pdf(t, nu)
         t -= step
-        if abs(step) <= 1e-15 * abs(t):
-            break
+        if abs(step) <= 1e-8 * abs(t):
+            return t - (t_cdf(t, nu) - p) / t_pdf(t, nu)
     return t
 
 
