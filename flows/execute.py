@@ -44,6 +44,7 @@ from flows.executor import KILL_HOOK, KILL_POINTS, RETRIES, Executor, Summary, k
 from operators.execution.limits import ExecutionGuard
 from schemas.codec import encode
 from schemas.errors import OutsideFailure, UsageProblem
+from schemas.records import Order
 from sources.chunk_source import wall_ms
 
 __all__ = [
@@ -194,8 +195,8 @@ def run_execute(
 
     def emit(table: str, record: object) -> None:
         producer.produce(topics[table], encode(record), record_key(table, record))
-        if writer is not None:
-            writer.add(table, [record])
+        if writer is not None:  # a TWAP or iceberg child travels on order-events, is stored with orders
+            writer.add("orders" if isinstance(record, Order) else table, [record])
 
     def deliver() -> None:
         producer.producer.flush(k.timeout_s)
@@ -204,7 +205,10 @@ def run_execute(
             writer.flush()
 
     guard = ExecutionGuard(settings.execution_limits)
-    executor = Executor(options, guard, venue, emit, set(), broker=settings.execution, kill=kill_hook())
+    executor = Executor(
+        options, guard, venue, emit, set(), broker=settings.execution, kill=kill_hook(), deliver=deliver
+    )
+    ticks = _ticks_at_end(consumer_conf, topics["ticks"], k.topic_prefix + GROUP, k.timeout_s)
     executor.seen_fills.update(fill_key(f) for f in book.fills)
     if venue is not None:
         start_up(venue, options.venue, book, executor, wall_ms())
@@ -231,6 +235,7 @@ def run_execute(
     try:
         while not stop:
             msg = consumer.poll(0.2)
+            _take_ticks(ticks, executor)  # market prints: working parents, observed volume
             executor.poll(wall_ms())  # followed orders, protections, the dead man's switch
             if take_commands(control, executor.control, emit):  # before the next order
                 deliver()
@@ -251,6 +256,7 @@ def run_execute(
             consumer.commit(message=msg, asynchronous=False)
     finally:
         consumer.close()
+        ticks.close()
         control.close()
         producer.producer.flush(k.timeout_s)
         if writer is not None:
@@ -260,6 +266,38 @@ def run_execute(
     producer.check()
     sys.stdout.write(executor.summary.line() + "\n")
     return 0
+
+
+def _ticks_at_end(conf: dict, topic: str, group: str, timeout_s: float):
+    """A consumer of ``topic`` from its end now (nothing committed: a restart starts at the end again)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from sources.kafka_ticks import watermarks
+
+    consumer = Consumer({**conf, "group.id": f"{group}-ticks", "enable.auto.commit": False})
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    parts = [TopicPartition(topic, p) for p in sorted(meta.partitions if meta is not None else {})]
+    consumer.assign(
+        [TopicPartition(topic, tp.partition, watermarks(consumer, tp, timeout_s)[1]) for tp in parts]
+    )
+    return consumer
+
+
+def _take_ticks(consumer, executor: Executor) -> None:
+    """The ticks there now, to the executor (undecodable ones are the pipeline's to report: skipped)."""
+    from sources.kafka_ticks import decode_ticks
+
+    msgs = [m for m in consumer.consume(2000, 0) if m.error() is None]
+    by_partition: dict[int, list] = {}
+    for m in msgs:
+        by_partition.setdefault(m.partition(), []).append(m)
+    now = wall_ms()
+    for p, group in sorted(by_partition.items()):
+        values, offsets = [m.value() for m in group], [m.offset() for m in group]
+        batches, _dead = decode_ticks(values, offsets, [now] * len(group), f"{group[0].topic()}[{p}]")
+        for cols in batches:
+            for ts, price, qty in zip(cols.ts.tolist(), cols.price.tolist(), cols.qty.tolist(), strict=True):
+                executor.on_tick(cols.symbol, ts, price, qty)
 
 
 def _store_writer(dsn: str | None):

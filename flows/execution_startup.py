@@ -34,11 +34,14 @@ from dataclasses import dataclass, field
 
 from flows.execution_venue import CcxtVenue, fill_key, venue_order, venue_trade
 from flows.executor import UNREACHABLE, Executor, Working, protection_exit
+from flows.worked_orders import KINDS
 from operators.execution.reconcile import OurBook, VenueView, assets_of, reconcile
 from schemas.codec import SchemaError, decode
 from schemas.errors import OutsideFailure
 from schemas.records import (
+    ACCEPTED,
     BUY,
+    CANCELLED,
     FINAL_ORDER_EVENTS,
     REJECTED,
     Fill,
@@ -115,6 +118,7 @@ class Book:
     """What the topics say at a start."""
 
     orders: list[Order] = field(default_factory=list)
+    children: list[Order] = field(default_factory=list)  # TWAP and iceberg children (on order-events)
     protections: list[Protection] = field(default_factory=list)
     events: list[OrderEvent] = field(default_factory=list)
     fills: list[Fill] = field(default_factory=list)
@@ -129,7 +133,8 @@ def read_book(conf: dict, topics: dict[str, str], timeout_s: float, group: str, 
     book.orders = topic_records(conf, topics["orders"], (Order,), timeout_s, group)
     # protections the service took before it stopped (later ones arrive as messages)
     book.protections = topic_records(conf, topics["orders"], (Protection,), timeout_s, group, committed=True)
-    book.events = topic_records(conf, topics["order_events"], (OrderEvent,), timeout_s, group)
+    for r in topic_records(conf, topics["order_events"], (OrderEvent, Order), timeout_s, group):
+        (book.events if isinstance(r, OrderEvent) else book.children).append(r)
     for r in topic_records(conf, topics["risk_events"], (RiskEvent,), timeout_s, group):
         if r.kind == "reconcile" and r.action == BASELINE:
             book.baseline[r.symbol] = r.value
@@ -185,7 +190,7 @@ def baseline_events(values: dict[str, float], now_ms: int) -> list[RiskEvent]:
 
 def start_up(venue: CcxtVenue, name: str, book: Book, ex: Executor, now_ms: int) -> None:
     """Reconcile ``book`` with the venue, emit what was found and hand ``ex`` its state."""
-    orders = {o.order_id: o for o in book.orders}
+    orders = {o.order_id: o for o in (*book.orders, *book.children)}
     evented: dict[str, list[OrderEvent]] = {}
     for e in book.events:
         evented.setdefault(e.order_id, []).append(e)
@@ -282,6 +287,7 @@ def start_up(venue: CcxtVenue, name: str, book: Book, ex: Executor, now_ms: int)
     ex.ours.update(everything)
     ex.symbols.update(symbols)
     ex.protections.update(protections)
+    _parents(book, ex, evented, found)
 
     def rebaseline() -> None:
         try:
@@ -295,6 +301,38 @@ def start_up(venue: CcxtVenue, name: str, book: Book, ex: Executor, now_ms: int)
             ex.emit("risk_events", r)
 
     ex.rebaseline = rebaseline
+
+
+def _parents(book: Book, ex: Executor, evented: dict[str, list[OrderEvent]], found) -> None:
+    """Take back the TWAP and iceberg parents not finished: their children from ``order-events``
+    (each child is there before it is sent), their fills from ``fills`` plus the missing ones."""
+    children: dict[str, list[Order]] = {}
+    for c in book.children:
+        children.setdefault(c.parent_id, []).append(c)
+    now = ex.now_ms()
+    for c in found.unsent:  # a child on the topic that never reached the venue: it is not sent again
+        if c.parent_id:
+            ex.done.add(c.order_id)
+            ex.emit("order_events", OrderEvent(
+                now, c.order_id, "", c.symbol, c.side, CANCELLED, c.qty, 0.0, 0.0,
+                "not sent before the restart", ex.options.venue, 0, 0.0,
+            ))  # fmt: skip
+    filled: dict[str, tuple[float, float]] = {}
+    for f in (*book.fills, *found.missing_fills):
+        q, n = filled.get(f.order_id, (0.0, 0.0))
+        filled[f.order_id] = (q + f.qty, n + f.qty * f.price)
+    for o in book.orders:
+        es = evented.get(o.order_id, [])
+        kind = next(
+            (e.reason.partition(":")[0] for e in es if e.kind == ACCEPTED and not e.venue_order_id), ""
+        )
+        if kind not in KINDS or any(e.kind in FINAL_ORDER_EVENTS for e in es):
+            continue
+        kids = sorted(children.get(o.order_id, []), key=lambda c: int(c.order_id.rpartition("/")[2]))
+        working = [c.order_id for c in kids if c.order_id in ex.working]
+        reported = max((e.filled_qty for e in es), default=0.0)
+        ex.worked.restore(o, kind, kids, filled, working[-1] if working else None, reported)
+    ex.worked.settle()
 
 
 def _given_up(events: list[OrderEvent]) -> bool:

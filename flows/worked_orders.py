@@ -123,6 +123,9 @@ class WorkedOrders:
         for c in children:
             self.parent_of[c.order_id] = order.order_id
             p.children.append(c.order_id)
+        if qty > reported * (1 + 1e-9) and not worker.finished:  # child fills not reported yet
+            p.reported = qty
+            self._parent_event(p, PARTIALLY_FILLED)
 
     # -- what happened (called by the executor) ---------------------------------------------
 

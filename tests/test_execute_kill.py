@@ -15,6 +15,14 @@ checks the invariants at the exchange's own state:
 - the exchange's balances equal the starting balances plus the fills
   (quote minus fees).
 
+The parents' test (``ALGO_CASES``) works a TWAP parent and an iceberg parent
+(``execution.twap_threshold`` 1000, slices of 1 s) against ticks published
+both to the exchange and to ``<prefix>ticks``, kills the executor while they
+work (``twap_child_sent``, ``iceberg_refill``), restarts it until both are
+finished and checks the same invariants plus: each parent's filled quantity
+equals the sum of its children's fills, and no child id reached the exchange
+twice.
+
 The dead man's switch test runs the service with ``deadman_s`` 3, stops the
 heartbeats and times the cancellation of every open order.
 """
@@ -72,6 +80,18 @@ CASES = [
 ]
 """(kill hooks in turn, then a clean run; whether the resting order gets its ticks)."""
 DEADMAN_MARKET = "KDM/QDM"
+ALGO_CASES = [("twap_child_sent:2",), ("iceberg_refill:2",), ("iceberg_refill:3", "twap_child_sent:1")]
+"""Kill hooks in turn while a TWAP and an iceberg parent work; then clean runs until both are done."""
+ALGO_SETTINGS = (
+    "execution.twap_threshold=1000",
+    "execution_limits.twap_horizon_s=4",
+    "execution_limits.twap_slice_s=1",
+    "execution_limits.iceberg_display_share=0.25",
+)
+
+
+def algo_market(i: int) -> str:
+    return f"KA{i}/QA{i}"
 
 
 def market(i: int) -> str:
@@ -85,6 +105,7 @@ def spec(symbol: str) -> MarketSpec:
 @pytest.fixture(scope="module")
 def venue():
     symbols = [market(i) for i in range(len(CASES))] + [DEADMAN_MARKET]
+    symbols += [algo_market(i) for i in range(len(ALGO_CASES))]
     balances = {s.split("/")[1]: START_QUOTE for s in symbols}
     v = start_venue(default_settings(port=0, markets=tuple(map(spec, symbols)), balances=balances), KEYS)
     for s in symbols:
@@ -119,7 +140,7 @@ def publish(brokers: str, topic: str, records: list, key: bytes) -> None:
     assert p.flush(30) == 0
 
 
-def run(brokers: str, prefix: str, url: str, hook: str, deadman_s: float, idle: float = 4.0):
+def run(brokers: str, prefix: str, url: str, hook: str, deadman_s: float, idle: float = 4.0, extra=()):
     env = {**os.environ, KEY_ENV: KEYS.key.reveal(), SECRET_ENV: KEYS.secret.reveal()}
     env.pop(KILL_HOOK, None)
     if hook:
@@ -127,6 +148,8 @@ def run(brokers: str, prefix: str, url: str, hook: str, deadman_s: float, idle: 
     cmd = [sys.executable, "-m", "flows.cli", "execute", "--kafka", brokers, "--idle-exit", str(idle)]
     cmd += ["--venue", "ccxt:binance", "--sandbox", "--venue-url", url]
     cmd += ["--set", f"kafka.topic_prefix={prefix}", "--set", f"execution_limits.deadman_s={deadman_s}"]
+    for key in extra:
+        cmd += ["--set", key]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert KEYS.secret.reveal() not in proc.stdout + proc.stderr
     return proc
@@ -268,3 +291,74 @@ def test_the_dead_mans_switch_cancels_every_open_order_within_deadman_s_plus_5(k
         sent = {o.client_id for o in venue.engine.orders_of(mid)}
     assert f"{symbol}-o9" not in sent  # nothing is sent while the switch is tripped
     assert "1 rejected" in out
+
+
+def algo_feeder(v, brokers: str, prefix: str, symbol: str, stop: threading.Event) -> None:
+    """Ticks every 0.25 s to the exchange and to ``<prefix>ticks``: 99.5 x 10 (the iceberg rests),
+    then 98.9 x 1 (through its limit)."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": brokers})
+    step = 0
+    while not stop.wait(0.25):
+        price, qty = (99.5, 10.0) if step % 2 == 0 else (98.9, 1.0)
+        tick = Tick(int(time.time() * 1000), symbol, price, qty, "buy", str(step), "test")
+        v.tick(tick)
+        p.produce(f"{prefix}ticks", encode(tick), symbol.encode())
+        p.poll(0)
+        step += 1
+    p.flush(10)
+
+
+def one_algo_case(v, brokers: str, i: int) -> dict:
+    from flows.config import load_settings
+    from flows.kafka_flow import ensure
+
+    hooks, symbol, prefix = ALGO_CASES[i], algo_market(i), unique(f"algo{i}")
+    ensure(load_settings(None, [f"kafka.brokers={brokers}", f"kafka.topic_prefix={prefix}"], env={}))
+    now = int(time.time() * 1000)
+    twap = Order(now, f"{symbol}-twap", "", symbol, "buy", 12.0, MARKET, 0.0, "entry", "demo")
+    ice = Order(now + 1, f"{symbol}-ice", "", symbol, "buy", 12.0, LIMIT, 99.0, "entry", "demo")
+    stop = threading.Event()
+    feed = threading.Thread(target=algo_feeder, args=(v, brokers, prefix, symbol, stop), daemon=True)
+    feed.start()
+    time.sleep(1.0)
+    publish(brokers, f"{prefix}orders", [twap, ice], symbol.encode())
+    finals: dict[str, OrderEvent] = {}
+    try:
+        for hook in hooks:
+            proc = run(brokers, prefix, v.url, hook, 600.0, idle=30.0, extra=ALGO_SETTINGS)
+            assert proc.returncode == 137, f"{hook}: not reached ({proc.returncode}): {proc.stderr[-500:]}"
+        for _ in range(4):  # clean runs until both parents are finished
+            proc = run(brokers, prefix, v.url, "", 600.0, idle=8.0, extra=ALGO_SETTINGS)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            records = [decode(val) for _k, val in read_topic(brokers, f"{prefix}order-events")]
+            events = [r for r in records if isinstance(r, OrderEvent)]
+            finals = {e.order_id: e for e in events if e.order_id in (twap.order_id, ice.order_id)
+                      and e.kind in ("filled", "cancelled")}  # fmt: skip
+            if len(finals) == 2:
+                break
+    finally:
+        stop.set()
+        feed.join(5)
+    found = check_invariants(v, brokers, prefix, symbol)
+    fills = [decode(val, Fill) for _k, val in read_topic(brokers, f"{prefix}fills")]
+    for parent in (twap, ice):
+        final = finals.get(parent.order_id)
+        assert final is not None and final.kind == "filled", (hooks, parent.order_id, final)
+        of_children = [f for f in fills if f.order_id.startswith(parent.order_id + "/")]
+        assert final.filled_qty == pytest.approx(sum(f.qty for f in of_children))
+        assert final.filled_qty == pytest.approx(parent.qty)
+    assert not {twap.order_id, ice.order_id} & set(found["ids"])  # parents are never sent themselves
+    return found
+
+
+@pytest.mark.kafka
+def test_twap_and_iceberg_parents_killed_while_working_finish_and_no_child_is_sent_twice(
+    kafka_bootstrap, venue
+):
+    assert {h.partition(":")[0] for hooks in ALGO_CASES for h in hooks} <= set(KILL_POINTS)
+    with ThreadPoolExecutor(max_workers=len(ALGO_CASES)) as pool:
+        futures = [pool.submit(one_algo_case, venue, kafka_bootstrap, i) for i in range(len(ALGO_CASES))]
+        failed = {ALGO_CASES[i]: f.exception() for i, f in enumerate(futures) if f.exception()}
+    assert not failed, "\n".join(f"{h}: {type(e).__name__}: {str(e)[:1500]}" for h, e in failed.items())
