@@ -635,6 +635,24 @@ def test_a_twap_parent_is_cut_into_children_of_at_most_10_percent_of_the_slice_b
     assert sorted(sent) == sorted(c.order_id for c in kids) and "ord-1" not in sent
 
 
+def loop_mirror(out: list, parent: Order):
+    """The trading loop's external venue (not connected) after reading the records of ``out``."""
+    from flows.external_venue import RemoteVenue
+
+    loop = RemoteVenue.__new__(RemoteVenue)
+    loop.__setstate__(
+        {"_config": None, "_working": {parent.order_id: [parent, parent.qty]}, "_ours": {parent.order_id},
+         "_created": {}, "_asked": set(), "_fills": {}, "_new": {}, "_cancelled": [], "_events": [],
+         "_positions": None, "_marks": {}, "_last_order_ts": 0, "_step_ts": 0, "_seq": 0, "_clients": None}
+    )  # fmt: skip
+    remaining = []
+    for table, record in out:
+        if table in ("fills", "order_events"):
+            loop._take(table, 0, record)
+            remaining.append(loop.remaining(parent.order_id))
+    return loop, remaining
+
+
 def test_a_twap_child_over_15_bps_is_skipped_and_the_parent_goes_on(venue):
     from operators.execution.cost_model import taker_slippage_bps
 
@@ -655,6 +673,17 @@ def test_a_twap_child_over_15_bps_is_skipped_and_the_parent_goes_on(venue):
     assert not {e.order_id for e in skipped} & set(sent)
     last_skipped = max(int(e.order_id.rpartition("/")[2]) for e in skipped)
     assert f"ord-1/{last_skipped + 1}" in sent  # the parent went on
+    # the trading loop's external venue reads these records as it reads the paper service's
+    loop, remaining = loop_mirror(out, parent)
+    cancelled = loop.take_cancelled()
+    assert {c.order.order_id for c in cancelled} == {e.order_id for e in skipped}
+    assert {c.reason for c in cancelled} == {"twap_slippage"}
+    assert {o.order_id for o in loop._new["BTC/USDT"]} == {c.order_id for c in children(out, "ord-1")}
+    booked = sum(f.qty for f in loop._fills["BTC/USDT"])
+    assert booked == pytest.approx(sum(f.qty for f in of(out, "fills")))
+    left = [r for r in remaining if r is not None]
+    assert left == sorted(left, reverse=True) and left[0] == 0.05  # leaves_qty after each child fill
+    assert booked == pytest.approx(0.05) and remaining[-1] is None and loop.open_orders() == []  # filled
     assert all(r.expected_slippage_bps <= 15.0 for r in of(out, "execution_quality"))
     assert any(r.expected_slippage_bps > 3.0 for r in of(out, "execution_quality"))  # the impact term
 
@@ -698,3 +727,56 @@ def test_a_cancel_request_and_a_hold_stop_parents_and_their_open_child(venue):
     (last,) = [e for e in of(out, "order_events") if isinstance(e, OrderEvent) and e.order_id == "lim-2"][-1:]
     assert last.kind == CANCELLED and last.reason.startswith("halted (pause)")
     assert client(venue.url).fetch_open_orders("BTC/USDT") == [] and not ex.worked.parents
+
+
+def test_a_parent_killed_after_a_child_was_sent_is_taken_back_at_start_without_reusing_a_child_id(venue):
+    from flows.execution_startup import Book, start_up
+
+    first, out, _ = algo_executor(venue.url)
+    parent = order(1, qty=0.05)
+    first.handle(encode(parent), "o@0")
+    for k in range(3):  # slices 0 and 1 close: children ord-1/1 and ord-1/2 go
+        first.on_tick("BTC/USDT", parent.ts + k * 1000, 60_000.0, 0.2)
+    assert [c.order_id for c in children(out, "ord-1")] == ["ord-1/1", "ord-1/2"]
+    # killed right after ord-1/2 reached the venue: its record is on the topic, nothing after it
+    cut = next(i for i, (_t, r) in enumerate(out) if isinstance(r, Order) and r.order_id == "ord-1/2") + 1
+    on_topics = out[:cut]
+    book = Book(
+        orders=[parent],
+        children=[r for t, r in on_topics if isinstance(r, Order)],
+        events=[r for t, r in on_topics if isinstance(r, OrderEvent)],
+        fills=[r for t, r in on_topics if isinstance(r, Fill)],
+    )
+    again, out2, clock = algo_executor(venue.url)
+    start_up(again.venue, "ccxt:binance", book, again, clock.t)
+    assert [(f.order_id, f.qty) for f in of(out2, "fills")] == [("ord-1/2", pytest.approx(0.0125))]
+    assert parent_events(out2, "ord-1") == [("partially_filled", pytest.approx(0.025), pytest.approx(0.025))]
+    assert again.worked.parents["ord-1"].worker.children == 2 and not again.guard.holds
+    for k in range(3, 8):
+        clock.t += 1000
+        again.on_tick("BTC/USDT", parent.ts + k * 1000, 60_000.0, 0.2)
+    assert [c.order_id for c in children(out2, "ord-1")] == ["ord-1/3", "ord-1/4"]
+    assert parent_events(out2, "ord-1")[-1] == (FILLED, pytest.approx(0.05), 0.0)
+    sent = Counter(o["clientOrderId"] for o in client(venue.url).fetch_orders("BTC/USDT"))
+    assert sent == Counter({f"ord-1/{n}": 1 for n in range(1, 5)})
+
+
+def test_observed_volume_is_the_mean_volume_of_the_last_closed_slices():
+    import numpy as np
+
+    from operators.execution.observed_volume import ObservedVolume, ObservedVolumeSettings
+
+    rng = np.random.default_rng(7)
+    ts = np.sort(rng.integers(0, 60_000, 500))
+    qty = rng.exponential(2.0, 500)
+    v = ObservedVolume(ObservedVolumeSettings(slice_ms=1_000, slices=5))
+    for i, (t, q) in enumerate(zip(ts.tolist(), qty.tolist(), strict=True)):
+        got = v.update("A/B", t, q)
+        current = t // 1000
+        first = ts[0] // 1000
+        closed = np.arange(max(first, current - 5), current)
+        if len(closed) == 0:
+            assert got is None
+            continue
+        sums = [qty[: i + 1][ts[: i + 1] // 1000 == k].sum() for k in closed]
+        assert got == pytest.approx(np.mean(sums), rel=1e-12, abs=1e-12)
