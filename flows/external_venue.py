@@ -40,8 +40,10 @@ The venue pickles with the loop (Bytewax snapshots): working orders,
 pending reports and its read positions in ``fills`` and ``order-events`` are
 state; the clients and the connection settings are not (they may hold
 credentials), :meth:`RemoteVenue.attach` gives them back after a resume. At
-first start the read positions are the topics' ends: reports from earlier
-runs are not booked.
+first start the read positions are the topics' ends (reports from earlier
+runs are not booked), in lockstep their beginnings (a loop that starts again
+from scratch, killed before its first snapshot, reads the reports of the
+steps the service did already: one lockstep session per topic prefix).
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ class RemoteVenue:
         self._step_ts = 0
         self._seq = 0
         self._clients: _Clients | None = None
+        # where reading the reports starts: fixed now, before the first snapshot can be taken, so a
+        # loop resumed from any snapshot reads every report since its start
+        self._connect()
 
     # -- pickling: state only ---------------------------------------------------------
 
@@ -346,12 +351,15 @@ class _Clients:
                 msg = f"topic {topic} does not exist (start the flow once, or create the topics)"
                 raise OutsideFailure(msg)
             self.partitions[topic] = len(parts.partitions)
-        if positions is None:  # first start: reports from before this run are not ours to book
+        if positions is None:
+            # first start: free-running, reports from before this run are not ours to book; in
+            # lockstep (one session per topic prefix) a loop that starts again from scratch needs
+            # the reports of the steps the service did already, so it reads them from the start
             positions = {}
             for topic in (config.fills, config.order_events):
                 for p in range(self.partitions[topic]):
-                    _low, high = watermarks(self.consumer, TopicPartition(topic, p), config.timeout_s)
-                    positions[(topic, p)] = high
+                    low, high = watermarks(self.consumer, TopicPartition(topic, p), config.timeout_s)
+                    positions[(topic, p)] = max(low, 0) if config.lockstep else high
         self.positions = positions
         self.consumer.assign([TopicPartition(t, p, off) for (t, p), off in sorted(positions.items())])
         self.last_order_ts = 0

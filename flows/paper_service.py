@@ -22,8 +22,9 @@ known of them) — use lockstep for runs that must be exact.
 
 **Lockstep** (``--lockstep``, with ``qbtc stream --execution external
 --lockstep``): the bars are the loop's :class:`~schemas.records.VenueBar`
-records. Requests are applied in each partition's order up to the loop's
-:class:`~schemas.records.StepMark` of step k; once every partition of
+records. A partition's requests are applied in its order when the loop's
+:class:`~schemas.records.StepMark` of step k that follows them arrives (of a
+step done already: dropped, they were applied); once every partition of
 ``orders`` has reached it, the step's bars go through the broker in symbol
 order and a ``venue`` mark of step k goes to every partition of ``fills`` and
 ``order-events``. The result is a function of the orders topic alone, so a
@@ -215,25 +216,36 @@ class Lockstep:
     queues: dict[int, deque] = field(default_factory=dict)
     waiting: dict[int, int] = field(default_factory=dict)  # partition -> the loop mark it stopped at
     bars: dict[int, dict[str, VenueBar]] = field(default_factory=dict)
+    pending: dict[int, list] = field(default_factory=dict)  # partition -> requests before its next mark
     done: int | None = None  # the last step processed
 
     def add(self, partition: int, record: object) -> None:
         self.queues.setdefault(partition, deque()).append(record)
 
     def run(self, desk: PaperDesk, on_step) -> None:
-        """Apply what is queued, up to and through every step all partitions have reached."""
+        """Apply what is queued, up to and through every step all partitions have reached.
+
+        A partition's requests wait for its next loop mark: they belong to that step (the loop
+        sent them before it), so a loop resumed from a snapshot, which sends steps again, has its
+        repeated requests dropped with their step's repeated mark instead of applied twice.
+        """
         while True:
             for p, queue in self.queues.items():
                 while p not in self.waiting and queue:
                     record = queue.popleft()
                     if isinstance(record, StepMark):
-                        if record.kind == LOOP_MARK and (self.done is None or record.step > self.done):
+                        if record.kind != LOOP_MARK:
+                            continue
+                        requests = self.pending.pop(p, [])
+                        if self.done is None or record.step > self.done:
+                            for request in requests:
+                                desk.request(request)
                             self.waiting[p] = record.step
                     elif isinstance(record, VenueBar):
                         if self.done is None or record.step > self.done:
                             self.bars.setdefault(record.step, {})[record.symbol] = record
                     else:
-                        desk.request(record)
+                        self.pending.setdefault(p, []).append(record)
             if len(self.waiting) < self.partitions:
                 return
             step = min(self.waiting.values())

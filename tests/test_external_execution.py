@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import signal
 import time
+from functools import partial
 
 import pytest
-from kafka_helpers import dump, publish_sim, qbtc, read_topic, set_args, start_cli, unique
+from kafka_helpers import (
+    dump,
+    kill_at,
+    publish_sim,
+    qbtc,
+    read_topic,
+    records_in,
+    set_args,
+    start_cli,
+    unique,
+)
 
 from flows.paper_service import KILL_HOOK
 from schemas.codec import decode
@@ -142,6 +153,50 @@ def test_a_lockstep_service_killed_mid_step_and_restarted_publishes_nothing_twic
     ]
     keys = [(e.order_id, e.kind, e.filled_qty) for e in events]
     assert len(keys) == len(set(keys))
+
+
+def test_a_lockstep_loop_killed_and_resumed_from_its_snapshot_keeps_the_in_process_results(
+    kafka_bootstrap, tmp_path
+):
+    """SIGKILL ``stream --execution external --lockstep`` twice: the resumed loop repeats steps after its
+    snapshot (the service ignores what it did already) and books each fill once."""
+    source = unique("in")
+    publish_sim(kafka_bootstrap, source, tmp_path, seconds=300, rate=120, symbols=3)
+    common = [
+        "stream",
+        "--trade",
+        "--until-end",
+        "--kafka",
+        kafka_bootstrap,
+        "--topic",
+        f"{source}ticks",
+        "--quiet",
+    ]
+    ref, ext = unique("ref"), unique("ext")
+    reference = qbtc(*common, "--store", "chdb://ref.chdb", *set_args(ref), cwd=tmp_path)
+    service, service_lines = start_cli(
+        ["execute", "--venue", "paper", "--lockstep", "--kafka", kafka_bootstrap, "--idle-exit", "10",
+         *set_args(ext)],
+        tmp_path,
+    )  # fmt: skip
+    args = [
+        *common, "--execution", "external", "--lockstep", "--store", "chdb://ext.chdb",
+        "--recovery-dir", "recovery", "--snapshot-interval", "0.3", *set_args(ext),
+    ]  # fmt: skip
+    try:
+        for target in (300, 700):  # records on the fills topic: about 4 step marks per step
+            loop, lines = start_cli(args, tmp_path)
+            kill_at(loop, lines, partial(records_in, kafka_bootstrap, f"{ext}fills"), target)
+        final = qbtc(*args, cwd=tmp_path)
+        assert service.wait(timeout=90) == 0, "".join(service_lines)
+    finally:
+        if service.poll() is None:
+            service.kill()
+    want = dump("chdb://ref.chdb", tmp_path, TABLES)
+    got = dump("chdb://ext.chdb", tmp_path, TABLES)
+    for table in TABLES:
+        assert got[table]["rows"] == want[table]["rows"], f"{table} differs after the loop's restarts"
+    assert _backtest(final.stdout) == _backtest(reference.stdout)
 
 
 def test_a_lockstep_loop_without_a_service_stops_with_one_line(kafka_bootstrap, tmp_path):

@@ -67,7 +67,7 @@ def test_a_market_order_is_accepted_then_fills_at_the_next_bar_with_a_filled_eve
     assert out[2][1].leaves_qty == 0.0
 
 
-def test_lockstep_waits_for_every_partition_and_ignores_repeated_steps_and_ids():
+def test_lockstep_waits_for_every_partition_and_ignores_repeated_steps_and_requests():
     desk, out = _desk()
     barrier = Lockstep(2)
     barrier.add(0, _vbar(0, 100.0))
@@ -76,16 +76,25 @@ def test_lockstep_waits_for_every_partition_and_ignores_repeated_steps_and_ids()
     barrier.run(desk, steps.append)
     assert steps == []  # partition 1 has not reached the mark
     barrier.add(1, StepMark(0, "loop", LOOP_MARK, 0))
-    barrier.add(1, _order("o1", D))  # after the mark in its partition: applies after step 0's bars
+    barrier.add(1, _order("o1", D))  # decided at step 0: belongs to step 1, applied at its mark
     barrier.run(desk, steps.append)
-    assert steps == [0]
-    assert _kinds(out) == [("order_events", "accepted")]  # the symbol had its bar first: accepted
-    # a loop resumed from a snapshot sends step 0 and its order again: ignored
+    assert steps == [0] and out == []
+    barrier.add(0, _vbar(1, 101.0))
     for p in (0, 1):
-        barrier.add(p, StepMark(0, "loop", LOOP_MARK, 0))
-    barrier.add(1, _order("o1", D))
+        barrier.add(p, StepMark(D, "loop", LOOP_MARK, 1))
     barrier.run(desk, steps.append)
-    assert steps == [0] and len(out) == 1
+    assert steps == [0, 1]
+    assert _kinds(out) == [("order_events", "accepted"), ("fills", "Fill"), ("order_events", "filled")]
+    # a loop resumed from a snapshot sends step 1 and what it decided before it again: dropped
+    barrier.add(1, Protection(D, "X/USDT", 1.0, 200.0, 0.0))  # would fire at once at the next bar
+    barrier.add(1, _order("o1", D))
+    for p in (0, 1):
+        barrier.add(p, StepMark(D, "loop", LOOP_MARK, 1))
+    barrier.add(0, _vbar(2, 101.0))
+    for p in (0, 1):
+        barrier.add(p, StepMark(2 * D, "loop", LOOP_MARK, 2))
+    barrier.run(desk, steps.append)
+    assert steps == [0, 1, 2] and len(out) == 3  # no second fill, no protective exit
 
 
 def test_cancel_requests_protections_and_rejections_become_order_events():
