@@ -70,6 +70,7 @@ from operators.features.symbol_features import FeatureSettings, SymbolFeatures
 from operators.risk.engine import RiskEngine
 from operators.risk.portfolio import Portfolio, PortfolioSettings
 from operators.risk.settings import MarketView, OrderIntent
+from operators.risk.var_backtest import ModelRiskMonitor, VarBacktest, VarBacktestSettings
 from operators.signals.atr import ATR, ATRSettings
 from operators.signals.regime import RegimeClassifier, RegimeSettings
 from operators.signals.sizing import PositionSizer
@@ -507,7 +508,38 @@ def _slippage_stream() -> list:
     return [(T0 + k, 3.0, rng.gauss(9.0 if (k // 60) % 2 else 3.0, 1.0)) for k in range(N)]
 
 
+def _backtest_stream() -> list:
+    """(VaR, ES, ret) of N(0, 1) forecasts at 95%; the truth's sigma is 1.8 on items 150..229."""
+    rng = np.random.default_rng(24)
+    k = np.arange(N)
+    sigma = np.where((k >= 150) & (k < 230), 1.8, 1.0)
+    return [(1.6448536269514722, 2.0627128075074257, float(r)) for r in rng.normal(0, 1, N) * sigma]
+
+
+_BACKTEST = VarBacktestSettings(window=100, min_forecasts=50)
+
+
+def _model_risk_stream() -> list:
+    bt = VarBacktest(_BACKTEST)
+    out = []
+    for k, item in enumerate(_backtest_stream()):
+        bt.update(*item)
+        out.append((T0 + k * D, bt.get()))
+    return out
+
+
 OPERATORS: dict[type, Case] = {
+    VarBacktest: Case(
+        lambda: VarBacktest(_BACKTEST),
+        _backtest_stream,
+        lambda op, item: (op.update(*item), op.snapshot()),
+        lambda op, _: op.get(),
+    ),
+    ModelRiskMonitor: Case(
+        lambda: ModelRiskMonitor(_BACKTEST, "A/USDT"),
+        _model_risk_stream,
+        lambda op, item: (op.update(*item), op.breached),
+    ),
     RollingVariance: Case(lambda: RollingVariance(30), _floats(1), _feed, lambda op, _: op.get()),
     PermutationEntropy: Case(lambda: PermutationEntropy(30), _floats(2), _feed, lambda op, _: op.get()),
     RollingTail: Case(lambda: RollingTail(50), _floats(3), _feed, lambda op, _: op.get()),
@@ -719,6 +751,7 @@ EXECUTION_SERVICE = {
     SlippageSettings,
     ObservedVolumeSettings,
     ReconcileSettings,
+    VarBacktestSettings,
 }
 """Settings of the execution service's building blocks (issue 12) with no config keys yet
 (``ExecutionLimits`` is ``[execution_limits]``, read by ``qbtc execute``)."""
