@@ -781,3 +781,31 @@ def test_a_second_reconciliation_after_applying_the_first_finds_nothing_new():
 
 def test_assets_of_unified_symbols():
     assert assets_of("ETH/BTC") == ("ETH", "BTC") and assets_of("BTC/USDT:USDT") == ("BTC", "USDT")
+
+
+def test_workers_floor_children_to_the_lot_skip_those_under_the_minimum_and_take_back_their_state():
+    parent = Order(0, "p", "", "A/USDT", BUY, 1.0, LIMIT, 100.0, "entry", "t")
+    ice = IcebergWorker(parent, 0.3337, lot=0.01, min_qty=0.05)
+    (child,) = ice.start(0).send
+    assert child.order.qty == pytest.approx(0.33)
+    for _ in range(2):
+        (child,) = ice.on_fill(1, ice._book.outstanding, 100.0).send
+    assert child.order.qty == pytest.approx(0.33) and child.order.order_id == "p/3"
+    assert ice.on_fill(2, 0.33, 100.0).send == ()  # the rest 0.01 is under the minimum
+    assert ice.exhausted and not ice.finished and ice.filled_qty == pytest.approx(0.99)
+    again = IcebergWorker(parent, 0.3337, lot=0.01, min_qty=0.05)
+    again.restore(2, 0.5, 50.0, "p/2", 0.16)
+    assert again.children == 2 and again.open_child == "p/2" and again.remaining == pytest.approx(0.5)
+    (nxt,) = again.on_fill(3, 0.16, 100.0).send
+    assert nxt.order.order_id == "p/3" and nxt.order.qty == pytest.approx(0.33)
+    twap = TwapWorker(
+        Order(0, "q", "", "A/USDT", BUY, 5.0, MARKET, 0.0, "entry", "t"),
+        BrokerSettings(bar_interval_ms=1000),
+        TwapSettings(horizon_ms=2_000, slice_ms=1_000),
+        lot=0.1,
+        min_qty=0.2,
+    )
+    twap.on_market(0, 100.0, 1.5)
+    assert twap.on_market(1_000, 100.0, 3.37).send == ()  # 10% of 1.5 = 0.15, floored 0.1: under 0.2
+    (c,) = twap.on_market(2_000, 100.0, 1.0).send  # 10% of 3.37 floored to 0.3; no id was used before
+    assert c.order.order_id == "q/1" and c.order.qty == pytest.approx(0.3)
