@@ -39,13 +39,16 @@ from operators.risk.var_models import (
 
 CSV = "/work/shared/data/binance-1m-20sym-2021-04-20_2021-05-20.csv.gz"
 ALPHA = 0.05
-WARMUP = 330
-"""Forecasts are scored from this return on, the same bars for every model (the slowest warms at 330)."""
+WARMUP = 530
+"""Forecasts are scored from this return on, the same bars for every model (the slowest warms at 530)."""
 
 MODELS = {
-    "historical W=300": lambda: Historical(HistoricalSettings(window=300)),
+    "historical W=300 (spec)": lambda: Historical(HistoricalSettings(window=300)),
     "ewma-normal l=0.94": lambda: EwmaNormal(EwmaSettings(decay=0.94)),
-    "fhs l=0.94 W=300": lambda: FilteredHistorical(FhsSettings(decay=0.94, window=300)),
+    "fhs l=0.94 W=300 linear": lambda: FilteredHistorical(
+        FhsSettings(decay=0.94, window=300, quantile_method="linear")
+    ),
+    "fhs l=0.80 W=500 weibull": lambda: FilteredHistorical(FhsSettings()),
     "cornish-fisher W=300": lambda: CornishFisher(CornishFisherSettings(window=300)),
     "student-t W=300 l=0.94": lambda: StudentT(StudentTSettings(window=300, decay=0.94)),
     "garch a=.08 b=.90 W=300": lambda: Garch(GarchSettings(window=300)),

@@ -38,7 +38,7 @@ from operators.risk.var_models import (
     StudentTSettings,
 )
 from operators.risk.var_windows import _Moments, _TailWindow
-from schemas.settings import SettingsError
+from schemas.settings import SettingsError, field_types
 
 RTOL = 1e-9
 ATOL = 1e-12
@@ -109,8 +109,8 @@ def warm(out: list) -> tuple[int, np.ndarray]:
 # --------------------------------------------------------------------------- references
 
 
-def ref_tail(win: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
-    q = np.quantile(win, alpha)
+def ref_tail(win: np.ndarray, alpha: float = ALPHA, method: str = "linear") -> tuple[float, float]:
+    q = np.quantile(win, alpha, method=method)
     return float(-q), float(-np.mean(win[win <= q]))
 
 
@@ -186,9 +186,10 @@ def test_historical_other_levels(alpha: float) -> None:
     | st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=2, max_size=80),
     st.integers(2, 12),
     st.floats(0.001, 0.499),
+    st.sampled_from(["linear", "weibull"]),
 )
-def test_tail_window_is_the_spec_on_any_stream(xs: list[float], w: int, alpha: float) -> None:
-    tw = _TailWindow(w, alpha)
+def test_tail_window_is_numpy_on_any_stream(xs: list[float], w: int, alpha: float, method: str) -> None:
+    tw = _TailWindow(w, alpha, method)
     for i, v in enumerate(xs):
         tw.update(v)
         got = tw.tail()
@@ -196,7 +197,7 @@ def test_tail_window_is_the_spec_on_any_stream(xs: list[float], w: int, alpha: f
             assert got is None
             continue
         win = np.array(xs[i + 1 - w : i + 1])
-        q = np.quantile(win, alpha)
+        q = np.quantile(win, alpha, method=method)
         close(got, (q, np.mean(win[win <= q])))
 
 
@@ -257,7 +258,9 @@ def test_ewma_horizon_is_sqrt_of_time(alpha: float, h: int) -> None:
 # --------------------------------------------------------------------------- filtered historical simulation
 
 
-def ref_fhs(x: np.ndarray, decay: float, min_periods: int, w: int, alpha: float = ALPHA) -> list:
+def ref_fhs(
+    x: np.ndarray, decay: float, min_periods: int, w: int, alpha: float = ALPHA, method: str = "linear"
+) -> list:
     v = ref_ewma_var(x, decay)
     z, out = [], []
     for t in range(len(x)):
@@ -266,17 +269,19 @@ def ref_fhs(x: np.ndarray, decay: float, min_periods: int, w: int, alpha: float 
         if len(z) < w:
             out.append(None)
             continue
-        var, es = ref_tail(np.array(z[-w:]), alpha)
+        var, es = ref_tail(np.array(z[-w:]), alpha, method)
         out.append((math.sqrt(v[t]) * var, math.sqrt(v[t]) * es))
     return out
 
 
+@pytest.mark.parametrize("method", ["linear", "weibull"])
 @pytest.mark.parametrize("name", list(ALL_STREAMS))
 @pytest.mark.parametrize("w", [5, 100])
-def test_fhs_matches_batch_residuals(name: str, w: int) -> None:
+def test_fhs_matches_batch_residuals(name: str, w: int, method: str) -> None:
     x = stream(name, 700)
-    got = feed(FilteredHistorical(FhsSettings(min_periods=20, window=w)), x)
-    ref = ref_fhs(x, 0.94, 20, w)
+    s = FhsSettings(decay=0.94, min_periods=20, window=w, quantile_method=method)
+    got = feed(FilteredHistorical(s), x)
+    ref = ref_fhs(x, 0.94, 20, w, ALPHA, method)
     assert [g is None for g in got] == [r is None for r in ref]
     first = next(i for i, r in enumerate(ref) if r is not None)
     close(got[first:], ref[first:])
@@ -285,7 +290,7 @@ def test_fhs_matches_batch_residuals(name: str, w: int) -> None:
 def test_fhs_other_level_and_horizon_paths() -> None:
     """The h-bar paths against a plain loop over the same draws; h = 1 is the one-bar forecast."""
     x = stream("clustered", 500)
-    s = FhsSettings(min_periods=20, window=200, sims=500, seed=4)
+    s = FhsSettings(decay=0.94, min_periods=20, window=200, quantile_method="linear", sims=500, seed=4)
     model = FilteredHistorical(s)
     got = feed(model, x, 0.01)
     close(got[-1], ref_fhs(x, 0.94, 20, 200, 0.01)[-1])
@@ -494,6 +499,8 @@ SETTINGS = [
 def test_settings_refuse_nan_infinities_and_wrong_types(cls) -> None:
     for f in dataclasses.fields(cls):
         for bad in (math.nan, math.inf, -math.inf, object(), True):
+            if isinstance(bad, float) and field_types(cls)[f.name] is str:
+                continue
             with pytest.raises(SettingsError, match=rf"{cls.__name__}\.{f.name} must be"):
                 cls(**{f.name: bad})
 
@@ -503,3 +510,5 @@ def test_cross_field_rules() -> None:
         StudentTSettings(nu_min=10.0, nu_max=8.0)
     with pytest.raises(SettingsError, match=r"GarchSettings\.garch must be < 1 - arch"):
         GarchSettings(arch=0.2, garch=0.8)
+    with pytest.raises(SettingsError, match=r"FhsSettings\.quantile_method must be one of"):
+        FhsSettings(quantile_method="nearest")

@@ -32,13 +32,15 @@ def exact(x: float) -> int:
     return n << (SCALE + 1 - d.bit_length())
 
 
-def spec_tail(x: np.ndarray, alpha: float) -> tuple[float, float]:
+def spec_tail(x: np.ndarray, alpha: float, method: str = "linear") -> tuple[float, float]:
     """(-Q(x, alpha), -mean(x <= Q)): the spec's var95/es95 of a sample, in batch.
+
+    ``method`` is numpy's quantile method ("linear": the spec's Q).
 
     >>> spec_tail(np.array([0.03, -0.01, 0.02, -0.04, 0.0]), 0.25)
     (0.01, 0.025)
     """
-    q = float(np.quantile(x, alpha))
+    q = float(np.quantile(x, alpha, method=method))
     return -q, -float(np.mean(x[x <= q]))
 
 

@@ -56,6 +56,8 @@ class _Ewma:
 class _TailWindow:
     """The last ``window`` values with their alpha-quantile and tail mean, O(log W) per update.
 
+    The quantile is numpy's ``method`` ("linear", the spec's, or "weibull").
+
     Two heaps split the window into the k = floor((W-1) alpha) + 1 smallest
     values (a max-heap, with their exact integer sum and value counts) and the
     rest (a min-heap). Removal is lazy (a pending-deletion count per value);
@@ -80,9 +82,11 @@ class _TailWindow:
         "window",
     )
 
-    def __init__(self, window: int, alpha: float) -> None:
+    def __init__(self, window: int, alpha: float, method: str = "linear") -> None:
         self.window, self.alpha = window, alpha
-        h = (window - 1) * alpha
+        # numpy's virtual index of the quantile: linear (n - 1) a; weibull (n + 1) a - 1, clipped
+        h = (window - 1) * alpha if method == "linear" else window * alpha + alpha - 1.0
+        h = min(max(h, 0.0), window - 1.0)
         self._k = int(h) + 1
         self._frac = h - int(h)
         self._fifo: deque[float] = deque()
