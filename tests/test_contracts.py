@@ -71,6 +71,20 @@ from operators.risk.engine import RiskEngine
 from operators.risk.portfolio import Portfolio, PortfolioSettings
 from operators.risk.settings import MarketView, OrderIntent
 from operators.risk.var_backtest import ModelRiskMonitor, VarBacktest, VarBacktestSettings
+from operators.risk.var_models import (
+    CornishFisher,
+    CornishFisherSettings,
+    EwmaNormal,
+    EwmaSettings,
+    FhsSettings,
+    FilteredHistorical,
+    Garch,
+    GarchSettings,
+    Historical,
+    HistoricalSettings,
+    StudentT,
+    StudentTSettings,
+)
 from operators.signals.atr import ATR, ATRSettings
 from operators.signals.regime import RegimeClassifier, RegimeSettings
 from operators.signals.sizing import PositionSizer
@@ -528,7 +542,26 @@ def _model_risk_stream() -> list:
     return out
 
 
+def _forecast(op, r):
+    op.update(r)
+    return op.forecast()
+
+
 OPERATORS: dict[type, Case] = {
+    Historical: Case(
+        lambda: Historical(HistoricalSettings(window=50)), _floats(30), _forecast, lambda op, a: a
+    ),
+    EwmaNormal: Case(
+        lambda: EwmaNormal(EwmaSettings(min_periods=10)), _floats(31), _forecast, lambda op, a: a
+    ),
+    FilteredHistorical: Case(
+        lambda: FilteredHistorical(FhsSettings(window=50)), _floats(32), _forecast, lambda op, a: a
+    ),
+    CornishFisher: Case(
+        lambda: CornishFisher(CornishFisherSettings(window=50)), _floats(33), _forecast, lambda op, a: a
+    ),
+    StudentT: Case(lambda: StudentT(StudentTSettings(window=50)), _floats(34), _forecast, lambda op, a: a),
+    Garch: Case(lambda: Garch(GarchSettings(window=50)), _floats(35), _forecast, lambda op, a: a),
     VarBacktest: Case(
         lambda: VarBacktest(_BACKTEST),
         _backtest_stream,
@@ -752,9 +785,16 @@ EXECUTION_SERVICE = {
     ObservedVolumeSettings,
     ReconcileSettings,
     VarBacktestSettings,
+    HistoricalSettings,
+    EwmaSettings,
+    FhsSettings,
+    CornishFisherSettings,
+    StudentTSettings,
+    GarchSettings,
 }
-"""Settings of the execution service's building blocks (issue 12) with no config keys yet
-(``ExecutionLimits`` is ``[execution_limits]``, read by ``qbtc execute``)."""
+"""Settings of building blocks with no config keys yet: the execution service's (issue 12;
+``ExecutionLimits`` is ``[execution_limits]``, read by ``qbtc execute``) and the VaR/ES
+forecasters and backtests (issue 13, until they are wired into the flow)."""
 
 
 def _section_classes() -> dict[type, str]:
