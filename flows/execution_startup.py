@@ -29,14 +29,12 @@ Deposits, withdrawals and trades by hand in our assets therefore fail closed.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 from flows.execution_venue import CcxtVenue, fill_key, venue_order, venue_trade
 from flows.executor import UNREACHABLE, Executor, Working, protection_exit
 from flows.worked_orders import KINDS
 from operators.execution.reconcile import OurBook, VenueView, assets_of, reconcile
-from schemas.codec import SchemaError, decode
 from schemas.errors import OutsideFailure
 from schemas.records import (
     ACCEPTED,
@@ -66,6 +64,8 @@ def topic_records(
     ``committed``: only up to the offsets ``group`` committed (what it has consumed)."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from sources.kafka_ticks import partition_records, watermarks
+
     consumer = Consumer({**conf, "group.id": f"{group}-scan", "enable.auto.commit": False})
     out: list = []
     try:
@@ -73,28 +73,11 @@ def topic_records(
         parts = meta.topics[topic].partitions if topic in meta.topics else {}
         ends = _committed(conf, group, topic, sorted(parts), timeout_s) if committed else {}
         for p in sorted(parts):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, high = watermarks(consumer, TopicPartition(topic, p), timeout_s)
             if committed:
                 high = min(high, ends.get(p, low))
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(topic, p, low)])
-            deadline, pos = time.monotonic() + timeout_s, low
-            while pos < high:
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    if time.monotonic() > deadline:
-                        text = f"cannot read {topic}[{p}] to its end in {timeout_s:.0f} s"
-                        raise OutsideFailure(text)
-                    continue
-                if msg.error() is not None:
-                    continue
-                pos = msg.offset() + 1
-                try:
-                    record = decode(msg.value())
-                except SchemaError:
-                    continue  # not ours to judge here
-                if isinstance(record, classes):
+            for _offset, _value, record in partition_records(consumer, topic, p, low, high, timeout_s):
+                if isinstance(record, classes):  # anything else is not ours to judge here
                     out.append(record)
     finally:
         consumer.close()

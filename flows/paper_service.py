@@ -51,7 +51,7 @@ from operators.execution.venue import REJECTED as CANCEL_REJECTED
 from operators.execution.venue import BarContext, BarResult
 from operators.features.bar_builder import BarBuilder, BarSettings
 from schemas.codec import SchemaError, decode, encode
-from schemas.errors import OutsideFailure, UsageProblem
+from schemas.errors import UsageProblem
 from schemas.records import (
     ACCEPTED,
     CANCELLED,
@@ -271,7 +271,7 @@ def _published(consumer_conf: dict, topics: list[str], timeout_s: float) -> tupl
     ``topics``, and the records after those marks (a half-published step)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from sources.kafka_ticks import watermarks
+    from sources.kafka_ticks import partition_records, watermarks
 
     consumer = Consumer({**consumer_conf, "group.id": f"{GROUP}-scan", "enable.auto.commit": False})
     marks: dict[tuple[str, int], int] = {}
@@ -282,29 +282,14 @@ def _published(consumer_conf: dict, topics: list[str], timeout_s: float) -> tupl
             for p in sorted(meta.partitions if meta is not None else {}):
                 marks.setdefault((topic, p), -1)
                 low, high = watermarks(consumer, TopicPartition(topic, p), timeout_s)
-                if high <= low:
-                    continue
-                consumer.assign([TopicPartition(topic, p, low)])
-                pos, deadline = low, time.monotonic() + timeout_s
-                while pos < high:
-                    msg = consumer.poll(0.2)
-                    if msg is None:
-                        if time.monotonic() > deadline:
-                            text = f"cannot read {topic}[{p}] to its end in {timeout_s:.0f} s"
-                            raise OutsideFailure(text)
-                        continue
-                    if msg.error() is not None:
-                        continue
-                    pos = msg.offset() + 1
-                    try:
-                        record = decode(msg.value())
-                    except SchemaError:
+                for _offset, value, record in partition_records(consumer, topic, p, low, high, timeout_s):
+                    if record is None:
                         continue
                     if isinstance(record, StepMark) and record.kind == VENUE_MARK:
                         marks[(topic, p)] = record.step
                         tails[(topic, p)] = []
                     else:
-                        tails.setdefault((topic, p), []).append(msg.value())
+                        tails.setdefault((topic, p), []).append(value)
     finally:
         consumer.close()
     if not marks:

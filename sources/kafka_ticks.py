@@ -451,6 +451,37 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tupl
     return _retrying(lambda: consumer.get_watermark_offsets(tp, timeout=timeout_s), timeout_s)
 
 
+def partition_records(consumer: Consumer, topic: str, partition: int, low: int, high: int, timeout_s: float):
+    """``(offset, value, record)`` of one partition's messages in ``[low, high)``, ``record`` the
+    decoded qbtc record or None when the value is not one (the caller decides what that means).
+
+    Raises :class:`~schemas.errors.OutsideFailure` when the end is not reached within ``timeout_s``
+    without a message.
+    """
+    from schemas.codec import SchemaError, decode
+    from schemas.errors import OutsideFailure
+
+    if high <= low:
+        return
+    consumer.assign([TopicPartition(topic, partition, low)])
+    deadline, pos = time.monotonic() + timeout_s, low
+    while pos < high:
+        msg = consumer.poll(0.2)
+        if msg is None:
+            if time.monotonic() > deadline:
+                text = f"cannot read {topic}[{partition}] to its end in {timeout_s:.0f} s"
+                raise OutsideFailure(text)
+            continue
+        if msg.error() is not None:
+            continue
+        deadline, pos = time.monotonic() + timeout_s, msg.offset() + 1
+        try:
+            record = decode(msg.value())
+        except SchemaError:
+            record = None
+        yield msg.offset(), msg.value(), record
+
+
 def _offset_for_time(consumer: Consumer, tp: TopicPartition, ts: int, high: int) -> int:
     found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, ts)], timeout=15)[0]
     return high if found.offset < 0 else found.offset
