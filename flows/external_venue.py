@@ -53,6 +53,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from operators.execution.venue import CANCEL_REASONS, REJECTED, BarContext, BarResult, Cancellation
@@ -363,6 +364,7 @@ class _Clients:
         self.positions = positions
         self.consumer.assign([TopicPartition(t, p, off) for (t, p), off in sorted(positions.items())])
         self.last_order_ts = 0
+        self.backlog: dict[tuple[str, int], deque] = {}  # read past a lockstep mark, not yet taken
         self._stop = threading.Event()
         self._thread = None
         if config.heartbeat_s > 0:
@@ -414,11 +416,22 @@ class _Clients:
                     self._handle(msg, take)
 
     def wait_marks(self, step: int, take, marks: dict[tuple[str, int], int]) -> None:
-        """Read reports until the service's mark of ``step`` is on every partition of both topics."""
+        """Read reports until the service's mark of ``step`` is on every partition of both topics.
+
+        A partition is read no further than its mark: what a batch brings from beyond it (the
+        reports of later steps, on the topics already when a loop resumes behind the service)
+        waits in a backlog for the steps it belongs to, and its offsets count as read only then.
+        """
         cfg = self.config
         need = [(t, p) for t in (cfg.fills, cfg.order_events) for p in range(self.partitions[t])]
+        done = {tp for tp in need if marks.get(tp, -1) >= step}
+        for tp, queue in self.backlog.items():
+            while queue and tp not in done:
+                self._handle(queue.popleft(), take)
+                if marks.get(tp, -1) >= step:
+                    done.add(tp)
         last = time.monotonic()
-        while any(marks.get(tp, -1) < step for tp in need):
+        while len(done) < len(need):
             msgs = _consume(self.consumer, 0.2)
             if msgs:
                 last = time.monotonic()
@@ -430,8 +443,15 @@ class _Clients:
                 )
                 raise LockstepTimeout(msg)
             for m in msgs:
-                if m.error() is None:
-                    self._handle(m, take)
+                if m.error() is not None:
+                    continue
+                tp = (m.topic(), m.partition())
+                if tp in done:
+                    self.backlog.setdefault(tp, deque()).append(m)
+                    continue
+                self._handle(m, take)
+                if marks.get(tp, -1) >= step:
+                    done.add(tp)
 
     def close(self) -> None:
         self._stop.set()
