@@ -451,6 +451,9 @@ def _feed(loop: TradingLoop, step: GridStep) -> None:
 
 SETTLE_S = 60.0
 """At the end of a bounded read, how long an external loop waits for its working orders to finish."""
+SETTLE_QUIET_S = 3.0
+"""...and then for this long without a report: the service checks protections about once a second,
+so an exit the last step's protections fire still reaches the portfolio."""
 
 
 def _attach_venue(loop: TradingLoop, external: RemoteVenueConfig | None) -> None:
@@ -566,7 +569,8 @@ class TradingLogic(_Step):
         venue = loop.broker
         if isinstance(venue, RemoteVenue):
             if not venue.lockstep:  # free-running: the last orders' fills come after the last step
-                out.extend(StoreRows(table, rows) for table, rows in loop.settle(venue.settle(SETTLE_S)))
+                late = venue.settle(SETTLE_S, SETTLE_QUIET_S)
+                out.extend(StoreRows(table, rows) for table, rows in loop.settle(late))
             out.extend(self._venue_events())
             venue.close()
         if self.report is not None:
