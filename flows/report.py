@@ -77,12 +77,22 @@ def trading_summary(report) -> None:
         f"pre-trade denials {s['denials']:,}",
         f"  QVaR breakers tripped: {trips}; kill switch: {s['kill_switches']}; "
         f"mode changes: {s['mode_changes']} (mode now {s['mode']})",
-        f"  VaR exceedances {_pct(s['var_exceedance_rate'])} of {s['var_checks']:,} bars (5% expected)",
+        f"  VaR exceedances {_pct(s['var_exceedance_rate'])} of {s['var_checks']:,} bars "
+        f"(5% expected; Kupiec p {_p(s.get('var_kupiec_p'))})",
     ]
     if s.get("strategy_errors"):
         muted = s["strategy_errors"]
         lines.append(f"  strategies muted after an error: {muted} (see the strategy_error risk events)")
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _p(value: float | None) -> str:
+    """A p-value for a person: three significant digits, n/a when there is none.
+
+    >>> _p(0.04999), _p(3.2e-12), _p(None)
+    ('0.05', '3.2e-12', 'n/a')
+    """
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def _cell(value) -> str:

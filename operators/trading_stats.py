@@ -14,6 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from operators.risk.var_backtest import chi2_sf, kupiec_pof
+
+VAR_ALPHA = 0.05
+"""The tail of the VaR the breakers act on (95%): the expected exceedance rate."""
+
 
 @dataclass(slots=True)
 class TradingStats:
@@ -102,6 +107,11 @@ class TradingStats:
             "strategy_errors": self.strategy_errors,
             "var_exceedance_rate": self.var_exceedances / self.var_checks if self.var_checks else None,
             "var_checks": self.var_checks,
+            "var_kupiec_p": (
+                chi2_sf(kupiec_pof(self.var_exceedances, self.var_checks, VAR_ALPHA), 1)
+                if self.var_checks
+                else None
+            ),
             "mode": mode,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
