@@ -323,13 +323,6 @@ class RemoteVenue:
         return self._clients
 
 
-def _consume(consumer, timeout_s: float) -> list:
-    """What is there, waiting at most ``timeout_s`` for the first message (``consume(n, t)`` alone
-    waits for all ``n``)."""
-    first = consumer.consume(1, timeout_s)
-    return first + consumer.consume(1000, 0) if first else first
-
-
 class _Clients:
     """The producer, the report consumer and the heartbeat thread of one :class:`RemoteVenue`."""
 
@@ -337,7 +330,9 @@ class _Clients:
         from confluent_kafka import Consumer, TopicPartition
 
         from sinks.kafka_producer import RecordProducer
-        from sources.kafka_ticks import watermarks
+        from sources.kafka_ticks import consume_ready, watermarks
+
+        self.consume_ready = consume_ready
 
         self.config = config
         self.producer = RecordProducer(config.producer_conf, stall_timeout_s=config.timeout_s)
@@ -407,7 +402,7 @@ class _Clients:
         """Every report already on the topics (waiting at most ``wait_s`` for the first); how many."""
         n = 0
         while True:
-            msgs = _consume(self.consumer, wait_s if n == 0 else 0.0)
+            msgs = self.consume_ready(self.consumer, wait_s if n == 0 else 0.0)
             if not msgs:
                 return n
             n += len(msgs)
@@ -432,7 +427,7 @@ class _Clients:
                     done.add(tp)
         last = time.monotonic()
         while len(done) < len(need):
-            msgs = _consume(self.consumer, 0.2)
+            msgs = self.consume_ready(self.consumer, 0.2)
             if msgs:
                 last = time.monotonic()
             elif time.monotonic() - last > cfg.timeout_s:

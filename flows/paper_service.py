@@ -75,6 +75,7 @@ from schemas.records import (
     VenueBar,
 )
 from sources.chunk_source import wall_ms
+from sources.kafka_ticks import consume_ready
 
 VENUE = "paper"
 GROUP = "qbtc-execute-paper"
@@ -260,12 +261,6 @@ class Lockstep:
             on_step(step)
 
 
-def _consume(consumer, timeout_s: float) -> list:
-    """What is there, waiting at most ``timeout_s`` for the first message."""
-    first = consumer.consume(1, timeout_s)
-    return first + consumer.consume(2000, 0) if first else first
-
-
 def _published(consumer_conf: dict, topics: list[str], timeout_s: float) -> tuple[int | None, Counter]:
     """What a lockstep service published before: the last step with its mark on every partition of
     ``topics``, and the records after those marks (a half-published step)."""
@@ -438,7 +433,7 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
     try:
         while not stop:
             got = False
-            msgs = _consume(consumer, 0.05)
+            msgs = consume_ready(consumer, 0.05)
             for msg in msgs:
                 if msg.error() is not None:
                     continue
@@ -487,7 +482,7 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
             if lockstep:
                 barrier.run(desk, on_step)
             elif ticks is not None:
-                tick_msgs = _consume(ticks, 0.05)
+                tick_msgs = consume_ready(ticks, 0.05)
                 if tick_msgs:
                     got = True
                     good = [m for m in tick_msgs if m.error() is None]

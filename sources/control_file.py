@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import orjson
 
-COMMANDS = ("resume", "pause", "flatten")
+from schemas.records import CONTROL_COMMANDS as COMMANDS
 
 
 @dataclass(frozen=True, slots=True)

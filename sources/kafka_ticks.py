@@ -451,6 +451,13 @@ def watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tupl
     return _retrying(lambda: consumer.get_watermark_offsets(tp, timeout=timeout_s), timeout_s)
 
 
+def consume_ready(consumer: Consumer, timeout_s: float, most: int = 2000) -> list:
+    """The messages there now (at most ``most``), waiting at most ``timeout_s`` for the first:
+    ``consume(n, t)`` alone waits for all ``n`` or the whole timeout."""
+    first = consumer.consume(1, timeout_s)
+    return first + consumer.consume(most, 0) if first else first
+
+
 def partition_records(consumer: Consumer, topic: str, partition: int, low: int, high: int, timeout_s: float):
     """``(offset, value, record)`` of one partition's messages in ``[low, high)``, ``record`` the
     decoded qbtc record or None when the value is not one (the caller decides what that means).
