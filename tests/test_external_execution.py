@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from functools import partial
 
 import pytest
@@ -168,7 +167,6 @@ def test_a_lockstep_loop_killed_and_resumed_from_its_snapshot_keeps_the_in_proce
 def test_a_lockstep_loop_without_a_service_stops_with_one_line(kafka_bootstrap, tmp_path):
     source = unique("in")
     publish_sim(kafka_bootstrap, source, tmp_path, seconds=60, rate=50, symbols=2)
-    start = time.monotonic()
     proc = qbtc(
         "stream", "--trade", "--until-end", "--kafka", kafka_bootstrap, "--topic", f"{source}ticks",
         "--quiet", "--execution", "external", "--lockstep", "--null-sink",
@@ -177,4 +175,3 @@ def test_a_lockstep_loop_without_a_service_stops_with_one_line(kafka_bootstrap, 
     assert proc.returncode == 1, proc.stderr
     assert "lockstep: no answer from the execution service" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert time.monotonic() - start < 120
