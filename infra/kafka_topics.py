@@ -3,7 +3,8 @@
 ``ticks`` carries trade ticks keyed by symbol (so one symbol's ticks stay in
 order in one partition); ``bars``, ``features``, ``correlations`` and
 ``dead-letters`` carry the flows' output records, and ``signals``,
-``risk-events``, ``orders`` and ``fills`` the trading loop's; ``order-events``
+``risk-events``, ``orders``, ``fills`` and ``portfolio`` the trading loop's
+(``var-backtests`` both: per symbol and for the book); ``order-events``
 is the execution service's (``qbtc execute``, issue 12; the loop's
 heartbeats are to travel on ``orders``); ``control`` carries operator
 commands (``qbtc control --kafka``) to every loop and execution service.
@@ -31,6 +32,8 @@ OUTPUT_TABLES = {
     "fills": "fills",
     "order_events": "order-events",
     "execution_quality": "execution-quality",
+    "var_backtests": "var-backtests",
+    "portfolio": "portfolio",
 }
 """Output topic name (before the prefix) of each store table."""
 
@@ -58,7 +61,7 @@ def topology(prefix: str, partitions: int, replication: int) -> list[TopicSpec]:
     >>> [t.name for t in topology("t-", 4, 1)][5:10]
     ['t-signals', 't-risk-events', 't-orders', 't-fills', 't-order-events']
     >>> [t.name for t in topology("t-", 4, 1)][10:]
-    ['t-execution-quality', 't-control']
+    ['t-execution-quality', 't-var-backtests', 't-portfolio', 't-control']
     """
     names = ["ticks", *OUTPUT_TABLES.values(), CONTROL_TOPIC]
     return [TopicSpec(prefix + n, partitions, replication) for n in names]

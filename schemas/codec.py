@@ -4,7 +4,8 @@ A message is a JSON object holding the record's fields plus ``"v"``, the
 schema version, and ``"type"``, the record type's name. Decoding is strict:
 a missing or unknown field, a wrong type (a boolean is not a number, a float
 not an int, bytes are strict base64) or another version (only the integer 1
-is version 1, not ``true`` or ``1.0``) is a :class:`SchemaError`.
+is version 1, not ``true`` or ``1.0``) is a :class:`SchemaError`. A ``null`` float
+is NaN: orjson writes NaN (a forecast not yet warm) as ``null``.
 
 >>> from schemas.records import Bar
 >>> bar = Bar("BTC/USDT", 60_000, 1.0, 2.0, 0.5, 1.5, 3.0, 1.25, 4)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import math
 from typing import Any
 
 import orjson
@@ -33,11 +35,13 @@ from schemas.records import (
     OperatorCommand,
     Order,
     OrderEvent,
+    PortfolioState,
     Protection,
     RiskEvent,
     Signal,
     StepMark,
     Tick,
+    VarBacktestRow,
     VenueBar,
 )
 
@@ -61,6 +65,8 @@ RECORD_TYPES: dict[str, type] = {
     "venue_bar": VenueBar,
     "step_mark": StepMark,
     "control": OperatorCommand,
+    "var_backtest": VarBacktestRow,
+    "portfolio_state": PortfolioState,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 _FIELDS = {cls: tuple((f.name, f.type) for f in dataclasses.fields(cls)) for cls in RECORD_TYPES.values()}
@@ -120,6 +126,8 @@ def decode(data: bytes | str, expect: type | None = None) -> Any:
             msg = f"missing field {field!r} in {name}"
             raise SchemaError(msg)
         value = obj[field]
+        if value is None and ftype == "float":
+            value = math.nan  # orjson writes NaN and the infinities as null
         if isinstance(value, bool) or not isinstance(value, _PY_TYPES[ftype]):
             msg = f"field {field!r} of {name} must be {ftype}, got {type(value).__name__}"
             raise SchemaError(msg)

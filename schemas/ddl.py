@@ -75,6 +75,8 @@ FEATURES = Table(
         ("es95", "Float64"),
         ("qvar95", "Float64"),
         ("drift", "UInt8"),
+        ("fvar95", "Float64"),
+        ("fes95", "Float64"),
     ),
     ("symbol", "ts"),
 )
@@ -194,9 +196,60 @@ EXECUTION_QUALITY = Table(
     # one row per fill: an order filled in parts has a row per part
     ("order_id", "ts", "qty", "fill_price"),
 )
-MARKET_TABLES = (TICKS, BARS, FEATURES, CORRELATIONS, DEAD_LETTERS)
+VAR_BACKTESTS = Table(
+    "var_backtests",
+    (
+        ("ts", TS),
+        ("symbol", "LowCardinality(String)"),
+        ("model", "LowCardinality(String)"),
+        ("scope", "LowCardinality(String)"),
+        ("window", "UInt32"),
+        ("alpha", "Float64"),
+        ("forecasts", "UInt64"),
+        ("exceedances", "UInt64"),
+        ("rate", "Float64"),
+        ("n00", "UInt64"),
+        ("n01", "UInt64"),
+        ("n10", "UInt64"),
+        ("n11", "UInt64"),
+        ("pof_lr", "Float64"),
+        ("pof_p", "Float64"),
+        ("ind_lr", "Float64"),
+        ("ind_p", "Float64"),
+        ("cc_lr", "Float64"),
+        ("cc_p", "Float64"),
+        ("binom_cdf", "Float64"),
+        ("zone", "LowCardinality(String)"),
+        ("es_z2", "Float64"),
+        ("es_p", "Float64"),
+    ),
+    # symbol "" is the trading loop's portfolio
+    ("model", "symbol", "scope", "ts"),
+)
+PORTFOLIO = Table(
+    "portfolio",
+    (
+        ("ts", TS),
+        ("equity", "Float64"),
+        ("cash", "Float64"),
+        ("gross_exposure", "Float64"),
+        ("net_exposure", "Float64"),
+        ("leverage", "Float64"),
+        ("drawdown", "Float64"),
+        ("var95", "Float64"),
+        ("es95", "Float64"),
+        ("var95_horizon", "Float64"),
+        ("es95_horizon", "Float64"),
+        ("qvar95", "Float64"),
+        ("breaker_share", "Float64"),
+        ("breaker_level", "UInt8"),
+        ("mode", "LowCardinality(String)"),
+    ),
+    ("ts",),
+)
+MARKET_TABLES = (TICKS, BARS, FEATURES, CORRELATIONS, DEAD_LETTERS, VAR_BACKTESTS)
 """What the features flow writes."""
-TRADING_TABLES = (SIGNALS, RISK_EVENTS, ORDERS, FILLS)
+TRADING_TABLES = (SIGNALS, RISK_EVENTS, ORDERS, FILLS, PORTFOLIO)
 """What the trading loop writes."""
 EXECUTION_TABLES = (ORDER_EVENTS, EXECUTION_QUALITY)
 """What the execution service writes (issue 12; no flow writes them yet)."""

@@ -5,6 +5,7 @@ Times are integer epoch milliseconds UTC everywhere inside messages.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 PARSE = "parse"
@@ -67,7 +68,12 @@ class Bar:
 
 @dataclass(frozen=True, slots=True)
 class Feature:
-    """Per-symbol risk features at one actual bar (see the metric spec)."""
+    """Per-symbol risk features at one actual bar (see the metric spec).
+
+    ``fvar95`` and ``fes95`` are the next bar's VaR and ES forecasts (positive
+    losses of the log return) of the model ``features.var_model`` chooses; NaN
+    until that model is warm.
+    """
 
     symbol: str
     ts: int
@@ -78,6 +84,8 @@ class Feature:
     es95: float
     qvar95: float
     drift: int
+    fvar95: float = math.nan
+    fes95: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +128,71 @@ class DeadLetter:
             raise ValueError(msg)
         if len(self.payload) > PAYLOAD_LIMIT:
             object.__setattr__(self, "payload", self.payload[:PAYLOAD_LIMIT])
+
+
+VAR_SCOPES = ("rolling", "cumulative")
+"""Scopes of a VaR backtest row: the last ``window`` forecasts, or every forecast since the start."""
+PORTFOLIO = ""
+"""The symbol of portfolio-wide rows (VaR backtests, risk events)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VarBacktestRow:
+    """A VaR/ES forecast stream's backtest figures at one moment (the ``var_backtests`` table).
+
+    Parameters
+    ----------
+    ts
+        The bar close whose return was the last one counted, epoch ms.
+    symbol
+        The symbol, :data:`PORTFOLIO` (``""``) for the trading loop's book.
+    model
+        The forecasting model (``features.var_model``).
+    scope
+        ``rolling`` (the last ``window`` forecasts) or ``cumulative``.
+    window
+        The rolling window's size (also on cumulative rows, for reference).
+    alpha
+        The tail probability the forecasts promise (0.05 for VaR 95%).
+    forecasts, exceedances, rate
+        T, x and x / T.
+    n00, n01, n10, n11
+        Transitions of the exceedance indicator (n01: none, then one).
+    pof_lr, pof_p
+        Kupiec's proportion-of-failures LR and p-value.
+    ind_lr, ind_p, cc_lr, cc_p
+        Christoffersen's independence and conditional-coverage LRs and
+        p-values (NaN below two forecasts).
+    binom_cdf, zone
+        P(X <= x), X ~ Binomial(T, alpha), and the Basel traffic-light zone
+        (``green``, ``yellow``, ``red``).
+    es_z2, es_p
+        Acerbi-Székely Z2 (> 0: the ES understates the tail) and its one-sided p-value.
+    """
+
+    ts: int
+    symbol: str
+    model: str
+    scope: str
+    window: int
+    alpha: float
+    forecasts: int
+    exceedances: int
+    rate: float
+    n00: int
+    n01: int
+    n10: int
+    n11: int
+    pof_lr: float
+    pof_p: float
+    ind_lr: float
+    ind_p: float
+    cc_lr: float
+    cc_p: float
+    binom_cdf: float
+    zone: str
+    es_z2: float
+    es_p: float
 
 
 # -- the trading loop -----------------------------------------------------------
@@ -201,6 +274,53 @@ class RiskEvent:
     threshold: float
     action: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioState:
+    """The trading loop's book after one grid step (the ``portfolio`` table).
+
+    Parameters
+    ----------
+    ts
+        The step's bar close, epoch ms.
+    equity, cash
+        Marked equity and cash, quote units.
+    gross_exposure, net_exposure
+        Sum of |position value| and of signed position value, quote units.
+    leverage
+        gross_exposure / equity.
+    drawdown
+        1 - equity / peak equity, in [0, 1].
+    var95, es95
+        The next step's VaR and ES of the positions held, quote units (loss
+        > 0), from the ``features.var_model`` forecasts and the correlations.
+    var95_horizon, es95_horizon
+        The same over the risk horizon (``risk.qvar_horizon_s``).
+    qvar95
+        The seed's entropy-adjusted portfolio QVaR over the horizon, quote units.
+    breaker_share
+        The share of equity the breakers compared with their levels
+        (``risk.breaker_metric``).
+    breaker_level, mode
+        The breaker level (0-3) and the engine's operating mode after the step.
+    """
+
+    ts: int
+    equity: float
+    cash: float
+    gross_exposure: float
+    net_exposure: float
+    leverage: float
+    drawdown: float
+    var95: float
+    es95: float
+    var95_horizon: float
+    es95_horizon: float
+    qvar95: float
+    breaker_share: float
+    breaker_level: int
+    mode: str
 
 
 @dataclass(frozen=True, slots=True)

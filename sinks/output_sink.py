@@ -25,10 +25,10 @@ from sinks.store_sink import FailOnce, RowCounter, StoreWriter
 
 
 def record_key(table: str, record) -> bytes | None:
-    """The topic key of a record: its symbol (the first for correlations; none for portfolio events)."""
+    """The topic key of a record: its symbol (the first for correlations; none for portfolio rows)."""
     if table in ("bars", "features", "signals", "orders", "fills", "order_events", "execution_quality"):
         return record.symbol.encode()
-    if table == "risk_events":
+    if table in ("risk_events", "var_backtests"):
         return record.symbol.encode() or None
     if table == "correlations":
         return record.symbol_a.encode()

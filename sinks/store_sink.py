@@ -31,8 +31,10 @@ from schemas.records import (
     Fill,
     Order,
     OrderEvent,
+    PortfolioState,
     RiskEvent,
     Signal,
+    VarBacktestRow,
 )
 from schemas.tick_columns import SIDES
 from sinks import failure
@@ -51,6 +53,8 @@ _RECORD_FIELDS = {
         ("fills", Fill),
         ("order_events", OrderEvent),
         ("execution_quality", ExecutionQuality),
+        ("var_backtests", VarBacktestRow),
+        ("portfolio", PortfolioState),
     )
 }
 
