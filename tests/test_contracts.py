@@ -70,7 +70,7 @@ from operators.features.symbol_features import FeatureSettings, SymbolFeatures
 from operators.risk.engine import RiskEngine
 from operators.risk.portfolio import Portfolio, PortfolioSettings
 from operators.risk.settings import MarketView, OrderIntent
-from operators.risk.var_backtest import ModelRiskMonitor, VarBacktest, VarBacktestSettings
+from operators.risk.var_backtest import ModelRiskMonitor, VarBacktest, VarBacktestFeed, VarBacktestSettings
 from operators.risk.var_models import (
     CornishFisher,
     CornishFisherSettings,
@@ -567,6 +567,11 @@ OPERATORS: dict[type, Case] = {
         _backtest_stream,
         lambda op, item: (op.update(*item), op.snapshot()),
         lambda op, _: op.get(),
+    ),
+    VarBacktestFeed: Case(
+        lambda: VarBacktestFeed(_BACKTEST, "A/USDT", "fhs"),
+        _backtest_stream,
+        lambda op, item: (op.update(T0, *item), op.zone),
     ),
     ModelRiskMonitor: Case(
         lambda: ModelRiskMonitor(_BACKTEST, "A/USDT"),

@@ -434,3 +434,21 @@ def test_monitor_on_a_model_that_understates_risk_for_a_while():
     assert (
         events == [(first_red, "defensive"), (first_green, "clear")] == [(1135, "defensive"), (1499, "clear")]
     )
+
+
+def test_zone_from_cached_limits_equals_the_binomial_zone():
+    """VarBacktest.zone (limits cached per window size) agrees with get().zone at every step."""
+    import numpy as np
+
+    from operators.risk.var_backtest import VarBacktest, VarBacktestSettings
+
+    rng = np.random.default_rng(5)
+    bt = VarBacktest(VarBacktestSettings(window=300, min_forecasts=40))
+    sigma = np.where(np.arange(2000) % 700 < 200, 1.7, 1.0)  # bursts push it to yellow and red
+    zones = set()
+    for r in rng.normal(0, 1, 2000) * sigma:
+        bt.update(1.6448536269514722, 2.0627128075074257, float(r))
+        fig = bt.get()
+        assert bt.zone() == (None if fig is None else fig.zone)
+        zones.add(bt.zone())
+    assert zones == {None, "green", "yellow", "red"}

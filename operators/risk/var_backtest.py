@@ -47,7 +47,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from schemas.records import RiskEvent
+from schemas.records import RiskEvent, VarBacktestRow
 from schemas.settings import SettingsError, check_settings, setting
 
 GREEN = "green"
@@ -132,6 +132,21 @@ def binom_cdf(k: int, n: int, p: float) -> float:
         if term < total * _NEGLIGIBLE:
             break
     return max(0.0, 1.0 - math.exp(binom_log_pmf(k + 1, n, p) + math.log(total)))
+
+
+def zone_limits(n: int, p: float, yellow: float = 0.95, red: float = 0.9999) -> tuple[int, int]:
+    """The fewest exceedances of ``n`` forecasts that are yellow, and red: the smallest x
+    with P(X <= x) >= ``yellow`` (``red``), X ~ Binomial(n, p).
+
+    >>> zone_limits(250, 0.01)  # Basel: 5 is yellow, 10 red
+    (5, 10)
+    """
+    x, limits = 0, []
+    for limit in (yellow, red):
+        while binom_cdf(x, n, p) < limit:
+            x += 1
+        limits.append(x)
+    return limits[0], limits[1]
 
 
 def traffic_light(cdf: float, yellow: float = 0.95, red: float = 0.9999) -> str:
@@ -315,6 +330,9 @@ class VarBacktestSettings:
     yellow, red
         Zone limits on P(X <= x), X ~ Binomial(T, alpha): yellow from
         ``yellow``, red from ``red`` (Basel: 95% and 99.99%).
+    report_every
+        :class:`VarBacktestFeed` writes its rows every this many forecasts,
+        and whenever the rolling zone changes.
     """
 
     window: int = setting(1000, ge=2, fixed=True)
@@ -322,6 +340,7 @@ class VarBacktestSettings:
     min_forecasts: int = setting(250, ge=1)
     yellow: float = setting(0.95, gt=0, lt=1)
     red: float = setting(0.9999, gt=0, lt=1)
+    report_every: int = setting(250, ge=1)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -368,6 +387,7 @@ class VarBacktest:
 
     __slots__ = (
         "_buf",
+        "_limits",
         "_cum",
         "_cum_comp",
         "_cum_last",
@@ -385,6 +405,7 @@ class VarBacktest:
     def __init__(self, settings: VarBacktestSettings | None = None) -> None:
         self.settings = settings or VarBacktestSettings()
         self._buf: deque[tuple[bool, float]] = deque()  # (exceeded, L I / ES)
+        self._limits: dict[int, tuple[int, int]] = {}  # T -> zone_limits(T, alpha), filled lazily
         self._win_x = 0
         self._win_sum = 0.0
         self._trans = [0, 0, 0, 0]  # n00, n01, n10, n11 of the window
@@ -447,6 +468,19 @@ class VarBacktest:
         """Forecasts in the window."""
         return len(self._buf)
 
+    def zone(self) -> str | None:
+        """The rolling zone, None below ``min_forecasts``: O(1) once the window is full
+        (the zone limits of each window size are computed once)."""
+        s = self.settings
+        t = len(self._buf)
+        if t < s.min_forecasts:
+            return None
+        limits = self._limits.get(t)
+        if limits is None:
+            limits = self._limits[t] = zone_limits(t, s.alpha, s.yellow, s.red)
+        x = self._win_x
+        return GREEN if x < limits[0] else YELLOW if x < limits[1] else RED
+
     def get(self) -> BacktestFigures | None:
         """The rolling figures, None below ``min_forecasts`` forecasts in the window."""
         s = self.settings
@@ -467,6 +501,96 @@ class VarBacktest:
     def snapshot(self) -> VarBacktestSnapshot:
         """The rolling and the cumulative figures now (rows of a ``var_backtests`` table)."""
         return VarBacktestSnapshot(self.get(), self.cumulative())
+
+
+def backtest_row(
+    ts: int, symbol: str, model: str, scope: str, settings: VarBacktestSettings, f: BacktestFigures
+) -> VarBacktestRow:
+    """The ``var_backtests`` row of figures ``f`` (NaN for the tests undefined below two forecasts)."""
+    nan = math.nan
+    return VarBacktestRow(
+        ts,
+        symbol,
+        model,
+        scope,
+        settings.window,
+        settings.alpha,
+        f.forecasts,
+        f.exceedances,
+        f.rate,
+        f.n00,
+        f.n01,
+        f.n10,
+        f.n11,
+        f.pof_lr,
+        f.pof_p,
+        nan if f.ind_lr is None else f.ind_lr,
+        nan if f.ind_p is None else f.ind_p,
+        nan if f.cc_lr is None else f.cc_lr,
+        nan if f.cc_p is None else f.cc_p,
+        f.binom_cdf,
+        f.zone,
+        f.es_z2,
+        f.es_p,
+    )
+
+
+class VarBacktestFeed:
+    """A :class:`VarBacktest` of one forecast stream that says when to write its rows.
+
+    Parameters
+    ----------
+    settings
+        The backtest's settings (``report_every`` sets the cadence).
+    symbol, model
+        What the rows are about (symbol ``""``: the portfolio).
+
+    ``update`` counts a forecast against the realised return in O(1) and
+    returns the ``var_backtests`` rows (rolling once warm, and cumulative)
+    every ``report_every`` counted forecasts and whenever the rolling zone
+    changes; otherwise an empty list. ``zone`` is the rolling zone now.
+
+    >>> feed = VarBacktestFeed(VarBacktestSettings(window=4, min_forecasts=2, report_every=3), "X", "fhs")
+    >>> [len(feed.update(t, 0.02, 0.03, -0.01)) for t in range(4)]  # green at 2, due at 3
+    [0, 2, 2, 0]
+    >>> rows = feed.update(9, 0.02, 0.03, -0.05)  # one exceedance in 4: yellow
+    >>> [(r.scope, r.forecasts, r.exceedances) for r in rows], feed.zone
+    ([('rolling', 4, 1), ('cumulative', 5, 1)], 'yellow')
+    """
+
+    __slots__ = ("backtest", "counted", "model", "symbol", "zone")
+
+    def __init__(self, settings: VarBacktestSettings, symbol: str, model: str) -> None:
+        self.backtest = VarBacktest(settings)
+        self.symbol = symbol
+        self.model = model
+        self.counted = 0
+        self.zone: str | None = None
+
+    def update(self, ts: int, var: float | None, es: float | None, ret: float | None) -> list[VarBacktestRow]:
+        """Count one forecast; the rows to write now (see the class docstring)."""
+        bt = self.backtest
+        if not bt.update(var, es, ret):
+            return []
+        self.counted += 1
+        zone = bt.zone()
+        changed = zone != self.zone
+        self.zone = zone
+        if not changed and self.counted % bt.settings.report_every:
+            return []
+        return self.rows(ts)
+
+    def rows(self, ts: int) -> list[VarBacktestRow]:
+        """The rows of the figures now (rolling once warm, then cumulative)."""
+        bt = self.backtest
+        s = bt.settings
+        out = []
+        rolling, cumulative = bt.get(), bt.cumulative()
+        if rolling is not None:
+            out.append(backtest_row(ts, self.symbol, self.model, "rolling", s, rolling))
+        if cumulative is not None:
+            out.append(backtest_row(ts, self.symbol, self.model, "cumulative", s, cumulative))
+        return out
 
 
 # --------------------------------------------------------------------------- the monitor
@@ -507,8 +631,9 @@ class ModelRiskMonitor:
         self.symbol = symbol
         self.breached = False
 
-    def update(self, ts: int, figures: BacktestFigures | None) -> RiskEvent | None:
-        """Judge the rolling figures at ``ts``; an event when a breach starts or ends."""
+    def update(self, ts: int, figures: BacktestFigures | VarBacktestRow | None) -> RiskEvent | None:
+        """Judge the rolling figures (or a rolling ``var_backtests`` row) at ``ts``; an event
+        when a breach starts or ends."""
         if figures is None:
             return None
         s = self.settings
