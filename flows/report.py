@@ -57,6 +57,10 @@ def _utc(ms: int | None) -> str:
     return "n/a" if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
+_METRIC = {"var": "VaR", "es": "ES", "qvar": "QVaR"}
+"""How the summary names ``risk.breaker_metric``."""
+
+
 def trading_summary(report) -> None:
     """Print a trading run's backtest summary (nothing when it did not trade)."""
     s = report.summary
@@ -75,11 +79,13 @@ def trading_summary(report) -> None:
         f"  win rate        {_pct(s['win_rate']):>10}   profit factor {_num(s['profit_factor']):>7}",
         f"  orders {s['orders']:,}, fills {s['fills']:,}, signals {s['signals']:,}, "
         f"pre-trade denials {s['denials']:,}",
-        f"  QVaR breakers tripped: {trips}; kill switch: {s['kill_switches']}; "
-        f"mode changes: {s['mode_changes']} (mode now {s['mode']})",
-        f"  VaR exceedances {_pct(s['var_exceedance_rate'])} of {s['var_checks']:,} bars "
-        f"(5% expected; Kupiec p {_p(s.get('var_kupiec_p'))})",
+        f"  breakers ({_METRIC.get(s.get('var_metric'), 'QVaR')}) tripped: {trips}; "
+        f"kill switch: {s['kill_switches']}; mode changes: {s['mode_changes']} (mode now {s['mode']})",
+        f"  {_METRIC.get(s.get('var_metric'), 'QVaR')} exceedances {_pct(s['var_exceedance_rate'])} "
+        f"of {s['var_checks']:,} bars (5% expected for a VaR; Kupiec p {_p(s.get('var_kupiec_p'))})",
     ]
+    if s.get("model_risk_events"):
+        lines.append(f"  VaR model-risk events: {s['model_risk_events']} (see the model_risk risk events)")
     if s.get("strategy_errors"):
         muted = s["strategy_errors"]
         lines.append(f"  strategies muted after an error: {muted} (see the strategy_error risk events)")

@@ -12,9 +12,13 @@ depends on how symbols or partitions interleave. For step k, with close time
    the closes and moved to ``t``.
 2. **State.** ATR, regime, the strategies' paper records (each strategy's
    previous direction times the new return), drift flags.
-3. **Risk.** The risk engine assesses the portfolio (QVaR breakers, DLRI, ERS,
-   defensive mode, kill switch, stale data, modes) and its actions come first:
-   flatten, cut or deleverage orders.
+3. **Risk.** The VaR backtests judge the forecasts (per symbol, from the
+   features flow's ``var_backtests`` rows, and the portfolio's own: the last
+   step's one-bar VaR against the P&L of the positions it was made for); a
+   model in the red zone is a ``model_risk`` event and a defensive trigger.
+   The risk engine assesses the portfolio (breakers on
+   ``risk.breaker_metric``, DLRI, ERS, defensive mode, kill switch, stale
+   data, modes) and its actions come first: flatten, cut or deleverage orders.
 4. **Signals.** Every strategy updates on every bar; the weighted composite per
    symbol is sized (volatility target with fractional Kelly, then the risk
    adjustments), scaled in along a Fibonacci ladder and pre-trade checked.
@@ -23,13 +27,16 @@ depends on how symbols or partitions interleave. For step k, with close time
    with no valid signal, is muted on every symbol for the rest of the run
    (one ``strategy_error`` risk event; from then on it counts as flat).
 
+After the step, a ``portfolio`` row records the book: equity, exposures,
+leverage, drawdown, the next step's VaR and ES of the positions held (one
+bar and the risk horizon), the QVaR, the breaker level and the mode.
+
 Everything is deterministic: no clock, no randomness; order ids are built
 from the step, the symbol and a counter kept in the state.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import traceback
@@ -40,8 +47,9 @@ from operators.execution.paper_broker import PaperBroker
 from operators.execution.venue import BarContext, Venue
 from operators.risk.engine import RiskEngine
 from operators.risk.portfolio import Portfolio, PortfolioSettings
-from operators.risk.portfolio_risk import portfolio_risk
+from operators.risk.portfolio_risk import PortfolioRisk, portfolio_risk
 from operators.risk.settings import MarketView, OrderIntent, RiskActions, RiskSettings
+from operators.risk.var_backtest import ModelRiskMonitor, VarBacktestFeed, VarBacktestSettings
 from operators.signals.atr import ATR, ATRSettings
 from operators.signals.regime import RegimeClassifier, RegimeSettings
 from operators.signals.sizing import PositionSizer, SizingSettings, fib_ladder
@@ -49,7 +57,22 @@ from operators.signals.strategies import default_specs
 from operators.signals.strategy import Strategy, StrategySpec, check_signal
 from operators.signals.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
 from operators.trading_stats import TradingStats
-from schemas.records import BUY, FLAT, MARKET, SELL, Bar, Correlation, Feature, Fill, Order, RiskEvent, Signal
+from schemas.records import (
+    BUY,
+    FLAT,
+    MARKET,
+    PORTFOLIO,
+    SELL,
+    Bar,
+    Correlation,
+    Feature,
+    Fill,
+    Order,
+    PortfolioState,
+    RiskEvent,
+    Signal,
+    VarBacktestRow,
+)
 from schemas.settings import SettingsError, check_settings, setting
 
 RISK = "risk"
@@ -96,6 +119,11 @@ class TradingSettings:
         trade); without it, every small change of strength would trade.
     ladder_levels
         Tranches of the Fibonacci ladder an entry is scaled in with.
+    var_model
+        The name of the model behind the features' ``fvar95`` (``features.var_model``),
+        for the portfolio's ``var_backtests`` rows.
+    var_backtest
+        The VaR backtests' window, zone limits and cadence.
     """
 
     bar_interval_ms: int = setting(gt=0, fixed=True)
@@ -111,6 +139,8 @@ class TradingSettings:
     min_trade_share: float = setting(0.002, ge=0, lt=1)
     rebalance_band: float = setting(0.5, ge=0)
     ladder_levels: int = setting(3, ge=1)
+    var_model: str = setting("fhs")
+    var_backtest: VarBacktestSettings = setting(VarBacktestSettings())
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -148,7 +178,7 @@ class TradingLoop:
     ``settings.broker``). Feed each symbol's bars and features with :meth:`add`, correlation rows
     with :meth:`add_correlations`, then :meth:`advance` to the last final
     step; it returns ``(table, records)`` pairs for ``signals``,
-    ``risk_events``, ``orders`` and ``fills``.
+    ``risk_events``, ``orders``, ``fills``, ``portfolio`` and ``var_backtests``.
     """
 
     def __init__(self, settings: TradingSettings, venue: Venue | None = None) -> None:
@@ -170,18 +200,30 @@ class TradingLoop:
         self.last_data_ts: dict[str, int] = {}
         self.done: int | None = None
         self.counter = 0
-        self.last_qvar: float | None = None
+        self.backtests: dict[int, list[VarBacktestRow]] = {}  # per-symbol rows by grid step
+        self.symbol_models: dict[str, ModelRiskMonitor] = {}
+        vb = settings.var_backtest
+        self.var_feed = VarBacktestFeed(vb, PORTFOLIO, settings.var_model)
+        self.model_risk = ModelRiskMonitor(vb, PORTFOLIO)
+        self.last_var: tuple[float, float] | None = None  # one-bar (VaR, ES) of the book, quote units
+        self.last_breaker_var: float | None = None  # one-bar amount of the breaker metric
         self.stats = TradingStats()
 
     # -- input -------------------------------------------------------------------------
 
-    def add(self, symbol: str, bars: list[Bar], features: list[Feature]) -> None:
-        """A symbol's newly closed bars and feature rows (any step order within the symbol)."""
+    def add(
+        self, symbol: str, bars: list[Bar], features: list[Feature], backtests: tuple | list = ()
+    ) -> None:
+        """A symbol's newly closed bars, feature rows and ``var_backtests`` rows (any step order
+        within the symbol)."""
         d = self.settings.bar_interval_ms
         for bar in bars:
             self.bars.setdefault(bar.ts // d, {})[symbol] = bar
         for f in features:
             self.features.setdefault(f.ts // d, {})[symbol] = f
+        for row in backtests:
+            if row.scope == "rolling":
+                self.backtests.setdefault(row.ts // d, []).append(row)
 
     def add_correlations(self, rows: list[Correlation]) -> None:
         self.pending_corr.extend(rows)
@@ -200,12 +242,20 @@ class TradingLoop:
 
     def advance(self, through: int) -> list[tuple[str, list]]:
         """Process every step up to grid index ``through``."""
-        out: dict[str, list] = {"signals": [], "risk_events": [], "orders": [], "fills": []}
+        out: dict[str, list] = {
+            "signals": [],
+            "risk_events": [],
+            "orders": [],
+            "fills": [],
+            "portfolio": [],
+            "var_backtests": [],
+        }
         steps = sorted(k for k in self.bars if k <= through)
         for k in steps:
             if self.done is not None and k <= self.done:
                 self.bars.pop(k, None)
                 self.features.pop(k, None)
+                self.backtests.pop(k, None)
                 continue
             self._step(k, self.bars.pop(k), self.features.pop(k, {}), out)
             self.done = k
@@ -238,7 +288,7 @@ class TradingLoop:
             pf.mark(symbol, bar.close)
             self.last_data_ts[symbol] = close_ts
         pf.advance(close_ts)
-        self._var_check(held_before)
+        self._var_check(close_ts, held_before, out)
         # 2. state
         for symbol in sorted(bars):
             sym = self.symbols[symbol]
@@ -253,6 +303,7 @@ class TradingLoop:
                     self.weights.on_drift(symbol, close_ts)
             sym.regime_now = sym.regime.update(bar, feat, self._avg_corr(symbol))
         # 3. risk
+        self._model_risk(k, close_ts, out)
         view = self._view(close_ts)
         for when, command, reason in self._due_controls(close_ts):
             if command == "resume":
@@ -269,7 +320,7 @@ class TradingLoop:
         self._signals(close_ts, bars, actions, view, out)
         self.broker.end_step(k)
         st.equity_step(pf.equity())
-        self.last_qvar = self._bar_qvar(view)
+        out["portfolio"].append(self._portfolio_row(close_ts, view))
 
     def _symbol(self, symbol: str) -> _SymbolState:
         sym = self.symbols.get(symbol)
@@ -303,14 +354,16 @@ class TradingLoop:
         return sym.feature.volatility / ref
 
     def _view(self, ts: int) -> MarketView:
-        vols, ents, regimes = {}, {}, {}
+        vols, ents, regimes, forecasts = {}, {}, {}, {}
         for symbol, sym in self.symbols.items():
-            if sym.feature is not None:
-                vols[symbol] = sym.feature.volatility
-                ents[symbol] = sym.feature.entropy
+            f = sym.feature
+            if f is not None:
+                vols[symbol] = f.volatility
+                ents[symbol] = f.entropy
+                forecasts[symbol] = (f.fvar95, f.fes95)
             if sym.regime_now is not None:
                 regimes[symbol] = sym.regime_now
-        return MarketView(ts, vols, ents, regimes, dict(self.last_data_ts), self.correlation, True)
+        return MarketView(ts, vols, ents, regimes, dict(self.last_data_ts), self.correlation, True, forecasts)
 
     def _due_controls(self, ts: int) -> list[tuple[int, str, str]]:
         due = [c for c in self.controls if c[0] <= ts]
@@ -331,27 +384,100 @@ class TradingLoop:
             elif e.kind == STRATEGY_ERROR:
                 st.strategy_errors += 1
 
-    def _bar_qvar(self, view: MarketView) -> float | None:
-        """The portfolio QVaR over one bar (the horizon's QVaR scaled back), for the VaR backtest."""
-        pf = self.portfolio
-        if not pf.positions:
-            return None
-        one_bar = dataclasses.replace(self.settings.risk.qvar, horizon_bars=1.0)
-        risk = portfolio_risk(pf.weights(), view.vols, view.entropies, view.corr, pf.equity(), one_bar)
-        return risk.qvar
+    def _model_risk(self, k: int, ts: int, out: dict) -> None:
+        """Judge the symbols' rolling VaR backtests of step ``k`` (and the portfolio's, counted in
+        :meth:`_var_check`); the engine is defensive while any model is in the red zone."""
+        events = out["risk_events"]
+        for row in self.backtests.pop(k, ()):
+            mon = self.symbol_models.get(row.symbol)
+            if mon is None:
+                mon = self.symbol_models[row.symbol] = ModelRiskMonitor(
+                    self.settings.var_backtest, row.symbol
+                )
+            event = mon.update(ts, row)
+            if event is not None:
+                events.append(event)
+                self.stats.model_risk_events += 1
+        breached = self.model_risk.breached or any(m.breached for m in self.symbol_models.values())
+        self.risk.set_model_risk(breached)
 
-    def _var_check(self, held: dict[str, tuple[float, float | None]]) -> None:
-        """VaR backtest on the hypothetical P&L: the previous close's positions, marked to this close.
+    def _book_risk(self, view: MarketView) -> PortfolioRisk | None:
+        pf = self.portfolio
+        equity = pf.equity()
+        if not equity > 0:
+            return None
+        return portfolio_risk(
+            pf.weights(),
+            view.vols,
+            view.entropies,
+            view.corr,
+            equity,
+            self.settings.risk.qvar,
+            view.forecasts,
+        )
+
+    def _portfolio_row(self, ts: int, view: MarketView) -> PortfolioState:
+        """The book after the step, with the next step's VaR and ES of the positions held."""
+        pf = self.portfolio
+        equity = pf.equity()
+        risk = self._book_risk(view)
+        nan = math.nan
+        if risk is None:
+            var_h = es_h = qvar = share = nan
+        else:
+            var_h, es_h, qvar = risk.fvar_share * equity, risk.fes_share * equity, risk.qvar
+            metric = self.settings.risk.breaker_metric
+            share = {"var": risk.fvar_share, "es": risk.fes_share, "qvar": risk.qvar_share}[metric]
+        root_h = math.sqrt(self.settings.risk.qvar.horizon_bars)
+        var1, es1 = var_h / root_h, es_h / root_h
+        held = risk is not None and bool(pf.positions)
+        self.last_var = (var1, es1) if held else None
+        self.last_breaker_var = share * equity / root_h if held else None
+        leverage = pf.leverage()
+        return PortfolioState(
+            ts,
+            equity,
+            pf.cash,
+            pf.gross_exposure(),
+            pf.net_exposure(),
+            leverage,
+            pf.drawdown(),
+            var1,
+            es1,
+            var_h,
+            es_h,
+            qvar,
+            share,
+            self.risk.breaker_level,
+            self.risk.mode,
+        )
+
+    def _var_check(self, ts: int, held: dict[str, tuple[float, float | None]], out: dict) -> None:
+        """VaR backtests on the hypothetical P&L: the previous close's positions, marked to this close.
 
         Trading costs and intra-bar trades are left out, as in a standard VaR
-        backtest; only steps with positions and a QVaR count.
+        backtest; only steps with positions and a forecast count. The
+        portfolio's ``var_backtests`` rows judge the calibrated one-bar VaR
+        and ES of the ``portfolio`` table; the summary's exceedance rate is
+        that of the breaker metric.
         """
-        if not held or self.last_qvar is None or not self.last_qvar > 0:
+        if not held:
             return
         marks = self.portfolio.marks
         pnl = math.fsum(q * (marks.get(sym, p) - p) for sym, (q, p) in held.items() if p is not None)
+        if self.last_var is not None:
+            rows = self.var_feed.update(ts, *self.last_var, pnl)
+            if rows:
+                out["var_backtests"].extend(rows)
+                event = self.model_risk.update(ts, rows[0] if rows[0].scope == "rolling" else None)
+                if event is not None:
+                    out["risk_events"].append(event)
+                    self.stats.model_risk_events += 1
+        breaker_var = self.last_breaker_var
+        if breaker_var is None or not breaker_var > 0:
+            return
         self.stats.var_checks += 1
-        if -pnl > self.last_qvar:
+        if -pnl > breaker_var:
             self.stats.var_exceedances += 1
 
     # -- orders ------------------------------------------------------------------------------
@@ -576,4 +702,6 @@ class TradingLoop:
 
     def summary(self) -> dict:
         """Backtest figures: return, Sharpe, Sortino, drawdown, trades, breakers, VaR exceedances."""
-        return self.stats.summary(self.settings.bar_interval_ms, self.risk.mode)
+        return self.stats.summary(
+            self.settings.bar_interval_ms, self.risk.mode, self.settings.risk.breaker_metric
+        )

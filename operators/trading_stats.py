@@ -47,6 +47,7 @@ class TradingStats:
     strategy_errors: int = 0
     var_checks: int = 0
     var_exceedances: int = 0
+    model_risk_events: int = 0
     first_ts: int | None = None
     last_ts: int | None = None
 
@@ -77,9 +78,10 @@ class TradingStats:
         if self.peak > 0:
             self.max_drawdown = max(self.max_drawdown, 1.0 - equity / self.peak)
 
-    def summary(self, bar_interval_ms: int, mode: str) -> dict:
+    def summary(self, bar_interval_ms: int, mode: str, breaker_metric: str = "var") -> dict:
         """Backtest figures: return, Sharpe, Sortino (annualised from ``bar_interval_ms`` steps),
-        drawdown, trades, breakers, VaR exceedances; ``mode`` is the risk engine's mode now."""
+        drawdown, trades, breakers, exceedances of the breaker metric (``breaker_metric``, one bar);
+        ``mode`` is the risk engine's mode now."""
         n = self.returns_n
         mean = self.returns_sum / n if n else 0.0
         var = (self.returns_sq - n * mean * mean) / (n - 1) if n > 1 else 0.0
@@ -107,6 +109,8 @@ class TradingStats:
             "strategy_errors": self.strategy_errors,
             "var_exceedance_rate": self.var_exceedances / self.var_checks if self.var_checks else None,
             "var_checks": self.var_checks,
+            "var_metric": breaker_metric,
+            "model_risk_events": self.model_risk_events,
             "var_kupiec_p": (
                 chi2_sf(kupiec_pof(self.var_exceedances, self.var_checks, VAR_ALPHA), 1)
                 if self.var_checks

@@ -20,8 +20,9 @@ T0 = 1_620_000_000_000 // D * D
 SYMBOLS = ("A/USDT", "B/USDT", "C/USDT")
 
 
-def _loop(enabled: bool = True) -> TradingLoop:
-    risk = RiskSettings(enabled=enabled, qvar=PortfolioRiskSettings(horizon_bars=1.0))
+def _loop(enabled: bool = True, metric: str = "qvar") -> TradingLoop:
+    # the scenarios below pin the seed's QVaR breaker; test_breakers_on_the_calibrated_var the default
+    risk = RiskSettings(enabled=enabled, qvar=PortfolioRiskSettings(horizon_bars=1.0), breaker_metric=metric)
     loop = TradingLoop(TradingSettings(bar_interval_ms=D, risk=risk))
     for s in SYMBOLS:
         loop.portfolio.apply_fill(Fill(T0, f"seed-{s}", s, BUY, 200.0, 100.0, 0.0, 0.0))
@@ -166,3 +167,97 @@ def test_the_orders_of_one_step_count_against_the_limits_together():
     assert book.cash == pytest.approx(20_000.0) and book.positions == dict.fromkeys(names[:4], 200.0)
     assert together == pytest.approx(10_000.0 / (100.0 * 1.001)) and events[-1].action == "reduce"
     assert loop.portfolio.cash == 100_000.0 and not loop.portfolio.positions  # the book is a copy
+
+
+# -- the calibrated VaR: breakers, the portfolio table, backtests, model risk ----------------------
+
+
+def _fstep(loop: TradingLoop, k: int, fvar: float, fes: float, price: float = 100.0, backtests=()) -> dict:
+    ts = T0 + k * D
+    for s in SYMBOLS:
+        bar = Bar(s, ts, price, price, price, price, 1000.0, price, 10)
+        feat = Feature(s, ts, 0.0, 0.01, 0.9, 0.0, 0.0, 0.0, 0, fvar, fes)
+        loop.add(s, [bar], [feat], [b for b in backtests if b.symbol == s])
+    return dict(loop.advance(ts // D))
+
+
+def test_breakers_on_the_calibrated_var():
+    # three 20% positions, unknown correlations count as 1: VaR share = 0.6 fvar95
+    loop = _loop(metric="var")
+    events = []
+    for k, fvar in enumerate([0.01, 0.0225, 0.026, 0.034, 0.01]):
+        out = _fstep(loop, k, fvar, 1.3 * fvar)
+        events += [(k, e.kind, e.level) for e in out.get("risk_events", []) if e.kind == "qvar_breaker"]
+    assert events == [(1, "qvar_breaker", 1), (2, "qvar_breaker", 2), (3, "qvar_breaker", 3)]
+    msg = [e for e in dict(_fstep(_loop(metric="var"), 0, 0.0225, 0.03))["risk_events"]][0].message
+    assert msg.startswith("qvar_breaker (var) 0.013500 > 0.012000")
+
+
+def test_portfolio_rows_hold_the_book_and_its_var():
+    loop = _loop(metric="es")
+    row = _fstep(loop, 0, 0.02, 0.03)["portfolio"][0]
+    equity = loop.portfolio.equity()
+    assert row.ts == _close(0)
+    assert row.equity == pytest.approx(equity)
+    assert row.gross_exposure == pytest.approx(0.6 * equity) and row.net_exposure == pytest.approx(
+        0.6 * equity
+    )
+    assert row.leverage == pytest.approx(0.6) and row.drawdown == 0.0
+    assert row.var95 == pytest.approx(0.6 * 0.02 * equity) and row.es95 == pytest.approx(0.6 * 0.03 * equity)
+    assert (row.var95_horizon, row.es95_horizon) == (row.var95, row.es95)  # horizon 1 bar here
+    assert row.qvar95 == pytest.approx(0.6 * 0.01 * 1.6448536269514722 * (1 - 0.3 * 0.9) * equity)
+    assert row.breaker_share == pytest.approx(0.018) and row.breaker_level == 2  # the ES share
+    assert row.mode == "defensive"
+
+
+def test_a_missing_forecast_counts_with_the_normal_rule():
+    loop = _loop(metric="var")
+    row = _fstep(loop, 0, float("nan"), float("nan"))["portfolio"][0]
+    assert row.var95 == pytest.approx(0.6 * 0.01 * 1.6448536269514722 * loop.portfolio.equity())
+
+
+def test_portfolio_var_backtest_rows_and_model_risk():
+    from operators.risk.var_backtest import VarBacktestSettings
+
+    risk = RiskSettings(qvar=PortfolioRiskSettings(horizon_bars=1.0), breaker_levels=(0.5, 0.6, 0.7))
+    vb = VarBacktestSettings(window=20, min_forecasts=5, report_every=5)
+    loop = TradingLoop(TradingSettings(bar_interval_ms=D, risk=risk, var_backtest=vb, var_model="fhs"))
+    for s in SYMBOLS:
+        loop.portfolio.apply_fill(Fill(T0, f"seed-{s}", s, BUY, 200.0, 100.0, 0.0, 0.0))
+    rows, events = [], []
+    price = 100.0
+    for k in range(16):
+        price *= 0.9975  # each step loses 0.15% of equity, beyond a VaR of 0.06% (and short of a kill)
+        out = _fstep(loop, k, 0.001, 0.0012, price)
+        rows += out.get("var_backtests", [])
+        events += [e for e in out.get("risk_events", []) if e.kind in ("model_risk", "mode")]
+    assert {r.symbol for r in rows} == {""} and {r.model for r in rows} == {"fhs"}
+    cumulative = [r for r in rows if r.scope == "cumulative"]
+    assert cumulative[-1].forecasts == cumulative[-1].exceedances  # every step after the first exceeded
+    first = next(e for e in events if e.kind == "model_risk")
+    assert (first.level, first.action, first.symbol) == (2, "defensive", "")
+    assert any(e.kind == "mode" and e.action == "defensive" for e in events)
+    assert loop.summary()["model_risk_events"] == 1
+
+
+def test_a_symbol_model_in_the_red_zone_makes_the_engine_defensive_until_green():
+    from operators.risk.var_backtest import VarBacktestSettings, backtest_figures, backtest_row
+
+    vb = VarBacktestSettings()
+    red = backtest_figures(250, 30, (200, 19, 19, 11), 40.0, 0.05)
+    green = backtest_figures(250, 12, (227, 11, 11, 0), 14.0, 0.05)
+    loop = _loop(metric="var")
+    seen = []
+    for k, fig in enumerate([None, red, None, green]):
+        ts = T0 + k * D
+        rows = () if fig is None else (backtest_row(ts, "B/USDT", "fhs", "rolling", vb, fig),)
+        out = _fstep(loop, k, 0.001, 0.0012, backtests=rows)
+        seen += [
+            (k, e.kind, e.action) for e in out.get("risk_events", []) if e.kind in ("model_risk", "mode")
+        ]
+    assert seen == [
+        (1, "model_risk", "defensive"),
+        (1, "mode", "defensive"),
+        (3, "model_risk", "clear"),
+        (3, "mode", "normal"),
+    ]

@@ -25,8 +25,10 @@ Rules (thresholds are :class:`RiskSettings` fields; "h" is ``hysteresis``;
 a level is entered when the value exceeds its threshold and left only when
 it falls below threshold * (1 - h)):
 
-- QVaR breaker on the portfolio QVaR share of equity
-  (:func:`~operators.risk.portfolio_risk.portfolio_risk`): level 1 warn,
+- Breaker on the ``breaker_metric`` share of equity over the horizon (the
+  calibrated portfolio VaR or ES, or the seed's QVaR, all from
+  :func:`~operators.risk.portfolio_risk.portfolio_risk`; the events keep
+  the seed's kind ``qvar_breaker``): level 1 warn,
   level 2 caution (a defensive trigger: half size, no entries in
   ``caution_blocked_regimes``), level 3 emergency (flatten while it holds).
   A level is held for ``breaker_hold_ms`` after the share last exceeded its
@@ -41,7 +43,9 @@ it falls below threshold * (1 - h)):
 - ERS = 0.4 * mean entropy over ``market.entropies`` + 0.6 * position
   weighted entropy; while active: no entries, sizes x0.7, stops x0.75.
 - Defensive triggers: drawdown, weekly loss (both with hysteresis), rolling
-  Sharpe < 0.5 once warm (not None), QVaR breaker level >= 2. Defensive =
+  Sharpe < 0.5 once warm (not None), breaker level >= 2, and
+  ``model_risk`` (:meth:`set_model_risk`: the caller's VaR backtest in the
+  red zone, the seed's "calibration degraded"). Defensive =
   sizes x0.5 and signals need strength >= 0.6.
 - Kill switch: drawdown > 15%, daily loss > 3%, weekly > 5%, monthly > 8%
   or ``on_error``: flatten (mode emergency until the book is flat at an
@@ -128,7 +132,12 @@ class RiskEngine:
         self._breaker_hot = 0  # when the share last exceeded the current level's threshold
         self.dlri_level = 0
         self.ers_active = False
-        self.defensive: dict[str, bool] = {"drawdown": False, "weekly_loss": False, "sharpe": False}
+        self.defensive: dict[str, bool] = {
+            "drawdown": False,
+            "weekly_loss": False,
+            "sharpe": False,
+            "model_risk": False,  # set by the caller: a VaR model in the red zone
+        }
         self.stale: frozenset[str] = frozenset()
         self.all_stale = False
         self.vol_ref: dict[str, float] = {}
@@ -167,8 +176,9 @@ class RiskEngine:
         weights = portfolio.weights()
         vols, entropies = market.vols, market.entropies
         if equity > 0:
-            self.last_risk = portfolio_risk(weights, vols, entropies, market.corr, equity, s.qvar)
-            share = self.last_risk.qvar_share
+            risk = portfolio_risk(weights, vols, entropies, market.corr, equity, s.qvar, market.forecasts)
+            self.last_risk = risk
+            share = {"var": risk.fvar_share, "es": risk.fes_share, "qvar": risk.qvar_share}[s.breaker_metric]
         else:
             self.last_risk, share = None, math.inf
         old = self.breaker_level
@@ -178,7 +188,17 @@ class RiskEngine:
         if new < old and ts - self._breaker_hot < s.breaker_hold_ms:
             new = old
         self.breaker_level = new
-        self._level_event(ts, "qvar_breaker", old, new, share, s.breaker_levels, BREAKER_ACTIONS[new], events)
+        self._level_event(
+            ts,
+            "qvar_breaker",
+            old,
+            new,
+            share,
+            s.breaker_levels,
+            BREAKER_ACTIONS[new],
+            events,
+            s.breaker_metric,
+        )
 
         cut, deleverage_to = self._dlri(ts, portfolio, weights, vols, events)
         mean_h = sum(entropies.values()) / len(entropies) if entropies else 0.0
@@ -216,13 +236,23 @@ class RiskEngine:
         return events, self._actions(portfolio, cut, deleverage_to)
 
     def _level_event(
-        self, ts: int, kind: str, old: int, new: int, value: float, limits: tuple, action: str, events: list
+        self,
+        ts: int,
+        kind: str,
+        old: int,
+        new: int,
+        value: float,
+        limits: tuple,
+        action: str,
+        events: list,
+        what: str = "",
     ) -> None:
-        """Record a change of a hysteresis level (nothing when ``new == old``)."""
+        """Record a change of a hysteresis level (nothing when ``new == old``); ``what`` names the value."""
         if new != old:
             up = new > old
             threshold = limits[new - 1] if up else limits[new] * (1.0 - self.settings.hysteresis)
-            msg = f"{kind} {_pct(value)} {'>' if up else '<'} {_pct(threshold)}: level {old} -> {new}"
+            name = f"{kind} ({what})" if what else kind
+            msg = f"{name} {_pct(value)} {'>' if up else '<'} {_pct(threshold)}: level {old} -> {new}"
             events.append(RiskEvent(ts, kind, new, "", value, threshold, action, msg))
 
     def _check_stale(self, ts: int, market: MarketView, events: list[RiskEvent]) -> None:
@@ -311,6 +341,10 @@ class RiskEngine:
             blocked_regimes=s.caution_blocked_regimes if self.breaker_level >= 2 else frozenset(),
             orders_allowed=self.mode != OBSERVATION,
         )
+
+    def set_model_risk(self, breached: bool) -> None:
+        """Whether a VaR model is in the red zone (a defensive trigger from the next assess on)."""
+        self.defensive["model_risk"] = breached
 
     # -- operator and errors ---------------------------------------------------------
 

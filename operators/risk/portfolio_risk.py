@@ -14,6 +14,16 @@ Definitions (normative, from the risk issue):
   expected shortfall at the same level (phi(1.6449) / 0.05 = 2.0627...) with
   the same entropy factor; ``es_share`` = ES / equity.
 
+- The calibrated VaR and ES (``fvar_share``, ``fes_share``, over the same
+  horizon): the per-symbol next-bar forecasts (VaR_i, ES_i: the features'
+  ``fvar95``/``fes95`` of the configured model, positive return losses)
+  aggregated with the correlations, VaR_p = sqrt(v' R v) * sqrt(h) with
+  v_i = w_i VaR_i, and ES_p the same with ES_i; no entropy factor. This is
+  exact when the returns are jointly elliptical (normal, Student-t) and the
+  usual aggregation rule otherwise. A held symbol without a forecast (the
+  model not warm) counts with the normal z * sigma_i (and z * sigma_i *
+  phi(z) / (1 - Phi(z)) for its ES), and is counted in ``missing_forecasts``.
+
 Missing inputs are counted and filled conservatively:
 
 - a pair whose correlation is unknown (``corr`` returns None or NaN) counts
@@ -102,6 +112,11 @@ class PortfolioRisk:
         Held pairs whose correlation was unknown.
     missing_vols
         Held symbols whose volatility was unknown.
+    fvar_share, fes_share
+        The calibrated VaR and ES over the horizon as fractions of equity
+        (see the module docstring; NaN when no forecasts were given).
+    missing_forecasts
+        Held symbols without a calibrated forecast (counted with the normal rule).
     """
 
     sigma_p: float
@@ -112,6 +127,9 @@ class PortfolioRisk:
     weighted_entropy: float
     missing_pairs: int
     missing_vols: int
+    fvar_share: float = math.nan
+    fes_share: float = math.nan
+    missing_forecasts: int = 0
 
 
 def weighted_entropy(weights: dict[str, float], entropies: dict[str, float]) -> float:
@@ -133,6 +151,7 @@ def portfolio_risk(
     corr: Callable[[str, str], float | None],
     equity: float,
     settings: PortfolioRiskSettings,
+    forecasts: dict[str, tuple[float, float]] | None = None,
 ) -> PortfolioRisk:
     """QVaR and ES of a book of signed weights (see the module docstring).
 
@@ -151,6 +170,9 @@ def portfolio_risk(
         Account equity in quote units.
     settings
         A :class:`PortfolioRiskSettings`.
+    forecasts
+        Per symbol (VaR, ES) of the next bar's return as positive losses (NaN:
+        not warm), for the calibrated ``fvar_share``/``fes_share``; None: not computed.
     """
     held = sorted(s for s, w in weights.items() if w != 0.0)
     known = [v for v in vols.values() if math.isfinite(v) and v >= 0]
@@ -161,14 +183,26 @@ def portfolio_risk(
     scale = math.sqrt(settings.horizon_bars)
     # b_i = w_i * sigma_i * sqrt(h), so that w' S w = sum_ij rho_ij b_i b_j
     b: list[float] = []
-    missing_vols = 0
+    fv: list[float] = []  # w_i VaR_i sqrt(h)
+    fe: list[float] = []  # w_i ES_i sqrt(h)
+    missing_vols = missing_forecasts = 0
+    es_factor = normal_es_factor(settings.z)
     for s in held:
         v = vols.get(s)
         if v is None or not (math.isfinite(v) and v >= 0):
             v = fill_vol
             missing_vols += 1
         b.append(weights[s] * v * scale)
+        if forecasts is not None:
+            var_i, es_i = forecasts.get(s, (math.nan, math.nan))
+            if not (math.isfinite(var_i) and math.isfinite(es_i)):
+                var_i, es_i = settings.z * v, v * es_factor
+                missing_forecasts += 1
+            fv.append(weights[s] * var_i * scale)
+            fe.append(weights[s] * es_i * scale)
     terms = [x * x for x in b]
+    var_terms = [x * x for x in fv]
+    es_terms = [x * x for x in fe]
     missing_pairs = 0
     for i in range(len(held)):
         for j in range(i + 1, len(held)):
@@ -176,8 +210,17 @@ def portfolio_risk(
             if rho is None or not math.isfinite(rho):
                 rho = settings.missing_corr
                 missing_pairs += 1
-            terms.append(2.0 * min(1.0, max(-1.0, rho)) * b[i] * b[j])
+            rho = min(1.0, max(-1.0, rho))
+            terms.append(2.0 * rho * b[i] * b[j])
+            if fv:
+                var_terms.append(2.0 * rho * fv[i] * fv[j])
+                es_terms.append(2.0 * rho * fe[i] * fe[j])
     sigma_p = math.sqrt(max(0.0, math.fsum(terms)))
+    if forecasts is None:
+        fvar_share = fes_share = math.nan
+    else:
+        fvar_share = math.sqrt(max(0.0, math.fsum(var_terms)))
+        fes_share = math.sqrt(max(0.0, math.fsum(es_terms)))
     h_w = weighted_entropy({s: weights[s] for s in held}, entropies)
     factor = 1.0 - settings.entropy_coef * h_w
     qvar_share = sigma_p * settings.z * factor
@@ -191,4 +234,7 @@ def portfolio_risk(
         weighted_entropy=h_w,
         missing_pairs=missing_pairs,
         missing_vols=missing_vols,
+        fvar_share=fvar_share,
+        fes_share=fes_share,
+        missing_forecasts=missing_forecasts,
     )

@@ -9,7 +9,7 @@ market at a step, :class:`RiskActions` what the loop must do then, and
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from operators.risk.portfolio_risk import PortfolioRiskSettings
 from schemas.records import REGIMES
@@ -20,6 +20,8 @@ MODE_LEVEL = {NORMAL: 0, DEFENSIVE: 1, OBSERVATION: 1, PAUSE: 2, EMERGENCY: 3}
 NO_ENTRY_MODES = (OBSERVATION, PAUSE, EMERGENCY)
 COMMANDS = ("resume", "pause", "flatten")
 BREAKER_ACTIONS = ("clear", "warn", "caution", "flatten")
+BREAKER_METRICS = ("var", "es", "qvar")
+"""What the breakers act on (``RiskSettings.breaker_metric``)."""
 MINUTE_MS = 60_000
 
 
@@ -32,9 +34,15 @@ class RiskSettings:
     enabled
         False: approve everything, never trip (comparison runs).
     qvar
-        Settings of the portfolio QVaR.
+        Settings of the portfolio QVaR (and of the horizon of every breaker metric).
+    breaker_metric
+        What the breakers compare with their levels, as a share of equity over
+        the horizon: ``var`` (the calibrated portfolio VaR 95%, from the
+        features' ``fvar95`` and the correlations), ``es`` (its ES at the
+        same 95% level, from ``fes95``) or ``qvar`` (the seed's entropy-adjusted
+        normal QVaR, which understates risk; see the README).
     breaker_levels, hysteresis, breaker_hold_ms
-        QVaR share of equity entering levels 1, 2, 3 (ascending); a level is
+        Metric share of equity entering levels 1, 2, 3 (ascending); a level is
         left below threshold * (1 - hysteresis), hysteresis in [0, 1), and
         only once the share has not exceeded the level's threshold for
         ``breaker_hold_ms`` of event time (a flatten empties the book, and
@@ -59,6 +67,7 @@ max_orders_per_minute, cost_buffer_bps
 
     enabled: bool = setting(True)
     qvar: PortfolioRiskSettings = setting(PortfolioRiskSettings())
+    breaker_metric: str = setting("var")
     breaker_levels: tuple[float, float, float] = setting((0.012, 0.015, 0.020), gt=0)
     hysteresis: float = setting(0.2, ge=0, lt=1)
     breaker_hold_ms: int = setting(1_800_000, ge=0)
@@ -94,6 +103,8 @@ max_orders_per_minute, cost_buffer_bps
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.breaker_metric not in BREAKER_METRICS:
+            raise SettingsError.of(self, "breaker_metric", f"one of {BREAKER_METRICS}")
         if self.safe_leverage is None:
             object.__setattr__(self, "safe_leverage", 0.5 * self.max_leverage)
         if not self.caution_blocked_regimes <= set(REGIMES):
@@ -122,6 +133,9 @@ class MarketView:
         ``corr(a, b)`` with a < b: the pair's rolling correlation, or None.
     bar_close
         True at the bar close, False at intra-bar path points.
+    forecasts
+        Latest next-bar (VaR, ES) forecast per symbol, positive return losses
+        (the features' ``fvar95``, ``fes95``; NaN: not warm).
     """
 
     ts: int
@@ -131,6 +145,7 @@ class MarketView:
     last_data_ts: dict[str, int]
     corr: Callable[[str, str], float | None]
     bar_close: bool
+    forecasts: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
