@@ -15,7 +15,9 @@ classes: ``[risk]`` (with the ``[risk.qvar]`` subtable) is
 venue's :class:`~operators.execution.cost_model.BrokerSettings`,
 ``[execution_limits]`` the execution service's hard limits
 (:class:`~operators.execution.limits.ExecutionLimits`, ``qbtc execute``),
-``[portfolio]``, ``[regime]``, ``[weights]`` and ``[atr]`` likewise. Fields
+``[portfolio]``, ``[regime]``, ``[weights]``, ``[atr]`` and ``[var_backtest]``
+(:class:`~operators.risk.var_backtest.VarBacktestSettings`, the backtest of
+``features.var_model``'s forecasts) likewise. Fields
 derived from other keys (:data:`DERIVED`: every ``bar_interval_ms`` from
 ``features.bar_interval``, the QVaR's entropy coefficient and horizon) are
 filled here and are not keys of their own. ``[kafka.consumer]`` and
@@ -54,6 +56,8 @@ from operators.execution.cost_model import BrokerSettings
 from operators.execution.limits import ExecutionLimits
 from operators.risk.portfolio import PortfolioSettings
 from operators.risk.settings import RiskSettings
+from operators.risk.var_backtest import VarBacktestSettings
+from operators.risk.var_models import VAR_MODELS
 from operators.signals.atr import ATRSettings
 from operators.signals.regime import RegimeSettings
 from operators.signals.sizing import SizingSettings
@@ -65,7 +69,11 @@ from sinks.clickhouse_store import DEFAULT_DSN
 
 @dataclass(frozen=True, slots=True)
 class FeaturesConfig:
-    """``[features]``: bars, features and correlations (see the metric spec)."""
+    """``[features]``: bars, features and correlations (see the metric spec).
+
+    ``var_model`` names the next-bar VaR/ES forecaster behind the features'
+    ``fvar95``/``fes95`` (:data:`~operators.risk.var_models.VAR_MODELS`).
+    """
 
     bar_interval: int = setting(1, ge=1, fixed=True)
     window: int = setting(300, ge=3, fixed=True)
@@ -78,9 +86,12 @@ class FeaturesConfig:
     max_behind_ms: int = setting(86_400_000, ge=1)
     max_symbols: int = setting(500, ge=1)
     confirm_ticks: int = setting(3, ge=1)
+    var_model: str = setting("fhs", fixed=True)
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.var_model not in VAR_MODELS:
+            raise SettingsError.of(self, "var_model", f"one of {', '.join(VAR_MODELS)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +256,7 @@ class Settings:
     """Every section. Build it with :func:`load_settings` (which fills the derived fields)."""
 
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    var_backtest: VarBacktestSettings = field(default_factory=VarBacktestSettings)
     input: InputConfig = field(default_factory=InputConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)

@@ -56,10 +56,12 @@ class Routed:
 
 @dataclass(frozen=True, slots=True)
 class TradeInput:
-    """A symbol's newly closed bars and their feature rows, for the trading loop."""
+    """A symbol's newly closed bars, their feature rows and the backtest rows of its VaR
+    forecasts made with them (``var_backtests``), for the trading loop."""
 
     bars: list[Bar]
     features: list[Feature]
+    backtests: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)

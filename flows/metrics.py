@@ -3,14 +3,21 @@
 Counts add up: once the input is drained, ``qbtc_ticks_in_total`` equals
 ``qbtc_ticks_accepted_total`` plus ``qbtc_dead_letters_total`` summed over
 reasons.
+
+The VaR backtest gauges (``qbtc_var_*``, ``qbtc_es_z2``) show the newest
+``var_backtests`` row of each symbol (``portfolio`` for the book), model and
+scope (``rolling``, ``cumulative``), as the flow makes them.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from schemas.records import REASONS
+from schemas.records import REASONS, VarBacktestRow
 from sinks.store_sink import RowCounter
+
+ZONE_LEVELS = {"green": 0, "yellow": 1, "red": 2}
+"""``qbtc_var_zone``'s value of each Basel zone."""
 
 
 class FlowMetrics(RowCounter):
@@ -55,6 +62,26 @@ class FlowMetrics(RowCounter):
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
             registry=r,
         )
+        labels = ["symbol", "model", "scope"]
+        self.var_rate = Gauge(
+            "qbtc_var_exceedance_rate", "VaR exceedances per forecast (x / T)", labels, registry=r
+        )
+        self.var_kupiec_p = Gauge(
+            "qbtc_var_kupiec_p", "Kupiec's proportion-of-failures p-value", labels, registry=r
+        )
+        self.var_cc_p = Gauge(
+            "qbtc_var_christoffersen_cc_p",
+            "Christoffersen's conditional-coverage p-value (NaN below two forecasts)",
+            labels,
+            registry=r,
+        )
+        self.var_zone = Gauge("qbtc_var_zone", "Basel zone: 0 green, 1 yellow, 2 red", labels, registry=r)
+        self.es_z2 = Gauge(
+            "qbtc_es_z2",
+            "Acerbi-Szekely Z2 of the ES forecasts (> 0: ES understates the tail)",
+            labels,
+            registry=r,
+        )
 
     # -- hooks the flow calls ------------------------------------------------
 
@@ -89,6 +116,16 @@ class FlowMetrics(RowCounter):
         self.rows_out.labels(table).inc(n)
         if seconds:
             self.store_time.observe(seconds)
+
+    def var_backtests(self, rows: list[VarBacktestRow]) -> None:
+        """``var_backtests`` rows just made: each one sets its gauges."""
+        for row in rows:
+            labels = (row.symbol or "portfolio", row.model, row.scope)
+            self.var_rate.labels(*labels).set(row.rate)
+            self.var_kupiec_p.labels(*labels).set(row.pof_p)
+            self.var_cc_p.labels(*labels).set(row.cc_p)
+            self.var_zone.labels(*labels).set(ZONE_LEVELS.get(row.zone, float("nan")))
+            self.es_z2.labels(*labels).set(row.es_z2)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""

@@ -57,7 +57,7 @@ class MarketSettings:
         return cls(
             TimeBounds(f.max_ahead_ms, f.max_behind_ms, f.max_symbols, f.confirm_ticks),
             BarSettings(d, f.allowed_lateness_ms, f.dedup_horizon_ms),
-            FeatureSettings(d, f.window, f.qvar_entropy_coef),
+            FeatureSettings(d, f.window, f.qvar_entropy_coef, f.var_model, settings.var_backtest),
             CorrelationSettings(d, f.corr_window, f.corr_every),
         )
 
@@ -141,7 +141,14 @@ def build_flow(
             "trading",
             steps,
             lambda resume: TradingLogic(
-                trading, resume, keep_state, report, settings.trading.control_file, control_topic, external
+                trading,
+                resume,
+                keep_state,
+                report,
+                settings.trading.control_file,
+                control_topic,
+                external,
+                metrics,
             ),
         )
         store_items.append(op.key_rm("unkey_loop", trading_rows))

@@ -46,14 +46,15 @@ FEATURE_KEYS = {
     "grid.bar_interval_ms": BAR_INTERVAL,
     "grid.window": "features.corr_window",
     "grid.every": "features.corr_every",
+    "features.var_backtest.": "var_backtest.",
 }
 """Settings paths of the market steps, as config keys."""
 
 FEATURE_FIXED = frozenset(
     {"bars.interval_ms", "features.bar_interval_ms", "features.window", "grid.bar_interval_ms", "grid.window"}
-    | {"grid.every"}
+    | {"grid.every", "features.var_model"}
 )
-"""What a resume may not change: the grid and the windows the saved state holds."""
+"""What a resume may not change: the grid, the windows the saved state holds and the VaR model."""
 
 TRADING_KEYS = {
     "trading.bar_interval_ms": BAR_INTERVAL,
@@ -292,12 +293,18 @@ class SymbolLogic(_Step):
         self, out: list[SymbolOut], rows: list[StoreRows], closed: list, peers: tuple, final: bool = False
     ) -> None:
         feats = []
+        backtests = ()
         if closed:
             rows.append(StoreRows("bars", closed))
             update = self.features.update
             feats = [f for f in map(update, closed) if f is not None]
             if feats:
                 rows.append(StoreRows("features", feats))
+            backtests = self.features.take_backtests()
+            if backtests:
+                rows.append(StoreRows("var_backtests", backtests))
+                if self.metrics is not None:
+                    self.metrics.var_backtests(backtests)
         d = self.bar_settings.interval_ms
         progress = SymbolProgress(
             self.symbol,
@@ -305,7 +312,7 @@ class SymbolLogic(_Step):
             self.bars.closed_through(),
             peers,
             # the trading loop downstream needs the bars and features themselves
-            TradeInput(closed, feats) if self.trading else None,
+            TradeInput(closed, feats, tuple(backtests)) if self.trading else None,
             final,
         )
         out.append(SymbolOut(tuple(rows), progress))
@@ -443,7 +450,7 @@ class GridLogic(_Step):
 def _feed(loop: TradingLoop, step: GridStep) -> None:
     """A grid step into a loop, its outputs dropped (the saved state's copy of a late normal step)."""
     for symbol, trade in step.trades:
-        loop.add(symbol, trade.bars, trade.features)
+        loop.add(symbol, trade.bars, trade.features, trade.backtests)
     loop.add_correlations(step.correlations)
     if step.done is not None:
         loop.advance(step.done)
@@ -497,10 +504,12 @@ class TradingLogic(_Step):
         control_path: str = "",
         control_topic: ControlTopicSettings | None = None,
         external: RemoteVenueConfig | None = None,
+        metrics=None,
     ) -> None:
         self.settings = settings
         self.keep_state = keep_state
         self.report = report
+        self.metrics = metrics
         position: ControlPosition | None = None
         if resume is not None:
             state = load_state(resume, self._tree(), TRADING_KEYS, fixed=TRADING_FIXED)
@@ -544,6 +553,14 @@ class TradingLogic(_Step):
         events = venue.take_events() if isinstance(venue, RemoteVenue) else []
         return [StoreRows("order_events", events)] if events else []
 
+    def _observe(self, out: list[StoreRows]) -> list[StoreRows]:
+        """The portfolio's ``var_backtests`` rows into the metrics; ``out`` as it is."""
+        if self.metrics is not None:
+            for item in out:
+                if item.table == "var_backtests":
+                    self.metrics.var_backtests(item.rows)
+        return out
+
     def on_batch(self, steps: list[GridStep]) -> tuple[list, bool]:
         loop = self.loop
         out: list[StoreRows] = []
@@ -553,13 +570,13 @@ class TradingLogic(_Step):
             elif self._final is not None:
                 self._also_saved(lambda state, step=step: _feed(state[0], step))
             for symbol, trade in step.trades:
-                loop.add(symbol, trade.bars, trade.features)
+                loop.add(symbol, trade.bars, trade.features, trade.backtests)
             out.extend(self._controls())
             loop.add_correlations(step.correlations)
             if step.done is not None:
                 out.extend(StoreRows(table, rows) for table, rows in loop.advance(step.done))
                 out.extend(self._venue_events())
-        return out, StatefulBatchLogic.RETAIN
+        return self._observe(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list, bool]:
         self._keep_final()
@@ -575,7 +592,7 @@ class TradingLogic(_Step):
             venue.close()
         if self.report is not None:
             self.report.summary = loop.summary()
-        return out, StatefulBatchLogic.RETAIN
+        return self._observe(out), StatefulBatchLogic.RETAIN
 
     def _state(self):
         return (self.loop, self.control, self.position)

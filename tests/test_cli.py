@@ -35,6 +35,11 @@ def test_help(command):
         (["replay", "x.csv", "--set", "features.window"], "expected section.key=value"),
         (["replay", "x.csv", "--set", "features.nope=1"], "unknown key"),
         (["replay", "x.csv", "--set", "features.window=abc"], "features.window must be an int >= 3"),
+        (
+            ["replay", "x.csv", "--set", "features.var_model=nope"],
+            "features.var_model must be one of historical, ewma, fhs, cornish_fisher, student_t, garch, got",
+        ),
+        (["replay", "x.csv", "--set", "var_backtest.red=0.5"], "var_backtest.red must be > yellow (0.95)"),
         (["replay", "x.csv", "--config", "/nonexistent.toml"], "cannot read config"),
         (["sql", "SELECT", "--store", "ftp://x"], "neither chdb"),
         (["replay", "kafka://"], "is not kafka://BROKERS"),

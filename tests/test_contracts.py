@@ -768,6 +768,7 @@ FROM_FEATURES = {
         "bar_interval_ms": "bar_interval",
         "window": "window",
         "qvar_entropy_coef": "qvar_entropy_coef",
+        "var_model": "var_model",
     },
     BarSettings: {
         "interval_ms": "bar_interval",
@@ -779,6 +780,9 @@ FROM_FEATURES = {
 }
 """Settings built from ``[features]`` keys (flows/pipeline.py): field -> key."""
 
+FROM_SECTIONS = {FeatureSettings: {"var_backtest": "var_backtest"}}
+"""Fields of those settings that are a whole section of their own: field -> section."""
+
 ASSEMBLED = {TradingSettings, StrategiesSettings}
 """Settings put together from other sections (``[trading]`` keys, loaded strategies)."""
 
@@ -789,7 +793,6 @@ EXECUTION_SERVICE = {
     SlippageSettings,
     ObservedVolumeSettings,
     ReconcileSettings,
-    VarBacktestSettings,
     HistoricalSettings,
     EwmaSettings,
     FhsSettings,
@@ -799,7 +802,7 @@ EXECUTION_SERVICE = {
 }
 """Settings of building blocks with no config keys yet: the execution service's (issue 12;
 ``ExecutionLimits`` is ``[execution_limits]``, read by ``qbtc execute``) and the VaR/ES
-forecasters and backtests (issue 13, until they are wired into the flow)."""
+forecasters' own (issue 13: ``features.var_model`` picks one with its defaults)."""
 
 
 def _section_classes() -> dict[type, str]:
@@ -860,8 +863,11 @@ def test_every_settings_class_is_reachable_from_config():
     ]
     assert lost == [], f"give these settings a config section (flows/config.py Settings): {lost}"
     for cls, keys in FROM_FEATURES.items():
-        assert set(keys) == {f.name for f in dataclasses.fields(cls)}, cls
+        sections = FROM_SECTIONS.get(cls, {})
+        assert set(keys) | set(sections) == {f.name for f in dataclasses.fields(cls)}, cls
         assert set(keys.values()) <= {f.name for f in dataclasses.fields(field_types(Settings)["features"])}
+        for name, section in sections.items():
+            assert field_types(cls)[name] is field_types(Settings)[section], (cls, name)
 
 
 @pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)
@@ -982,6 +988,7 @@ def test_trading_section_keys_are_the_loops_own():
 FEATURE_TWINS = {
     "window": (FeatureSettings, "window"),
     "qvar_entropy_coef": (FeatureSettings, "qvar_entropy_coef"),
+    "var_model": (FeatureSettings, "var_model"),
     "corr_window": (CorrelationSettings, "window"),
     "corr_every": (CorrelationSettings, "every"),
     "allowed_lateness_ms": (BarSettings, "allowed_lateness_ms"),

@@ -43,6 +43,7 @@ The statistics (``0 ln 0 = 0`` throughout):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -147,6 +148,10 @@ def zone_limits(n: int, p: float, yellow: float = 0.95, red: float = 0.9999) -> 
             x += 1
         limits.append(x)
     return limits[0], limits[1]
+
+
+_shared_limits = functools.lru_cache(maxsize=16_384)(zone_limits)
+"""zone_limits cached for the process: every symbol's backtest fills its window through the same sizes."""
 
 
 def traffic_light(cdf: float, yellow: float = 0.95, red: float = 0.9999) -> str:
@@ -387,7 +392,6 @@ class VarBacktest:
 
     __slots__ = (
         "_buf",
-        "_limits",
         "_cum",
         "_cum_comp",
         "_cum_last",
@@ -405,7 +409,6 @@ class VarBacktest:
     def __init__(self, settings: VarBacktestSettings | None = None) -> None:
         self.settings = settings or VarBacktestSettings()
         self._buf: deque[tuple[bool, float]] = deque()  # (exceeded, L I / ES)
-        self._limits: dict[int, tuple[int, int]] = {}  # T -> zone_limits(T, alpha), filled lazily
         self._win_x = 0
         self._win_sum = 0.0
         self._trans = [0, 0, 0, 0]  # n00, n01, n10, n11 of the window
@@ -470,14 +473,12 @@ class VarBacktest:
 
     def zone(self) -> str | None:
         """The rolling zone, None below ``min_forecasts``: O(1) once the window is full
-        (the zone limits of each window size are computed once)."""
+        (the zone limits of each window size are computed once per process)."""
         s = self.settings
         t = len(self._buf)
         if t < s.min_forecasts:
             return None
-        limits = self._limits.get(t)
-        if limits is None:
-            limits = self._limits[t] = zone_limits(t, s.alpha, s.yellow, s.red)
+        limits = _shared_limits(t, s.alpha, s.yellow, s.red)
         x = self._win_x
         return GREEN if x < limits[0] else YELLOW if x < limits[1] else RED
 

@@ -550,3 +550,34 @@ class Garch:
         z = _NORMAL.inv_cdf(a)
         s = math.sqrt(max(v, 0.0))
         return Forecast(-z * s, s * normal_tail(z), a, h_bars)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+VAR_MODELS: dict[str, type] = {
+    "historical": Historical,
+    "ewma": EwmaNormal,
+    "fhs": FilteredHistorical,
+    "cornish_fisher": CornishFisher,
+    "student_t": StudentT,
+    "garch": Garch,
+}
+"""The forecasters by the name ``features.var_model`` takes."""
+
+
+def make_var_model(name: str):
+    """A new forecaster ``name`` of :data:`VAR_MODELS` with its default settings.
+
+    >>> type(make_var_model("fhs")).__name__
+    'FilteredHistorical'
+    >>> make_var_model("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown VaR model 'nope': one of historical, ewma, fhs, cornish_fisher, student_t, garch
+    """
+    cls = VAR_MODELS.get(name)
+    if cls is None:
+        msg = f"unknown VaR model {name!r}: one of {', '.join(VAR_MODELS)}"
+        raise ValueError(msg)
+    return cls()
