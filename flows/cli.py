@@ -249,6 +249,41 @@ def _execute_parser(sub) -> None:
     _common(ex, store=False)
 
 
+def _stress_parser(sub) -> None:
+    st = sub.add_parser(
+        "stress",
+        help="Monte Carlo stress of the current (or a given) portfolio: VaR/ES, worst case, kill-switch odds",
+        description="Simulate scenarios of the portfolio over a horizon from the store's bars (filtered "
+        "historical simulation, or a t-copula): VaR/ES at 95%% and 99%%, the worst case, the chance of "
+        "each kill-switch trigger ([risk] kill_* thresholds) and the time to recover a loss. Results go "
+        "to the stress table. Without --position the book is the store's (net fills, latest portfolio "
+        "row's equity).",
+    )
+    _common(st)
+    st.add_argument(
+        "--position",
+        dest="positions",
+        metavar="SYMBOL=QTY",
+        action="append",
+        default=[],
+        help="a base quantity held (negative: short), valued at the last close (repeatable; needs --equity)",
+    )
+    st.add_argument("--equity", type=float, help="the portfolio's equity, quote units")
+    st.add_argument("--scenarios", type=int, default=10_000, help="scenarios simulated (default 10000)")
+    st.add_argument(
+        "--horizon", metavar="N|Ts", help="bars (60) or a time (3600s, 90m, 4h, 1d); default 60 bars"
+    )
+    st.add_argument(
+        "--method", choices=("fhs", "t-copula"), default="fhs", help="filtered historical simulation "
+        "(whole residual rows: the history's correlations) or a t-copula (default fhs)",
+    )  # fmt: skip
+    st.add_argument("--dof", type=float, help="the t-copula's degrees of freedom (default: fitted)")
+    st.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    st.add_argument("--since", metavar="T", help="history from time T (epoch ms or ISO-8601 with offset)")
+    st.add_argument("--bars", type=int, metavar="N", help="history: the last N bars of returns")
+    st.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qbtc",
@@ -307,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     _venue_parser(sub)
     _execute_parser(sub)
     _control_parser(sub)
+    _stress_parser(sub)
 
     sql = sub.add_parser(
         "sql",
@@ -659,6 +695,31 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_stress(args) -> int:
+    from flows.stress import StressRequest, parse_positions, run_stress
+    from operators.risk.stress import StressSettings
+
+    settings = _settings(args)
+    if args.bars is not None and args.bars < 2:
+        msg = "--bars must be >= 2"
+        raise UsageError(msg)
+    stress_settings = StressSettings(
+        scenarios=args.scenarios, method=args.method.replace("-", "_"), seed=args.seed, dof=args.dof
+    )
+    request = StressRequest(
+        parse_positions(args.positions),
+        args.equity,
+        _time_arg("--since", args.since),
+        args.bars,
+        args.horizon,
+        stress_settings,
+        args.quiet,
+    )
+    store = Store(_dsn(args, settings))
+    sys.stdout.write(run_stress(store, request, settings.risk))
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "replay": cmd_replay,
@@ -671,6 +732,7 @@ COMMANDS = {
     "record": cmd_record,
     "control": cmd_control,
     "execute": cmd_execute,
+    "stress": cmd_stress,
 }
 
 

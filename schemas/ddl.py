@@ -254,3 +254,43 @@ TRADING_TABLES = (SIGNALS, RISK_EVENTS, ORDERS, FILLS, PORTFOLIO)
 EXECUTION_TABLES = (ORDER_EVENTS, EXECUTION_QUALITY)
 """What the execution service writes (issue 12; no flow writes them yet)."""
 TABLES = {t.name: t for t in (*MARKET_TABLES, *TRADING_TABLES, *EXECUTION_TABLES)}
+STRESS = Table(
+    "stress",
+    (
+        ("run_id", "String"),
+        ("ts", TS),
+        ("method", "LowCardinality(String)"),
+        ("scenarios", "UInt64"),
+        ("horizon_bars", "UInt32"),
+        ("bar_ms", "UInt64"),
+        ("seed", "UInt64"),
+        ("history_bars", "UInt64"),
+        ("positions", "String"),
+        ("equity", "Float64"),
+        ("dof", "Float64"),
+        ("var95", "Float64"),
+        ("es95", "Float64"),
+        ("var99", "Float64"),
+        ("es99", "Float64"),
+        ("worst", "Float64"),
+        ("var95_share", "Float64"),
+        ("es95_share", "Float64"),
+        ("var99_share", "Float64"),
+        ("es99_share", "Float64"),
+        ("worst_share", "Float64"),
+        ("mean_pnl", "Float64"),
+        ("p_loss", "Float64"),
+        ("p_kill_drawdown", "Float64"),
+        ("p_kill_daily_loss", "Float64"),
+        ("p_kill_weekly_loss", "Float64"),
+        ("p_kill_monthly_loss", "Float64"),
+        ("p_kill_any", "Float64"),
+        ("recovery_mean_bars", "Float64"),
+        ("recovery_unrecovered", "Float64"),
+        ("recovery_cap_bars", "UInt64"),
+    ),
+    # one wide row per run; run_id is a hash of the inputs, so a rerun replaces its row
+    ("run_id",),
+)
+"""What ``qbtc stress`` writes (one row per run)."""
+TABLES[STRESS.name] = STRESS

@@ -684,3 +684,74 @@ class StepMark:
         if self.kind not in (LOOP_MARK, VENUE_MARK):
             msg = f"unknown step mark kind {self.kind!r}"
             raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class StressResult:
+    """One ``qbtc stress`` run (the ``stress`` table: one wide row per run).
+
+    Losses are positive, quote units; ``*_share`` are fractions of ``equity``.
+
+    Parameters
+    ----------
+    run_id
+        Deterministic from the inputs (returns, book, equity, settings, seed):
+        the same run stored again replaces its row.
+    ts
+        Close time of the last bar of the history (the horizon starts there), epoch ms.
+    method
+        ``fhs`` or ``t_copula``.
+    scenarios, horizon_bars, bar_ms, seed
+        The simulation's size, horizon, bar interval and seed.
+    history_bars
+        Bars of returns the residuals came from.
+    positions
+        The book: ``SYMBOL=value`` (signed quote units), comma-separated.
+    equity
+        The equity stressed.
+    dof
+        The t-copula's degrees of freedom (NaN for ``fhs``; inf: Gaussian).
+    var95, es95, var99, es99, worst
+        VaR, ES and the largest loss over the horizon.
+    var95_share, es95_share, var99_share, es99_share, worst_share
+        The same over equity.
+    mean_pnl, p_loss
+        Mean P&L and the share of losing scenarios.
+    p_kill_drawdown, p_kill_daily_loss, p_kill_weekly_loss, p_kill_monthly_loss, p_kill_any
+        Probability that each kill-switch trigger (any of them) fires within the horizon.
+    recovery_mean_bars, recovery_unrecovered, recovery_cap_bars
+        Mean bars to recover a horizon loss among the scenarios that recover
+        within the cap, and the share of losing scenarios that do not.
+    """
+
+    run_id: str
+    ts: int
+    method: str
+    scenarios: int
+    horizon_bars: int
+    bar_ms: int
+    seed: int
+    history_bars: int
+    positions: str
+    equity: float
+    dof: float
+    var95: float
+    es95: float
+    var99: float
+    es99: float
+    worst: float
+    var95_share: float
+    es95_share: float
+    var99_share: float
+    es99_share: float
+    worst_share: float
+    mean_pnl: float
+    p_loss: float
+    p_kill_drawdown: float
+    p_kill_daily_loss: float
+    p_kill_weekly_loss: float
+    p_kill_monthly_loss: float
+    p_kill_any: float
+    recovery_mean_bars: float
+    recovery_unrecovered: float
+    recovery_cap_bars: int

@@ -34,6 +34,7 @@ from schemas.records import (
     PortfolioState,
     RiskEvent,
     Signal,
+    StressResult,
     VarBacktestRow,
 )
 from schemas.tick_columns import SIDES
@@ -55,6 +56,7 @@ _RECORD_FIELDS = {
         ("execution_quality", ExecutionQuality),
         ("var_backtests", VarBacktestRow),
         ("portfolio", PortfolioState),
+        ("stress", StressResult),
     )
 }
 

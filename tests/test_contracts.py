@@ -70,6 +70,7 @@ from operators.features.symbol_features import FeatureSettings, SymbolFeatures
 from operators.risk.engine import RiskEngine
 from operators.risk.portfolio import Portfolio, PortfolioSettings
 from operators.risk.settings import MarketView, OrderIntent
+from operators.risk.stress import StressSettings
 from operators.risk.var_backtest import ModelRiskMonitor, VarBacktest, VarBacktestFeed, VarBacktestSettings
 from operators.risk.var_models import (
     CornishFisher,
@@ -799,6 +800,7 @@ EXECUTION_SERVICE = {
     CornishFisherSettings,
     StudentTSettings,
     GarchSettings,
+    StressSettings,
 }
 """Settings of building blocks with no config keys yet: the execution service's (issue 12;
 ``ExecutionLimits`` is ``[execution_limits]``, read by ``qbtc execute``) and the VaR/ES
