@@ -198,3 +198,24 @@ def test_unknown_model_is_a_settings_error():
         FeatureSettings(var_model="nope")
     with pytest.raises(ValueError, match="unknown VaR model 'nope': one of historical, ewma, fhs"):
         make_var_model("nope")
+
+
+def test_zone_limits_equal_the_linear_search():
+    """zone_limits starts from the normal approximation: the same limits as counting up from 0."""
+    from operators.risk.var_backtest import binom_cdf, zone_limits
+
+    def linear(n, p, yellow, red):
+        x, out = 0, []
+        for limit in (yellow, red):
+            while binom_cdf(x, n, p) < limit:
+                x += 1
+            out.append(x)
+        return tuple(out)
+
+    rng = np.random.default_rng(2)
+    cases = [(n, p, 0.95, 0.9999) for n in range(1, 1101, 3) for p in (0.01, 0.05)]
+    for _ in range(1500):
+        y, r = sorted(rng.uniform(0.01, 0.99999, 2))
+        cases.append((int(rng.integers(1, 3000)), float(rng.uniform(0.001, 0.99)), float(y), float(r)))
+    for case in cases:
+        assert zone_limits(*case) == linear(*case), case

@@ -47,6 +47,7 @@ import functools
 import math
 from collections import deque
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from schemas.records import RiskEvent, VarBacktestRow
 from schemas.settings import SettingsError, check_settings, setting
@@ -55,6 +56,8 @@ GREEN = "green"
 YELLOW = "yellow"
 RED = "red"
 ZONES = (GREEN, YELLOW, RED)
+
+_NORMAL = NormalDist()
 
 MODEL_RISK = "model_risk"
 """The ``kind`` of the risk events of :class:`ModelRiskMonitor`."""
@@ -143,9 +146,18 @@ def zone_limits(n: int, p: float, yellow: float = 0.95, red: float = 0.9999) -> 
     (5, 10)
     """
     x, limits = 0, []
+    sd = math.sqrt(n * p * (1.0 - p))
     for limit in (yellow, red):
-        while binom_cdf(x, n, p) < limit:
-            x += 1
+        # from the normal approximation's guess, a few steps to the exact limit (the cdf rises with x)
+        g = max(x, int(n * p + _NORMAL.inv_cdf(limit) * sd))
+        if binom_cdf(g, n, p) >= limit:
+            while g > x and binom_cdf(g - 1, n, p) >= limit:
+                g -= 1
+        else:
+            g += 1
+            while binom_cdf(g, n, p) < limit:
+                g += 1
+        x = g
         limits.append(x)
     return limits[0], limits[1]
 
