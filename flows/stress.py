@@ -1,7 +1,7 @@
 """``qbtc stress``: the store's bars and book in, :func:`~operators.risk.stress.stress`, a row out.
 
 The history: each symbol's bar closes from the ``bars`` table, on the bar
-grid (the smallest step between bar times), a missing bar carrying the last
+grid (the smallest step between the book's symbols' bar times), a missing bar carrying the last
 close (no trade, no move), from the first time every symbol of the book has
 a close; log returns of that grid. The book: given (``SYMBOL=QTY`` base
 quantities, valued at the last close) or the store's (net quantities over
@@ -111,14 +111,13 @@ def load_history(store: Store, symbols: list[str], since_ms: int | None, bars: i
     if unknown:
         msg = f"unknown symbol {', '.join(unknown)}: no bars in the store (it has {', '.join(have)})"
         raise StressProblem(msg)
-    ts = np.array([r[1] for r in rows], dtype=np.int64)
-    steps = np.diff(np.unique(ts))
-    bar_ms = int(steps.min()) if steps.size else 1
     per = {s: ([], []) for s in symbols}
     for sym, t, close in rows:
         if sym in per:
             per[sym][0].append(t)
             per[sym][1].append(close)
+    steps = np.diff(np.unique(np.concatenate([np.asarray(t, dtype=np.int64) for t, _ in per.values()])))
+    bar_ms = int(steps.min()) if steps.size else 1
     start = max(t[0] for t, _ in per.values())
     end = max(t[-1] for t, _ in per.values())
     if since_ms is not None:
@@ -211,7 +210,9 @@ def summary(
     from datetime import UTC, datetime
 
     when = datetime.fromtimestamp(row.ts / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    method = row.method + (f", {row.dof:g} degrees of freedom" if row.method == "t_copula" else "")
+    method = row.method
+    if row.method == "t_copula":
+        method += f", {row.dof:g} degrees of freedom" if len(hist.symbols) > 1 else ", one symbol: no copula"
     lines = [
         f"stress: {row.scenarios:,} scenarios ({method}, seed {row.seed}) of {row.horizon_bars:,} bars "
         f"of {_interval(row.bar_ms)} from {when}, in {seconds:.1f} s",

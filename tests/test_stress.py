@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from flows.stress import Book, History, horizon_bars, parse_positions, result_row, store_book
+from flows.stress import Book, History, horizon_bars, load_history, parse_positions, result_row, store_book
 from operators.risk.settings import RiskSettings
 from operators.risk.stress import (
     BLOCK,
@@ -226,6 +226,30 @@ class _FakeStore:
     def query(self, sql):
         table = "fills" if "FROM fills" in sql else "portfolio"
         return type("R", (), {"result_rows": self.answers[table]})()
+
+
+class _Bars:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def query(self, sql):
+        return type("R", (), {"result_rows": self.rows})()
+
+
+def test_load_history_aligns_the_grid_and_carries_missing_bars():
+    rows = [("A/B", 1_000, 10.0), ("C/D", 1_000, 5.0), ("A/B", 1_500, 11.0), ("C/D", 3_000, 6.0)]
+    rows += [("A/B", 3_000, 12.0), ("A/B", 4_000, 13.0), ("C/D", 4_000, 7.0), ("E/F", 1_250, 1.0)]
+    rows.sort(key=lambda r: r[1])
+    hist = load_history(_Bars(rows), ["A/B", "C/D"], None, None)
+    assert hist.bar_ms == 500 and hist.ts.tolist() == list(range(1_000, 4_001, 500))
+    assert hist.closes[:, 1].tolist() == [5.0, 5.0, 5.0, 5.0, 6.0, 6.0, 7.0]  # C/D's missing bars carried
+    np.testing.assert_allclose(hist.returns(), np.diff(np.log(hist.closes), axis=0))
+    since = load_history(_Bars(rows), ["A/B", "C/D"], 2_100, None)
+    assert since.ts[0] == 2_500
+    last = load_history(_Bars(rows), ["A/B", "C/D"], None, 3)
+    assert last.ts.tolist() == [2_500, 3_000, 3_500, 4_000]
+    with pytest.raises(Exception, match="too few"):
+        load_history(_Bars(rows), ["A/B", "C/D"], 3_600, None)
 
 
 def test_store_book_nets_fills_and_reads_the_latest_equity():
