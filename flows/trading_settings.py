@@ -29,4 +29,6 @@ def trading_settings(settings: Settings) -> TradingSettings:
         min_trade_share=t.min_trade_share,
         rebalance_band=t.rebalance_band,
         ladder_levels=t.ladder_levels,
+        var_model=settings.features.var_model,
+        var_backtest=settings.var_backtest,
     )
