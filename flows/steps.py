@@ -377,6 +377,11 @@ class SymbolLogic(_Step):
         out: list[SymbolOut] = []
         closed = self.bars.flush() if isinstance(self.bars, BarBuilder) else []
         self._emit(out, [], closed, (), final=True)
+        last = self.features.flush_backtests() if self.features is not None else []
+        if last:  # the backtest's figures at the end of the input
+            out.append(SymbolOut((StoreRows("var_backtests", last),)))
+            if self.metrics is not None:
+                self.metrics.var_backtests(last)
         return out, StatefulBatchLogic.RETAIN
 
     def _state(self):
@@ -590,6 +595,7 @@ class TradingLogic(_Step):
                 out.extend(StoreRows(table, rows) for table, rows in loop.settle(late))
             out.extend(self._venue_events())
             venue.close()
+        out.extend(StoreRows(table, rows) for table, rows in loop.flush_backtests())
         if self.report is not None:
             self.report.summary = loop.summary()
         return self._observe(out), StatefulBatchLogic.RETAIN

@@ -659,6 +659,12 @@ class TradingLoop:
             sym.tranches += 1
         self._send(ts, symbol, math.copysign(approved, delta), intent.reason, COMPOSITE, out)
 
+    def flush_backtests(self) -> list[tuple[str, list]]:
+        """The portfolio backtest's figures at its last forecast, when not yet given (the end of a
+        bounded run)."""
+        rows = self.var_feed.flush()
+        return [("var_backtests", rows)] if rows else []
+
     def settle(self, fills: list[Fill]) -> list[tuple[str, list]]:
         """Book fills that arrived after the last step (an external venue's, at the end of a run).
 

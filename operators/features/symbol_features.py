@@ -133,6 +133,12 @@ class SymbolFeatures:
         self._drift.update_zeros(n)
         self._n += n
 
+    def flush_backtests(self) -> list[VarBacktestRow]:
+        """The rows still to take, with the backtest's figures at its last forecast (the end of a
+        bounded run), then cleared."""
+        self._backtests.extend(self._feed.flush())
+        return self.take_backtests()
+
     def take_backtests(self) -> list[VarBacktestRow]:
         """The ``var_backtests`` rows made since the last call (then cleared)."""
         rows = self._backtests

@@ -569,9 +569,13 @@ class VarBacktestFeed:
     >>> rows = feed.update(9, 0.02, 0.03, -0.05)  # one exceedance in 4: yellow
     >>> [(r.scope, r.forecasts, r.exceedances) for r in rows], feed.zone
     ([('rolling', 4, 1), ('cumulative', 5, 1)], 'yellow')
+    >>> len(feed.update(10, 0.02, 0.03, 0.0)), feed.update(11, 0.02, 0.03, 0.0)  # 6 is due, 7 not
+    (2, [])
+    >>> [(r.ts, r.forecasts) for r in feed.flush()], feed.flush()  # the end: the figures at 7
+    ([(11, 4), (11, 7)], [])
     """
 
-    __slots__ = ("backtest", "counted", "model", "symbol", "zone")
+    __slots__ = ("_reported", "backtest", "counted", "last_ts", "model", "symbol", "zone")
 
     def __init__(self, settings: VarBacktestSettings, symbol: str, model: str) -> None:
         self.backtest = VarBacktest(settings)
@@ -579,6 +583,8 @@ class VarBacktestFeed:
         self.model = model
         self.counted = 0
         self.zone: str | None = None
+        self.last_ts: int | None = None  # ts of the last counted forecast
+        self._reported = 0  # forecasts counted when rows were last given
 
     def update(self, ts: int, var: float | None, es: float | None, ret: float | None) -> list[VarBacktestRow]:
         """Count one forecast; the rows to write now (see the class docstring)."""
@@ -586,12 +592,22 @@ class VarBacktestFeed:
         if not bt.update(var, es, ret):
             return []
         self.counted += 1
+        self.last_ts = ts
         zone = bt.zone()
         changed = zone != self.zone
         self.zone = zone
         if not changed and self.counted % bt.settings.report_every:
             return []
+        self._reported = self.counted
         return self.rows(ts)
+
+    def flush(self) -> list[VarBacktestRow]:
+        """The rows of the last counted forecast when some were counted since the last rows
+        (the end of a bounded run: its final figures), else an empty list."""
+        if self.counted == self._reported or self.last_ts is None:
+            return []
+        self._reported = self.counted
+        return self.rows(self.last_ts)
 
     def rows(self, ts: int) -> list[VarBacktestRow]:
         """The rows of the figures now (rolling once warm, then cumulative)."""
