@@ -164,3 +164,24 @@ def test_portfolio_rows_are_labelled_portfolio():
         "qbtc_var_zone", {"symbol": "portfolio", "model": "fhs", "scope": "rolling"}
     )
     assert got == 1.0
+
+
+def test_a_resume_refuses_another_var_model_and_backtest_window():
+    from flows.snapshots import ResumeError, dump_state, load_state
+    from flows.steps import FEATURE_FIXED, FEATURE_KEYS
+    from operators.features.symbol_features import FeatureSettings, SymbolFeatures
+    from operators.risk.var_backtest import VarBacktestSettings
+
+    saved = FeatureSettings()
+    data = dump_state(SymbolFeatures(saved, "X/USDT"), {"features": saved})
+    for changed, key in [
+        (FeatureSettings(var_model="garch"), "features.var_model changed from 'fhs' to 'garch'"),
+        (FeatureSettings(var_backtest=VarBacktestSettings(window=500)), "var_backtest.window changed"),
+    ]:
+        with pytest.raises(ResumeError, match=key):
+            load_state(data, {"features": changed}, FEATURE_KEYS, fixed=FEATURE_FIXED)
+    lines = []
+    today = FeatureSettings(var_backtest=VarBacktestSettings(report_every=50))
+    state = load_state(data, {"features": today}, FEATURE_KEYS, report=lines.extend, fixed=FEATURE_FIXED)
+    assert lines == ["var_backtest.report_every changed from 250 to 50"]
+    assert state._feed.backtest.settings is today.var_backtest  # today's settings, applied
