@@ -279,7 +279,7 @@ def ref_fhs(
 @pytest.mark.parametrize("w", [5, 100])
 def test_fhs_matches_batch_residuals(name: str, w: int, method: str) -> None:
     x = stream(name, 700)
-    s = FhsSettings(decay=0.94, min_periods=20, window=w, quantile_method=method)
+    s = FhsSettings(decay=0.94, min_periods=20, window=w, quantile_method=method, floor_share=0.0)
     got = feed(FilteredHistorical(s), x)
     ref = ref_fhs(x, 0.94, 20, w, ALPHA, method)
     assert [g is None for g in got] == [r is None for r in ref]
@@ -290,7 +290,9 @@ def test_fhs_matches_batch_residuals(name: str, w: int, method: str) -> None:
 def test_fhs_other_level_and_horizon_paths() -> None:
     """The h-bar paths against a plain loop over the same draws; h = 1 is the one-bar forecast."""
     x = stream("clustered", 500)
-    s = FhsSettings(decay=0.94, min_periods=20, window=200, quantile_method="linear", sims=500, seed=4)
+    s = FhsSettings(
+        decay=0.94, min_periods=20, window=200, quantile_method="linear", sims=500, seed=4, floor_share=0.0
+    )
     model = FilteredHistorical(s)
     got = feed(model, x, 0.01)
     close(got[-1], ref_fhs(x, 0.94, 20, 200, 0.01)[-1])
@@ -310,6 +312,33 @@ def test_fhs_other_level_and_horizon_paths() -> None:
         sums.append(total)
     close((f.var, f.es), ref_tail(np.array(sums)))
     assert model.forecast_horizon(1) == model.forecast()
+
+
+def test_fhs_sigma_floor_matches_batch_and_keeps_flat_runs_sane() -> None:
+    """The floored filter against a batch recomputation; a flat run then a one-tick move."""
+    rng = np.random.default_rng(11)
+    x = np.concatenate([rng.standard_t(4, 400) * 0.002, np.zeros(120), [-2e-5], rng.normal(0, 0.002, 100)])
+    s = FhsSettings(decay=0.8, min_periods=20, window=200, quantile_method="weibull", floor_share=0.05)
+    model = FilteredHistorical(s)
+    got = feed(model, x)
+    fast, slow = ref_ewma_var(x, 0.8), ref_ewma_var(x, 0.999)
+    v = np.maximum(fast, 0.05**2 * slow)
+    z, ref = [], []
+    for t in range(len(x)):
+        if t >= 20 and v[t - 1] > 0:
+            z.append(x[t] / math.sqrt(v[t - 1]))
+        if len(z) < 200:
+            ref.append(None)
+            continue
+        q, es = ref_tail(np.array(z[-200:]), ALPHA, "weibull")
+        ref.append((math.sqrt(v[t]) * q, math.sqrt(v[t]) * es))
+    first = next(i for i, r in enumerate(ref) if r is not None)
+    close(got[first:], ref[first:])
+    # after 120 unchanged prices the forecast stays near 5% of the slow sigma, not 0.8^60 of it
+    assert got[519][0] > 0.05 * math.sqrt(slow[519])
+    unfloored = feed(FilteredHistorical(dataclasses.replace(s, floor_share=0.0)), x)
+    assert unfloored[519][0] < 1e-8  # what the floor prevents
+    assert max(abs(z_) for z_ in z) < 50  # the one-tick move is not a residual of 1e4 sigmas
 
 
 # --------------------------------------------------------------------------- Cornish-Fisher

@@ -241,12 +241,21 @@ class FhsSettings:
         The tail probability kept ready.
     sims, seed
         Paths of the h-bar simulation and its seed.
+    floor_share, floor_decay
+        The filter's sigma is at least ``floor_share`` x a slow EWMA sigma
+        (decay ``floor_decay``, a half-life of about 700 bars): after a run of
+        unchanged prices the fast EWMA decays towards 0 (0.8^n), and without
+        a floor the next one-tick move would be a residual of thousands of
+        sigmas (filling the window's tail) and its forecast a VaR of 1e-10
+        (an ES backtest's L / ES without bound). 0 switches the floor off.
     """
 
     decay: float = setting(0.80, gt=0, lt=1, fixed=True)
     min_periods: int = setting(30, ge=1, fixed=True)
     window: int = setting(500, ge=2, fixed=True)
     quantile_method: str = setting("weibull", fixed=True)
+    floor_share: float = setting(0.05, ge=0, lt=1, fixed=True)
+    floor_decay: float = setting(0.999, gt=0, lt=1, fixed=True)
     alpha: float = setting(0.05, gt=0, lt=0.5, fixed=True)
     sims: int = setting(20_000, ge=100)
     seed: int = setting(0, ge=0)
@@ -262,8 +271,9 @@ class FilteredHistorical:
 
     Q is numpy's ``quantile_method`` quantile of the residual window.
 
-    sigma_(t|t-1) is the EWMA sigma before r_t (as :class:`EwmaNormal`); a
-    residual is kept once the EWMA has ``min_periods`` returns and sigma > 0.
+    sigma_(t|t-1) is the EWMA sigma before r_t (as :class:`EwmaNormal`), at
+    least ``floor_share`` x the slow EWMA sigma before r_t; a residual is kept
+    once the EWMA has ``min_periods`` returns and sigma > 0.
     Warm after W residuals. ``update`` O(log W) amortised, ``forecast`` O(1) at
     ``settings.alpha``. Assumes i.i.d. standardised residuals. The h-bar
     horizon simulates ``sims`` paths: r_k = sigma_k z_k with z_k drawn from the
@@ -271,28 +281,38 @@ class FilteredHistorical:
     included), then the spec's Q and tail mean of the path sums.
     """
 
-    __slots__ = ("_ewma", "_tail", "settings")
+    __slots__ = ("_ewma", "_slow", "_tail", "settings")
 
     def __init__(self, settings: FhsSettings | None = None) -> None:
         self.settings = settings or FhsSettings()
         self._ewma = _Ewma(self.settings.decay)
+        self._slow = _Ewma(self.settings.floor_decay)
         s = self.settings
         self._tail = _TailWindow(s.window, s.alpha, s.quantile_method)
+
+    def _floor_var(self) -> float:
+        f = self.settings.floor_share
+        return f * f * self._slow.var()
+
+    def _var(self) -> float:
+        """The filter's variance for the next return: the fast EWMA's, floored."""
+        return max(self._ewma.var(), self._floor_var())
 
     def update(self, r: float) -> None:
         _check_return(r)
         e = self._ewma
         if e.n >= self.settings.min_periods:
-            v = e.var()
+            v = self._var()
             if v > 0.0:
                 self._tail.update(r / math.sqrt(v))
         e.update(r)
+        self._slow.update(r)
 
     def forecast(self, alpha: float | None = None) -> Forecast | None:
         a = _alpha(alpha, self.settings.alpha)
         if not self._tail.full:
             return None
-        sigma = math.sqrt(self._ewma.var())
+        sigma = math.sqrt(self._var())
         if a != self.settings.alpha:
             var, es = spec_tail(self._tail.values(), a, self.settings.quantile_method)
             return Forecast(sigma * var, sigma * es, a)
@@ -310,9 +330,10 @@ class FilteredHistorical:
         lam = self.settings.decay
         num = np.full(self.settings.sims, self._ewma.num)
         den = self._ewma.den
+        floor = self._floor_var()  # held at its value now along the paths (it moves ~0.1% a bar)
         total = np.zeros(self.settings.sims)
         for k in range(h_bars):
-            r = np.sqrt(num / den) * draws[:, k]
+            r = np.sqrt(np.maximum(num / den, floor)) * draws[:, k]
             total += r
             num = lam * num + r * r
             den = lam * den + 1.0
