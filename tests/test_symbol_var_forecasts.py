@@ -61,9 +61,12 @@ def _run(model: str, bars: list[Bar]):
 
 
 def _fhs_oracle(rets: np.ndarray, s: FhsSettings) -> np.ndarray:
-    """(VaR, ES) after each return, NaN until warm: pandas EWMA sigma, numpy's quantile of the residuals."""
+    """(VaR, ES) after each return, NaN until warm: pandas EWMA sigma (floored at a share of the slow
+    one), numpy's quantile of the residuals."""
     r2 = pd.Series(rets**2)
-    var = r2.ewm(alpha=1.0 - s.decay, adjust=True).mean().to_numpy()  # including r_t
+    fast = r2.ewm(alpha=1.0 - s.decay, adjust=True).mean().to_numpy()  # including r_t
+    slow = r2.ewm(alpha=1.0 - s.floor_decay, adjust=True).mean().to_numpy()
+    var = np.maximum(fast, s.floor_share**2 * slow)
     out = np.full((len(rets), 2), np.nan)
     z = []
     for t, r in enumerate(rets):
