@@ -30,11 +30,12 @@ TRADING_KEYS = {
     "risk-events": lambda r: (r.ts, r.kind, r.symbol, r.action, r.message),
     "orders": lambda r: r.order_id,
     "fills": lambda r: r.order_id,
+    "portfolio": lambda r: r.ts,
 }
 """Natural key of each trading topic's records (the store tables' sorting keys)."""
 
-TRADING_TABLES = ("signals", "risk_events", "orders", "fills")
-MARKET_TABLES = ("bars", "features", "correlations", "dead_letters")
+TRADING_TABLES = ("signals", "risk_events", "orders", "fills", "portfolio")
+MARKET_TABLES = ("bars", "features", "correlations", "dead_letters", "var_backtests")
 START_MS = 1_700_000_000_000
 """The simulator's first tick."""
 COMMANDS = (("pause", 420_000), ("resume", 600_000))

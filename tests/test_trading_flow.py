@@ -11,7 +11,7 @@ from flows.trading_settings import trading_settings
 from sources.chunk_source import ChunkSource, Progress
 from sources.control_file import append_command
 
-TRADING_TABLES = ("signals", "risk_events", "orders", "fills", "dead_letters")
+TRADING_TABLES = ("signals", "risk_events", "orders", "fills", "portfolio", "var_backtests", "dead_letters")
 SHORT = [
     "simulator.duration_s=900",
     "simulator.symbols=4",
