@@ -306,14 +306,14 @@ class RiskEngine:
         if self.flatten_pending:
             return EMERGENCY, self._why[EMERGENCY]
         if self.breaker_level >= 3:
-            return EMERGENCY, "QVaR breaker level 3"
+            return EMERGENCY, f"breaker level 3 ({self.settings.breaker_metric})"
         if self.paused:
             return PAUSE, self._why[PAUSE]
         if self.all_stale:
             return OBSERVATION, "every symbol is stale"
         triggers = [n for n, on in self.defensive.items() if on]
         if self.breaker_level >= 2:
-            triggers.append("qvar_caution")
+            triggers.append("breaker_caution")
         if triggers:
             return DEFENSIVE, ", ".join(triggers)
         return NORMAL, "no trigger holds"
@@ -475,7 +475,8 @@ class RiskEngine:
         if sym in self.stale:
             return f"{sym} is stale: no entries"
         if self.breaker_level >= 2 and regime in s.caution_blocked_regimes:
-            return f"QVaR breaker level {self.breaker_level}: no entries in regime {regime}"
+            level = self.breaker_level
+            return f"breaker level {level} ({s.breaker_metric}): no entries in regime {regime}"
         if intent.strategy != "risk" and len(recent) >= s.max_orders_per_minute:
             return f"order rate {len(recent)} per minute >= {s.max_orders_per_minute}"
         return ""
