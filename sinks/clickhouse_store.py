@@ -4,6 +4,12 @@ DSNs: ``chdb://PATH`` (``chdb:///abs/path`` or a relative ``chdb://var/x``;
 ``chdb://:memory:`` for a throw-away store) or
 ``http(s)://user:password@host:port/database``. Tables are created
 idempotently when a store opens. Writes go through Arrow in column batches.
+
+A store made by an older qbtc is brought up to date when it opens: a column
+this version added is added to the table (``ALTER TABLE ... ADD COLUMN``;
+a Float64 reads NaN on the old rows, "not known then", any other type its
+default). A table whose sorting key changed cannot be altered in place: it
+stays readable, and a write into it fails with one line saying so.
 """
 
 from __future__ import annotations
@@ -135,6 +141,26 @@ class Store:
         self.lock = threading.Lock()
         for table in TABLES.values():
             self.command(table.create_sql())
+        self.stale_keys: dict[str, str] = self._migrate()
+
+    def _migrate(self) -> dict[str, str]:
+        """Add the columns an older qbtc's tables lack; the tables whose key differs, with that key."""
+        db = "database = currentDatabase()"
+        have: dict[str, set[str]] = {}
+        for table, column in self.query(f"SELECT table, name FROM system.columns WHERE {db}").result_rows:
+            have.setdefault(table, set()).add(column)
+        for table in TABLES.values():
+            for name, ctype in table.columns:
+                if name not in have.get(table.name, {name}):
+                    column = f"`{name}` {ctype}" + (" DEFAULT nan" if ctype == "Float64" else "")
+                    self.command(f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {column}")
+        stale = {}
+        for name, key in self.query(f"SELECT name, sorting_key FROM system.tables WHERE {db}").result_rows:
+            table = TABLES.get(name)
+            key = key.replace(" ", "").removeprefix("(").removesuffix(")")  # "(source)" for one column
+            if table is not None and key != ",".join(table.key):
+                stale[name] = key.replace(",", ", ")
+        return stale
 
     def command(self, sql: str):
         with self.lock:
@@ -162,6 +188,14 @@ class Store:
         batch = pa.table(arrays, names=list(table.column_names))
         if batch.num_rows == 0:
             return 0
+        old_key = self.stale_keys.get(table.name)
+        if old_key is not None:
+            msg = (
+                f"store write failed: {table.name}: the table in {redact(self.dsn)} is keyed by ({old_key}), "
+                f"this qbtc writes it keyed by ({', '.join(table.key)}): the store was made by an older "
+                "qbtc; write to a new store (--store) or drop the table"
+            )
+            raise StoreWriteError(msg)
         with self.lock:
             # Deduplication is the ReplacingMergeTree's job at merge and FINAL
             # time; doing it on insert as well triples the cost of a batch.

@@ -1,0 +1,40 @@
+"""A store made by an older qbtc: new columns are added when it opens, a changed key is refused on write."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from schemas.ddl import FEATURES, FILLS
+from sinks.clickhouse_store import Store, StoreWriteError
+
+OLD_FEATURES = """CREATE TABLE features (symbol LowCardinality(String), ts DateTime64(3, 'UTC'), ret Float64,
+    volatility Float64, entropy Float64, var95 Float64, es95 Float64, qvar95 Float64, drift UInt8)
+    ENGINE = ReplacingMergeTree ORDER BY (symbol, ts)"""
+OLD_FILLS = """CREATE TABLE fills (ts DateTime64(3, 'UTC'), order_id String, symbol LowCardinality(String),
+    side LowCardinality(String), qty Float64, price Float64, fee Float64, slippage_bps Float64)
+    ENGINE = ReplacingMergeTree ORDER BY (order_id)"""
+
+
+def test_an_older_store_gains_the_new_columns_and_refuses_writes_under_an_old_key(tmp_path):
+    dsn = f"chdb://{tmp_path / 'old.chdb'}"
+    store = Store(dsn)
+    for table, ddl in (("features", OLD_FEATURES), ("fills", OLD_FILLS)):
+        store.command(f"DROP TABLE {table}")
+        store.command(ddl)
+    store.command("INSERT INTO features VALUES ('X/USDT', 60000, 0.01, 0.02, 0.9, 0.03, 0.04, 0.02, 0)")
+
+    again = Store(dsn)  # what a newer qbtc does when it opens the old store
+    rows = again.query("SELECT ret, fvar95, fes95 FROM features FINAL").result_rows
+    assert rows[0][0] == 0.01 and math.isnan(rows[0][1]) and math.isnan(rows[0][2])
+    cols = {name: [0.5] for name, _ in FEATURES.columns}
+    cols.update(symbol=["X/USDT"], ts=[120_000], drift=[0])
+    assert again.insert(FEATURES, cols) == 1
+    assert again.query("SELECT count() FROM features FINAL").result_rows[0][0] == 2
+
+    assert again.stale_keys == {"fills": "order_id"}
+    fill = {name: [1.0] for name, _ in FILLS.columns}
+    fill.update(ts=[60_000], order_id=["o1"], symbol=["X/USDT"], side=["buy"])
+    with pytest.raises(StoreWriteError, match=r"fills: the table in .* is keyed by \(order_id\), this qbtc"):
+        again.insert(FILLS, fill)
