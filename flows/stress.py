@@ -138,9 +138,11 @@ def load_history(store: Store, symbols: list[str], since_ms: int | None, bars: i
 def store_book(store: Store, equity: float | None) -> Book:
     """The store's book: net fills per symbol, equity and peak from the latest ``portfolio`` row."""
     rows = store.query(
-        f"SELECT symbol, sum(if(side = '{BUY}', qty, -qty)) FROM fills FINAL GROUP BY symbol ORDER BY symbol"
+        f"SELECT symbol, sum(if(side = '{BUY}', qty, -qty)), sum(qty) FROM fills FINAL "
+        "GROUP BY symbol ORDER BY symbol"
     ).result_rows
-    qty = {sym: float(q) for sym, q in rows if abs(q) > 1e-12}
+    # a position closed in parts nets to rounding dust (1e-12 of what was traded): that is flat
+    qty = {sym: float(q) for sym, q, traded in rows if abs(q) > 1e-9 * traded}
     if not qty:
         msg = "empty portfolio: the store's fills table nets to no position; give --position SYMBOL=QTY"
         raise StressProblem(msg)

@@ -253,13 +253,15 @@ def test_load_history_aligns_the_grid_and_carries_missing_bars():
 
 
 def test_store_book_nets_fills_and_reads_the_latest_equity():
-    book = store_book(_FakeStore([("A/B", 1.5), ("C/D", 0.0)], [(90_000.0, 0.1)]), None)
+    # (symbol, net qty, traded qty): C/D is flat, E/F nets to rounding dust of what it traded
+    fills = [("A/B", 1.5, 2.5), ("C/D", 0.0, 4.0), ("E/F", 6.5e-10, 3e4)]
+    book = store_book(_FakeStore(fills, [(90_000.0, 0.1)]), None)
     assert book.qty == {"A/B": 1.5} and book.equity == 90_000.0 and book.peak == pytest.approx(100_000.0)
-    assert store_book(_FakeStore([("A/B", 1.5)], []), 5_000.0).equity == 5_000.0
+    assert store_book(_FakeStore([("A/B", 1.5, 1.5)], []), 5_000.0).equity == 5_000.0
     with pytest.raises(Exception, match="give --equity"):
-        store_book(_FakeStore([("A/B", 1.5)], []), None)
+        store_book(_FakeStore([("A/B", 1.5, 1.5)], []), None)
     with pytest.raises(Exception, match="empty portfolio"):
-        store_book(_FakeStore([("A/B", 0.0)], [(1.0, 0.0)]), None)
+        store_book(_FakeStore([("A/B", 0.0, 2.0)], [(1.0, 0.0)]), None)
 
 
 def test_the_result_row_is_the_tables_columns():
@@ -352,3 +354,13 @@ def test_qbtc_stress_errors_are_one_line(replayed, args, words):
 def test_qbtc_stress_without_bars(tmp_path):
     out = qbtc("stress", "--store", "chdb://e.chdb", "--position", "A/B=1", "--equity", "5", cwd=tmp_path)
     assert out.returncode == 2 and "the store has no bars" in out.stderr
+
+
+def test_a_run_of_unchanged_prices_does_not_blow_up_the_filter():
+    """After 400 unchanged closes the EWMA would be ~0 and the next tick a residual of 1e40 sigmas."""
+    rng = np.random.default_rng(3)
+    r = np.concatenate([rng.normal(0, 0.002, 300), np.zeros(400), [2e-5], rng.normal(0, 0.002, 50)])[:, None]
+    z, sigma = ewma_filter(r, 0.94, 30)
+    assert np.isfinite(z).all() and np.abs(z).max() < 50 and sigma[0] > 0
+    res = stress(_input(r, [1_000.0]), StressSettings(scenarios=1000, horizon_bars=60))
+    assert all(math.isfinite(v) for v in (res.var95, res.es95, res.worst))

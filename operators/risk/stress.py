@@ -199,8 +199,13 @@ class StressOutcome:
     residual_bars: int
 
 
-def ewma_filter(returns: np.ndarray, decay: float, min_periods: int) -> tuple[np.ndarray, np.ndarray]:
+def ewma_filter(
+    returns: np.ndarray, decay: float, min_periods: int, floor_share: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """Standardised residuals (rows after the seed) and the next bar's sigma per symbol.
+
+    The EWMA variance is floored at ``floor_share``² times the history's mean
+    squared return (as the one-bar FHS forecaster floors its sigma).
 
     >>> r = np.array([[0.01], [-0.01], [0.02], [0.0]])
     >>> z, sigma = ewma_filter(r, 0.5, 2)
@@ -214,7 +219,10 @@ def ewma_filter(returns: np.ndarray, decay: float, min_periods: int) -> tuple[np
     seed = np.mean(r[:min_periods] ** 2, axis=0)
     tail = r[min_periods:]
     y = lfilter([1.0 - decay], [1.0, -decay], tail**2, axis=0, zi=(decay * seed)[None, :])[0]
-    forecast = np.vstack([seed[None, :], y[:-1]])
+    # at least (floor_share x the history's rms return)^2: after a run of unchanged prices the EWMA
+    # decays towards 0, and the next one-tick move would be a residual of 1e40 sigmas
+    y = np.maximum(y, (floor_share**2) * np.mean(r**2, axis=0))
+    forecast = np.vstack([np.maximum(seed, (floor_share**2) * np.mean(r**2, axis=0))[None, :], y[:-1]])
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(forecast > 0, tail / np.sqrt(forecast), 0.0)
     return z, np.sqrt(y[-1])
