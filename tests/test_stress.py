@@ -52,7 +52,7 @@ def _oracle_filter(r: np.ndarray, decay: float, m: int) -> tuple[np.ndarray, np.
 
 def test_ewma_filter_matches_a_plain_loop():
     r = np.random.default_rng(0).standard_t(5, (400, 3)) * 0.01
-    z, sigma = ewma_filter(r, 0.94, 30)
+    z, sigma, _ = ewma_filter(r, 0.94, 30)
     z_ref, sigma_ref = _oracle_filter(r, 0.94, 30)
     np.testing.assert_allclose(z, z_ref, rtol=1e-10)
     np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-10)
@@ -360,7 +360,16 @@ def test_a_run_of_unchanged_prices_does_not_blow_up_the_filter():
     """After 400 unchanged closes the EWMA would be ~0 and the next tick a residual of 1e40 sigmas."""
     rng = np.random.default_rng(3)
     r = np.concatenate([rng.normal(0, 0.002, 300), np.zeros(400), [2e-5], rng.normal(0, 0.002, 50)])[:, None]
-    z, sigma = ewma_filter(r, 0.94, 30)
+    z, sigma, _ = ewma_filter(r, 0.94, 30)
     assert np.isfinite(z).all() and np.abs(z).max() < 50 and sigma[0] > 0
     res = stress(_input(r, [1_000.0]), StressSettings(scenarios=1000, horizon_bars=60))
     assert all(math.isfinite(v) for v in (res.var95, res.es95, res.worst))
+
+
+def test_a_long_horizon_keeps_the_resimulated_sigma_bounded():
+    """IGARCH re-simulation over 1,440 bars of fat-tailed residuals: capped at the history's highest sigma."""
+    rng = np.random.default_rng(8)
+    r = (rng.standard_t(2.5, 3000) * 0.001)[:, None]
+    res = stress(_input(r, [1_000.0]), StressSettings(scenarios=1000, horizon_bars=1440))
+    assert all(math.isfinite(v) for v in (res.var95, res.es99, res.worst, res.mean_pnl))
+    assert res.worst < 1_000.0  # a long position cannot lose more than its value

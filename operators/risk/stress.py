@@ -26,7 +26,10 @@ The draws (one residual vector per simulated bar):
 
 A drawn residual times the symbol's sigma is the bar's return; with
 ``resimulate_sigma`` the sigma follows the EWMA recursion along the path (a
-crash raises the volatility of the bars after it), else it stays at today's.
+crash raises the volatility of the bars after it), never above the highest
+filtered sigma of the history (the EWMA has no mean reversion: over a day of
+1-minute bars an unbounded recursion sends some paths' sigma to overflow),
+else it stays at today's.
 The book is held as it is (base quantities fixed, no kill switch acting):
 the P&L after bar t is ``sum_i value_i * (exp(R_i[t]) - 1)``, ``R_i`` the
 cumulative log return, exact for any move size.
@@ -104,7 +107,8 @@ class StressSettings:
         forecasts, and along a re-simulated path a 3-bar half-life lets one
         drawn residual move sigma by half. ``min_periods`` returns seed it.
     resimulate_sigma
-        The sigma follows the EWMA recursion along each path (else today's).
+        The sigma follows the EWMA recursion along each path, capped at the
+        history's highest filtered sigma (else today's).
     dof
         The t-copula's degrees of freedom (> 2), None: fitted on :data:`DOF_GRID`.
     batch_size
@@ -201,14 +205,15 @@ class StressOutcome:
 
 def ewma_filter(
     returns: np.ndarray, decay: float, min_periods: int, floor_share: float = 0.05
-) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised residuals (rows after the seed) and the next bar's sigma per symbol.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Standardised residuals (rows after the seed), the next bar's sigma and the highest sigma
+    the filter gave a row, per symbol.
 
     The EWMA variance is floored at ``floor_share``² times the history's mean
     squared return (as the one-bar FHS forecaster floors its sigma).
 
     >>> r = np.array([[0.01], [-0.01], [0.02], [0.0]])
-    >>> z, sigma = ewma_filter(r, 0.5, 2)
+    >>> z, sigma, sigma_max = ewma_filter(r, 0.5, 2)
     >>> s2 = [1e-4, 0.5 * 1e-4 + 0.5 * 4e-4]          # forecasts for rows 2 and 3
     >>> bool(np.allclose(z[:, 0], [0.02 / s2[0] ** 0.5, 0.0]))
     True
@@ -225,7 +230,7 @@ def ewma_filter(
     forecast = np.vstack([np.maximum(seed, (floor_share**2) * np.mean(r**2, axis=0))[None, :], y[:-1]])
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(forecast > 0, tail / np.sqrt(forecast), 0.0)
-    return z, np.sqrt(y[-1])
+    return z, np.sqrt(y[-1]), np.sqrt(forecast.max(axis=0))
 
 
 def kendall_correlation(z: np.ndarray) -> np.ndarray:
@@ -297,14 +302,17 @@ class _Draws:
         return left + frac * (right - left)
 
 
-def _path(draws: np.ndarray, sig2: np.ndarray, decay: float, resim: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Log returns (b, h, k) of residual draws scaled by the (re-simulated) sigma, and the sigma² after."""
+def _path(
+    draws: np.ndarray, sig2: np.ndarray, decay: float, resim: bool, cap: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log returns (b, h, k) of residual draws scaled by the (re-simulated) sigma, and the sigma² after;
+    ``cap`` bounds the re-simulated sigma² per symbol."""
     if not resim:
         return draws * np.sqrt(sig2)[:, None, :], sig2
     out = np.empty_like(draws)
     for t in range(draws.shape[1]):
         out[:, t] = r = draws[:, t] * np.sqrt(sig2)
-        sig2 = decay * sig2 + (1.0 - decay) * r * r
+        sig2 = np.minimum(decay * sig2 + (1.0 - decay) * r * r, cap)
     return out, sig2
 
 
@@ -344,6 +352,7 @@ class _Run:
     draw: _Draws
     sigma: np.ndarray
     starts: np.ndarray
+    cap: np.ndarray  # the highest filtered sigma² of the history, per symbol
 
 
 def _block(rng: np.random.Generator, b: int, run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -351,7 +360,7 @@ def _block(rng: np.random.Generator, b: int, run: _Run) -> tuple[np.ndarray, np.
     loss, inf when not within the cap)."""
     s, values, h = run.settings, run.inp.values, run.settings.horizon_bars
     sig2 = np.broadcast_to(run.sigma**2, (b, run.sigma.size)).copy()
-    r, sig2 = _path(run.draw(rng, b, h), sig2, s.decay, s.resimulate_sigma)
+    r, sig2 = _path(run.draw(rng, b, h), sig2, s.decay, s.resimulate_sigma, run.cap)
     cum = np.cumsum(r, axis=1)
     pnl = np.expm1(cum) @ values  # (b, h)
     kills = _kills(pnl, run.inp, run.risk, run.starts)
@@ -359,7 +368,7 @@ def _block(rng: np.random.Generator, b: int, run: _Run) -> tuple[np.ndarray, np.
     rows = np.flatnonzero(pnl[:, -1] < 0)  # scenarios still below water, continued alone
     level, sig2, done = cum[rows, -1], sig2[rows], 0
     while rows.size and done < s.recovery_horizons * h:
-        r, sig2 = _path(run.draw(rng, rows.size, h), sig2, s.decay, s.resimulate_sigma)
+        r, sig2 = _path(run.draw(rng, rows.size, h), sig2, s.decay, s.resimulate_sigma, run.cap)
         more = level[:, None, :] + np.cumsum(r, axis=1)
         back = (np.expm1(more) @ values) >= 0
         hit = back.any(axis=1)
@@ -412,7 +421,7 @@ def stress(
         inp.start_ts, inp.bar_ms, inp.peak_equity,
     )  # fmt: skip
     _check(inp, s)
-    z, sigma = ewma_filter(inp.returns, s.decay, s.min_periods)
+    z, sigma, sigma_max = ewma_filter(inp.returns, s.decay, s.min_periods)
     rho, dof = None, math.nan
     if s.method == T_COPULA:
         rho = kendall_correlation(z)
@@ -424,6 +433,7 @@ def stress(
         _Draws(z, s.method, rho, dof),
         sigma,
         _period_starts(inp.start_ts, inp.bar_ms, s.horizon_bars),
+        np.maximum(sigma_max, sigma) ** 2,
     )
     blocks = -(-s.scenarios // BLOCK)
     per_batch = max(1, round(s.batch_size / BLOCK))
