@@ -284,12 +284,23 @@ def _stress_parser(sub) -> None:
     st.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
+def _version() -> str:
+    """The installed package's version (its metadata), or ``unknown`` when qbtc is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qbtc")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qbtc",
         description="Streaming risk features for crypto markets: ticks -> bars, volatility, entropy, "
         "VaR/ES, QVaR, drift and correlations, through Bytewax into ClickHouse.",
     )
+    parser.add_argument("--version", action="version", version=f"qbtc {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser(

@@ -1,6 +1,6 @@
 """A plain batch recomputation of the metric spec, for oracle tests.
 
-Written from ../shared/spec/metrics.md with pandas and numpy, sharing no
+Written from docs/metrics.md with pandas and numpy, sharing no
 code with operators/: given accepted ticks, it returns the bars, features
 and correlations the spec defines.
 """

@@ -5,6 +5,8 @@ cache once with ``mvn dependency:copy-dependencies``; ``up`` formats the storage
 three combined broker+controller JVMs in the background. Layout of ``data_dir``::
 
     cluster.json                cluster id and node count, reused on restart
+    broker.json                 the ports, node count and heap ``up`` last started it with: the
+                                command line's defaults for options not given
     node-<i>/server.properties  rewritten on every start
     node-<i>/data/              log.dirs: partitions and the KRaft metadata log
     node-<i>/logs/server.log    broker log (log4j2.yaml next to this module)
@@ -421,6 +423,7 @@ def up(settings: BrokerSettings) -> str:
     if all(running.values()) and all(_port_open(settings.host, p) for p in settings.client_ports):
         brokers = _metadata_brokers(servers, timeout=5)
         if brokers is not None and set(settings.node_ids) <= brokers:
+            _write_state(settings)
             return servers
     lib, java = ensure_jars(), _java()
     cluster_id = str(_cluster_id(settings))
@@ -437,7 +440,34 @@ def up(settings: BrokerSettings) -> str:
     except BaseException:
         _stop(settings, started, timeout_s=10, kill=False)
         raise
+    _write_state(settings)
     return servers
+
+
+STATE_FILE = "broker.json"
+STATE_KEYS = ("port", "controller_port", "nodes", "heap_mb")
+
+
+def _write_state(settings: BrokerSettings) -> None:
+    """Record in ``data_dir`` how ``up`` started the broker, for ``status`` and ``down`` without options."""
+    state = {key: getattr(settings, key) for key in STATE_KEYS}
+    path = Path(settings.data_dir) / STATE_FILE
+    path.write_text(json.dumps(state, sort_keys=True) + "\n")
+
+
+def started_with(data_dir: str) -> dict[str, int]:
+    """The options ``up`` last started the broker in ``data_dir`` with (empty if none are recorded).
+
+    >>> started_with("/nonexistent")
+    {}
+    """
+    try:
+        state = json.loads((Path(data_dir) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(state, dict):
+        return {}
+    return {k: v for k, v in state.items() if k in STATE_KEYS and type(v) is int}
 
 
 def _known_nodes(settings: BrokerSettings) -> list[int]:
@@ -574,8 +604,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> BrokerSettings:
-    names = ("data_dir", "port", "controller_port", "nodes", "heap_mb")
-    return BrokerSettings(**{name: getattr(args, name) for name in names})
+    """The options given; the others as ``up`` last started the broker in ``--data-dir``, else defaults."""
+    given = {name: getattr(args, name) for name in STATE_KEYS if getattr(args, name) is not None}
+    return BrokerSettings(data_dir=args.data_dir, **{**started_with(args.data_dir), **given})
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -601,17 +632,18 @@ def configure(subparsers: argparse._SubParsersAction) -> None:
     d = BrokerSettings()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=d.data_dir, help=f"cluster directory (default {d.data_dir})")
-    common.add_argument("--port", type=int, default=d.port, help=f"client port of node 1 (default {d.port})")
+    last = f"as the last `up` in the data directory ({STATE_FILE}), else"
+    common.add_argument("--port", type=int, help=f"client port of node 1 (default: {last} {d.port})")
     common.add_argument(
         "--controller-port",
         type=int,
-        default=d.controller_port,
-        help=f"controller port of node 1 (default {d.controller_port}); node i adds 2*(i-1) to both ports",
+        help=f"controller port of node 1 (default: {last} {d.controller_port}); node i adds 2*(i-1) to "
+        "both ports",
     )
-    common.add_argument("--nodes", type=int, choices=(1, 3), default=d.nodes, help="1, or 3 for fault tests")
     common.add_argument(
-        "--heap-mb", type=int, default=d.heap_mb, help=f"JVM heap per node (default {d.heap_mb})"
+        "--nodes", type=int, choices=(1, 3), help=f"1, or 3 for fault tests (default: {last} {d.nodes})"
     )
+    common.add_argument("--heap-mb", type=int, help=f"JVM heap per node (default: {last} {d.heap_mb})")
     for name, func, text in _COMMANDS:
         p = subparsers.add_parser(
             name, parents=[common], help=text, description=text[0].upper() + text[1:] + "."
