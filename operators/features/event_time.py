@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass
+from itertools import count, repeat
 
 import numpy as np
 
@@ -381,9 +382,9 @@ def _merge(ready: dict[int, TickColumns]) -> list[TickColumns]:
         order = np.lexsort((row, rank, ts))
         seq_rank, seq_row = rank[order], row[order]
     else:  # a partition out of order: heads compared one by one
-        merged = heapq.merge(
-            *[((t, r, i) for i, t in enumerate(ready[p].ts.tolist())) for r, p in enumerate(parts)]
-        )
+        # zip binds each partition's rank now (a generator expression reading ``r`` would see the last
+        # rank once heapq consumes it: every row then indexed the last partition, wrong or out of range)
+        merged = heapq.merge(*[zip(ready[p].ts.tolist(), repeat(r), count()) for r, p in enumerate(parts)])
         seq = np.array([(r, i) for _, r, i in merged], dtype=np.int64).reshape(-1, 2)
         seq_rank, seq_row = seq[:, 0], seq[:, 1]
     cuts = np.flatnonzero(np.r_[True, seq_rank[1:] != seq_rank[:-1], True])
