@@ -161,3 +161,188 @@ def test_a_block_with_bad_lines_reads_as_the_line_reader_reads_it(tmp_path, monk
     assert fast[0].keys() == slow[0].keys()
     for symbol, rows in slow[0].items():
         assert fast[0][symbol] == rows, symbol
+
+
+# -- through the command line into a chDB store, and through the ticks topic: counted with FINAL ----------
+
+STORE_RECORDS = int(os.environ.get("QBTC_FUZZ_STORE_RECORDS", "50000"))
+"""Lines of the CI run of the file-to-store fuzz (the slow test reads 1,000,000)."""
+TOPIC_RECORDS = int(os.environ.get("QBTC_FUZZ_TOPIC_RECORDS", "20000"))
+"""Messages of the CI run of the topic fuzz (the slow test publishes 200,000)."""
+
+_COUNTS = """
+import json, sys
+from sinks.clickhouse_store import Store
+store = Store(sys.argv[1])
+out = {t: store.query(f"SELECT count() FROM {t} FINAL").result_rows[0][0] for t in ("ticks", "dead_letters")}
+by_reason = "SELECT reason, count() FROM dead_letters FINAL GROUP BY reason ORDER BY reason"
+out["reasons"] = dict(store.query(by_reason).result_rows)
+json.dump(out, sys.stdout)
+"""
+
+
+def final_counts(dsn: str, cwd) -> dict:
+    """Rows of ``ticks`` and ``dead_letters`` in the store at ``dsn`` read with FINAL, and the dead
+    letters by reason (in a subprocess).
+
+    A repeat of a stored tick (same trade id) is a ``duplicate`` dead letter,
+    so every record read is one row of one of the two tables.
+    """
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _COUNTS, dsn], cwd=cwd, capture_output=True, text=True, timeout=300, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def _store_fuzz(tmp_path, records: int, rate: float, seed: int) -> None:
+    import re
+
+    from kafka_helpers import qbtc
+
+    print(f"\nfuzz seed {seed}: {records:,} lines, mutation rate {rate}")
+    clean = clean_lines(records, seed=seed)
+    fuzzed = fuzzed_lines(clean, rate, seed=seed + 1)
+    _write(tmp_path / "fuzzed.csv", fuzzed)
+    started = time.perf_counter()
+    out = qbtc("replay", "fuzzed.csv", "--store", "chdb://f.chdb", "--quiet", cwd=tmp_path, timeout=3600)
+    seconds = time.perf_counter() - started
+    read = int(re.search(r"replay: ([\d,]+) records", out.stdout).group(1).replace(",", ""))
+    blank = sum(1 for x in fuzzed if not x.strip(b"\r"))
+    got = final_counts("chdb://f.chdb", tmp_path)
+    print(
+        f"read {read:,} records in {seconds:.1f} s: {got['ticks']:,} ticks + {got['dead_letters']:,} dead "
+        f"letters (FINAL) {got['reasons']}; {blank} blank lines"
+    )
+    assert read == records - blank
+    assert read == got["ticks"] + got["dead_letters"]
+    assert got["ticks"] > 0 and got["dead_letters"] > 0
+
+
+def test_fuzzed_file_through_the_command_line_is_counted_in_the_store(tmp_path):
+    """``qbtc replay`` of a fuzzed CSV: records read = ticks + dead letters in the store, with FINAL."""
+    _store_fuzz(tmp_path, STORE_RECORDS, 0.3, seed=20_141)
+
+
+@pytest.mark.slow
+def test_a_million_fuzzed_lines_through_the_command_line_are_counted_in_the_store(tmp_path):
+    _store_fuzz(tmp_path, 1_000_000, 0.3, seed=20_142)
+
+
+def clean_messages(n: int, seed: int) -> list[bytes]:
+    """``n`` tick messages as ``qbtc publish`` writes them (the codec's JSON), unique trade ids."""
+    from schemas.codec import encode
+    from schemas.records import Tick
+
+    rng = np.random.default_rng(seed)
+    ts = 1_700_000_000_000 + np.cumsum(rng.integers(0, 3, n))
+    sym = rng.integers(0, len(SYMBOLS), n)
+    price = 100.0 * np.exp(np.cumsum(rng.normal(0, 1e-4, n)))
+    qty = np.round(rng.exponential(0.5, n) + 0.001, 6)
+    side = rng.integers(0, 2, n)
+    return [
+        encode(Tick(t, SYMBOLS[s], p, q, ("buy", "sell")[d], str(i), "binance"))
+        for i, (t, s, p, q, d) in enumerate(
+            zip(ts.tolist(), sym.tolist(), price.tolist(), qty.tolist(), side.tolist(), strict=True)
+        )
+    ]
+
+
+_FIELDS = (b"ts", b"symbol", b"price", b"qty", b"side", b"trade_id", b"exchange", b"v", b"type")
+
+
+def _set_field(value: bytes, field: bytes, text: bytes) -> bytes:
+    """The JSON text with ``field``'s value replaced by ``text`` (raw JSON, e.g. ``1e999``)."""
+    import re
+
+    return re.sub(rb'("%s":)("[^"]*"|[^,}]*)' % field, lambda m: m.group(1) + text, value, count=1)
+
+
+def mutate_message(value: bytes, rng: random.Random, clean: list[bytes]) -> bytes:
+    """One mutated tick message: the mutations of :func:`mutate`, on the codec's JSON."""
+    kind = rng.randrange(9)
+    if kind <= 2:  # bit flips, anywhere
+        b = bytearray(value)
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        return bytes(b)
+    if kind == 3:  # truncation (to nothing, sometimes)
+        return value[: rng.randrange(len(value))]
+    if kind == 4:  # random bytes
+        return bytes(rng.randrange(256) for _ in range(rng.randint(1, 80)))
+    if kind == 5:  # wrong types
+        wrong = [b"true", b"null", b'"x"', b"[1]", b'{"a":1}', b'"100.5"', b"1.5", b"17"]
+        return _set_field(value, rng.choice(_FIELDS), rng.choice(wrong))
+    if kind == 6:  # huge or odd numbers
+        odd = [b"1e308", b"-1e308", b"1e999", b"9" * 40, b"-0", b"1e-320", b"NaN", b"Infinity", b"-1"]
+        return _set_field(value, rng.choice(_FIELDS[:4]), rng.choice(odd))
+    if kind == 7:  # a repeat of an earlier record
+        return rng.choice(clean)
+    # an unknown field: 1 MiB of it (rarely), else a short one
+    pad = b"x" * (1 << 20) if rng.random() < 0.002 else b"y"
+    return value[:-1] + b',"pad":"' + pad + b'"}'
+
+
+def _topic_fuzz(brokers: str, tmp_path, records: int, rate: float, seed: int) -> None:
+    import re
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from kafka_helpers import qbtc, unique
+
+    print(f"\ntopic fuzz seed {seed}: {records:,} messages, mutation rate {rate}")
+    clean = clean_messages(records, seed=seed)
+    rng = random.Random(seed + 1)
+    values = [
+        mutate_message(x, rng, clean[: i + 1]) if rng.random() < rate else x for i, x in enumerate(clean)
+    ]
+    prefix = unique("fz")
+    topic = f"{prefix}ticks"
+    big = str(4 << 20)  # room for the 1 MiB messages
+    admin = AdminClient({"bootstrap.servers": brokers})
+    futures = admin.create_topics([NewTopic(topic, 3, 1, config={"max.message.bytes": big})])
+    futures[topic].result(30)
+    producer = Producer({"bootstrap.servers": brokers, "message.max.bytes": big, "linger.ms": 20})
+    failed: list = []
+    for i, value in enumerate(values):
+        while True:
+            try:
+                producer.produce(topic, value, key=SYMBOLS[i % len(SYMBOLS)].encode(),
+                                 on_delivery=lambda err, _m: err and failed.append(err))  # fmt: skip
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(60) == 0 and not failed, failed[:3]
+    started = time.perf_counter()
+    out = qbtc(
+        "stream", "--kafka", brokers, "--topic", topic, "--until-end", "--store", "chdb://t.chdb", "--quiet",
+        "--set", f"kafka.topic_prefix={prefix}", *[a for s in SETTINGS for a in ("--set", s)],
+        cwd=tmp_path, timeout=3600,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    read = int(re.search(r"stream: ([\d,]+) records", out.stdout).group(1).replace(",", ""))
+    got = final_counts("chdb://t.chdb", tmp_path)
+    print(
+        f"read {read:,} messages in {seconds:.1f} s: {got['ticks']:,} ticks + {got['dead_letters']:,} dead "
+        f"letters (FINAL) {got['reasons']}; "
+        f"{sum(len(v) >= 1 << 20 for v in values)} messages of 1 MiB"
+    )
+    assert read == records
+    assert read == got["ticks"] + got["dead_letters"]
+    assert got["ticks"] > 0 and got["dead_letters"] > 0
+
+
+@pytest.mark.kafka
+def test_fuzzed_messages_on_the_ticks_topic_are_counted_in_the_store(kafka_bootstrap, tmp_path):
+    """``qbtc stream`` of mutated tick messages: messages read = ticks + dead letters, with FINAL."""
+    _topic_fuzz(kafka_bootstrap, tmp_path, TOPIC_RECORDS, 0.3, seed=20_143)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_200000_fuzzed_messages_on_the_ticks_topic_are_counted_in_the_store(kafka_bootstrap, tmp_path):
+    _topic_fuzz(kafka_bootstrap, tmp_path, 200_000, 0.3, seed=20_144)
