@@ -12,6 +12,8 @@ from bytewax.errors import BytewaxRuntimeError
 
 from flows import watchdog
 from flows.config import ConfigError, Settings, load_settings, scrub
+from flows.interrupt import EXIT_CODE as EXIT_INTERRUPTED
+from flows.interrupt import quiet_interrupt, stop_reading
 from flows.report import run_summary, trading_summary, write_table
 from schemas.ddl import TABLES
 from schemas.errors import QbtcError, UsageProblem
@@ -420,10 +422,11 @@ def cmd_run(args) -> int:
     progress = Progress(total_bytes=expected, report=None if args.quiet else stderr_progress)
     report = TradingReport()
     start = time.perf_counter()
-    replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
+    with stop_reading(progress, "run"):
+        replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
     run_summary("run", store, dsn, progress.records, time.perf_counter() - start, {})
     trading_summary(report)
-    return 0
+    return _finished(args, progress)
 
 
 def _time_arg(name: str, value: str | None) -> int | None:
@@ -480,9 +483,18 @@ def _run_topic(
     progress = Progress(report=None if args.quiet else stderr_progress)
     report = TradingReport() if args.trade else None
     start = time.perf_counter()
-    metrics = stream(
-        settings, topic, span, dsn, execution, outputs=outputs, progress=progress, report=report, venue=venue
-    )
+    with quiet_interrupt():
+        metrics = stream(
+            settings,
+            topic,
+            span,
+            dsn,
+            execution,
+            outputs=outputs,
+            progress=progress,
+            report=report,
+            venue=venue,
+        )
     seconds = time.perf_counter() - start
     if dsn is not None and not metrics.writes_here:
         # another process of the cluster held the sink (and the store)
@@ -522,11 +534,27 @@ def cmd_replay(args) -> int:
     progress = Progress(total_bytes=total, report=None if args.quiet else stderr_progress)
     report = TradingReport()
     start = time.perf_counter()
-    counter = replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
+    with stop_reading(progress, "replay"):
+        counter = replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
     seconds = time.perf_counter() - start
     run_summary("replay", store, dsn or "", progress.records, seconds, dict(counter.rows), progress.skipped)
     trading_summary(report)
-    return 0
+    return _finished(args, progress)
+
+
+def _finished(args, progress) -> int:
+    """A file run's exit code: 0, or 130 with one line when a Ctrl-C ended its input early."""
+    if not progress.stop_requested:
+        return 0
+    kept = "flushed to the store"
+    if getattr(args, "null_sink", False):
+        kept = "computed, not stored (--null-sink)"
+    sys.stdout.flush()
+    sys.stderr.write(
+        f"qbtc {args.command}: interrupted: stopped reading after {progress.records:,} records; "
+        f"those are {kept} (summary above), the rest was not read\n"
+    )
+    return EXIT_INTERRUPTED
 
 
 def cmd_control(args) -> int:
@@ -762,6 +790,25 @@ def _known_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a Ctrl-C (``KeyboardInterrupt``) is in ``exc``'s chain of causes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _interrupt_line(args) -> int:
+    """Ctrl-C outside a file run's flow (a Kafka flow, or before a flow started): one line, exit 130."""
+    resume = ""
+    if getattr(args, "recovery_dir", None):
+        resume = f" (a restart with --recovery-dir {args.recovery_dir} resumes from its last snapshot)"
+    sys.stderr.write(f"qbtc {args.command}: interrupted{resume}\n")
+    return EXIT_INTERRUPTED
+
+
 def _failed(args, exc: BaseException, clean) -> int:
     """One line naming why the command failed; exit code 1.
 
@@ -824,16 +871,14 @@ def _dispatch(args, clean) -> int:
         return _exit(args, exc, clean)
     except BytewaxRuntimeError as exc:
         # errors inside a dataflow arrive wrapped; say what the cause was
-        if "signal received" in str(exc):
-            sys.stderr.write(f"qbtc {args.command}: interrupted\n")
-            return 130
+        if "signal received" in str(exc) or _interrupted(exc):
+            return _interrupt_line(args)
         cause = _known_cause(exc)
         if cause is None:
             raise
         return _exit(args, cause, clean, running=True)
     except KeyboardInterrupt:
-        sys.stderr.write(f"qbtc {args.command}: interrupted\n")
-        return 130
+        return _interrupt_line(args)
     except BrokenPipeError:
         # the reader went away (e.g. `| head`): stop quietly, like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

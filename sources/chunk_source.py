@@ -27,7 +27,9 @@ class Progress:
     """Shared progress of a run: records read, bytes consumed.
 
     ``skipped`` counts the records a replay's ``--from-ts``/``--to-ts`` left
-    out (not in ``records``, not dead letters).
+    out (not in ``records``, not dead letters). ``stop_requested`` (set by
+    a Ctrl-C, see ``flows.interrupt``) ends the input after the chunk being
+    read, as if the files ended there, so the flow flushes what it read.
     """
 
     total_bytes: int = 0
@@ -38,6 +40,7 @@ class Progress:
     started: float = field(default_factory=time.perf_counter)
     report: Callable[[Progress], None] | None = None
     last_report: float = 0.0
+    stop_requested: bool = False
 
     def tick(self, force: bool = False) -> None:
         now = time.perf_counter()
@@ -62,7 +65,7 @@ class _ChunkPartition(StatefulSourcePartition):
         self.it: Iterator[Chunk] | None = None
 
     def next_batch(self) -> list[Chunk]:
-        while self.index < len(self.inputs):
+        while self.index < len(self.inputs) and not self.progress.stop_requested:
             if self.it is None:
                 self.it = iter(self.inputs[self.index](self.skip))
             chunk = next(self.it, None)
