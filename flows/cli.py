@@ -729,7 +729,15 @@ def cmd_simulate(args) -> int:
 
     settings = _settings(args)
     start = time.perf_counter()
-    rows = write_csv(args.output, simulator_settings(settings))
+    try:
+        rows = write_csv(args.output, simulator_settings(settings))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        folder = os.path.dirname(os.path.abspath(args.output))
+        hint = exc.strerror
+        if not os.path.isdir(folder):
+            hint = f"{folder} is not a directory" if os.path.exists(folder) else f"no directory {folder}"
+        msg = f"cannot write {args.output}: {hint}"
+        raise UsageError(msg) from None
     sys.stdout.write(f"wrote {rows:,} ticks to {args.output} in {time.perf_counter() - start:.1f} s\n")
     return 0
 

@@ -135,7 +135,7 @@ class SimulatorConfig:
     """``[simulator]``: the synthetic market of ``qbtc run``."""
 
     symbols: int = setting(10, ge=1)
-    duration_s: float = setting(900.0, gt=0)
+    duration_s: float = setting(900.0, gt=0, le=1e9)  # ~31 years: the run ends long before 2200
     trades_per_s: float = setting(1000.0, gt=0)
     seed: int = setting(7)
 

@@ -38,6 +38,10 @@ class ClusterAccessError(OutsideFailure):
     """The cluster refused this client: credentials, TLS or the security protocol."""
 
 
+class ClusterUnreachable(OutsideFailure):
+    """No broker of the bootstrap list answered in ``kafka.timeout_s``."""
+
+
 class _ProblemWatch(logging.Handler):
     """Keeps the first security failure and the latest warning of librdkafka's log lines and errors."""
 
@@ -85,16 +89,24 @@ def last_problem() -> str | None:
     return _WATCH.last
 
 
-CHECK_S = 5.0
-"""How long :func:`check_cluster` waits for an answer (a refusal comes with the first connection)."""
+def _short(problem: str | None) -> str:
+    """``; REASON`` from a client error such as ``...: Connect to ipv4#h:1 failed: Connection refused (after
+    0ms in state CONNECT)``, or nothing.
+
+    >>> _short("_TRANSPORT: h:1/bootstrap: Connect to ipv4#h:1 failed: Connection refused (after 0ms)")
+    '; Connection refused'
+    """
+    if not problem:
+        return ""
+    return "; " + problem.rsplit("failed: ", 1)[-1].split(" (after ", 1)[0]
 
 
 def check_cluster(conf: dict, timeout_s: float) -> None:
-    """Ask the cluster for metadata with ``conf``; raise :class:`ClusterAccessError` on a security failure.
+    """Ask the cluster for metadata with ``conf``; return once it answers.
 
-    Returns once the cluster answers, or after ``timeout_s`` (at most
-    :data:`CHECK_S`) without an answer and without a security failure (the
-    caller's own request then fails with its message).
+    Raises :class:`ClusterAccessError` on a security failure (at once) and
+    :class:`ClusterUnreachable`, naming the bootstrap servers and the
+    clients' latest complaint, when nothing answered in ``timeout_s``.
     """
     refused: list[str] = []
 
@@ -104,7 +116,7 @@ def check_cluster(conf: dict, timeout_s: float) -> None:
             refused.append(err.str())
 
     admin = AdminClient(dict(conf) | {"logger": LIBRDKAFKA, "error_cb": error_cb})
-    deadline = time.monotonic() + min(timeout_s, CHECK_S)
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             admin.list_topics(timeout=min(0.5, max(0.05, deadline - time.monotonic())))
@@ -116,4 +128,10 @@ def check_cluster(conf: dict, timeout_s: float) -> None:
             msg = f"cannot use the Kafka cluster at {conf.get('bootstrap.servers', '')}: {refused[0]}"
             raise ClusterAccessError(msg)
         if time.monotonic() >= deadline:
-            return
+            servers = conf.get("bootstrap.servers", "")
+            why = _short(last_problem())
+            msg = (
+                f"no Kafka broker answered at {servers} in {timeout_s:g} s (kafka.timeout_s{why}): "
+                "start one (qbtc kafka up) or give the right --kafka HOST:PORT"
+            )
+            raise ClusterUnreachable(msg)

@@ -30,7 +30,7 @@ from flows.metrics import FlowMetrics
 from flows.pipeline import Execution, TradingReport, build_flow, check_resume, run_flow
 from flows.recovery_store import RecoveryDirError, discard_unfinished
 from flows.trading_settings import trading_settings
-from infra.kafka_topics import CONTROL_TOPIC, OUTPUT_TABLES, ensure_topics, topology
+from infra.kafka_topics import CONTROL_TOPIC, OUTPUT_TABLES, ensure_topics, require_topic, topology
 from schemas.codec import encode
 from sinks.kafka_producer import RecordProducer
 from sinks.output_sink import OutputSink
@@ -244,7 +244,9 @@ def stream(
     """
     k = settings.kafka
     started = wall_ms()
-    ensure(settings, topic)
+    ensure(settings, None if span.bounded else topic)  # a bounded read never creates its topic
+    if span.bounded:
+        require_topic(kafka_client_config(k, "admin"), topic, k.timeout_s)
     _init_recovery(execution, k.recovery_partitions)
     trading = trading_settings(settings) if report is not None else None
     if execution.recovery_dir:

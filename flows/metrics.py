@@ -13,11 +13,16 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from schemas.errors import UsageProblem
 from schemas.records import REASONS, VarBacktestRow
 from sinks.store_sink import RowCounter
 
 ZONE_LEVELS = {"green": 0, "yellow": 1, "red": 2}
 """``qbtc_var_zone``'s value of each Basel zone."""
+
+
+class MetricsPortError(UsageProblem):
+    """The ``--metrics-port`` cannot be served (in use, or not ours to bind): exit code 2."""
 
 
 class FlowMetrics(RowCounter):
@@ -128,5 +133,13 @@ class FlowMetrics(RowCounter):
             self.es_z2.labels(*labels).set(row.es_z2)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        """Serve ``/metrics`` on ``addr:port`` from a daemon thread.
+
+        A port that cannot be bound (in use, privileged) is a :class:`MetricsPortError` naming it.
+        """
+        try:
+            start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            msg = f"--metrics-port {port}: cannot serve metrics on {addr}:{port}: {exc.strerror or exc}"
+            msg += " (another process holds it? choose another port)"
+            raise MetricsPortError(msg) from None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from schemas.errors import OutsideFailure
+from schemas.errors import OutsideFailure, UsageProblem
 
 OUTPUT_TABLES = {
     "bars": "bars",
@@ -44,6 +44,10 @@ the command line only, never by a flow's sink (so it has no store table)."""
 
 class TopicError(OutsideFailure):
     """A topic that cannot be created or read."""
+
+
+class MissingTopic(UsageProblem):
+    """A topic to read that is not on the cluster (a typo in ``kafka://BROKERS/TOPIC``): exit code 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,3 +136,10 @@ def describe(admin_conf: dict, names: list[str], timeout_s: float = 15.0) -> dic
         msg = f"cannot reach the cluster: {exc}"
         raise TopicError(msg) from None
     return {n: len(meta.topics[n].partitions) for n in names if n in meta.topics}
+
+
+def require_topic(admin_conf: dict, name: str, timeout_s: float = 15.0) -> None:
+    """Raise :class:`MissingTopic` when topic ``name`` does not exist (a read never creates it)."""
+    if name not in describe(admin_conf, [name], timeout_s):
+        msg = f"topic {name} does not exist on {admin_conf.get('bootstrap.servers', '')}"
+        raise MissingTopic(msg)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,110 @@ def test_ctrl_c_during_run_exits_130_with_one_line(tmp_path):
     assert code == 130, err
     assert line.startswith("qbtc run: interrupted: stopped reading after "), line
     assert _count(store, "ticks", tmp_path) > 0
+
+
+# -- arguments and files ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["simulate", "/nonexistent/dir/ticks.csv"], "cannot write /nonexistent/dir/ticks.csv: no directory"),
+        (
+            ["simulate", "ticks.csv", "--set", "simulator.duration_s=99999999999"],
+            "simulator.duration_s must be a finite number in (0, 1000000000], got 99999999999",
+        ),
+    ],
+)
+def test_simulate_usage_errors_exit_2(tmp_path, args, words):
+    out = qbtc(*args, cwd=tmp_path)
+    line = one_line(out.stderr)
+    assert out.returncode == 2, out.stderr
+    assert line.startswith("qbtc simulate: error: ") and words in line, line
+
+
+def test_simulate_into_a_file_as_directory_exits_2(tmp_path):
+    (tmp_path / "f").write_text("")
+    out = qbtc("simulate", "f/ticks.csv", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "f is not a directory" in one_line(out.stderr)
+
+
+# -- Kafka --------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["replay", "kafka://{b}/ticks", "--null-sink", "--quiet"],
+        ["stream", "--kafka", "{b}", "--null-sink", "--quiet"],
+        ["publish", "--simulate", "--kafka", "{b}", "--quiet"],
+        ["kafka", "topics", "--kafka", "{b}"],
+    ],
+)
+def test_no_broker_names_the_address_within_the_timeout(tmp_path, command):
+    brokers = f"127.0.0.1:{_closed_port()}"
+    args = [a.format(b=brokers) for a in command]
+    start = time.monotonic()
+    out = qbtc(*args, "--set", "kafka.timeout_s=2", cwd=tmp_path)
+    seconds = time.monotonic() - start
+    line = one_line(out.stderr)
+    assert out.returncode == 1, out.stderr
+    assert f"no Kafka broker answered at {brokers} in 2 s" in line, line
+    assert "Connection refused" in line
+    assert not any(ln.startswith("%") for ln in out.stderr.splitlines())
+    assert seconds < 2 + 20  # the check waits kafka.timeout_s; the rest is start-up and shutdown
+
+
+@pytest.mark.kafka
+def test_replay_of_a_missing_topic_exits_2_naming_it(kafka_bootstrap, tmp_path):
+    topic = f"nosuchtopic-{uuid.uuid4().hex[:8]}"
+    out = qbtc("replay", f"kafka://{kafka_bootstrap}/{topic}", "--null-sink", "--quiet", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert one_line(out.stderr) == f"qbtc replay: error: topic {topic} does not exist on {kafka_bootstrap}"
+    out = qbtc("replay", f"kafka://{kafka_bootstrap}/{topic}", "--null-sink", "--quiet", cwd=tmp_path)
+    assert out.returncode == 2, "the failed replay created the topic"
+
+
+@pytest.mark.kafka
+def test_metrics_port_in_use_exits_2_naming_it(kafka_bootstrap, tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        prefix = f"m{uuid.uuid4().hex[:8]}-"
+        out = qbtc(
+            "stream", "--kafka", kafka_bootstrap, "--null-sink", "--quiet", "--until-end",
+            "--metrics-port", str(port), "--set", f"kafka.topic_prefix={prefix}",
+            cwd=tmp_path,
+        )  # fmt: skip
+    line = one_line(out.stderr)
+    assert out.returncode == 2, out.stderr
+    assert line.startswith(f"qbtc stream: error: --metrics-port {port}: cannot serve metrics on "), line
+    assert "Address already in use" in line
+
+
+@pytest.mark.kafka
+def test_publish_and_ctrl_c_during_stream_print_one_line(kafka_bootstrap, tmp_path):
+    prefix = f"c{uuid.uuid4().hex[:8]}-"
+    sets = ["--set", f"kafka.topic_prefix={prefix}"]
+    out = qbtc(
+        "publish", "--simulate", "--kafka", kafka_bootstrap, "--quiet", *sets,
+        "--set", "simulator.duration_s=120", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""  # no raw librdkafka line (e.g. %4|...|GETPID|)
+    store = f"chdb://{tmp_path}/s.chdb"
+    recovery = str(tmp_path / "rec")
+    args = ["stream", "--kafka", kafka_bootstrap, "--store", store, "--recovery-dir", recovery, *sets]
+    code, _, err = _interrupt(args, tmp_path)
+    line = one_line(err)
+    assert code == 130, err
+    assert line.startswith("qbtc stream: interrupted"), line
