@@ -311,17 +311,19 @@ def test_a_full_store_filesystem_ends_a_trading_stream_with_one_line_and_a_resta
     with small_filesystem(tmp_path / "fs", 64) as mounted:
         if not mounted and os.geteuid() == 0:
             pytest.skip("cannot mount a tmpfs, and root writes to read-only directories")
-        store = tmp_path / "fs" / "rec.chdb"
+        store, rec = tmp_path / "fs" / "rec.chdb", unique("rec")
         args = [
-            *stream_args(kafka_bootstrap, source, unique("rec"), f"chdb://{store}"),
+            *stream_args(kafka_bootstrap, source, rec, f"chdb://{store}"),
             "--recovery-dir", "recovery", "--snapshot-interval", "0.3", "--quiet",
             "--set", "store.batch_rows=500",
         ]  # fmt: skip
         proc, lines = start_cli(args, tmp_path)
+        bars = [_ms(row[1]) for row in want["bars"]["rows"]]
+        target = min(bars) + (max(bars) - min(bars)) * 2 // 5  # mid-run: 40% of the event time through
         deadline = time.monotonic() + 120
-        while not any(store.glob("store/*/*/*_2_2_0")):  # the second insert into a table
+        while bars_through(kafka_bootstrap, f"{rec}bars") < target:
             assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.01)
+            time.sleep(0.02)
         if mounted:
             filled = fill(tmp_path / "fs")
             fault = f"filesystem full ({filled / 2**20:.1f} MiB filler)"
