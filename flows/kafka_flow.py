@@ -29,7 +29,7 @@ from flows.kafka_diagnostics import check_cluster
 from flows.metrics import FlowMetrics
 from flows.pipeline import Execution, TradingReport, build_flow, check_resume, run_flow
 from flows.recovery_store import RecoveryDirError, discard_unfinished
-from flows.trading_settings import trading_settings
+from flows.trading_settings import span_input, trading_settings
 from infra.kafka_topics import CONTROL_TOPIC, OUTPUT_TABLES, ensure_topics, require_topic, topology
 from schemas.codec import encode
 from sinks.kafka_producer import RecordProducer
@@ -248,7 +248,7 @@ def stream(
     if span.bounded:
         require_topic(kafka_client_config(k, "admin"), topic, k.timeout_s)
     _init_recovery(execution, k.recovery_partitions)
-    trading = trading_settings(settings) if report is not None else None
+    trading = trading_settings(settings, span_input(span.from_ts, span.to_ts)) if report is not None else None
     if execution.recovery_dir:
         check_resume(execution.recovery_dir, settings, trading)
     metrics = metrics or FlowMetrics()

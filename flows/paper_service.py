@@ -103,6 +103,18 @@ class PaperSummary:
         )
 
 
+def loop_run_tag(order: Order) -> str:
+    """The run tag of a trading loop's order (``{run_tag}-{ts}-{n}``); "" for any other order.
+
+    >>> loop_run_tag(Order(1, "a1b2c3d4-60000-7", "", "X", "buy", 1.0, "market", 0.0, "entry", "c"))
+    'a1b2c3d4'
+    >>> loop_run_tag(Order(1, "60000-7", "", "X", "buy", 1.0, "market", 0.0, "entry", "c"))
+    ''
+    """
+    parts = order.order_id.split("-")
+    return parts[0] if len(parts) == 3 and not order.parent_id and parts[0].isalnum() else ""
+
+
 class PaperDesk:
     """The broker and what its requests and bars did, as records (pure: no I/O).
 
@@ -127,6 +139,9 @@ class PaperDesk:
         """One request of the loop."""
         b = self.broker
         if isinstance(record, Order):
+            tag = loop_run_tag(record)
+            if tag:  # the loop's run: the broker's exits carry it, as in the loop's own paper broker
+                b.run_tag = tag
             if record.order_id in self.seen:
                 return
             self.seen.add(record.order_id)

@@ -236,14 +236,17 @@ def replay(
     progress: Progress,
     trade: bool = False,
     report: TradingReport | None = None,
+    run_input: str = "",
 ) -> RowCounter:
     """Run the flow over inputs into the store at ``dsn`` (None: the null sink).
 
-    ``trade`` runs the trading loop too; its summary lands in ``report``.
+    ``trade`` runs the trading loop too; its summary lands in ``report``;
+    ``run_input`` (the span read) goes into the run tag of its order ids.
+    The counter has the rows this run wrote, per table.
     """
     counter = RowCounter()
     sink = StoreSink(dsn, counter, settings.store.batch_rows)
-    trading = trading_settings(settings) if trade else None
+    trading = trading_settings(settings, run_input) if trade else None
     flow = build_flow(ChunkSource(source_inputs, progress), settings, sink, trading=trading, report=report)
     run_flow(flow, settings.run.workers)
     progress.tick(force=True)

@@ -8,6 +8,7 @@ import shlex
 import sys
 from datetime import UTC, datetime
 
+from schemas.ddl import TABLES
 from sinks.clickhouse_store import DEFAULT_DSN, Store, redact
 
 DAY_MS = 86_400_000
@@ -21,7 +22,11 @@ EXAMPLE_SQL = (
 def run_summary(
     kind: str, store: Store | None, dsn: str, records: int, seconds: float, written, skipped: int = 0
 ) -> None:
-    """Print what a run read and what the store (or the null sink) now holds."""
+    """Print what a run read and the rows it wrote, per table, into the store (or the null sink).
+
+    ``written`` counts this run's rows only (a store that held other runs' rows keeps them;
+    a replay of the same data rewrites rows that the tables' keys then merge).
+    """
     out = sys.stdout
     rate = records / seconds if seconds > 0 else 0.0
     out.write(f"\n{kind}: {records:,} records in {seconds:.1f} s ({rate:,.0f} ticks/s)\n")
@@ -33,11 +38,10 @@ def run_summary(
         for table, n in sorted(written.items()):
             out.write(f"  {table:<{w}}{n:>12,}\n")
         return
-    counts = store.counts()
-    out.write(f"store: {redact(dsn)}\n")
-    w = max((len(table) for table in counts), default=14) + 2
-    for table, n in counts.items():
-        out.write(f"  {table:<{w}}{n:>12,} rows\n")
+    out.write(f"store: {redact(dsn)}: rows written by this run\n")
+    w = max(len(table) for table in TABLES) + 2
+    for table in TABLES:
+        out.write(f"  {table:<{w}}{written.get(table, 0):>12,} rows\n")
     path = dsn[len("chdb://") :] if dsn.startswith("chdb://") else None
     store_arg = "" if dsn == DEFAULT_DSN else f" --store {shlex.quote(dsn)}"
     if path:

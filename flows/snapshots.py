@@ -76,6 +76,8 @@ def _values(paths: dict[str, object]) -> dict[str, tuple[object, bool]]:
     out = {}
     for path, obj in paths.items():
         for f in dataclasses.fields(obj):
+            if f.metadata.get("derived"):  # made from the other fields (a run tag): they are compared
+                continue
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(value) or (
                 isinstance(value, tuple) and any(dataclasses.is_dataclass(v) for v in value)

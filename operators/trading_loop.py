@@ -31,8 +31,11 @@ After the step, a ``portfolio`` row records the book: equity, exposures,
 leverage, drawdown, the next step's VaR and ES of the positions held (one
 bar and the risk horizon), the QVaR, the breaker level and the mode.
 
-Everything is deterministic: no clock, no randomness; order ids are built
-from the step, the symbol and a counter kept in the state.
+Everything is deterministic: no clock, no randomness. An order id is
+``f"{run_tag}-{ts}-{n}"``: the run's tag (``TradingSettings.run_tag``, derived
+by the flows from what defines the run), the decision time and a counter
+kept in the state; so two runs never share an id and a replay repeats its
+ids. The paper broker's protective exits carry the tag too.
 """
 
 from __future__ import annotations
@@ -124,6 +127,11 @@ class TradingSettings:
         for the portfolio's ``var_backtests`` rows.
     var_backtest
         The VaR backtests' window, zone limits and cadence.
+    run_tag
+        Short text every order id starts with (letters, digits; at most 12):
+        the run the order belongs to. The flows derive it from the settings
+        and the input (:func:`flows.trading_settings.run_tag`); "" leaves
+        the ids untagged.
     """
 
     bar_interval_ms: int = setting(gt=0, fixed=True)
@@ -141,9 +149,14 @@ class TradingSettings:
     ladder_levels: int = setting(3, ge=1)
     var_model: str = setting("fhs")
     var_backtest: VarBacktestSettings = setting(VarBacktestSettings())
+    # derived from the others (flows.trading_settings.run_tag): a resume reports their changes, not its
+    run_tag: str = field(default="", metadata={**setting("").metadata, "derived": True})
 
     def __post_init__(self) -> None:
         check_settings(self)
+        tag = self.run_tag
+        if len(tag) > 12 or not tag.isascii() or (tag and not tag.isalnum()):
+            raise SettingsError.of(self, "run_tag", "at most 12 ASCII letters or digits")
         names = [spec.name for spec in self.strategies]
         if len(set(names)) != len(names):
             msg = f"strategy names must be unique, got {names}"
@@ -185,7 +198,7 @@ class TradingLoop:
         self.settings = settings
         self.portfolio = Portfolio(settings.portfolio)
         self.risk = RiskEngine(settings.risk)
-        self.broker: Venue = venue if venue is not None else PaperBroker(settings.broker)
+        self.broker: Venue = venue if venue is not None else PaperBroker(settings.broker, settings.run_tag)
         self.sizer = PositionSizer(settings.sizing)
         self.weights = StrategyWeights.for_strategies(
             [spec.build() for spec in settings.strategies], settings.weights
@@ -482,18 +495,19 @@ class TradingLoop:
 
     # -- orders ------------------------------------------------------------------------------
 
-    def _order_id(self, ts: int, symbol: str, reason: str) -> str:
+    def _order_id(self, ts: int) -> str:
+        """``{run_tag}-{ts}-{n}`` (``{ts}-{n}`` untagged): at most 36 characters with a TWAP child's
+        ``/n``, as exchanges' client order ids allow; symbol and reason are the order's own columns."""
         self.counter += 1
-        return f"{ts}-{symbol}-{reason}-{self.counter}"
+        tag = self.settings.run_tag
+        return f"{tag}-{ts}-{self.counter}" if tag else f"{ts}-{self.counter}"
 
     def _send(self, ts: int, symbol: str, qty: float, reason: str, strategy: str, out: dict) -> None:
         """Send a market order for a signed quantity (> 0 buys)."""
         if qty == 0 or not math.isfinite(qty):
             return
         side = BUY if qty > 0 else SELL
-        order = Order(
-            ts, self._order_id(ts, symbol, reason), "", symbol, side, abs(qty), MARKET, 0.0, reason, strategy
-        )
+        order = Order(ts, self._order_id(ts), "", symbol, side, abs(qty), MARKET, 0.0, reason, strategy)
         working = self.broker.submit(order)
         out["orders"].append(order)
         out["orders"].extend(o for o in working if o.order_id != order.order_id)

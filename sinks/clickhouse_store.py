@@ -1,9 +1,14 @@
 """The ClickHouse store: embedded chDB by default, a server over HTTP(S) when configured.
 
 DSNs: ``chdb://PATH`` (``chdb:///abs/path`` or a relative ``chdb://var/x``;
-``chdb://:memory:`` for a throw-away store) or
-``http(s)://user:password@host:port/database``. Tables are created
-idempotently when a store opens. Writes go through Arrow in column batches.
+``chdb://:memory:`` for a throw-away store; ``chdb://`` without a path is
+refused) or ``http(s)://user:password@host:port/database``. Tables are
+created idempotently when a store opens (``must_exist`` refuses a chdb path
+that does not exist instead). Writes go through Arrow in column batches.
+
+One process at a time opens a chdb path (chDB's own lock); a second one is
+told which process holds it (:class:`StoreInUse`, from the ``status`` file
+chDB keeps in the store with its holder's pid).
 
 A store made by an older qbtc is brought up to date when it opens: a column
 this version added is added to the table (``ALTER TABLE ... ADD COLUMN``;
@@ -37,6 +42,24 @@ class StoreWriteError(StoreError, OutsideFailure):
     """A write the store refused (a failure while running, not a usage problem)."""
 
     exit_code = 1
+
+
+class StoreInUse(StoreError, OutsideFailure):
+    """A chdb store another process holds open (exit 1: wait for it or use another store)."""
+
+    exit_code = 1
+
+
+TRADING_TABLES = {
+    "signals": "",
+    "orders": "",
+    "fills": "",
+    "risk_events": "",
+    "order_events": "",
+    "portfolio": "",
+    "var_backtests": "symbol = ''",  # the loop's own rows (the portfolio's); symbols' come with features
+}
+"""The tables a trading run writes, with the condition that picks its rows ("" = all)."""
 
 
 def one_line(exc: BaseException, limit: int = 1000) -> str:
@@ -73,6 +96,20 @@ def chdb_path(dsn: str) -> str | None:
     return os.path.abspath(rest)
 
 
+def _holder(path: str) -> int | None:
+    """The pid of another live process holding the chdb store at ``path`` (chDB's ``status`` file)."""
+    try:
+        with open(os.path.join(path, "status"), encoding="utf-8") as f:
+            first = f.readline()
+    except OSError:
+        return None
+    name, _, value = first.partition(":")
+    if name.strip() != "PID" or not value.strip().isdigit():
+        return None
+    pid = int(value)
+    return pid if pid != os.getpid() and os.path.exists(f"/proc/{pid}") else None
+
+
 def redact(dsn: str) -> str:
     """The DSN with its password hidden, for messages and logs.
 
@@ -90,15 +127,21 @@ _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
 
 
-def _client(dsn: str):
+def _client(dsn: str, must_exist: bool = False):
     """One client per DSN per process (chdb allows one engine per process)."""
     with _clients_lock:
         client = _clients.get(dsn)
         if client is not None:
             return client
+        path = chdb_path(dsn)
+        if dsn == "chdb://":
+            msg = "store chdb:// has no path: give chdb://PATH (chdb://:memory: for a throw-away store)"
+            raise StoreError(msg)
+        if must_exist and path is not None and not os.path.isdir(path):
+            msg = f"store {path} does not exist (check --store; qbtc run or replay creates a store)"
+            raise StoreError(msg)
         try:
             if dsn.startswith("chdb://"):
-                path = chdb_path(dsn)
                 if path is not None:
                     os.makedirs(path, exist_ok=True)
                     client = clickhouse_connect.get_client(interface="chdb", path=path)
@@ -120,6 +163,10 @@ def _client(dsn: str):
         except StoreError:
             raise
         except Exception as exc:
+            pid = None if path is None else _holder(path)
+            if pid is not None:
+                msg = f"store {path} in use by another qbtc process (pid {pid})"
+                raise StoreInUse(msg) from None
             msg = f"cannot open store {redact(dsn)}: {exc}"
             raise StoreError(msg) from exc
         _clients[dsn] = client
@@ -133,11 +180,13 @@ class Store:
     ----------
     dsn
         Where the data lives (see the module docstring).
+    must_exist
+        Refuse a chdb path that does not exist (instead of creating the store).
     """
 
-    def __init__(self, dsn: str = DEFAULT_DSN) -> None:
+    def __init__(self, dsn: str = DEFAULT_DSN, must_exist: bool = False) -> None:
         self.dsn = dsn
-        self.client = _client(dsn)
+        self.client = _client(dsn, must_exist)
         self.lock = threading.Lock()
         for table in TABLES.values():
             self.command(table.create_sql())
@@ -166,10 +215,27 @@ class Store:
         with self.lock:
             return self.client.command(sql)
 
-    def query(self, sql: str):
+    def query(self, sql: str, settings: dict | None = None):
         """Run a query; the clickhouse-connect result (column_names, result_rows)."""
         with self.lock:
-            return self.client.query(sql)
+            return self.client.query(sql, settings=settings)
+
+    def trading_rows(self) -> dict[str, int]:
+        """Rows of trading runs already in the store, per table (tables without any left out)."""
+        out = {}
+        for name, where in TRADING_TABLES.items():
+            cond = f" WHERE {where}" if where else ""
+            n = int(self.query(f"SELECT count() FROM {name}{cond}").result_rows[0][0])
+            if n:
+                out[name] = n
+        return out
+
+    def recreate(self) -> None:
+        """Drop qbtc's tables and create them empty (``--fresh``)."""
+        for table in TABLES.values():
+            self.command(f"DROP TABLE IF EXISTS {table.name}")
+            self.command(table.create_sql())
+        self.stale_keys = {}
 
     def insert(self, table: Table, columns: dict[str, Sequence]) -> int:
         """Insert one column batch; returns the row count."""

@@ -97,7 +97,8 @@ class PaperBroker:
       ``s`` exceeds ``twap_max_slippage_bps``. Parents get no fill of their own.
     - Protection: checked at every path point after the working orders, stop
       before target; a hit fills a market exit of the whole protected qty, id
-      ``f"{kind}:{symbol}:{ts}:{seq}"`` (``seq``: a counter in the state),
+      ``f"{kind}:{symbol}:{ts}:{seq}"`` (``seq``: a counter in the state;
+      ``f"{kind}:{run_tag}:{symbol}:{ts}:{seq}"`` with a run tag),
       reason ``stop`` / ``target``, strategy ``risk``, at the stop (the open
       if gapped through) or the target with taker costs; it clears the
       protection and cancels the symbol's working orders on the exit's side
@@ -114,8 +115,9 @@ class PaperBroker:
     makes the same ids and fills.
     """
 
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(self, settings: BrokerSettings, run_tag: str = "") -> None:
         self.settings = settings
+        self.run_tag = run_tag  # the run the loop's orders belong to: its exits carry it too
         self._symbols: dict[str, _Symbol] = {}
         self._working: dict[str, _Working] = {}
         self._protection: dict[str, _Protection] = {}
@@ -367,7 +369,9 @@ class _BarRun:
         qty = abs(prot.qty)
         exit_order = Order(
             ts,
-            f"{kind}:{symbol}:{ts}:{broker._seq}",
+            f"{kind}:{broker.run_tag}:{symbol}:{ts}:{broker._seq}"
+            if getattr(broker, "run_tag", "")
+            else f"{kind}:{symbol}:{ts}:{broker._seq}",
             "",
             symbol,
             side,
