@@ -62,9 +62,11 @@ from operators.signals.atr import ATRSettings
 from operators.signals.regime import RegimeSettings
 from operators.signals.sizing import SizingSettings
 from operators.signals.strategy_weights import StrategyWeightsSettings
-from schemas.settings import SettingsError, check_settings, field_types, setting, type_rule
+from schemas.settings import MAX_WINDOW, SettingsError, check_settings, field_types, setting, type_rule
 from schemas.validation import exchange_problem, symbol_problem
 from sinks.clickhouse_store import DEFAULT_DSN
+
+MAX_BAR_INTERVAL = 366 * 86_400  # a year of seconds: grid times stay far inside int64 milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +75,13 @@ class FeaturesConfig:
 
     ``var_model`` names the next-bar VaR/ES forecaster behind the features'
     ``fvar95``/``fes95`` (:data:`~operators.risk.var_models.VAR_MODELS`).
+    Windows are at most :data:`~schemas.settings.MAX_WINDOW`.
     """
 
-    bar_interval: int = setting(1, ge=1, fixed=True)
-    window: int = setting(300, ge=3, fixed=True)
-    corr_window: int = setting(300, ge=2, fixed=True)
-    corr_every: int = setting(60, ge=1, fixed=True)
+    bar_interval: int = setting(1, ge=1, le=MAX_BAR_INTERVAL, fixed=True)
+    window: int = setting(300, ge=3, le=MAX_WINDOW, fixed=True)
+    corr_window: int = setting(300, ge=2, le=MAX_WINDOW, fixed=True)
+    corr_every: int = setting(60, ge=1, le=MAX_WINDOW, fixed=True)
     allowed_lateness_ms: int = setting(0, ge=0)
     qvar_entropy_coef: float = setting(0.3, ge=0, le=1)
     dedup_horizon_ms: int = setting(600_000, ge=0)
@@ -338,16 +341,57 @@ def _env_names() -> dict[str, tuple[str, str]]:
     return names
 
 
+OTHER_ENV = frozenset(
+    {
+        "QBTC_KAFKA_CACHE",
+        "QBTC_EXECUTION_API_KEY",
+        "QBTC_EXECUTION_API_SECRET",
+        "QBTC_VENUE_API_KEY",
+        "QBTC_VENUE_API_SECRET",
+    }
+)
+"""``QBTC_*`` variables that are not config keys: the Kafka jar cache and the API keys."""
+TEST_ENV_PREFIXES = ("QBTC_TEST_", "QBTC_FUZZ_", "QBTC_KILL")
+"""``QBTC_*`` knobs of the test suite (``tests/``), which qbtc itself never reads."""
+
+
 def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """``QBTC_SECTION_KEY=value`` variables as (section, key, value)."""
+    """``QBTC_SECTION_KEY=value`` variables as (section, key, value).
+
+    Any other ``QBTC_*`` variable (but :data:`OTHER_ENV` and the test suite's) is a ConfigError naming
+    it and the nearest known key: a typo never passes silently.
+
+    >>> _env_overrides({"QBTC_FEATURES_WINDOW": "60", "QBTC_KAFKA_CACHE": "/c", "HOME": "/h"})
+    [('features', 'window', '60')]
+    >>> _env_overrides({"QBTC_FEATURES_WINDW": "60"})
+    Traceback (most recent call last):
+    ...
+    flows.config_values.ConfigError: unknown environment variable QBTC_FEATURES_WINDW: did you mean \
+QBTC_FEATURES_WINDOW (features.window)?
+    """
     names = _env_names()
     out = []
-    for name, value in env.items():
-        if name.startswith(ENV_PREFIX):
-            found = names.get(name[len(ENV_PREFIX) :].lower())
-            if found is not None:
-                out.append((*found, value))
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name in OTHER_ENV or name.startswith(TEST_ENV_PREFIXES):
+            continue
+        found = names.get(name[len(ENV_PREFIX) :].lower())
+        if found is None:
+            raise ConfigError(_unknown_env(name, names))
+        out.append((*found, value))
     return out
+
+
+def _unknown_env(name: str, names: dict[str, tuple[str, str]]) -> str:
+    """The message for an unknown ``QBTC_*`` variable: it, and the nearest key's variable."""
+    import difflib
+
+    wanted = name[len(ENV_PREFIX) :].lower()
+    nearest = difflib.get_close_matches(wanted, list(names), n=1, cutoff=0.0)
+    msg = f"unknown environment variable {name}"
+    if nearest:
+        section, key = names[nearest[0]]
+        msg += f": did you mean {ENV_PREFIX}{nearest[0].upper()} ({section}.{key})?"
+    return msg
 
 
 def _put(raw: dict, section: str, key: str, value) -> None:

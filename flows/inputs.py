@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from flows.config import ConfigError, Settings
 from sources.chunk_source import ChunkFactory, Progress, wall_ms
@@ -74,8 +74,17 @@ def input_origins(paths: list[str]) -> list[str]:
     return out
 
 
+def stderr_warning(text: str) -> None:
+    """One warning line on stderr."""
+    sys.stderr.write(f"qbtc: warning: {text}\n")
+    sys.stderr.flush()
+
+
 def file_inputs(
-    paths: list[str], settings: Settings, span: TimeSpan | None = None
+    paths: list[str],
+    settings: Settings,
+    span: TimeSpan | None = None,
+    warn: Callable[[str], None] = stderr_warning,
 ) -> tuple[list[ChunkFactory], int]:
     """Chunk factories for tick or candle files, and their total size in bytes.
 
@@ -84,6 +93,8 @@ def file_inputs(
     is outside ``span`` are skipped at the source (``Chunk.skipped``); a
     symbol outside a non-empty ``input.symbols`` is a dead letter. A path
     given twice is read twice, its sources named by :func:`input_origins`.
+    A file without records (empty, blank lines or a header only, ``[]``) is
+    read as 0 records, and ``warn`` is told its name, in every format alike.
     """
     from sources.candle_files import CandleFileReader, CandleSettings
 
@@ -102,6 +113,8 @@ def file_inputs(
             block = settings.input.block_bytes
             reader = TickFileReader(p, settings.input.exchange, wall_ms, block, span, symbols, origin)
             factories.append(reader.chunks)
+        if reader.empty:
+            warn(f"{origin}: no records (an empty file)")
         size += reader.size
     return factories, size
 

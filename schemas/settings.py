@@ -51,6 +51,10 @@ from dataclasses import MISSING
 
 from schemas.errors import UsageProblem
 
+MAX_WINDOW = 10_000_000
+"""The bound of every window, lookback and period (``le=MAX_WINDOW``): a window's state must fit in
+memory, and at the bound one symbol's feature windows hold about 1 GB."""
+
 
 class SettingsError(UsageProblem, ValueError):
     """A settings field out of its type or range: ``"{owner}.{name} must be {rule}, got {value!r}"``.

@@ -9,7 +9,8 @@ no traded value; this is the usual stand-in), ``trades`` 0 (unknown).
 A bad record becomes a :class:`DeadLetter` (source ``path:line`` with the
 header as line 1, or ``path[index]`` in JSON, with the reader's ``origin``
 in place of ``path`` when given; the raw row as payload), reason ``parse``
-(field count, unreadable number or time), ``value`` (a price not finite
+(field count, unreadable number or time), ``schema`` (a JSON element that is a
+boolean, an array or an object), ``value`` (a price not finite
 and > 0, volume not finite and >= 0, high < max(open, close), low >
 min(open, close), open time off the grid or outside 1970..2200, a symbol
 that is not ccxt-unified ``BASE/QUOTE[:SETTLE]`` or not in the settings'
@@ -32,7 +33,7 @@ from itertools import repeat
 
 import numpy as np
 
-from schemas.records import DUPLICATE, PARSE, VALUE, Bar, DeadLetter
+from schemas.records import DUPLICATE, PARSE, SCHEMA, VALUE, Bar, DeadLetter
 from schemas.validation import MAX_TS, NO_SYMBOLS, symbol_problem
 from sources.candle_formats import CsvHeader, ParsedCandles, parse_csv, parse_json, read_header
 from sources.tick_files import InputError
@@ -205,6 +206,12 @@ class CandleFileReader:
         """The file's candle interval in ms (None when no symbol has two candles)."""
         return self._load().source_interval_ms
 
+    @property
+    def empty(self) -> bool:
+        """True when the file holds no record (no bytes, a header only, or an empty JSON array)."""
+        loaded = self._load()
+        return not (loaded.skipped or loaded.dead or len(loaded.weight))
+
     def chunks(self, skip: int = 0) -> Iterator[CandleChunk]:
         """Yield the file's records from the ``skip``-th on, about ``chunk_rows`` per chunk."""
         if skip < 0:
@@ -266,7 +273,7 @@ class CandleFileReader:
 
     def _assemble(self, p: ParsedCandles) -> _Loaded:
         """Dead letters for the bad records; the good ones inside the span as bars in (ts, symbol) order."""
-        issues: list[tuple[int, str, str]] = [(i, PARSE, m) for i, m in p.problems.items()]
+        issues = [(i, SCHEMA if i in p.wrong_type else PARSE, m) for i, m in p.problems.items()]
         ok = np.ones(p.n, dtype=bool)
         ok[list(p.problems)] = False
         inside = ~self.settings.span.outside(p.ts)

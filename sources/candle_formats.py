@@ -150,6 +150,9 @@ class ParsedCandles:
         Record index -> its raw bytes (a dead letter's payload).
     source
         Record index -> ``path:line`` or ``path[index]``.
+    wrong_type
+        The records of ``problems`` with an element of the wrong JSON type (a boolean, an array or
+        an object where a number or text belongs): ``schema`` dead letters, the others ``parse``.
     """
 
     n: int
@@ -160,6 +163,7 @@ class ParsedCandles:
     problems: dict[int, str]
     payload: Callable[[int], bytes]
     source: Callable[[int], str]
+    wrong_type: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,11 +424,15 @@ def parse_json(data: bytes, path: str, name: str, origin: str | None = None) -> 
     problems = {
         i: f"time {float(table[i, 0])!r} is not a whole number" for i in np.flatnonzero(~whole).tolist()
     }
+    wrong_type = set()
     for i in slow:
         problems.pop(i, None)
         row = _json_row(items[i])
         if isinstance(row, str):
             problems[i] = row
+        elif isinstance(row, _WrongType):
+            problems[i] = row.message
+            wrong_type.add(i)
         else:
             ts[i], table[i, 1:] = row[0], row[1:]
     return ParsedCandles(
@@ -436,15 +444,32 @@ def parse_json(data: bytes, path: str, name: str, origin: str | None = None) -> 
         problems,
         lambda i: orjson.dumps(items[i]),
         lambda i: f"{origin}[{i}]",
+        frozenset(wrong_type),
     )
 
 
-def _json_row(item: object) -> tuple[int, float, float, float, float, float] | str:
-    """One JSON candle, or what is wrong with it."""
+@dataclass(frozen=True, slots=True)
+class _WrongType:
+    """A JSON candle with an element of the wrong JSON type (a ``schema`` dead letter)."""
+
+    message: str
+
+
+def _json_row(item: object) -> tuple[int, float, float, float, float, float] | _WrongType | str:
+    """One JSON candle, or what is wrong with it (a wrong JSON type apart).
+
+    >>> _json_row([1618951320000, 1, 2, 0.5, "1.5", 3])
+    (1618951320000, 1.0, 2.0, 0.5, 1.5, 3.0)
+    >>> _json_row([1618951320000, True, 2, 0.5, 1.5, 3])
+    _WrongType(message='open must be a JSON number or text, got bool True')
+    """
     if not isinstance(item, list):
         return f"expected an array [ts, open, high, low, close, volume], got {type(item).__name__}"
     if len(item) != 6:
         return f"{len(item)} fields, expected 6 (ts, open, high, low, close, volume)"
+    for name, x in zip(("time", *VALUE_COLUMNS), item, strict=True):
+        if isinstance(x, bool | list | dict):
+            return _WrongType(f"{name} must be a JSON number or text, got {type(x).__name__} {x!r:.40}")
     try:
         return (parse_time(item[0]), *(_number(n, x) for n, x in zip(VALUE_COLUMNS, item[1:], strict=True)))
     except ValueError as exc:

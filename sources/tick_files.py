@@ -231,6 +231,24 @@ class TickFileReader:
         if self.format == "csv":
             self.has_header = self._read_header(self._first_line())
 
+    @property
+    def empty(self) -> bool:
+        """True when the file holds no record: no bytes, or only empty lines (after a header).
+
+        An unreadable file is not empty: reading it reports the problem.
+        """
+        try:
+            raw, stream = self._open()
+            with raw, stream:
+                if self.has_header:
+                    stream.readline(1 << 20)
+                while line := stream.readline(1 << 20):
+                    if line.removesuffix(b"\n").removesuffix(b"\r"):  # as the reader splits lines
+                        return False
+        except (OSError, EOFError):
+            return False
+        return True
+
     def _first_line(self) -> bytes:
         try:
             raw, stream = self._open()
@@ -299,9 +317,21 @@ class TickFileReader:
                 return
 
     def _read_header(self, first: bytes) -> bool:
-        """Set the CSV columns; True when ``first`` was a header line."""
-        text = first.decode("utf-8", errors="replace").strip().lstrip("\ufeff")
-        names = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in next(csv.reader([text]), [])]
+        """Set the CSV columns; True when ``first`` was a header line.
+
+        A first line that is not text (invalid UTF-8, control characters, malformed quoting) or
+        starts with a number is a record, as is every line of a file with only blank lines: the
+        columns are then ``FIELDS``, and such lines become dead letters.
+        """
+        try:
+            text = first.decode("utf-8").strip().lstrip("\ufeff")
+            fields = next(csv.reader([text], strict=True), [])
+        except (UnicodeDecodeError, csv.Error):
+            text, fields = "\0", []
+        if any(not c.isprintable() and c != "\t" for c in text) or (not text and self.empty):
+            self.columns = list(FIELDS)
+            return False
+        names = [ALIASES.get(n.strip().lower(), n.strip().lower()) for n in fields]
         if names and names[0] and names[0].lstrip("-").replace(".", "", 1).isdigit():
             self.columns = list(FIELDS)
             return False

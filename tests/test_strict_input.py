@@ -192,14 +192,14 @@ def test_candle_numbers_are_ascii_and_json_candles_have_no_booleans(tmp_path):
     assert dead == {":4": "parse", ":5": "parse", ":6": "parse", ":7": "parse", ":8": "value"}
     path = tmp_path / "BTC_USDT-1m.json"
     good = [[t0 + k * 60_000, 1, 2, 1, 2, 5] for k in (0, 2, 3)]
-    for bad in (
-        [t0 + 60_000, True, 2, 1, 2, 5],
-        [t0 + 60_000, "1_0", 20, 1, 2, 5],
-        [t0 + 60_000, "１", 2, 1, 2, 5],
+    for bad, reason in (
+        ([t0 + 60_000, True, 2, 1, 2, 5], "schema"),  # a wrong JSON type (issue 14)
+        ([t0 + 60_000, "1_0", 20, 1, 2, 5], "parse"),
+        ([t0 + 60_000, "１", 2, 1, 2, 5], "parse"),
     ):
         path.write_text(orjson.dumps([good[0], bad, *good[1:]]).decode())
         bars, dead = _candles(path)
-        assert [b.ts for b in bars] == [t0, t0 + 120_000, t0 + 180_000] and dead == {"[1]": "parse"}, bad
+        assert [b.ts for b in bars] == [t0, t0 + 120_000, t0 + 180_000] and dead == {"[1]": reason}, bad
     path.write_text(orjson.dumps([[str(t0), "1", "2", "1", "2", "5"], *good[1:]]).decode())
     assert len(_candles(path)[0]) == 3  # ASCII numbers in strings are still numbers
 

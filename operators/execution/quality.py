@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from schemas.records import BUY, ExecutionQuality, Fill, RiskEvent
-from schemas.settings import SettingsError, check_settings, setting
+from schemas.settings import MAX_WINDOW, SettingsError, check_settings, setting
 
 BP = 10_000.0
 
@@ -68,7 +68,7 @@ class SlippageSettings:
         limit orders expect 0 bps, and any slippage is not 2x of 0).
     """
 
-    window: int = setting(50, ge=1, fixed=True)
+    window: int = setting(50, ge=1, le=MAX_WINDOW, fixed=True)
     min_fills: int = setting(10, ge=1)
     ratio: float = setting(2.0, gt=0)
     clear_ratio: float = setting(1.5, gt=0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from operators.features.grid_returns import GridReturns
 from operators.features.rolling_correlation import RollingCorrelation
 from schemas.records import Correlation
-from schemas.settings import check_settings, setting
+from schemas.settings import MAX_WINDOW, check_settings, setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +31,8 @@ class CorrelationSettings:
     """
 
     bar_interval_ms: int = setting(1000, gt=0, fixed=True)
-    window: int = setting(300, ge=2, fixed=True)
-    every: int = setting(60, ge=1, fixed=True)
+    window: int = setting(300, ge=2, le=MAX_WINDOW, fixed=True)
+    every: int = setting(60, ge=1, le=MAX_WINDOW, fixed=True)
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -13,7 +13,7 @@ from operators.features.rolling_variance import RollingVariance
 from operators.risk.var_backtest import VarBacktestFeed, VarBacktestSettings
 from operators.risk.var_models import VAR_MODELS, make_var_model
 from schemas.records import Bar, Feature, VarBacktestRow
-from schemas.settings import SettingsError, check_settings, setting
+from schemas.settings import MAX_WINDOW, SettingsError, check_settings, setting
 
 Z95 = 1.6448536269514722
 
@@ -38,7 +38,7 @@ class FeatureSettings:
     """
 
     bar_interval_ms: int = setting(1000, gt=0, fixed=True)
-    window: int = setting(300, ge=3, fixed=True)
+    window: int = setting(300, ge=3, le=MAX_WINDOW, fixed=True)
     qvar_entropy_coef: float = setting(0.3, ge=0, le=1)
     var_model: str = setting("fhs", fixed=True)
     var_backtest: VarBacktestSettings = setting(VarBacktestSettings())

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from schemas.records import BUY, SELL, Fill
-from schemas.settings import SettingsError, check_settings, setting
+from schemas.settings import MAX_WINDOW, SettingsError, check_settings, setting
 
 DAY_MS = 86_400_000
 PERIODS = ("day", "week", "month")
@@ -69,7 +69,7 @@ class PortfolioSettings:
 
     initial_cash: float = setting(100_000.0, gt=0, fixed=True)
     sharpe_min_days: int = setting(30, ge=2)
-    history_days: int = setting(365, ge=2, fixed=True)
+    history_days: int = setting(365, ge=2, le=MAX_WINDOW, fixed=True)
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from schemas.records import RiskEvent, VarBacktestRow
-from schemas.settings import SettingsError, check_settings, setting
+from schemas.settings import MAX_WINDOW, SettingsError, check_settings, setting
 
 GREEN = "green"
 YELLOW = "yellow"
@@ -352,7 +352,7 @@ class VarBacktestSettings:
         and whenever the rolling zone changes.
     """
 
-    window: int = setting(1000, ge=2, fixed=True)
+    window: int = setting(1000, ge=2, le=MAX_WINDOW, fixed=True)
     alpha: float = setting(0.05, gt=0, lt=1, fixed=True)
     min_forecasts: int = setting(250, ge=1)
     yellow: float = setting(0.95, gt=0, lt=1)

@@ -34,7 +34,7 @@ import numpy as np
 from operators.risk.var_math import SCALE as _SCALE
 from operators.risk.var_math import cf_tail, exact, normal_tail, spec_tail, t_ppf, t_tail
 from operators.risk.var_windows import _Ewma, _Moments, _TailWindow
-from schemas.settings import SettingsError, check_settings, setting
+from schemas.settings import MAX_WINDOW, SettingsError, check_settings, setting
 
 _NORMAL = NormalDist()
 
@@ -95,7 +95,7 @@ class HistoricalSettings:
         Scenarios of the h-bar bootstrap and its seed.
     """
 
-    window: int = setting(300, ge=2, fixed=True)
+    window: int = setting(300, ge=2, le=MAX_WINDOW, fixed=True)
     alpha: float = setting(0.05, gt=0, lt=0.5, fixed=True)
     sims: int = setting(20_000, ge=100)
     seed: int = setting(0, ge=0)
@@ -252,7 +252,7 @@ class FhsSettings:
 
     decay: float = setting(0.80, gt=0, lt=1, fixed=True)
     min_periods: int = setting(30, ge=1, fixed=True)
-    window: int = setting(500, ge=2, fixed=True)
+    window: int = setting(500, ge=2, le=MAX_WINDOW, fixed=True)
     quantile_method: str = setting("weibull", fixed=True)
     floor_share: float = setting(0.05, ge=0, lt=1, fixed=True)
     floor_decay: float = setting(0.999, gt=0, lt=1, fixed=True)
@@ -355,7 +355,7 @@ class CornishFisherSettings:
         The default tail probability.
     """
 
-    window: int = setting(300, ge=4, fixed=True)
+    window: int = setting(300, ge=4, le=MAX_WINDOW, fixed=True)
     alpha: float = setting(0.05, gt=0, lt=0.5)
 
     def __post_init__(self) -> None:
@@ -421,7 +421,7 @@ class StudentTSettings:
         The default tail probability.
     """
 
-    window: int = setting(300, ge=4, fixed=True)
+    window: int = setting(300, ge=4, le=MAX_WINDOW, fixed=True)
     decay: float = setting(0.94, gt=0, lt=1, fixed=True)
     min_periods: int = setting(30, ge=1)
     nu_min: float = setting(4.0, ge=4)
@@ -503,7 +503,7 @@ class GarchSettings:
         The default tail probability.
     """
 
-    window: int = setting(300, ge=2, fixed=True)
+    window: int = setting(300, ge=2, le=MAX_WINDOW, fixed=True)
     arch: float = setting(0.08, ge=0, lt=1)
     garch: float = setting(0.90, ge=0, lt=1)
     alpha: float = setting(0.05, gt=0, lt=0.5)

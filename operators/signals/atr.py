@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.records import Bar
-from schemas.settings import check_settings, setting
+from schemas.settings import MAX_WINDOW, check_settings, setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class ATRSettings:
         n, the number of bars of the first mean and the smoothing length (>= 1).
     """
 
-    period: int = setting(14, ge=1, fixed=True)
+    period: int = setting(14, ge=1, le=MAX_WINDOW, fixed=True)
 
     def __post_init__(self) -> None:
         check_settings(self)

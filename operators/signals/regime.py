@@ -46,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from schemas.records import Bar, Feature
-from schemas.settings import check_settings, setting
+from schemas.settings import MAX_WINDOW, check_settings, setting
 
 TREND_UP, TREND_DOWN, RANGE, HIGH_VOL, CRISIS = "trend_up", "trend_down", "range", "high_vol", "crisis"
 
@@ -76,7 +76,7 @@ class RegimeSettings:
     ref_min_bars: int = setting(60, ge=1)
     crisis_corr: float = setting(0.8, ge=-1, le=1)
     trend_threshold: float = setting(2.0, ge=0)
-    trend_window: int = setting(60, ge=1, fixed=True)
+    trend_window: int = setting(60, ge=1, le=MAX_WINDOW, fixed=True)
 
     def __post_init__(self) -> None:
         check_settings(self)

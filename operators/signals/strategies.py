@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from operators.features.rolling_variance import RollingVariance
 from operators.signals.strategy import BarStrategy, StrategySpec
 from schemas.records import FLAT, REGIMES, Bar, Feature
-from schemas.settings import SettingsError, check_settings, setting
+from schemas.settings import MAX_WINDOW, SettingsError, check_settings, setting
 
 
 def _check(settings) -> None:
@@ -74,7 +74,7 @@ class EntropyScalpingSettings:
 
     entropy_threshold: float = setting(0.85, ge=0, le=1)
     entropy_full: float = setting(0.6, ge=0, le=1)
-    lookback: int = setting(10, ge=1, fixed=True)
+    lookback: int = setting(10, ge=1, le=MAX_WINDOW, fixed=True)
     regimes: frozenset[str] = setting(frozenset({"trend_up", "trend_down", "range"}))
 
     def __post_init__(self) -> None:
@@ -138,8 +138,8 @@ class TrendFollowingSettings:
         Regimes it may trade in.
     """
 
-    fast: int = setting(20, ge=1, fixed=True)
-    slow: int = setting(60, ge=2, fixed=True)
+    fast: int = setting(20, ge=1, le=MAX_WINDOW, fixed=True)
+    slow: int = setting(60, ge=2, le=MAX_WINDOW, fixed=True)
     regimes: frozenset[str] = setting(frozenset({"trend_up", "trend_down"}))
 
     def __post_init__(self) -> None:
@@ -219,7 +219,7 @@ class MeanReversionSettings:
         Regimes it may trade in.
     """
 
-    window: int = setting(60, ge=2, fixed=True)
+    window: int = setting(60, ge=2, le=MAX_WINDOW, fixed=True)
     entry_z: float = setting(2.0, gt=0)
     exit_z: float = setting(0.5, ge=0)
     regimes: frozenset[str] = setting(frozenset({"range"}))
@@ -336,8 +336,8 @@ class BreakoutSettings:
         Regimes it may trade in.
     """
 
-    window: int = setting(60, ge=1, fixed=True)
-    exit_window: int = setting(30, ge=1, fixed=True)
+    window: int = setting(60, ge=1, le=MAX_WINDOW, fixed=True)
+    exit_window: int = setting(30, ge=1, le=MAX_WINDOW, fixed=True)
     full_strength_sigmas: float = setting(1.0, gt=0)
     regimes: frozenset[str] = setting(frozenset({"trend_up", "trend_down", "high_vol"}))
 

@@ -52,7 +52,7 @@ from operators.features.rolling_variance import RollingVariance
 from operators.signals.strategies import RollingExtreme
 from operators.signals.strategy import Strategy
 from schemas.records import FLAT, REGIMES, Signal
-from schemas.settings import SettingsError, check_settings, setting
+from schemas.settings import MAX_WINDOW, SettingsError, check_settings, setting
 
 COMPOSITE = "composite"
 """Strategy name of the composite signal; it may be recorded but never gets a weight."""
@@ -82,7 +82,7 @@ class StrategyWeightsSettings:
         Composite: smallest |score| that is not flat (>= 0).
     """
 
-    window: int = setting(500, ge=2, fixed=True)
+    window: int = setting(500, ge=2, le=MAX_WINDOW, fixed=True)
     min_obs: int = setting(50, ge=2)
     max_dd: float = setting(0.2, gt=0, le=1)
     prior_weight: float = setting(1.0, ge=0)
