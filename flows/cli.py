@@ -18,7 +18,7 @@ from flows.report import run_summary, trading_summary, write_table
 from schemas.ddl import TABLES
 from schemas.errors import QbtcError, UsageProblem
 from schemas.records import CONTROL_COMMANDS
-from sinks.clickhouse_store import Store, StoreError, one_line
+from sinks.clickhouse_store import Store, StoreError, one_line, redact
 
 
 class UsageError(UsageProblem):
@@ -172,6 +172,20 @@ def _trade(p, default: bool) -> None:
     )
 
 
+def _store_runs(p) -> None:
+    """``--append`` / ``--fresh``: what a trading run does with a store that holds another run's rows."""
+    runs = p.add_mutually_exclusive_group()
+    runs.add_argument(
+        "--append",
+        action="store_true",
+        help="trade into a store that already holds trading rows: keep them and add this run's "
+        "(order ids carry the run's tag, so runs never overwrite each other)",
+    )
+    runs.add_argument(
+        "--fresh", action="store_true", help="drop qbtc's tables in the store and create them empty first"
+    )
+
+
 def _venue_parser(sub) -> None:
     from infra.exchange.daemon import configure
 
@@ -315,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="worker threads (default 1)")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _trade(run, default=True)
+    _store_runs(run)
 
     rep = sub.add_parser(
         "replay",
@@ -344,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--to-ts", metavar="T", help="files and topics: keep records before time T (exclusive; same forms)"
     )
     _trade(rep, default=False)
+    _store_runs(rep)
     topic = rep.add_argument_group("topic replays (kafka://)")
     topic.add_argument("--from-offset", type=int, metavar="O", help="start every partition at offset O")
     topic.add_argument(
@@ -360,12 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     sql = sub.add_parser(
         "sql",
         help="run SQL against the store and print a table",
-        description="Run one SQL statement against the store. Tables: "
-        + ", ".join(TABLES)
-        + ". Use FINAL to read merged rows.",
+        description="Run one SQL statement against an existing store, read-only (SELECT, SHOW, DESCRIBE, "
+        "EXPLAIN, WITH) unless --write. Tables: " + ", ".join(TABLES) + ". Use FINAL to read merged rows.",
     )
     sql.add_argument("query", help='e.g. "SELECT count() FROM features FINAL"')
     _common(sql)
+    sql.add_argument("--write", action="store_true", help="allow statements that change the store (DDL, DML)")
     sql.add_argument("--format", choices=("table", "csv", "tsv"), default="table", help="output format")
 
     sim = sub.add_parser(
@@ -417,16 +433,41 @@ def cmd_run(args) -> int:
     settings = _with_workers(_settings(args), args.workers)
     dsn = _dsn(args, settings)
     store = Store(dsn)
+    _store_for_run(args, store, args.trade)
     watchdog.default_abort()
     inputs, expected = simulator_inputs(settings)
     progress = Progress(total_bytes=expected, report=None if args.quiet else stderr_progress)
     report = TradingReport()
     start = time.perf_counter()
     with stop_reading(progress, "run"):
-        replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
-    run_summary("run", store, dsn, progress.records, time.perf_counter() - start, {})
+        counter = replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
+    run_summary("run", store, dsn, progress.records, time.perf_counter() - start, dict(counter.rows))
     trading_summary(report)
     return _finished(args, progress)
+
+
+def _store_for_run(args, store: Store | None, trading: bool) -> None:
+    """``--fresh``: drop and recreate qbtc's tables. A trading run into a store that already holds
+    trading rows stops here (one line) unless ``--append`` or ``--fresh`` says what to do."""
+    append, fresh = getattr(args, "append", False), getattr(args, "fresh", False)
+    if store is None:
+        if append or fresh:
+            msg = f"--{'append' if append else 'fresh'} needs a store (not --null-sink)"
+            raise UsageError(msg)
+        return
+    if fresh:
+        store.recreate()
+        return
+    if not trading or append:
+        return
+    held = store.trading_rows()
+    if held:
+        rows = ", ".join(f"{table} {n:,}" for table, n in held.items())
+        msg = (
+            f"store {redact(store.dsn)} already holds trading rows of another run ({rows}): add --append "
+            "to keep them and add this run's, or --fresh to drop qbtc's tables first, or give another --store"
+        )
+        raise UsageError(msg)
 
 
 def _time_arg(name: str, value: str | None) -> int | None:
@@ -478,8 +519,12 @@ def _run_topic(
 
     execution = execution_from(settings, args.process_id, args.addresses)
     if dsn is not None and execution.process_id is None:
-        Store(dsn)  # a bad DSN is a usage error now, not a failure inside the flow
+        store = Store(dsn)  # a bad DSN is a usage error now, not a failure inside the flow
+        if kind == "replay" and not execution.recovery_dir:  # a resumed replay goes on with its own rows
+            _store_for_run(args, store, args.trade)
         watchdog.default_abort()
+    elif dsn is None:
+        _store_for_run(args, None, args.trade)
     progress = Progress(report=None if args.quiet else stderr_progress)
     report = TradingReport() if args.trade else None
     start = time.perf_counter()
@@ -522,20 +567,26 @@ def _file_span(args):
 def cmd_replay(args) -> int:
     from flows.inputs import file_inputs, stderr_progress
     from flows.pipeline import TradingReport, replay
+    from flows.trading_settings import span_input
     from sources.chunk_source import Progress
 
     if args.inputs[0].startswith("kafka://"):
         return _replay_topic(args)
     settings = _with_workers(_settings(args), args.workers)
     dsn = None if args.null_sink else _dsn(args, settings)
-    inputs, total = file_inputs(args.inputs, settings, _file_span(args))
+    span = _file_span(args)
+    inputs, total = file_inputs(args.inputs, settings, span)
     store = None if dsn is None else Store(dsn)
+    _store_for_run(args, store, args.trade)
     watchdog.default_abort()
     progress = Progress(total_bytes=total, report=None if args.quiet else stderr_progress)
     report = TradingReport()
     start = time.perf_counter()
+    run_input = span_input(span.from_ts, span.to_ts)
     with stop_reading(progress, "replay"):
-        counter = replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
+        counter = replay(
+            inputs, settings, dsn, progress, trade=args.trade, report=report, run_input=run_input
+        )
     seconds = time.perf_counter() - start
     run_summary("replay", store, dsn or "", progress.records, seconds, dict(counter.rows), progress.skipped)
     trading_summary(report)
@@ -710,15 +761,56 @@ def cmd_record(args) -> int:
     return record_command(args, settings)
 
 
+READ_STATEMENTS = frozenset({"SELECT", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "WITH", "EXISTS"})
+"""What ``qbtc sql`` runs without ``--write``."""
+
+
+def statement_kind(sql: str) -> str:
+    """The first keyword of a statement, after comments and opening parentheses, in capitals.
+
+    >>> statement_kind("  -- count\\n/* x */ (select 1)"), statement_kind("drop table fills")
+    ('SELECT', 'DROP')
+    """
+    text = sql
+    while True:
+        text = text.lstrip().lstrip("(").lstrip()
+        if text.startswith("--"):
+            text = text.partition("\n")[2]
+        elif text.startswith("/*"):
+            text = text.partition("*/")[2]
+        else:
+            break
+    word = ""
+    for ch in text:
+        if not (ch.isalpha() or ch == "_"):
+            break
+        word += ch
+    return word.upper()
+
+
 def cmd_sql(args) -> int:
     settings = _settings(args)
-    store = Store(_dsn(args, settings))
+    kind = statement_kind(args.query)
+    reads = kind in READ_STATEMENTS
+    if not reads and not args.write:
+        msg = (
+            f"qbtc sql is read-only: {kind or 'this statement'} changes the store; SELECT, SHOW, "
+            "DESCRIBE, EXPLAIN and WITH run as they are, add --write to run DDL or DML"
+        )
+        raise UsageError(msg)
+    store = Store(_dsn(args, settings), must_exist=True)
     try:
-        result = store.query(args.query)
+        if reads:  # readonly=2 (the server refuses writes; settings may still change per query)
+            result = store.query(args.query, settings=None if args.write else {"readonly": 2})
+        else:
+            store.command(args.query)
     except Exception as exc:  # the database's own message is the useful part
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         msg = f"query failed: {first}"
         raise UsageError(msg) from None
+    if not reads:
+        sys.stdout.write(f"{kind}: done\n")
+        return 0
     write_table(list(result.column_names), result.result_rows, args.format)
     return 0
 

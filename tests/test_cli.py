@@ -166,7 +166,7 @@ def test_replay_with_a_span_stores_only_bars_inside_it(tmp_path):
 
 
 def test_sql_prints_a_table(tmp_path):
-    out = qbtc("sql", "SELECT 1 AS one, 'x' AS s", "--store", f"chdb://{tmp_path}/s.chdb")
+    out = qbtc("sql", "SELECT 1 AS one, 'x' AS s", "--store", "chdb://:memory:")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].split() == ["one", "|", "s"]
     assert "(1 row)" in out.stdout
@@ -215,7 +215,7 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
             "sql",
             "SELECT number FROM numbers(200000)",
             "--store",
-            f"chdb://{tmp_path}/s.chdb",
+            "chdb://:memory:",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
