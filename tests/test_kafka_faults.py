@@ -220,7 +220,8 @@ def test_twenty_sigkills_of_a_trading_stream_change_nothing(kafka_bootstrap, tmp
     ticks = published(publish(kafka_bootstrap, source, tmp_path, seconds=900, rate=40))
     ref, rec = unique("ref"), unique("rec")
     t0 = time.monotonic()
-    qbtc(*stream_args(kafka_bootstrap, source, ref, "chdb://ref.chdb"), "--quiet", cwd=tmp_path)
+    small_reads = ["--set", "kafka.consume_batch=200"]  # output moves in small steps, not in bursts
+    qbtc(*stream_args(kafka_bootstrap, source, ref, "chdb://ref.chdb"), "--quiet", *small_reads, cwd=tmp_path)
     clean_s = time.monotonic() - t0
     bar_ts = [decode(v).ts for _, v in read_topic(kafka_bootstrap, f"{ref}bars")]
     first, last = min(bar_ts), max(bar_ts)
@@ -230,7 +231,7 @@ def test_twenty_sigkills_of_a_trading_stream_change_nothing(kafka_bootstrap, tmp
 
     args = [
         *stream_args(kafka_bootstrap, source, rec, "chdb://rec.chdb"),
-        "--recovery-dir", "recovery", "--snapshot-interval", "0.2", "--quiet",
+        "--recovery-dir", "recovery", "--snapshot-interval", "0.2", "--quiet", *small_reads,
     ]  # fmt: skip
     reached: list[float] = []
     t0 = time.monotonic()
