@@ -38,7 +38,10 @@ class Interrupted(Exception):
 
 def hard_exit(command: str, why: str) -> None:
     """Write ``qbtc COMMAND: interrupted: WHY`` on fd 2 and end the process with code 130."""
-    os.write(2, f"\nqbtc {command}: interrupted: {why}\n".encode(errors="replace"))
+    line = f"qbtc {command}: interrupted: {why}\n"
+    if os.isatty(2):
+        line = "\n" + line  # after a progress line ended by \r
+    os.write(2, line.encode(errors="replace"))
     os._exit(EXIT_CODE)
 
 
@@ -55,7 +58,7 @@ def stop_reading(progress: Progress, command: str) -> Iterator[Progress]:
 
     def on_sigint(_signum, _frame) -> None:
         if progress.stop_requested:
-            hard_exit(command, "twice: stopped without flushing; the store may hold part of the last batch")
+            hard_exit(command, "a second Ctrl-C stopped it unflushed: the store holds part of what was read")
         progress.stop_requested = True
 
     previous = signal.signal(signal.SIGINT, on_sigint)

@@ -40,8 +40,8 @@ def one_line(stderr: str) -> str:
 # -- Ctrl-C -------------------------------------------------------------------
 
 
-def _interrupt(args: list[str], cwd: Path, after_progress: int = 2) -> tuple[int, str, str]:
-    """Start ``qbtc ARGS``, send SIGINT once it has reported progress ``after_progress`` times."""
+def _interrupt(args: list[str], cwd: Path, after_progress: int = 2, times: int = 1) -> tuple[int, str, str]:
+    """Start ``qbtc ARGS``, send SIGINT ``times`` once it has reported progress ``after_progress`` times."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", *args],
         cwd=cwd,
@@ -55,7 +55,9 @@ def _interrupt(args: list[str], cwd: Path, after_progress: int = 2) -> tuple[int
         seen.append(line)
         if sum(bool(PROGRESS.match(ln)) for ln in seen) >= after_progress:
             break
-    proc.send_signal(signal.SIGINT)
+    for _ in range(times):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, "".join(seen) + err
 
@@ -88,6 +90,14 @@ def test_ctrl_c_during_replay_flushes_what_was_read_and_exits_130(big_ticks, tmp
     assert _count(store, "ticks", tmp_path) == read  # every tick read is stored, none beyond
     assert _count(store, "bars", tmp_path) > 0
     assert "ticks" in out  # the summary of what was kept
+
+
+def test_a_second_ctrl_c_ends_the_replay_at_once_with_one_line(big_ticks, tmp_path):
+    store = f"chdb://{tmp_path}/s.chdb"
+    code, _, err = _interrupt(["replay", str(big_ticks), "--store", store], tmp_path, times=2)
+    line = one_line(err)
+    assert code == 130, err
+    assert line.startswith("qbtc replay: interrupted: a second Ctrl-C stopped it unflushed"), line
 
 
 def test_ctrl_c_during_run_exits_130_with_one_line(tmp_path):
