@@ -36,11 +36,13 @@ from schemas.records import (
     OperatorCommand,
     Order,
     OrderEvent,
+    PortfolioState,
     Protection,
     RiskEvent,
     Signal,
     StepMark,
     Tick,
+    VarBacktestRow,
     VenueBar,
 )
 from sources.control_file import ControlReader, append_command
@@ -259,6 +261,34 @@ def test_codec_takes_only_the_integer_1_as_version(cls, version):
         StepMark: StepMark(T, "loop", "loop", 5),
         ExecutionQuality: ExecutionQuality(T, "o1", "BTC/USDT", "buy", 1.0, 3.0, 4.0, 100.0, 100.04),
         OperatorCommand: OperatorCommand(T, "pause", "checking the venue", "ops@desk"),
+        VarBacktestRow: VarBacktestRow(
+            T,
+            "BTC/USDT",
+            "fhs",
+            "rolling",
+            1000,
+            0.05,
+            1000,
+            52,
+            0.052,
+            900,
+            48,
+            48,
+            4,
+            0.08,
+            0.77,
+            0.5,
+            0.48,
+            0.58,
+            0.75,
+            0.64,
+            "green",
+            0.02,
+            0.3,
+        ),
+        PortfolioState: PortfolioState(
+            T, 1e5, 4e4, 6e4, 6e4, 0.6, 0.01, 120.0, 160.0, 900.0, 1200.0, 700.0, 0.009, 0, "normal"
+        ),
     }
     record = samples[cls]
     obj = orjson.loads(encode(record))
