@@ -19,6 +19,7 @@ stays readable, and a write into it fails with one line saying so.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Sequence
@@ -97,17 +98,28 @@ def chdb_path(dsn: str) -> str | None:
 
 
 def _holder(path: str) -> int | None:
-    """The pid of another live process holding the chdb store at ``path`` (chDB's ``status`` file)."""
+    """The pid of another process holding the chdb store at ``path``, else None.
+
+    chDB keeps a ``status`` file in the store, locked (flock) while a process has the store
+    open, with that process's pid on its first line.
+    """
     try:
-        with open(os.path.join(path, "status"), encoding="utf-8") as f:
-            first = f.readline()
+        fd = os.open(os.path.join(path, "status"), os.O_RDONLY)
     except OSError:
         return None
-    name, _, value = first.partition(":")
-    if name.strip() != "PID" or not value.strip().isdigit():
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            first = os.read(fd, 200).decode("utf-8", "replace").partition("\n")[0]
+            name, _, value = first.partition(":")
+            if name.strip() == "PID" and value.strip().isdigit() and int(value) != os.getpid():
+                return int(value)
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return None
-    pid = int(value)
-    return pid if pid != os.getpid() and os.path.exists(f"/proc/{pid}") else None
+    finally:
+        os.close(fd)
 
 
 def redact(dsn: str) -> str:
@@ -140,6 +152,10 @@ def _client(dsn: str, must_exist: bool = False):
         if must_exist and path is not None and not os.path.isdir(path):
             msg = f"store {path} does not exist (check --store; qbtc run or replay creates a store)"
             raise StoreError(msg)
+        pid = None if path is None else _holder(path)
+        if pid is not None:  # before chDB tries: it would print its own lines on stderr
+            msg = f"store {path} in use by another qbtc process (pid {pid})"
+            raise StoreInUse(msg)
         try:
             if dsn.startswith("chdb://"):
                 if path is not None:
