@@ -206,6 +206,9 @@ def _store_fuzz(tmp_path, records: int, rate: float, seed: int) -> None:
     print(f"\nfuzz seed {seed}: {records:,} lines, mutation rate {rate}")
     clean = clean_lines(records, seed=seed)
     fuzzed = fuzzed_lines(clean, rate, seed=seed + 1)
+    for i in random.Random(seed).sample(range(records), 2):  # 1 MiB lines, whatever the rate gave
+        fuzzed[i] = clean[i] + b"," * (1 << 20) if i % 2 else bytes(random.Random(i).randbytes(1 << 20))
+    fuzzed = [x.replace(b"\n", b" ") for x in fuzzed]
     _write(tmp_path / "fuzzed.csv", fuzzed)
     started = time.perf_counter()
     out = qbtc("replay", "fuzzed.csv", "--store", "chdb://f.chdb", "--quiet", cwd=tmp_path, timeout=3600)
@@ -215,7 +218,8 @@ def _store_fuzz(tmp_path, records: int, rate: float, seed: int) -> None:
     got = final_counts("chdb://f.chdb", tmp_path)
     print(
         f"read {read:,} records in {seconds:.1f} s: {got['ticks']:,} ticks + {got['dead_letters']:,} dead "
-        f"letters (FINAL) {got['reasons']}; {blank} blank lines"
+        f"letters (FINAL) {got['reasons']}; {blank} blank lines, "
+        f"{sum(len(x) >= 1 << 20 for x in fuzzed)} lines of 1 MiB"
     )
     assert read == records - blank
     assert read == got["ticks"] + got["dead_letters"]
@@ -299,6 +303,9 @@ def _topic_fuzz(brokers: str, tmp_path, records: int, rate: float, seed: int) ->
     values = [
         mutate_message(x, rng, clean[: i + 1]) if rng.random() < rate else x for i, x in enumerate(clean)
     ]
+    for i in rng.sample(range(records), 2):  # 1 MiB messages, whatever the rate gave
+        padded = clean[i][:-1] + b',"pad":"' + b"x" * (1 << 20) + b'"}'
+        values[i] = padded if i % 2 else rng.randbytes(1 << 20)
     prefix = unique("fz")
     topic = f"{prefix}ticks"
     big = str(4 << 20)  # room for the 1 MiB messages
