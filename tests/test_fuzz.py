@@ -169,6 +169,11 @@ STORE_RECORDS = int(os.environ.get("QBTC_FUZZ_STORE_RECORDS", "50000"))
 """Lines of the CI run of the file-to-store fuzz (the slow test reads 1,000,000)."""
 TOPIC_RECORDS = int(os.environ.get("QBTC_FUZZ_TOPIC_RECORDS", "20000"))
 """Messages of the CI run of the topic fuzz (the slow test publishes 200,000)."""
+LONG = pytest.mark.skipif(
+    "'slow' not in config.getoption('markexpr') and os.environ.get('QBTC_SLOW') != '1'",
+    reason="the long version: run it with -m slow (or QBTC_SLOW=1)",
+)
+"""The long versions stay out of the default run (CI): ``pytest -m slow tests/test_fuzz.py`` runs them."""
 
 _COUNTS = """
 import json, sys
@@ -232,6 +237,7 @@ def test_fuzzed_file_through_the_command_line_is_counted_in_the_store(tmp_path):
 
 
 @pytest.mark.slow
+@LONG
 def test_a_million_fuzzed_lines_through_the_command_line_are_counted_in_the_store(tmp_path):
     _store_fuzz(tmp_path, 1_000_000, 0.3, seed=20_142)
 
@@ -351,5 +357,6 @@ def test_fuzzed_messages_on_the_ticks_topic_are_counted_in_the_store(kafka_boots
 
 @pytest.mark.kafka
 @pytest.mark.slow
+@LONG
 def test_200000_fuzzed_messages_on_the_ticks_topic_are_counted_in_the_store(kafka_bootstrap, tmp_path):
     _topic_fuzz(kafka_bootstrap, tmp_path, 200_000, 0.3, seed=20_144)
