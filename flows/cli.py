@@ -425,6 +425,12 @@ def _with_workers(settings: Settings, workers: int | None) -> Settings:
     return dataclasses.replace(settings, run=dataclasses.replace(settings.run, workers=workers))
 
 
+def _wall_ms() -> int:
+    from sources.chunk_source import wall_ms
+
+    return wall_ms()
+
+
 def cmd_run(args) -> int:
     from flows.inputs import simulator_inputs, stderr_progress
     from flows.pipeline import TradingReport, replay
@@ -440,7 +446,9 @@ def cmd_run(args) -> int:
     report = TradingReport()
     start = time.perf_counter()
     with stop_reading(progress, "run"):
-        counter = replay(inputs, settings, dsn, progress, trade=args.trade, report=report)
+        counter = replay(
+            inputs, settings, dsn, progress, trade=args.trade, report=report, live_since=_wall_ms()
+        )
     run_summary("run", store, dsn, progress.records, time.perf_counter() - start, dict(counter.rows))
     trading_summary(report)
     return _finished(args, progress)
@@ -564,6 +572,28 @@ def _file_span(args):
         raise UsageError(msg) from None
 
 
+TOPIC_OPTIONS = (
+    "from_offset",
+    "outputs",
+    "recovery_dir",
+    "snapshot_interval",
+    "metrics_port",
+    "process_id",
+    "addresses",
+)
+"""The options of ``qbtc replay`` that only a topic replay (``kafka://``) reads."""
+
+
+def _only_for_topics(args) -> None:
+    """A usage error naming the first topic-only option given to a file replay."""
+    for name in TOPIC_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
+            option = "--" + name.replace("_", "-")
+            msg = f"{option} applies to topic replays (kafka://BROKERS/TOPIC) only, not to files"
+            raise UsageError(msg)
+
+
 def cmd_replay(args) -> int:
     from flows.inputs import file_inputs, stderr_progress
     from flows.pipeline import TradingReport, replay
@@ -572,6 +602,7 @@ def cmd_replay(args) -> int:
 
     if args.inputs[0].startswith("kafka://"):
         return _replay_topic(args)
+    _only_for_topics(args)
     settings = _with_workers(_settings(args), args.workers)
     dsn = None if args.null_sink else _dsn(args, settings)
     span = _file_span(args)
@@ -618,7 +649,8 @@ def cmd_control(args) -> int:
     at = _time_arg("--at", args.at)
     path = settings.trading.control_file
     try:
-        cmd = append_command(path, args.action, args.reason, wall_ms() if at is None else at)
+        now = wall_ms()
+        cmd = append_command(path, args.action, args.reason, now if at is None else at, issued=now)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     sys.stdout.write(f"control: {cmd.command} at {cmd.ts} ({args.reason}) -> {path}\n")

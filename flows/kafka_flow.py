@@ -35,6 +35,7 @@ from schemas.codec import encode
 from sinks.kafka_producer import RecordProducer
 from sinks.output_sink import OutputSink
 from sources.chunk_source import Progress, wall_ms
+from sources.control_file import ControlScope
 from sources.control_topic import ControlTopicSettings
 from sources.kafka_ticks import KafkaTickSource, TopicRange
 from sources.tick_files import Chunk
@@ -236,7 +237,8 @@ def stream(
     With ``report`` the trading loop runs too (its tables go to the store and
     their topics) and leaves its summary there at the end of a bounded read;
     it applies the operator commands put on the ``control`` topic after this
-    call began (and those of ``trading.control_file``).
+    call began, and those of ``trading.control_file`` dated inside the data's
+    event-time span or, unbounded, issued after this call began.
 
     ``span.bounded`` makes it a replay that ends at the topic's end offsets
     found at start; otherwise it runs until stopped. ``outputs=False``
@@ -309,6 +311,7 @@ def stream(
         report=report,
         control_topic=control,
         external=external,
+        control_scope=ControlScope(None if span.bounded else started),  # a stream runs live
     )
     run_flow(flow, execution=execution)
     if progress is not None:

@@ -35,6 +35,7 @@ from operators.features.symbol_features import FeatureSettings
 from operators.trading_loop import TradingSettings
 from sinks.store_sink import RowCounter, StoreSink
 from sources.chunk_source import ChunkFactory, ChunkSource, Progress
+from sources.control_file import ControlScope
 from sources.control_topic import ControlTopicSettings
 from sources.tick_files import Chunk
 
@@ -80,6 +81,7 @@ def build_flow(
     report: TradingReport | None = None,
     control_topic: ControlTopicSettings | None = None,
     external: RemoteVenueConfig | None = None,
+    control_scope: ControlScope | None = None,
 ) -> Dataflow:
     """The dataflow from ``source`` (Chunks) to ``sink`` ((table, payload) items).
 
@@ -92,6 +94,8 @@ def build_flow(
     ``trading.control_file`` and of ``control_topic`` (streams on Kafka);
     ``external`` gives it a :class:`~flows.external_venue.RemoteVenue` (orders
     to the execution service, fills from it) instead of the paper broker.
+    ``control_scope`` says which commands of the control file are this run's
+    (default: those dated inside its event-time span).
     """
     m = MarketSettings.of(settings)
     bounds, bar_settings, feature_settings, corr_settings = m.bounds, m.bars, m.features, m.grid
@@ -149,6 +153,7 @@ def build_flow(
                 control_topic,
                 external,
                 metrics,
+                control_scope,
             ),
         )
         store_items.append(op.key_rm("unkey_loop", trading_rows))
@@ -237,17 +242,27 @@ def replay(
     trade: bool = False,
     report: TradingReport | None = None,
     run_input: str = "",
+    live_since: int | None = None,
 ) -> RowCounter:
     """Run the flow over inputs into the store at ``dsn`` (None: the null sink).
 
     ``trade`` runs the trading loop too; its summary lands in ``report``;
     ``run_input`` (the span read) goes into the run tag of its order ids.
+    ``live_since`` (wall-clock ms) makes it a live run: the loop also applies
+    the control file's commands issued from then on (``qbtc run``).
     The counter has the rows this run wrote, per table.
     """
     counter = RowCounter()
     sink = StoreSink(dsn, counter, settings.store.batch_rows)
     trading = trading_settings(settings, run_input) if trade else None
-    flow = build_flow(ChunkSource(source_inputs, progress), settings, sink, trading=trading, report=report)
+    flow = build_flow(
+        ChunkSource(source_inputs, progress),
+        settings,
+        sink,
+        trading=trading,
+        report=report,
+        control_scope=ControlScope(live_since),
+    )
     run_flow(flow, settings.run.workers)
     progress.tick(force=True)
     return counter

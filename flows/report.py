@@ -65,8 +65,26 @@ _METRIC = {"var": "VaR", "es": "ES", "qvar": "QVaR"}
 """How the summary names ``risk.breaker_metric``."""
 
 
+def control_summary(report) -> None:
+    """On stderr: one line per operator command the run applied, and how many of the control
+    file's commands it left alone (not this run's: dated outside its span, issued before it)."""
+    for e in report.controls:
+        when = datetime.fromtimestamp(e.ts / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        done = "refused" if e.action == "reject" else "applied"
+        sys.stderr.write(f"qbtc: control: {done} at {when} UTC: {e.message}\n")
+    n = report.controls_not_applied
+    if n:
+        what = "command" if n == 1 else "commands"
+        sys.stderr.write(
+            f"qbtc: control: {n} {what} of {report.control_file} not applied: not this run's "
+            "(dated outside its span, or issued before it started)\n"
+        )
+
+
 def trading_summary(report) -> None:
-    """Print a trading run's backtest summary (nothing when it did not trade)."""
+    """Print a trading run's backtest summary (nothing when it did not trade), and on stderr the
+    operator commands it applied (:func:`control_summary`)."""
+    control_summary(report)
     s = report.summary
     if s is None:
         return

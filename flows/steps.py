@@ -35,7 +35,7 @@ from schemas.codec import encode
 from schemas.records import CAPACITY, SCHEMA, Bar, DeadLetter
 from schemas.tick_columns import TickColumns
 from sources.chunk_source import wall_ms
-from sources.control_file import ControlReader
+from sources.control_file import ControlReader, ControlScope
 from sources.control_topic import ControlPosition, ControlTopicReader, ControlTopicSettings
 
 BAR_INTERVAL = "features.bar_interval (in ms)"
@@ -483,10 +483,15 @@ def _attach_venue(loop: TradingLoop, external: RemoteVenueConfig | None) -> None
 
 
 class TradingReport:
-    """Where the trading step leaves the loop's summary at the end of the input."""
+    """Where the trading step leaves the loop's summary at the end of the input, the operator
+    commands it applied (their ``control`` risk events) and those of the control file it left
+    alone (not this run's, see :class:`~sources.control_file.ControlScope`)."""
 
     def __init__(self) -> None:
         self.summary: dict | None = None
+        self.controls: list = []
+        self.controls_not_applied = 0
+        self.control_file = ""
 
 
 class TradingLogic(_Step):
@@ -510,11 +515,15 @@ class TradingLogic(_Step):
         control_topic: ControlTopicSettings | None = None,
         external: RemoteVenueConfig | None = None,
         metrics=None,
+        control_scope: ControlScope | None = None,
     ) -> None:
         self.settings = settings
         self.keep_state = keep_state
         self.report = report
         self.metrics = metrics
+        self.scope = control_scope if control_scope is not None else ControlScope()
+        if report is not None:
+            report.control_file = control_path
         position: ControlPosition | None = None
         if resume is not None:
             state = load_state(resume, self._tree(), TRADING_KEYS, fixed=TRADING_FIXED)
@@ -530,13 +539,27 @@ class TradingLogic(_Step):
     def _tree(self) -> dict:
         return {"trading": self.settings}
 
+    def _span_start(self) -> int | None:
+        """The event time the run's data begins at (its first bar's open), None before any bar."""
+        loop, d = self.loop, self.settings.bar_interval_ms
+        if loop.stats.first_ts is not None:
+            return loop.stats.first_ts - d
+        return min(loop.bars) * d if loop.bars else None
+
     def _controls(self) -> list[StoreRows]:
-        """New operator commands into the loop; unreadable ones as dead letters."""
+        """New operator commands of this run into the loop (:class:`ControlScope`); the others are
+        counted in the report; unreadable ones become dead letters."""
         dead: list[DeadLetter] = []
-        if self.control is not None:
+        start = self._span_start()
+        if self.control is not None and start is not None:  # before the first bar the span is unknown
             commands, bad = self.control.read_numbered()
+            now = self.loop.stats.last_ts if self.loop.stats.last_ts is not None else start
             for cmd in commands:
-                self.loop.add_control(cmd.ts, cmd.command, cmd.reason)
+                due = self.scope.due(cmd, start, now)
+                if due is None:
+                    self._not_applied(1)
+                else:
+                    self.loop.add_control(due, cmd.command, cmd.reason)
             now, path = wall_ms(), self.control.path
             dead.extend(DeadLetter(now, b.source(path), SCHEMA, b.problem, b.raw) for b in bad)
         if self.topic is not None:
@@ -558,12 +581,18 @@ class TradingLogic(_Step):
         events = venue.take_events() if isinstance(venue, RemoteVenue) else []
         return [StoreRows("order_events", events)] if events else []
 
+    def _not_applied(self, n: int) -> None:
+        if self.report is not None:
+            self.report.controls_not_applied += n
+
     def _observe(self, out: list[StoreRows]) -> list[StoreRows]:
-        """The portfolio's ``var_backtests`` rows into the metrics; ``out`` as it is."""
-        if self.metrics is not None:
-            for item in out:
-                if item.table == "var_backtests":
-                    self.metrics.var_backtests(item.rows)
+        """The portfolio's ``var_backtests`` rows into the metrics, the applied operator commands
+        into the report; ``out`` as it is."""
+        for item in out:
+            if item.table == "var_backtests" and self.metrics is not None:
+                self.metrics.var_backtests(item.rows)
+            if item.table == "risk_events" and self.report is not None:
+                self.report.controls.extend(e for e in item.rows if e.kind == "control")
         return out
 
     def on_batch(self, steps: list[GridStep]) -> tuple[list, bool]:
@@ -596,6 +625,7 @@ class TradingLogic(_Step):
             out.extend(self._venue_events())
             venue.close()
         out.extend(StoreRows(table, rows) for table, rows in loop.flush_backtests())
+        self._not_applied(len(loop.controls))  # dated after the data's end: never due
         if self.report is not None:
             self.report.summary = loop.summary()
         return self._observe(out), StatefulBatchLogic.RETAIN

@@ -1,13 +1,16 @@
 """Operator commands to the trading loop, kept as JSON Lines in ``trading.control_file``.
 
 ``qbtc control resume|pause|flatten --reason TEXT`` appends one line
-``{"ts": ..., "command": ..., "reason": ...}``. The flow reads the file at
-start and again whenever it grows; the trading loop applies each command at
-its first bar close at or after ``ts`` and records it as a risk event (kind
-``control``). A command is the only way out of the kill switch's pause. The
-file is an append-only log: a replay applies the commands whose ``ts`` falls
-inside its data, so delete the file (or point the setting elsewhere) to
-start clean.
+``{"ts": ..., "command": ..., "reason": ..., "issued": ...}`` (``issued``: the
+wall clock when it was given). The flow reads the file at start and again
+whenever it grows; the trading loop applies each command at its first bar
+close at or after ``ts`` and records it as a risk event (kind ``control``).
+A command is the only way out of the kill switch's pause.
+
+The file is an append-only log shared by every run, so each run applies only
+the commands that are its own (:class:`ControlScope`): those dated inside its
+event-time span, and, in a live run (``qbtc run``, ``qbtc stream``), those
+issued after it started. Older commands are left alone and counted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,35 @@ class ControlCommand:
     ts: int
     command: str
     reason: str
+    issued: int | None = None
+    """Wall-clock ms when ``qbtc control`` wrote it (None in files of older versions)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlScope:
+    """Which commands of the control file a run applies, and when.
+
+    A command is the run's when its ``ts`` lies inside the run's event-time
+    span (at or after the first bar; one dated after the last bar is never
+    due), or, in a live run (``live_since``: the wall-clock ms it started),
+    when it was issued after the run started: then it applies at the loop's
+    next bar close, or at its ``--at`` time when one was given.
+
+    >>> scope = ControlScope(live_since=1_000)
+    >>> old, new = ControlCommand(500, "pause", "x", 500), ControlCommand(2_000, "pause", "x", 2_000)
+    >>> scope.due(old, span_start=100, now=150), scope.due(new, span_start=100, now=150)
+    (500, 150)
+    >>> ControlScope().due(ControlCommand(50, "pause", "x", 2_000), span_start=100, now=150) is None
+    True
+    """
+
+    live_since: int | None = None
+
+    def due(self, cmd: ControlCommand, span_start: int, now: int) -> int | None:
+        """The event time ``cmd`` applies at in this run, or None when it is not this run's."""
+        if self.live_since is not None and cmd.issued is not None and cmd.issued >= self.live_since:
+            return now if cmd.ts == cmd.issued else cmd.ts  # ts == issued: no --at given
+        return cmd.ts if cmd.ts >= span_start else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +74,27 @@ class BadLine:
         return f"{path}:{self.line}"
 
 
-def append_command(path: str, command: str, reason: str, ts: int) -> ControlCommand:
-    """Append a command to the control file (created with its directory)."""
+def append_command(
+    path: str, command: str, reason: str, ts: int, issued: int | None = None
+) -> ControlCommand:
+    """Append a command to the control file (created with its directory).
+
+    ``ts`` is when it applies (event time), ``issued`` the wall clock now
+    (what makes it a live run's, see :class:`ControlScope`).
+    """
     if command not in COMMANDS:
         msg = f"unknown control command {command!r} (expected {', '.join(COMMANDS)})"
         raise ValueError(msg)
     if not reason.strip():
         msg = "a control command needs a reason"
         raise ValueError(msg)
-    cmd = ControlCommand(ts, command, reason.strip())
+    cmd = ControlCommand(ts, command, reason.strip(), issued)
+    line = {"ts": cmd.ts, "command": cmd.command, "reason": cmd.reason}
+    if issued is not None:
+        line["issued"] = issued
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "ab") as fh:
-        fh.write(orjson.dumps({"ts": cmd.ts, "command": cmd.command, "reason": cmd.reason}) + b"\n")
+        fh.write(orjson.dumps(line) + b"\n")
     return cmd
 
 
@@ -73,7 +114,7 @@ class ControlReader:
     ([], [])
     >>> _ = append_command(path, "resume", "checked the book", 5)
     >>> r.read()[0]
-    [ControlCommand(ts=5, command='resume', reason='checked the book')]
+    [ControlCommand(ts=5, command='resume', reason='checked the book', issued=None)]
     >>> r.read()
     ([], [])
     """
@@ -109,8 +150,11 @@ class ControlReader:
                 continue
             try:
                 obj = orjson.loads(line)
-                cmd = ControlCommand(int(obj["ts"]), str(obj["command"]), str(obj["reason"]))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                issued = obj.get("issued")
+                if issued is not None and (isinstance(issued, bool) or not isinstance(issued, int)):
+                    raise TypeError(f"issued must be an integer (epoch ms), got {issued!r}")  # noqa: EM102
+                cmd = ControlCommand(int(obj["ts"]), str(obj["command"]), str(obj["reason"]), issued)
+            except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
                 bad.append((k, line, f"unreadable control command: {exc}"))
                 continue
             if cmd.command not in COMMANDS:
