@@ -30,6 +30,7 @@ def test_license_is_apache_2_with_the_authors_copyright():
     assert re.search(r"^\s+Copyright \d{4} the qbtc authors$", text, re.MULTILINE)
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'license = { text = "Apache-2.0" }' in pyproject
+    assert "Apache License 2.0 (`LICENSE`)" in (ROOT / "README.md").read_text()
 
 
 def test_version_comes_from_the_package_metadata():
@@ -37,6 +38,7 @@ def test_version_comes_from_the_package_metadata():
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"qbtc {version('qbtc')}\n"
     assert out.stderr == ""
+    assert "`qbtc --version` prints the installed version" in (ROOT / "README.md").read_text()
 
 
 # --- the metric definitions ------------------------------------------------------------------------
