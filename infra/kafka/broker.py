@@ -2,7 +2,7 @@
 
 No Docker and no release tarball: ``ensure_jars`` copies Kafka's runtime jars (plus log4j2) into a
 cache once with ``mvn dependency:copy-dependencies``; ``up`` formats the storage and starts one or
-three combined broker+controller JVMs in the background. Layout of ``data_dir``::
+more (three for fault tests) combined broker+controller JVMs in the background. Layout of ``data_dir``::
 
     cluster.json                cluster id and node count, reused on restart
     broker.json                 the ports, node count and heap ``up`` last started it with: the
@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 LOG4J_CONFIG = HERE / "log4j2.yaml"
 PORT_STRIDE = 2
+MAX_NODES = 9
 QUORUM_LOST_GRACE_S = 8.0
 log = logging.getLogger(__name__)
 _QUIET = logging.getLogger(f"{__name__}.librdkafka")  # connection-refused chatter while polling
@@ -65,7 +66,10 @@ class BrokerSettings:
     controller_port
         Controller (KRaft quorum) port of node 1; node ``i`` uses ``controller_port + 2 * (i - 1)``.
     nodes
-        1 (combined broker+controller) or 3 (three combined nodes, replication factor 3).
+        Combined broker+controller nodes, 1 to 9 (all voters of the KRaft quorum). With ``n``
+        nodes the internal topics and the default replication factor are ``min(n, 3)`` and
+        min.insync.replicas ``max(1, min(n, 3) - 1)``: three nodes give replication 3 and
+        min.insync.replicas 2, so one node may die without stopping ``acks=all`` producers.
     heap_mb
         JVM heap per node (-Xms and -Xmx), in MiB.
     host
@@ -82,10 +86,12 @@ class BrokerSettings:
     --------
     >>> BrokerSettings(nodes=3).client_ports
     (9092, 9094, 9096)
-    >>> BrokerSettings(nodes=2)
+    >>> BrokerSettings(nodes=5).controller_ports
+    (9093, 9095, 9097, 9099, 9101)
+    >>> BrokerSettings(nodes=0)
     Traceback (most recent call last):
     ...
-    ValueError: nodes must be 1 or 3, got 2
+    ValueError: nodes must lie in 1..9, got 0
     >>> BrokerSettings(sasl_port=9192, sasl_users=(("qbtc", "s3cret"),)).sasl_ports
     (9192,)
     >>> BrokerSettings(sasl_port=9192)
@@ -105,10 +111,12 @@ class BrokerSettings:
     sasl_users: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= MAX_NODES:  # before the ports: they depend on it
+            msg = f"nodes must lie in 1..{MAX_NODES}, got {self.nodes}"
+            raise ValueError(msg)
         ports = self.client_ports + self.controller_ports + self.sasl_ports
         plain = all(name and not set(name + password) & set('"\\;= ') for name, password in self.sasl_users)
         checks = (
-            (self.nodes in (1, 3), f"nodes must be 1 or 3, got {self.nodes}"),
             (bool(self.data_dir) and bool(self.host), "data_dir and host must not be empty"),
             (1 <= min(ports) and max(ports) <= 65535, f"ports {ports} must lie in 1..65535"),
             (
@@ -219,7 +227,8 @@ def server_properties(settings: BrokerSettings, node_id: int) -> dict[str, str]:
     if settings.sasl_port:
         listeners += f",SASL_PLAINTEXT://{host}:{settings.sasl_ports[node_id - 1]}"
         protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
-    rf, isr = (3, 2) if settings.nodes == 3 else (1, 1)
+    rf = min(settings.nodes, 3)
+    isr = max(1, rf - 1)
     props = {
         "process.roles": "broker,controller",
         "node.id": node_id,
@@ -257,7 +266,7 @@ def server_properties(settings: BrokerSettings, node_id: int) -> dict[str, str]:
                 f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
             ),
         }
-    if settings.nodes == 3:  # notice a dead node within seconds, for fault tests
+    if settings.nodes > 1:  # notice a dead node within seconds, for fault tests
         props |= {
             "broker.heartbeat.interval.ms": 1000,
             "broker.session.timeout.ms": 6000,
@@ -641,7 +650,11 @@ def configure(subparsers: argparse._SubParsersAction) -> None:
         "both ports",
     )
     common.add_argument(
-        "--nodes", type=int, choices=(1, 3), help=f"1, or 3 for fault tests (default: {last} {d.nodes})"
+        "--nodes",
+        type=int,
+        choices=range(1, MAX_NODES + 1),
+        metavar="N",
+        help=f"nodes, 1..{MAX_NODES}; 3 for fault tests (default: {last} {d.nodes})",
     )
     common.add_argument("--heap-mb", type=int, help=f"JVM heap per node (default: {last} {d.heap_mb})")
     for name, func, text in _COMMANDS:
