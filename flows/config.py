@@ -351,7 +351,7 @@ OTHER_ENV = frozenset(
     }
 )
 """``QBTC_*`` variables that are not config keys: the Kafka jar cache and the API keys."""
-TEST_ENV_PREFIXES = ("QBTC_TEST_", "QBTC_FUZZ_", "QBTC_KILL")
+TEST_ENV_PREFIXES = ("QBTC_TEST_", "QBTC_FUZZ_", "QBTC_KILL", "QBTC_SLOW")
 """``QBTC_*`` knobs of the test suite (``tests/``), which qbtc itself never reads."""
 
 

@@ -172,6 +172,20 @@ def test_an_unknown_qbtc_variable_is_an_error_naming_the_nearest_key(tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+def test_every_qbtc_variable_the_test_suite_reads_is_accepted():
+    """Test knobs reach the CLI subprocesses through the environment: none may be refused."""
+    import re
+
+    from flows.config import _env_overrides
+
+    read = set()
+    for path in (ROOT / "tests").glob("*.py"):
+        read |= set(re.findall(r"environ(?:\.get\(|\[)\s*[\"'](QBTC_[A-Z0-9_]+)", path.read_text()))
+    assert {"QBTC_TEST_KAFKA", "QBTC_FUZZ_RECORDS"} <= read
+    for name in sorted(read):
+        _env_overrides({name: "1"})  # no ConfigError
+
+
 # --- (e) options that do not apply ------------------------------------------------------------------
 
 
