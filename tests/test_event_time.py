@@ -350,3 +350,19 @@ def test_time_guard_shortcut_agrees_with_the_arrival_order_check(seed, monkeypat
     slow = run(False)
     assert fast == slow
     assert any(rejected for _, rejected in fast[0])  # the input does exercise the bounds
+
+
+def test_corrupt_timestamps_in_a_row_hours_apart_do_not_confirm_a_jump():
+    """Three ticks far ahead in time order but hours apart are corrupt, not a jump (a fuzzed file once
+    moved its clock a day ahead that way, and 72% of the rest became ``late`` dead letters)."""
+    guard = TimeGuard(TimeBounds(max_ahead_ms=1000, confirm_ticks=3))
+    hour = 3_600_000
+    ts = [10_000, 10_100, 10_000 + hour, 10_000 + 5 * hour, 10_000 + 9 * hour, 10_200, 10_300]
+    kept, rejected = guard.check([TickColumns.from_ticks([Tick(t, "A/B", 1.0, 1.0) for t in ts], "f")])
+    assert [t for c in kept for t in c.ts.tolist()] == [10_000, 10_100, 10_200, 10_300]
+    assert sorted(r[1] for r in rejected) == [2, 3, 4] and {r[2] for r in rejected} == {"time"}
+    close = [10_000, 10_000 + hour, 10_500 + hour, 11_000 + hour, 11_100 + hour]  # a real jump: kept
+    kept, rejected = TimeGuard(TimeBounds(max_ahead_ms=1000, confirm_ticks=3)).check(
+        [TickColumns.from_ticks([Tick(t, "A/B", 1.0, 1.0) for t in close], "f")]
+    )
+    assert [t for c in kept for t in c.ts.tolist()] == close and rejected == []

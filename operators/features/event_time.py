@@ -41,9 +41,11 @@ class TimeBounds:
         A tick more than this ahead of the newest tick its partition has
         delivered is held as a suspect (the partition's first tick sets the
         start); it is accepted when ``confirm_ticks`` ticks in a row are all
-        that far ahead, in time order (the input really jumped: an outage,
-        a quiet market), and is a ``time`` dead letter otherwise (a corrupt
-        timestamp: the next tick is back in time).
+        that far ahead, in time order and each within ``max_ahead_ms`` of
+        the one before (the input really jumped: an outage, a quiet market),
+        and is a ``time`` dead letter otherwise (a corrupt timestamp: the
+        next tick is back in time, or far from it: two corrupt timestamps
+        in a row, hours apart, once moved a fuzzed file's clock a day ahead).
     max_behind_ms
         A symbol's first tick more than this behind the partition's newest
         tick is a ``time`` dead letter (the symbol stays new).
@@ -201,8 +203,8 @@ class TimeGuard:
         for t, i, r in zip(ts_o.tolist(), which.tolist(), row.tolist(), strict=True):
             symbol = batches[i].symbol
             if t > newest + b.max_ahead_ms:
-                if suspects and t < suspects[-1][2]:
-                    reject_suspects("and the next ticks are not in time order")
+                if suspects and not 0 <= t - suspects[-1][2] <= b.max_ahead_ms:
+                    reject_suspects("and the next ticks are not in time order close to it")
                 suspects.append((i, r, t))
                 if len(suspects) >= b.confirm_ticks:  # the input really jumped ahead
                     for si, sr, st in suspects:
