@@ -4,6 +4,12 @@ Mutations are unrestricted: bit flips anywhere (timestamps included),
 truncation, random bytes, wrong types, huge numbers, 1 MB lines, repeats.
 ``QBTC_FUZZ_RECORDS`` sets the size (default 100,000; the note's figures
 use 1,000,000).
+
+Through the command line into a chDB store (``qbtc replay FILE``: 50,000
+lines by default, 1,000,000 with ``-m slow``) and through the ticks topic
+(``qbtc stream --until-end``: 20,000 messages, 200,000 with ``-m slow``),
+records read equal the rows of ``ticks`` plus ``dead_letters`` read with
+FINAL, exactly (a repeated trade is a ``duplicate`` dead letter).
 """
 
 from __future__ import annotations
