@@ -206,7 +206,7 @@ def settings_from_table(cls, table: Mapping, where: str):
     >>> settings_from_table(ATRSettings, {"period": 0}, "strategies.mine")
     Traceback (most recent call last):
     ...
-    flows.config_values.ConfigError: strategies.mine.period must be an int >= 1, got 0
+    flows.config_values.ConfigError: strategies.mine.period must be an int in [1, 10000000], got 0
     """
     return build_settings(cls, table, where, {})
 
