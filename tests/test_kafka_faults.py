@@ -367,7 +367,9 @@ def test_a_full_store_filesystem_ends_a_trading_stream_with_one_line_and_a_resta
                     d.chmod(0o755)
         final = qbtc(*args, cwd=tmp_path)
         resumed = int(re.search(r"stream: ([\d,]+) records", final.stdout).group(1).replace(",", ""))
-        print(f"the restart read {resumed} of {ticks} ticks (an epoch committed before the fault: {committed})")  # noqa: E501
+        print(
+            f"the restart read {resumed} of {ticks} ticks (an epoch committed before the fault: {committed})"
+        )
         assert 0 < resumed <= ticks
         if committed:
             assert resumed < ticks  # it resumed after the committed epoch, not from the start
