@@ -14,6 +14,15 @@ from flows.pipeline import build_flow, run_flow
 from schemas.tick_columns import SIDES
 from sources.chunk_source import ChunkSource, Progress
 
+SHORT_TRADING = [
+    "simulator.duration_s=900",
+    "simulator.symbols=4",
+    "features.window=60",
+    "features.corr_window=60",
+    "features.corr_every=10",
+]
+"""A short simulated market that trades (15 minutes, 4 symbols, windows of 60): the trading tests' input."""
+
 
 def run_files(paths: list[str], overrides: list[str] | None = None, workers: int = 1):
     """Tables (as DataFrames) the flow produces from tick files, plus records read."""

@@ -18,16 +18,11 @@ from flows.pipeline import TradingReport, build_flow, run_flow
 from flows.trading_settings import trading_settings
 from sources.chunk_source import ChunkSource, Progress
 from sources.control_file import ControlCommand, ControlReader, ControlScope, append_command
+from tests.flow_harness import SHORT_TRADING
 
 ROOT = Path(__file__).resolve().parent.parent
 START = 1_700_000_000_000  # the simulator's first tick
-SHORT = [
-    "simulator.duration_s=900",
-    "simulator.symbols=4",
-    "features.window=60",
-    "features.corr_window=60",
-    "features.corr_every=10",
-]
+SHORT = SHORT_TRADING
 
 
 def qbtc(*args, cwd):

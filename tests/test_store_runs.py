@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.flow_harness import SHORT_TRADING
 from tests.kafka_helpers import qbtc
 
-SHORT = [
-    "simulator.duration_s=900",
-    "simulator.symbols=4",
-    "features.window=60",
-    "features.corr_window=60",
-    "features.corr_every=10",
-]
+SHORT = SHORT_TRADING
 SETS = [a for s in SHORT for a in ("--set", s)]
 ENGINE_OFF = ["--set", "risk.enabled=false"]
 

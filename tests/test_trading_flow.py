@@ -10,15 +10,10 @@ from flows.pipeline import TradingReport, build_flow, run_flow
 from flows.trading_settings import trading_settings
 from sources.chunk_source import ChunkSource, Progress
 from sources.control_file import append_command
+from tests.flow_harness import SHORT_TRADING
 
 TRADING_TABLES = ("signals", "risk_events", "orders", "fills", "portfolio", "var_backtests", "dead_letters")
-SHORT = [
-    "simulator.duration_s=900",
-    "simulator.symbols=4",
-    "features.window=60",
-    "features.corr_window=60",
-    "features.corr_every=10",
-]
+SHORT = SHORT_TRADING
 
 
 def _run(overrides: list[str], workers: int = 1) -> tuple[dict[str, list], dict]:
