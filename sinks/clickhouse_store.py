@@ -204,15 +204,22 @@ class Store:
         self.dsn = dsn
         self.client = _client(dsn, must_exist)
         self.lock = threading.Lock()
-        for table in TABLES.values():
-            self.command(table.create_sql())
-        self.stale_keys: dict[str, str] = self._migrate()
-
-    def _migrate(self) -> dict[str, str]:
-        """Add the columns an older qbtc's tables lack; the tables whose key differs, with that key."""
         db = "database = currentDatabase()"
+        keys = dict(self.query(f"SELECT name, sorting_key FROM system.tables WHERE {db}").result_rows)
+        for table in TABLES.values():
+            if table.name not in keys:
+                self.command(table.create_sql())
+        self.stale_keys: dict[str, str] = self._migrate(keys) if keys.keys() & TABLES.keys() else {}
+
+    def _migrate(self, keys: dict[str, str]) -> dict[str, str]:
+        """Add the columns an older qbtc's tables lack; the tables whose key differs, with that key.
+
+        ``keys``: the sorting key of every table the store held when it opened.
+        """
         have: dict[str, set[str]] = {}
-        for table, column in self.query(f"SELECT table, name FROM system.columns WHERE {db}").result_rows:
+        for table, column in self.query(
+            "SELECT table, name FROM system.columns WHERE database = currentDatabase()"
+        ).result_rows:
             have.setdefault(table, set()).add(column)
         for table in TABLES.values():
             for name, ctype in table.columns:
@@ -220,7 +227,7 @@ class Store:
                     column = f"`{name}` {ctype}" + (" DEFAULT nan" if ctype == "Float64" else "")
                     self.command(f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {column}")
         stale = {}
-        for name, key in self.query(f"SELECT name, sorting_key FROM system.tables WHERE {db}").result_rows:
+        for name, key in keys.items():
             table = TABLES.get(name)
             key = key.replace(" ", "").removeprefix("(").removesuffix(")")  # "(source)" for one column
             if table is not None and key != ",".join(table.key):
@@ -238,13 +245,12 @@ class Store:
 
     def trading_rows(self) -> dict[str, int]:
         """Rows of trading runs already in the store, per table (tables without any left out)."""
-        out = {}
-        for name, where in TRADING_TABLES.items():
-            cond = f" WHERE {where}" if where else ""
-            n = int(self.query(f"SELECT count() FROM {name}{cond}").result_rows[0][0])
-            if n:
-                out[name] = n
-        return out
+        sql = " UNION ALL ".join(
+            f"SELECT '{name}', count() FROM {name}" + (f" WHERE {where}" if where else "")
+            for name, where in TRADING_TABLES.items()
+        )
+        got = {name: int(n) for name, n in self.query(sql).result_rows}
+        return {name: got[name] for name in TRADING_TABLES if got.get(name)}
 
     def recreate(self) -> None:
         """Drop qbtc's tables and create them empty (``--fresh``)."""
@@ -291,6 +297,6 @@ class Store:
     def counts(self, final: bool = True) -> dict[str, int]:
         """Rows per table (merged with FINAL unless told otherwise)."""
         fin = " FINAL" if final else ""
-        return {
-            name: int(self.query(f"SELECT count() FROM {name}{fin}").result_rows[0][0]) for name in TABLES
-        }
+        sql = " UNION ALL ".join(f"SELECT '{name}', count() FROM {name}{fin}" for name in TABLES)
+        got = {name: int(n) for name, n in self.query(sql).result_rows}
+        return {name: got[name] for name in TABLES}

@@ -14,18 +14,54 @@ was last taken.
 
 from __future__ import annotations
 
-from river import drift
+import importlib.util
+import os
+import sys
+
+import river
 
 BP = 10_000.0
 
 
+def _adwin_class() -> type:
+    """River's ``river.drift.ADWIN`` class, without running ``river.drift``'s package init.
+
+    That init imports every detector, KSWIN among them and with it
+    ``scipy.stats`` and pandas: a second of start-up for one class. The
+    module ``river/drift/adwin.py`` imports only River's Rust core and
+    ``river.base``, so it is loaded on its own under its own name; a later
+    ``import river.drift`` finds it in ``sys.modules`` and uses the same class.
+    """
+    name = "river.drift.adwin"
+    module = sys.modules.get(name)
+    if module is None:
+        path = os.path.join(os.path.dirname(river.__file__), "drift", "adwin.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return module.ADWIN
+
+
+ADWIN = _adwin_class()
+
+
 class DriftFlag:
-    """One ``river.drift.ADWIN()`` (default parameters) fed ``|r| * 10000``."""
+    """One ``river.drift.ADWIN()`` (default parameters) fed ``|r| * 10000``.
+
+    >>> import river.drift
+    >>> river.drift.ADWIN is ADWIN
+    True
+    """
 
     __slots__ = ("_adwin", "_seen")
 
     def __init__(self) -> None:
-        self._adwin = drift.ADWIN()
+        self._adwin = ADWIN()
         self._seen = False
 
     def update(self, ret: float) -> None:
