@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from schemas.records import Bar, Correlation, DeadLetter, Feature
+from schemas.correlation_rows import CorrelationRows
+from schemas.records import Bar, DeadLetter, Feature
 from schemas.tick_columns import TickColumns
 
 
@@ -96,12 +97,12 @@ class GridStep:
     """What the trading loop needs from a batch of the grid step, in the grid's order.
 
     ``trades`` are each symbol's new bars and features, ``correlations`` the
-    rows just made, ``done`` the last grid step every symbol has made final
-    (None: no new final step).
+    rows just made (they read as :class:`~schemas.records.Correlation` records),
+    ``done`` the last grid step every symbol has made final (None: no new final step).
     """
 
     trades: tuple[tuple[str, TradeInput], ...]
-    correlations: list[Correlation]
+    correlations: CorrelationRows
     done: int | None
     final: bool = False
     """Made by the end of a bounded read, not by new input."""

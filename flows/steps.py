@@ -32,6 +32,7 @@ from operators.features.event_time import PartitionMerge, SymbolCapacity, TimeBo
 from operators.features.symbol_features import FeatureSettings, SymbolFeatures
 from operators.trading_loop import TradingLoop, TradingSettings
 from schemas.codec import encode
+from schemas.correlation_rows import CorrelationRows
 from schemas.records import CAPACITY, SCHEMA, Bar, DeadLetter
 from schemas.tick_columns import TickColumns
 from sources.chunk_source import wall_ms
@@ -413,8 +414,9 @@ class GridLogic(_Step):
     def _tree(self) -> dict:
         return {"grid": self.settings}
 
-    def _out(self, out: list, correlations: list, trades: tuple, done: int | None, final: bool) -> None:
-        rows = StoreRows("correlations", correlations) if correlations else None
+    def _out(self, out: list, blocks: list, trades: tuple, done: int | None, final: bool) -> None:
+        correlations = CorrelationRows(tuple(blocks))  # columns: no object per pair unless read so
+        rows = StoreRows("correlations", correlations) if blocks else None
         step = GridStep(trades, correlations, done, final) if self.trading else None
         if rows is not None or step is not None:
             out.append(GridOut(rows, step))
@@ -433,10 +435,10 @@ class GridLogic(_Step):
             if final:
                 self._keep_final()
             elif self._final is not None:
-                self._also_saved(lambda g, part=part: [g.update(*_grid_args(p)) for p in part])
+                self._also_saved(lambda g, part=part: [g.update_blocks(*_grid_args(p)) for p in part])
             rows: list = []
             for p in part:
-                rows.extend(grid.update(*_grid_args(p)))
+                rows.extend(grid.update_blocks(*_grid_args(p)))
             trades = tuple((p.symbol, p.trade) for p in part if p.trade is not None)
             self._out(out, rows, trades, grid.done, final)
             start = end
@@ -445,7 +447,7 @@ class GridLogic(_Step):
     def on_eof(self) -> tuple[list, bool]:
         self._keep_final()
         out: list[GridOut] = []
-        self._out(out, self.grid.finish(), (), None, True)
+        self._out(out, self.grid.finish_blocks(), (), None, True)
         return out, StatefulBatchLogic.RETAIN
 
     def _state(self):

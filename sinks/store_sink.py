@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from schemas.correlation_rows import CorrelationBlock, CorrelationRows, block_columns
 from schemas.ddl import TABLES
 from schemas.records import (
     Bar,
@@ -110,6 +111,17 @@ def record_columns(table: str, records: list) -> dict:
     return {name: [getattr(r, name) for r in records] for name in _RECORD_FIELDS[table]}
 
 
+def correlation_columns(parts: list) -> dict:
+    """Columns of the ``correlations`` table from :class:`CorrelationRows` (and any single records)."""
+    blocks: list[CorrelationBlock] = []
+    for part in parts:
+        if isinstance(part, CorrelationRows):
+            blocks.extend(part.blocks)
+        else:
+            blocks.append(CorrelationBlock(part.ts, (part.symbol_a, part.symbol_b), np.array([part.corr])))
+    return block_columns(blocks)
+
+
 class StoreWriter:
     """Buffers rows per table and writes a table once it holds ``batch_rows``.
 
@@ -140,6 +152,11 @@ class StoreWriter:
             if n == 0:
                 return
             self.buffers[table].append(payload)
+        elif isinstance(payload, CorrelationRows):  # kept as columns: no object per pair
+            n = len(payload)
+            if n == 0:
+                return
+            self.buffers[table].append(payload)
         else:
             n = len(payload)
             if n == 0:
@@ -157,7 +174,12 @@ class StoreWriter:
         if self.store is None:
             self.counter.add(table, n)
             return
-        cols = tick_columns(parts) if table == "ticks" else record_columns(table, parts)
+        if table == "ticks":
+            cols = tick_columns(parts)
+        elif table == "correlations":
+            cols = correlation_columns(parts)
+        else:
+            cols = record_columns(table, parts)
         while len(self.pending) >= 2:
             self.pending.popleft().result()
         self.pending.append(self.pool.submit(self._write, table, cols, n))

@@ -3,6 +3,11 @@
 Symbols report their closed bars and how far their grid is final
 (``closed_through``); the grid index advances only as far as every known
 symbol is final, so the output does not depend on how symbols interleave.
+
+Each emitting grid index gives one :class:`~schemas.correlation_rows.CorrelationBlock`
+(the whole matrix as columns, computed at once from the co-moments):
+:meth:`CorrelationGrid.update_blocks` returns those, :meth:`CorrelationGrid.update`
+the same rows as :class:`~schemas.records.Correlation` records.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from operators.features.grid_returns import GridReturns
 from operators.features.rolling_correlation import RollingCorrelation
+from schemas.correlation_rows import CorrelationBlock, pair_indices
 from schemas.records import Correlation
 from schemas.settings import MAX_WINDOW, check_settings, setting
 
@@ -36,6 +44,10 @@ class CorrelationSettings:
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+
+_UNKNOWN = float("-inf")  # a symbol that has not said how far it is final: below every index
+_CACHES = ("_lowest", "_at_lowest", "_by_name")  # derived from the state, not saved with it
 
 
 class _Zeros:
@@ -113,12 +125,31 @@ class CorrelationGrid:
         self.rc = RollingCorrelation(settings.window)
         self.done: int | None = None  # last grid index processed
         self.max_bar: int | None = None
+        self._clear_caches()
 
-    def _advance_known(self) -> list[Correlation]:
-        known = [s.known_through for s in self.slots.values()]
-        if not known or None in known:
+    def _clear_caches(self) -> None:
+        self._lowest: float | None = None  # min known_through (_UNKNOWN for None); None: to compute
+        self._at_lowest = 0  # slots whose known_through is _lowest
+        self._by_name: list[tuple[str, _Slot]] | None = None  # slots in string order of names
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key not in _CACHES}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._clear_caches()
+
+    def _advance_known(self) -> list[CorrelationBlock]:
+        """Advance as far as every known symbol is final: O(1) unless the slowest symbol moved."""
+        if self._lowest is None:
+            known = [_UNKNOWN if s.known_through is None else s.known_through for s in self.slots.values()]
+            if not known:
+                return []
+            self._lowest = min(known)
+            self._at_lowest = known.count(self._lowest)
+        if self._lowest == _UNKNOWN:
             return []
-        return self._advance(min(known))
+        return self._advance(self._lowest)
 
     def _slot(self, symbol: str) -> _Slot:
         slot = self.slots.get(symbol)
@@ -126,6 +157,7 @@ class CorrelationGrid:
             slot = _Slot(self.rc.add_column())
             self.slots[symbol] = slot
             self.names.append(symbol)
+            self._clear_caches()
         return slot
 
     def update(
@@ -141,6 +173,16 @@ class CorrelationGrid:
         grid waits for their own report before it moves on, so the order in
         which symbols are processed cannot change the output.
         """
+        return _records(self.update_blocks(symbol, bars, closed_through, peers))
+
+    def update_blocks(
+        self,
+        symbol: str,
+        bars: list[tuple[int, float]],
+        closed_through: int,
+        peers: tuple[str, ...] = (),
+    ) -> list[CorrelationBlock]:
+        """:meth:`update`, its rows as one block per emitting grid index."""
         for peer in peers:
             self._slot(peer)
         slot = self._slot(symbol)
@@ -149,18 +191,29 @@ class CorrelationGrid:
             if step is not None:
                 self._extend(slot, k, *step)
             self.max_bar = k if self.max_bar is None else max(self.max_bar, k)
-        if slot.known_through is None or closed_through > slot.known_through:
+        old = slot.known_through
+        if old is None or closed_through > old:
             slot.known_through = closed_through
+            moved = closed_through is not None  # (None: still unknown)
+            if moved and self._lowest is not None and (_UNKNOWN if old is None else old) == self._lowest:
+                self._at_lowest -= 1
+                if not self._at_lowest:
+                    self._lowest = None  # the slowest symbol moved: find the next one
             self._extend(slot, closed_through, slot.grid.extend_to(closed_through), None)
         return self._advance_known()
 
     def finish(self) -> list[Correlation]:
         """End of input: forward-fill every symbol to the run's last index."""
+        return _records(self.finish_blocks())
+
+    def finish_blocks(self) -> list[CorrelationBlock]:
+        """:meth:`finish`, its rows as blocks (see :meth:`update_blocks`)."""
         if self.max_bar is None:
             return []
         for slot in self.slots.values():
             slot.known_through = self.max_bar
             self._extend(slot, self.max_bar, slot.grid.extend_to(self.max_bar), None)
+        self._lowest = None
         return self._advance(self.max_bar)
 
     def _extend(self, slot: _Slot, k: int, zeros: int, ret: float | None) -> None:
@@ -179,13 +232,15 @@ class CorrelationGrid:
             slot.next_k += stale
             self.rc.set_recent(slot.col, back)
 
-    def _advance(self, target: int) -> list[Correlation]:
-        out: list[Correlation] = []
+    def _advance(self, target: int) -> list[CorrelationBlock]:
+        out: list[CorrelationBlock] = []
         if self.done is None:
             starts = [s.next_k for s in self.slots.values() if s.next_k is not None]
             if not starts:
                 return out
             self.done = min(starts) - 1
+        if self.done >= target:
+            return out
         st = self.settings
         slots = list(self.slots.values())
         while self.done < target:
@@ -200,7 +255,9 @@ class CorrelationGrid:
             self.rc.update(row)
             self.done = k
             if k % st.every == 0:
-                out.extend(self._emit(k))
+                block = self._emit(k)
+                if block is not None:
+                    out.append(block)
         return out
 
     def _skip_gap(self, slots: list[_Slot], k: int, target: int) -> bool:
@@ -238,20 +295,28 @@ class CorrelationGrid:
         self.done = k + m - 1
         return True
 
-    def _emit(self, k: int) -> list[Correlation]:
+    def _emit(self, k: int) -> CorrelationBlock | None:
+        """Every ready pair at grid index k, from the co-moment matrix at once."""
         wc = self.settings.window
         if self.rc.n < wc:
-            return []
-        constant = self.rc.constant()
-        ready = sorted(
-            name
-            for name, s in self.slots.items()
-            if s.grid.first is not None and s.grid.first <= k - wc and not constant[s.col]
-        )
-        ts = k * self.settings.bar_interval_ms
-        out = []
-        for i, a in enumerate(ready):
-            ca = self.slots[a].col
-            for b in ready[i + 1 :]:
-                out.append(Correlation(ts, a, b, self.rc.corr(ca, self.slots[b].col)))
-        return out
+            return None
+        constant = self.rc.constant().tolist()
+        if self._by_name is None:
+            self._by_name = sorted(self.slots.items(), key=lambda item: item[0])
+        start = k - wc
+        names, cols = [], []
+        for name, s in self._by_name:
+            first = s.grid.first
+            if first is not None and first <= start and not constant[s.col]:
+                names.append(name)
+                cols.append(s.col)
+        if len(names) < 2:
+            return None
+        i, j = pair_indices(len(cols))
+        col = np.array(cols, dtype=np.intp)
+        corr = self.rc.corr_pairs(col[i], col[j])
+        return CorrelationBlock(k * self.settings.bar_interval_ms, tuple(names), corr)
+
+
+def _records(blocks: list[CorrelationBlock]) -> list[Correlation]:
+    return [row for block in blocks for row in block]

@@ -127,11 +127,31 @@ class RollingCorrelation:
         self._since = 0
 
     def constant(self) -> np.ndarray:
-        """Boolean per column: all values in the window are equal."""
-        x = self.rows()
+        """Boolean per column: all values in the window are equal.
+
+        Any row of the window serves as the reference: no roll into age order.
+        """
+        x = self.ring[: self.n]
         return (x == x[0]).all(axis=0) if len(x) else np.ones(self.columns, dtype=bool)
 
     def corr(self, a: int, b: int) -> float:
         """Pearson correlation of columns a and b (window assumed full)."""
         den = np.sqrt(self.com[a, a] * self.com[b, b])
         return float(min(1.0, max(-1.0, self.com[a, b] / den)))
+
+    def corr_pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """:meth:`corr` of the column pairs ``(a[i], b[i])`` at once, value for value.
+
+        >>> rc = RollingCorrelation(3, columns=3)
+        >>> for row in ([0.1, 0.2, 0.0], [0.2, 0.1, 0.5], [0.3, 0.4, 0.1]):
+        ...     rc.update(row)
+        >>> rc.corr_pairs(np.array([0, 0, 1]), np.array([1, 2, 2])).tolist() == [
+        ...     rc.corr(0, 1), rc.corr(0, 2), rc.corr(1, 2)]
+        True
+        """
+        diag = self.com.diagonal()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = self.com[a, b] / np.sqrt(diag[a] * diag[b])
+        # as min(1, max(-1, r)) does: NaN (0/0) reads as -1
+        r[np.isnan(r)] = -1.0
+        return np.clip(r, -1.0, 1.0, out=r)
