@@ -47,7 +47,7 @@ class CorrelationSettings:
 
 
 _UNKNOWN = float("-inf")  # a symbol that has not said how far it is final: below every index
-_CACHES = ("_lowest", "_at_lowest", "_by_name")  # derived from the state, not saved with it
+_CACHES = ("_lowest", "_at_lowest", "_by_name", "_peers")  # derived from the state, not saved with it
 
 
 class _Zeros:
@@ -131,6 +131,7 @@ class CorrelationGrid:
         self._lowest: float | None = None  # min known_through (_UNKNOWN for None); None: to compute
         self._at_lowest = 0  # slots whose known_through is _lowest
         self._by_name: list[tuple[str, _Slot]] | None = None  # slots in string order of names
+        self._peers: tuple[str, ...] | None = None  # the last peers seen, every one a slot
 
     def __getstate__(self) -> dict:
         return {key: value for key, value in self.__dict__.items() if key not in _CACHES}
@@ -183,8 +184,10 @@ class CorrelationGrid:
         peers: tuple[str, ...] = (),
     ) -> list[CorrelationBlock]:
         """:meth:`update`, its rows as one block per emitting grid index."""
-        for peer in peers:
-            self._slot(peer)
+        if peers is not self._peers:  # every symbol of a chunk names the same tuple: once per chunk
+            for peer in peers:
+                self._slot(peer)
+            self._peers = peers
         slot = self._slot(symbol)
         for k, close in bars:
             step = slot.grid.update(k, close)
