@@ -56,8 +56,9 @@ class _OutPartition(StatefulSinkPartition):
             add(table, payload)
             topic = self.topics[table] if producer is not None and table != "ticks" else None
             if topic:  # None: a table this sink stores but does not publish
+                records = list(payload)  # correlation rows make their records as they are read: once
                 producer.produce_many(
-                    topic, [encode(r) for r in payload], [record_key(table, r) for r in payload]
+                    topic, [encode(r) for r in records], [record_key(table, r) for r in records]
                 )
         if producer is not None:
             producer.poll()

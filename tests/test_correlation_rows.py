@@ -2,12 +2,14 @@
 
 The grid's blocks (``update_blocks``) must read as exactly the records of
 ``update`` (same order, same floats), their store columns must hold the
-same rows, and the vectorised pair correlations must equal the per-pair ones.
+same rows, their topic messages must be those of the records, and the
+vectorised pair correlations must equal the per-pair ones.
 """
 
 from __future__ import annotations
 
 import pickle
+from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
@@ -17,8 +19,10 @@ from flows.messages import StoreRows, SymbolProgress
 from flows.steps import GridLogic
 from operators.features.correlation_grid import CorrelationGrid, CorrelationSettings
 from operators.features.rolling_correlation import RollingCorrelation
+from schemas.codec import decode
 from schemas.correlation_rows import CorrelationBlock, CorrelationRows, pair_indices
 from schemas.records import Correlation
+from sinks.output_sink import _OutPartition
 from sinks.store_sink import RowCounter, StoreWriter, correlation_columns, record_columns
 
 SYMBOLS = ("ETH/USDT", "A/USDT", "BTC/USDT", "Z/USDT", "B/USDT", "C/USDT")
@@ -124,3 +128,30 @@ def test_vectorised_pairs_equal_the_per_pair_values():
         with np.errstate(divide="ignore", invalid="ignore"):
             want = [rc.corr(a, b) for a, b in zip(i.tolist(), j.tolist(), strict=True)]
         assert rc.corr_pairs(i, j).tolist() == want
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def produce_many(self, topic, values, keys) -> None:
+        self.sent.extend(zip(repeat(topic), values, keys, strict=False))
+
+    def poll(self) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+
+def test_topic_messages_of_rows_are_those_of_their_records():
+    block = CorrelationBlock(2000, ("A/USDT", "B/USDT", "C/USDT"), np.array([0.5, -1.0, 0.25]))
+    sent = []
+    for payload in (CorrelationRows((block,)), list(CorrelationRows((block,)))):
+        producer = _Producer()
+        part = _OutPartition(StoreWriter(None, RowCounter()), producer, {"correlations": "corr-topic"})
+        part.write_batch([("correlations", payload)])
+        sent.append(producer.sent)
+    assert sent[0] == sent[1]
+    assert [(t, k) for t, _, k in sent[0]] == [("corr-topic", b"A/USDT")] * 2 + [("corr-topic", b"B/USDT")]
+    assert [decode(v) for _, v, _ in sent[0]] == list(CorrelationRows((block,)))
