@@ -123,16 +123,20 @@ def correlation_columns(parts: list) -> dict:
 
 
 class StoreWriter:
-    """Buffers rows per table and writes a table once it holds ``batch_rows``.
+    """Buffers rows per table and writes every table once the buffers hold ``batch_rows`` rows together.
+
+    A bound on the rows held in all, not per table: a table that fills slowly
+    (bars, features, signals: a few rows per second against a thousand ticks)
+    is written with the ticks instead of holding its objects for hours.
 
     Parameters
     ----------
     store
-        Where to write; None counts rows and writes nothing (the null sink).
+        Where to write; None counts rows as they come and keeps nothing (the null sink).
     counter
         Counts what was written.
     batch_rows
-        Rows buffered per table before a write.
+        Rows buffered (all tables together) before a write.
     """
 
     def __init__(self, store: Store | None, counter: RowCounter, batch_rows: int = 250_000) -> None:
@@ -141,12 +145,18 @@ class StoreWriter:
         self.batch_rows = batch_rows
         self.buffers: dict[str, list] = defaultdict(list)
         self.sizes: dict[str, int] = defaultdict(int)
+        self.buffered = 0
         # One background writer: the store's insert releases the GIL, so it
         # overlaps with the dataflow's Python work; at most 2 batches wait.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qbtc-store")
         self.pending: deque[Future] = deque()
 
     def add(self, table: str, payload) -> None:
+        if self.store is None:  # the null sink counts at once: nothing to batch, nothing kept
+            n = len(payload[0]) if table == "ticks" else len(payload)
+            if n:
+                self.counter.add(table, n)
+            return
         if table == "ticks":
             n = len(payload[0])
             if n == 0:
@@ -163,26 +173,37 @@ class StoreWriter:
                 return
             self.buffers[table].extend(payload)
         self.sizes[table] += n
-        if self.sizes[table] >= self.batch_rows:
-            self.flush_table(table)
+        self.buffered += n
+        if self.buffered >= self.batch_rows:
+            self.write_all()
 
-    def flush_table(self, table: str) -> None:
+    def write_all(self) -> None:
+        """Hand every table's buffered rows to the background writer, as one batch."""
+        batch = [taken for table in list(self.buffers) if (taken := self._take(table)) is not None]
+        self.buffered = 0
+        if not batch:
+            return
+        while len(self.pending) >= 2:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._write_tables, batch))
+
+    def _take(self, table: str) -> tuple[str, dict, int] | None:
+        """A table's buffered rows as columns (table, columns, rows), its buffer emptied."""
         parts = self.buffers.pop(table, [])
         n = self.sizes.pop(table, 0)
-        if not parts:
-            return
-        if self.store is None:
-            self.counter.add(table, n)
-            return
+        if not parts or self.store is None:
+            return None
         if table == "ticks":
             cols = tick_columns(parts)
         elif table == "correlations":
             cols = correlation_columns(parts)
         else:
             cols = record_columns(table, parts)
-        while len(self.pending) >= 2:
-            self.pending.popleft().result()
-        self.pending.append(self.pool.submit(self._write, table, cols, n))
+        return table, cols, n
+
+    def _write_tables(self, batch: list[tuple[str, dict, int]]) -> None:
+        for table, cols, n in batch:
+            self._write(table, cols, n)
 
     def _write(self, table: str, cols: dict, n: int) -> None:
         start = time.perf_counter()
@@ -195,8 +216,7 @@ class StoreWriter:
 
     def flush(self) -> None:
         """Write everything buffered and wait until it is stored."""
-        for table in list(self.buffers):
-            self.flush_table(table)
+        self.write_all()
         while self.pending:
             self.pending.popleft().result()
 
@@ -204,6 +224,7 @@ class StoreWriter:
         """Drop what is buffered and queued; wait only for a write already under way."""
         self.buffers.clear()
         self.sizes.clear()
+        self.buffered = 0
         self.pending.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
