@@ -8,8 +8,12 @@ vectorised pair correlations must equal the per-pair ones.
 
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
 from itertools import repeat
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -155,3 +159,41 @@ def test_topic_messages_of_rows_are_those_of_their_records():
     assert sent[0] == sent[1]
     assert [(t, k) for t, _, k in sent[0]] == [("corr-topic", b"A/USDT")] * 2 + [("corr-topic", b"B/USDT")]
     assert [decode(v) for _, v, _ in sent[0]] == list(CorrelationRows((block,)))
+
+
+WRITE_AND_READ = """
+import json, sys
+import numpy as np
+from schemas.correlation_rows import CorrelationBlock, CorrelationRows
+from schemas.records import Correlation
+from sinks.clickhouse_store import Store
+from sinks.store_sink import RowCounter, StoreWriter
+store = Store("chdb://:memory:")
+writer = StoreWriter(store, RowCounter(), batch_rows=5)
+names = ("A/USDT", "B/USDT", "C/USDT", "D/USDT")
+for k in range(3):
+    corr = np.linspace(-1.0, 1.0, 6) * (k + 1) / 3.0
+    block = CorrelationBlock(1000 * k, names[k % 2 :], corr[: 6 if k % 2 == 0 else 3])
+    writer.add("correlations", CorrelationRows((block,)))
+writer.add("correlations", [Correlation(9000, "A/USDT", "Z/USDT", 0.1)])
+writer.flush()
+sql = ("SELECT toUnixTimestamp64Milli(ts), symbol_a, symbol_b, corr FROM correlations"
+       " ORDER BY ts, symbol_a, symbol_b")
+print(json.dumps(store.query(sql).result_rows))
+"""
+
+
+def test_the_store_holds_the_rows_of_the_records():
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", WRITE_AND_READ], cwd=root, capture_output=True, text=True, check=True
+    )
+    got = [tuple(r) for r in json.loads(out.stdout.splitlines()[-1])]
+    names = ("A/USDT", "B/USDT", "C/USDT", "D/USDT")
+    want = []
+    for k in range(3):
+        corr = np.linspace(-1.0, 1.0, 6) * (k + 1) / 3.0
+        block = CorrelationBlock(1000 * k, names[k % 2 :], corr[: 6 if k % 2 == 0 else 3])
+        want.extend((c.ts, c.symbol_a, c.symbol_b, c.corr) for c in block)
+    want.append((9000, "A/USDT", "Z/USDT", 0.1))
+    assert got == sorted(want)
