@@ -17,10 +17,12 @@ Each case runs in a fresh subprocess (its RSS is its own). Every ``--every`` tic
 records read and the process's resident set size, current (VmRSS) and peak (VmHWM), from
 /proc/self/status, sampled by the replay's progress callback (at most once a second, off the
 per-tick path; so a row is the first sample at or after its million). Row 0 is after the imports,
-before the flow starts. A final line per case gives RSS at the first million, at the last, and the
-growth in percent (peak, and current). ``--profile A,B`` also traces allocations (tracemalloc,
-which slows the run several times and adds its own overhead to RSS) and prints the 25 source
-lines whose live memory grew most between tick A and tick B.
+before the flow starts; the trade case adds chDB's own count of its memory (system.metrics
+MemoryTracking) and its active parts. A final line per case gives RSS at the first million, at
+the last, and the growth in percent (peak, and current). ``--profile A,B`` also traces
+allocations (tracemalloc, which slows the run several times and adds its own overhead to RSS),
+prints the 25 source lines whose live memory grew most between tick A and tick B, and the files
+holding the most at B.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import tempfile
 import time
 
 CASES = ("null", "trade")
+CHDB_MEMORY = "SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'"
 
 
 def rss_mb() -> tuple[float, float]:
@@ -51,8 +54,9 @@ def rss_mb() -> tuple[float, float]:
 class Sampler:
     """The progress callback: one RSS row per ``every`` records (and the tracemalloc snapshots)."""
 
-    def __init__(self, every: int, profile: tuple[int, ...]) -> None:
+    def __init__(self, every: int, profile: tuple[int, ...], store=None) -> None:
         self.every = every
+        self.store = store
         self.next_row = every
         self.rows: list[tuple[int, float, float]] = []
         self.profile = list(profile)
@@ -63,7 +67,12 @@ class Sampler:
         cur, peak = rss_mb()
         self.rows.append((records, cur, peak))
         secs = time.perf_counter() - self.started
-        print(f"{records:>14,} {cur:10.0f} {peak:10.0f} {secs:9.0f}", flush=True)
+        engine = ""
+        if self.store is not None:  # what chDB says it holds: tracked memory, active parts
+            tracked = self.store.query(CHDB_MEMORY).result_rows[0][0] / 1e6
+            parts = self.store.query("SELECT count() FROM system.parts WHERE active").result_rows[0][0]
+            engine = f" {tracked:10.0f} {parts:7,}"
+        print(f"{records:>14,} {cur:10.0f} {peak:10.0f} {secs:9.0f}{engine}", flush=True)
 
     def __call__(self, progress) -> None:
         n = progress.records
@@ -91,7 +100,8 @@ def child(args) -> None:
     from sources.chunk_source import Progress, wall_ms
 
     sampler = Sampler(args.every, profile)
-    print(f"{'records':>14} {'RSS MB':>10} {'peak MB':>10} {'seconds':>9}")
+    engine = f" {'chDB MB':>10} {'parts':>7}" if args.case == "trade" else ""
+    print(f"{'records':>14} {'RSS MB':>10} {'peak MB':>10} {'seconds':>9}{engine}")
     if args.case == "null":
         settings = load_settings(None, args.overrides)
         inputs, total = file_inputs([args.csv], settings)
@@ -109,6 +119,9 @@ def child(args) -> None:
         inputs, expected = simulator_inputs(settings)
         progress = Progress(total_bytes=expected, report=sampler)
         dsn = f"chdb://{args.tmp}/bench.chdb"
+        from sinks.clickhouse_store import Store
+
+        sampler.store = Store(dsn)
         sampler.row(0)
         replay(inputs, settings, dsn, progress, trade=True, report=TradingReport(), live_since=wall_ms())
     if sampler.rows[-1][0] != progress.records:
@@ -119,6 +132,10 @@ def child(args) -> None:
             print(f"{stat.size_diff / 1e6:+9.1f} MB {stat.count_diff:+10,} blocks")
             for line in stat.traceback.format()[-2 * args.frames :]:
                 print(f"      {line}")
+    if sampler.snapshots:
+        print(f"\ntracemalloc: the largest live allocations at tick {profile[-1]:,}, by file")
+        for stat in sampler.snapshots[-1].statistics("filename")[:15]:
+            print(f"{stat.size / 1e6:9.1f} MB {stat.count:10,} blocks  {stat.traceback[0].filename}")
     rows = [r for r in sampler.rows if r[0] >= args.every] or sampler.rows
     first, last = rows[0], rows[-1]
     print(
