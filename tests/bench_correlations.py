@@ -22,6 +22,8 @@ The grid's x real time counts only grid seconds with a full window (after Wc of 
 the pipeline's counts the whole market, warm-up included.
 ``--before REV`` also times (a) for the grid of git revision REV (its
 ``correlation_grid.py`` loaded from git; slow at 500 symbols: use fewer --seconds).
+Everything runs in this process on one worker, BLAS on one thread (set
+OPENBLAS_NUM_THREADS / OMP_NUM_THREADS to change that).
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ import tempfile
 import time
 import types
 
-import numpy as np
+# one core: BLAS (the grid's refresh, the baseline's np.corrcoef) on one thread unless told otherwise
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -194,11 +200,10 @@ def main() -> None:
                 x2 = line(f"    pipeline -> null sink, corr_every=3600 ({n2:,} ticks)", d2, grid_s)
                 print(f"  d(every=1)/d(every=3600) = {x1 / x2:.2f}")
                 if args.store:
-                    dsn = f"chdb://{tmp}/bench-{n}.chdb"
-                    e, ne = pipeline(path, 1, w, dsn)
+                    # chDB opens one path per process: every N writes into the same store
+                    e, ne = pipeline(path, 1, w, f"chdb://{tmp}/bench.chdb")
                     xe = line(f"(e) pipeline -> chDB, corr_every=1 ({ne:,} ticks)", e, grid_s)
                     print(f"  e/d(every=1) = {xe / x1:.2f}")
-                    shutil.rmtree(f"{tmp}/bench-{n}.chdb", ignore_errors=True)
             print()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
