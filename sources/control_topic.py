@@ -39,13 +39,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from typing import TYPE_CHECKING
 
 from schemas.codec import SchemaError, decode
 from schemas.errors import OutsideFailure
 from schemas.records import PARSE, SCHEMA, DeadLetter, OperatorCommand
 from sources.chunk_source import wall_ms
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
+
+# confluent_kafka is imported where a topic is read or written: a file replay that never
+# touches the control topic does not load the client library (~9 MB resident).
 
 CONTROL_KEY = b"control"
 """Every command's message key: one partition, so commands keep the order they were issued in."""
@@ -158,6 +163,7 @@ def produce_command(producer_conf: dict, topic: str, command: OperatorCommand, t
 
 def check_reachable(admin_conf: dict, timeout_s: float) -> None:
     """Raise :class:`ControlTopicError` when the cluster does not answer within ``timeout_s``."""
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     try:
@@ -240,6 +246,8 @@ class ControlTopicReader:
         """Commit the position to ``settings.group`` (synchronously); nothing without a group."""
         if not self.settings.group or self._consumer is None or not self.position.offsets:
             return
+        from confluent_kafka import TopicPartition
+
         t = self.settings.topic
         parts = [TopicPartition(t, p, o) for p, o in sorted(self.position.offsets.items())]
         self._consumer.commit(offsets=parts, asynchronous=False)
@@ -250,6 +258,8 @@ class ControlTopicReader:
             self._consumer = None
 
     def _connect(self) -> Consumer:
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
         s = self.settings
         conf = {**s.conf, "enable.auto.commit": False, "enable.auto.offset.store": False}
         if s.group:
@@ -279,6 +289,8 @@ class ControlTopicReader:
 
     def _end(self, consumer: Consumer, partition: int, deadline: float) -> int:
         """A partition's end offset now."""
+        from confluent_kafka import TopicPartition
+
         s = self.settings
         left = max(0.1, deadline - time.monotonic())
         marks = consumer.get_watermark_offsets(TopicPartition(s.topic, partition), timeout=left)
@@ -289,6 +301,8 @@ class ControlTopicReader:
 
     def _start(self, consumer: Consumer, deadline: float) -> dict[int, int]:
         """Each partition's first offset to read: the saved position, the group's, or ``since_ms``'s."""
+        from confluent_kafka import TopicPartition
+
         s = self.settings
         left = max(0.1, deadline - time.monotonic())
         meta = consumer.list_topics(s.topic, timeout=left).topics.get(s.topic)
