@@ -1,7 +1,7 @@
 """Kafka throughput and latency benchmark (prints figures; not a test).
 
 Usage: python tests/bench_kafka.py [--brokers HOST:PORT] [--ticks 2000000] [--partitions 4]
-                                   [--repeat 1] [--skip-latency]
+                                   [--repeat 1] [--skip-latency] [--processes 2] [--skip-processes]
 
 Without --brokers a single-node broker is started on free ports in a temporary
 directory and stopped at the end. With --brokers the benchmark's topics (fresh
@@ -14,6 +14,14 @@ fresh subprocess (chDB allows one store per process), timed around the call:
   (b) the features flow from the topic into the null sink
   (c) the features flow from the topic into chDB
 Prints ticks/s for each and the ratios b/a, c/a (best of --repeat runs).
+
+Processes (unless --skip-processes): ``qbtc stream --null-sink`` on the same
+topic, once as one process and once as a cluster of --processes processes
+(``--process-id``/``--addresses``, one worker each), from the beginning of the
+topic. Each process serves its metrics; the rate is taken from the first tick
+any process reads to the moment the processes together have put every tick
+into bars (``qbtc_ticks_accepted``), so interpreter start-up is left out of
+both. Prints both rates and their ratio.
 
 Latency (unless --skip-latency): ``qbtc stream`` runs on a second fresh prefix
 while about 60 s of ticks are published at 20,000 ticks/s (event time at
@@ -30,10 +38,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 
@@ -167,6 +177,105 @@ def best_of(repeat: int, label: str, case: str, *args, dsn_for=None) -> float:
     runs = f" (best of {repeat})" if repeat > 1 else ""
     print(f"{label:<44}{n:>12,} ticks {secs:8.2f} s {rate:>14,.0f} ticks/s{runs}", flush=True)
     return rate
+
+
+# -- processes ----------------------------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_base(n: int) -> int:
+    """A port P with P .. P + n - 1 free."""
+    for _ in range(100):
+        base = free_ports(1)[0]
+        if base + n <= 65535 and all(_bindable(p) for p in range(base, base + n)):
+            return base
+    msg = f"found no {n} consecutive free ports"
+    raise RuntimeError(msg)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``qbtc_ticks_in`` and ``qbtc_ticks_accepted`` of one process (zeros while it is not serving)."""
+    out = {"in": 0.0, "accepted": 0.0}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("qbtc_ticks_in_total "):
+            out["in"] = float(line.split()[1])
+        elif line.startswith("qbtc_ticks_accepted_total "):
+            out["accepted"] = float(line.split()[1])
+    return out
+
+
+def cluster_rate(brokers: str, prefix: str, partitions: int, processes: int, total: int, tmp: str) -> float:
+    """Ticks/s of ``qbtc stream --null-sink`` run as ``processes`` processes until every tick is in bars."""
+    links = free_ports(processes)
+    base = free_base(processes)  # process i serves its metrics on base + i
+    metrics = [base + i for i in range(processes)]
+    addresses = ";".join(f"127.0.0.1:{p}" for p in links)
+    procs, logs = [], []
+    for i in range(processes):
+        cmd = [sys.executable, "-m", "flows.cli", "stream", "--kafka", brokers, "--null-sink", "--quiet"]
+        cmd += ["--set", f"kafka.topic_prefix={prefix}", "--set", f"kafka.partitions={partitions}"]
+        cmd += ["--metrics-port", str(base), "--from-offset", "0"]
+        if processes > 1:
+            cmd += ["--process-id", str(i), "--addresses", addresses]
+        log = os.path.join(tmp, f"cluster-{processes}-{i}.log")
+        logs.append(log)
+        with open(log, "wb") as fh:
+            procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT))
+    try:
+        first: tuple[float, float] | None = None
+        deadline = time.monotonic() + 1800
+        while True:
+            time.sleep(0.1)
+            now = time.perf_counter()
+            seen = [scrape(p) for p in metrics]
+            read = sum(s["in"] for s in seen)
+            done = sum(s["accepted"] for s in seen)
+            if first is None and read > 0:
+                first = (now, done)
+            if done >= total:
+                break
+            dead = [p.returncode for p in procs if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                msg = f"cluster of {processes} ended ({dead}) at {done:,.0f}/{total:,}:\n{tail(logs[0])}"
+                raise RuntimeError(msg)
+        start, done_then = first
+        return (total - done_then) / (now - start)
+    finally:
+        for p in procs:
+            stop(p)
+
+
+def processes_case(args: argparse.Namespace, brokers: str, prefix: str, total: int, tmp: str) -> None:
+    rates = {}
+    for n in (1, args.processes):
+        rates[n] = cluster_rate(brokers, prefix, args.partitions, n, total, tmp)
+        label = f"qbtc stream --null-sink, {n} process{'es' if n > 1 else ''}"
+        print(f"{label:<44}{total:>12,} ticks {'':10} {rates[n]:>14,.0f} ticks/s", flush=True)
+    print(f"\n{args.processes} processes / 1 = {rates[args.processes] / rates[1]:.2f}", flush=True)
 
 
 # -- latency -------------------------------------------------------------------------
@@ -382,6 +491,9 @@ def throughput(args: argparse.Namespace, brokers: str, tmp: str, prefixes: list[
         dsn_for=lambda i: f"chdb://{os.path.join(tmp, f'bench-{i}.chdb')}",
     )
     print(f"\nb/a = {b / a:.2f}   c/a = {c / a:.2f}", flush=True)
+    if not args.skip_processes:
+        print(f"\nprocesses ({os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}):", flush=True)
+        processes_case(args, brokers, prefix, report.ticks, tmp)
 
 
 def main() -> None:
@@ -394,6 +506,8 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1, help="best of N runs of each case")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--processes", type=int, default=2, help="cluster size of the processes case")
+    parser.add_argument("--skip-processes", action="store_true")
     parser.add_argument("--case", choices=("a", "b", "c"), help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
