@@ -74,6 +74,18 @@ _ARROW_TYPES = {
     "exchange": pa.string(),
 }
 
+# The fast path reads the few-valued text columns as dictionaries: half the parse time of plain strings
+_TEXT_CODES = pa.dictionary(pa.int32(), pa.string())
+_FAST_TYPES = {**_ARROW_TYPES, "symbol": _TEXT_CODES, "side": _TEXT_CODES, "exchange": _TEXT_CODES}
+
+
+def _codes(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """A text column (plain or dictionary, any chunks) as one dictionary array."""
+    if pa.types.is_dictionary(column.type):
+        column = column.unify_dictionaries() if column.num_chunks > 1 else column
+    arr = column.combine_chunks()
+    return arr if pa.types.is_dictionary(arr.type) else arr.dictionary_encode()
+
 
 class InputError(UsageProblem):
     """An input that cannot be read at all (missing file, no usable header)."""
@@ -381,11 +393,14 @@ class TickFileReader:
     def _arrow_block(self, block: bytes, n: int) -> pa.Table | None:
         """The block as a typed table of ``n`` rows, or None when a line does not fit."""
         cols = self.columns
-        wanted = {c: _ARROW_TYPES[c] for c in cols if c in _ARROW_TYPES}
+        wanted = {c: _FAST_TYPES[c] for c in cols if c in _FAST_TYPES}
         try:
             table = pacsv.read_csv(
                 io.BytesIO(block),
-                read_options=pacsv.ReadOptions(column_names=cols, use_threads=False),
+                # one chunk: one dictionary per text column
+                read_options=pacsv.ReadOptions(
+                    column_names=cols, use_threads=False, block_size=len(block) + 1
+                ),
                 parse_options=pacsv.ParseOptions(newlines_in_values=False),
                 convert_options=pacsv.ConvertOptions(
                     column_types=wanted,
@@ -427,7 +442,7 @@ class TickFileReader:
         price = table.column("price").to_numpy()
         qty = table.column("qty").to_numpy()
         bad = value_problems(ts, price, qty)
-        sym = table.column("symbol").combine_chunks().dictionary_encode()
+        sym = _codes(table.column("symbol"))
         sym_names = sym.dictionary.to_pylist()
         if "" in sym_names:
             return None  # a missing symbol: the slow path says which line
@@ -436,8 +451,8 @@ class TickFileReader:
         if bad_syms:
             bad |= np.isin(sym_codes, bad_syms)
         if "side" in wanted:
-            side_arr = pc.utf8_lower(table.column("side")).combine_chunks().dictionary_encode()
-            names = side_arr.dictionary.to_pylist()
+            side_arr = _codes(table.column("side"))
+            names = pc.utf8_lower(side_arr.dictionary).to_pylist()
             lut = np.array([SIDE_CODES.get(s, -1) for s in names] or [0], dtype=np.int8)
             side_idx = side_arr.indices.to_numpy()
             side = lut[side_idx]
@@ -451,7 +466,7 @@ class TickFileReader:
         else:
             trade_id = np.full(n, "", dtype=object)
         if "exchange" in wanted:
-            ex = table.column("exchange").combine_chunks().dictionary_encode()
+            ex = _codes(table.column("exchange"))
             ex_list = [e or self.default_exchange for e in ex.dictionary.to_pylist()]
             ex_names = np.array(ex_list, dtype=object)
             ex_idx = ex.indices.to_numpy()
