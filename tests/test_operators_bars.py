@@ -337,3 +337,85 @@ def test_pickle_round_trip_between_batches(cut: int) -> None:
 def test_bar_settings_are_validated(kw: dict) -> None:
     with pytest.raises(ValueError):
         BarSettings(**kw)
+
+
+# --------------------------------------------------------------------------- trade-id runs
+
+
+def _id_batches(seed: int, n_batches: int) -> list[list[Tick]]:
+    """Batches of one exchange's ticks, ts rising 400 ms a tick: most batches a run of consecutive
+    decimal ids (fresh, adjacent, or overlapping earlier ones), some scattered ids, repeats,
+    non-canonical spellings of the same numbers ("07", "+7", " 7") and empty ids."""
+    rng = np.random.default_rng(seed)
+    batches, ts, next_id = [], T0, 1
+    for _ in range(n_batches):
+        m = int(rng.integers(1, 12))
+        kind = rng.random()
+        if kind < 0.5:  # the next run
+            ids = [str(i) for i in range(next_id, next_id + m)]
+            next_id += m + int(rng.integers(0, 2))  # sometimes a gap
+        elif kind < 0.7:  # a run over earlier ids (a replay)
+            a = int(rng.integers(max(1, next_id - 30), next_id + 1))
+            ids = [str(i) for i in range(a, a + m)]
+        else:  # anything
+            pool = [str(int(rng.integers(1, next_id + 5))) for _ in range(4)]
+            pool += ["07", "+7", " 7", "x1", "", "-3", "0"]
+            ids = [pool[int(rng.integers(len(pool)))] for _ in range(m)]
+        batch = []
+        for tid in ids:
+            ts += 400
+            batch.append(Tick(ts, "X", 10.0, 1.0, trade_id=tid, exchange="ex"))
+        batches.append(batch)
+    return batches
+
+
+def _verdicts(batches: list[list[Tick]], horizon_ms: int, b: BarBuilder | None = None) -> list:
+    b = b or BarBuilder(BarSettings(interval_ms=1000, dedup_horizon_ms=horizon_ms), "X")
+    out = []
+    for batch in batches:
+        up = b.update(TickColumns.from_ticks(batch, "t.csv"))
+        out.append([(row, reason) for row, reason, _ in up.rejected])
+    return out
+
+
+@pytest.mark.parametrize("horizon_ms", [2_000, 15_000, 600_000])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_trade_id_runs_give_the_verdicts_of_plain_sets(seed: int, horizon_ms: int, monkeypatch) -> None:
+    """Runs of consecutive ids are a compact form of the id sets: the same duplicates, the same
+    forgetting after the horizon, as with every id kept as a string."""
+    import operators.features.bar_builder as bb
+
+    batches = _id_batches(seed, 400)
+    got = _verdicts(batches, horizon_ms)
+    monkeypatch.setattr(bb, "_consecutive", lambda ids: None)  # every id in the sets
+    want = _verdicts(batches, horizon_ms)
+    assert got == want
+    assert sum(len(v) for v in got) > 20  # the streams do hold duplicates
+
+
+def test_consecutive_ids_are_kept_as_one_run() -> None:
+    b = BarBuilder(BarSettings(interval_ms=1000), "X")
+    for k in range(50):
+        ids = range(1 + 100 * k, 1 + 100 * (k + 1))
+        b.update(TickColumns.from_ticks([_t(T0 + i, str(i), "a") for i in ids], "t.csv"))
+    (now, before), runs = b.ids["a"], b.id_runs["a"]
+    assert now == set() and before == set()
+    assert runs == (([101], [5000]), ([1], [100]))  # the first batch's ids rotated at the first watermark
+    repeat = [_t(T0 + 6000, "4999", "a"), _t(T0 + 6001, "5001", "a")]
+    up = b.update(TickColumns.from_ticks(repeat, "t.csv"))
+    assert [r[:2] for r in up.rejected] == [(0, DUPLICATE)]
+
+
+def test_a_builder_pickled_mid_run_or_before_runs_existed_resumes() -> None:
+    batches = _id_batches(5, 200)
+    whole = _verdicts(batches, 15_000)
+    b = BarBuilder(BarSettings(interval_ms=1000, dedup_horizon_ms=15_000), "X")
+    head = _verdicts(batches[:100], 15_000, b)
+    assert head + _verdicts(batches[100:], 15_000, pickle.loads(pickle.dumps(b))) == whole
+    # a snapshot from before the runs: ids only in the sets
+    old = BarBuilder(BarSettings(interval_ms=1000, dedup_horizon_ms=15_000), "X")
+    old.ids = {"ex": ({"1", "2"}, set())}
+    del old.id_runs
+    resumed = pickle.loads(pickle.dumps(old))
+    up = resumed.update(TickColumns.from_ticks([_t(T0, "2", "ex"), _t(T0 + 1, "3", "ex")], "t.csv"))
+    assert [r[:2] for r in up.rejected] == [(0, DUPLICATE)]

@@ -7,6 +7,7 @@ aggregates are vectorised, so the cost per tick is a few array operations.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,10 @@ class BarBuilder:
         self.open_bars: dict[int, list] = {}
         # exchange -> (ids of this generation, ids of the previous one)
         self.ids: dict[str, tuple[set, set]] = {}
+        # exchange -> (runs of this generation, of the previous one): a batch whose ids are the
+        # decimals a, a+1, ..., b (exchanges number a symbol's trades so) is kept as the run
+        # [a, b], not as b - a + 1 strings; a run is (starts, ends), sorted, disjoint
+        self.id_runs: dict[str, tuple[tuple[list, list], tuple[list, list]]] = {}
         self.ids_rotate_at = NO_WATERMARK
         self.seq = 0
 
@@ -125,13 +130,37 @@ class BarBuilder:
         return dup if dup.any() else None
 
     def _duplicates_on(self, exchange: str, ids: list) -> np.ndarray | None:
-        """Duplicates among one exchange's trade ids (in arrival order)."""
+        """Duplicates among one exchange's trade ids (in arrival order).
+
+        A trade id is known when it is in a generation's set or, as the
+        decimal of an integer, in one of its runs.
+        """
         gens = self.ids.get(exchange)
         if gens is None:
             gens = self.ids[exchange] = (set(), set())
+            self.id_runs[exchange] = (([], []), ([], []))
         now, before = gens
+        runs = self.id_runs[exchange]
+        first = _consecutive(ids)
+        if first is not None:
+            last = first + len(ids) - 1
+            if (
+                not _overlaps(runs[0], first, last)
+                and not _overlaps(runs[1], first, last)
+                and (not now or now.isdisjoint(ids))
+                and (not before or before.isdisjoint(ids))
+            ):
+                _add_run(runs[0], first, last)
+                return None
+        in_runs = runs[0][0] or runs[1][0]
         batch = set(ids)
-        if "" not in batch and len(batch) == len(ids) and now.isdisjoint(batch) and before.isdisjoint(batch):
+        if (
+            "" not in batch
+            and len(batch) == len(ids)
+            and now.isdisjoint(batch)
+            and before.isdisjoint(batch)
+            and not (in_runs and any(_in_runs(runs, key) for key in batch))
+        ):
             now.update(batch)
             return None
         seen: set = set()
@@ -139,7 +168,7 @@ class BarBuilder:
         for i, key in enumerate(ids):
             if key == "":
                 continue
-            if key in seen or key in now or key in before:
+            if key in seen or key in now or key in before or (in_runs and _in_runs(runs, key)):
                 dup[i] = True
             else:
                 seen.add(key)
@@ -272,8 +301,65 @@ class BarBuilder:
         wm = self.watermark
         if wm >= self.ids_rotate_at:
             self.ids = {ex: (set(), now) for ex, (now, _) in self.ids.items()}
+            self.id_runs = {ex: (([], []), now) for ex, (now, _) in self.id_runs.items()}
             self.ids_rotate_at = wm + self.settings.dedup_horizon_ms
 
     def flush(self) -> list[Bar]:
         """Close every open bar (end of input)."""
         return self._close(np.iinfo(np.int64).max)
+
+    def __setstate__(self, state: dict) -> None:
+        # a builder saved before trade-id runs existed: its ids are all in the sets
+        state.setdefault("id_runs", {ex: (([], []), ([], [])) for ex in state.get("ids", {})})
+        self.__dict__.update(state)
+
+
+def _consecutive(ids: list) -> int | None:
+    """``a`` when ``ids`` are exactly ``str(a), str(a + 1), ...`` (the canonical decimals), else None.
+
+    >>> _consecutive(["7", "8", "9"]), _consecutive(["7", "9"]), _consecutive(["07", "08"]), _consecutive([])
+    (7, None, None, None)
+    """
+    if not ids:
+        return None
+    try:
+        a = int(ids[0])
+    except ValueError:
+        return None
+    n = len(ids)
+    if str(a) != ids[0] or str(a + n - 1) != ids[-1] or ids != list(map(str, range(a, a + n))):
+        return None
+    return a
+
+
+def _overlaps(run: tuple[list, list], a: int, b: int) -> bool:
+    """Whether [a, b] meets one of the runs."""
+    starts, ends = run
+    i = bisect_right(starts, b)
+    return i > 0 and ends[i - 1] >= a
+
+
+def _add_run(run: tuple[list, list], a: int, b: int) -> None:
+    """Add [a, b] (disjoint from the runs), merged with the runs it touches."""
+    starts, ends = run
+    i = bisect_right(starts, a)
+    if i > 0 and ends[i - 1] == a - 1:
+        i -= 1
+        ends[i] = b
+    else:
+        starts.insert(i, a)
+        ends.insert(i, b)
+    if i + 1 < len(starts) and starts[i + 1] == ends[i] + 1:
+        ends[i] = ends[i + 1]
+        del starts[i + 1], ends[i + 1]
+
+
+def _in_runs(runs: tuple, key: str) -> bool:
+    """Whether ``key`` is the decimal of an integer in either generation's runs."""
+    try:
+        k = int(key)
+    except ValueError:
+        return False
+    if str(k) != key:
+        return False
+    return _overlaps(runs[0], k, k) or _overlaps(runs[1], k, k)
