@@ -23,11 +23,15 @@ any process reads to the moment the processes together have put every tick
 into bars (``qbtc_ticks_accepted``), so interpreter start-up is left out of
 both. Prints both rates and their ratio.
 
-Latency (unless --skip-latency): ``qbtc stream`` runs on a second fresh prefix
-while about 60 s of ticks are published at 20,000 ticks/s (event time at
-wall-clock pace). For every feature record, latency = its Kafka timestamp minus
-the Kafka timestamp of the tick that closed its bar (the symbol's first tick,
-in offset order, at or after the bar's end).
+Latency (unless --skip-latency): ``qbtc stream`` with the default settings
+(window 300) into a chDB store, on a second fresh prefix. The first 330 s of
+market are published at once, so the windows fill; once the stream has caught
+up, 60 s more are published at 20,000 ticks/s (event time at wall-clock pace).
+The ticks topic stamps records with the broker's append time (the moment a
+consumer can first read them). For every feature record of the paced part,
+latency = its Kafka timestamp (when the flow produced it) minus the timestamp
+of the tick that closed its bar (the symbol's first tick, in offset order, at
+or after the bar's end).
 """
 
 from __future__ import annotations
@@ -69,8 +73,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DURATION_S = 1800.0
 LATENCY_RATE = 20_000
 LATENCY_SECONDS = 60.0
-LATENCY_WINDOW = 30
-STREAM_STARTUP_S = 8.0
+LATENCY_WARM_S = 330.0  # the default window (300 bars of 1 s) fills, with room
 
 
 def kafka_settings(brokers: str, prefix: str, partitions: int, extra: list[str] | None = None) -> Settings:
@@ -325,48 +328,93 @@ def stop(proc: subprocess.Popen) -> str:
 
 
 def wall_paced_market() -> list[str]:
-    """Simulator settings giving ``LATENCY_RATE * LATENCY_SECONDS`` ticks over ``LATENCY_SECONDS``.
+    """Simulator settings giving ``LATENCY_RATE`` ticks per second of market over the whole run.
 
     The simulator makes more trades than ``trades_per_s * duration_s`` (activity rises
     with volatility), so its rate is scaled once by a trial run: published at
     ``LATENCY_RATE`` ticks/s, event time then advances at wall-clock pace.
     """
-    sim = ["simulator.symbols=10", f"simulator.duration_s={LATENCY_SECONDS}", "simulator.seed=13"]
+    duration = LATENCY_WARM_S + LATENCY_SECONDS
+    sim = ["simulator.symbols=10", f"simulator.duration_s={duration}", "simulator.seed=13"]
 
     def count(trades_per_s: float) -> int:
         settings = load_settings(None, [*sim, f"simulator.trades_per_s={trades_per_s}"])
         return sum(chunk.records for chunk in simulator_inputs(settings)[0][0](0))
 
-    target = LATENCY_RATE * LATENCY_SECONDS
+    target = LATENCY_RATE * duration
     return [*sim, f"simulator.trades_per_s={LATENCY_RATE * target / count(LATENCY_RATE):.3f}"]
+
+
+def split_market(make, warm_ms: int):
+    """The simulator's chunks as two inputs: the first ``warm_ms`` of market, then the rest.
+
+    Also returns a list that holds, once the first input has run, the event time
+    where the second one starts.
+    """
+    chunks = make(0)
+    held: list = []
+    cut: list[int] = []
+
+    def warm(_):
+        for chunk in chunks:
+            first = min(int(b.ts[0]) for b in chunk.batches) if chunk.batches else None
+            if first is not None and not cut:
+                cut.append(first + warm_ms)
+            if chunk.batches and max(int(b.ts.max()) for b in chunk.batches) >= cut[0]:
+                held.append(chunk)
+                return
+            yield chunk
+
+    def paced(_):
+        yield from held
+        yield from chunks
+
+    return [warm], [paced], cut
+
+
+def log_append_time(brokers: str, topic: str) -> None:
+    """Stamp ``topic``'s records with the broker's append time (when consumers can first see them)."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    entry = ConfigEntry(
+        "message.timestamp.type", "LogAppendTime", incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
 
 
 def latency(brokers: str, partitions: int, tmp: str, prefixes: list[str]) -> None:
     prefix = fresh_prefix("lat")
     prefixes.append(prefix)
     sim = wall_paced_market()
-    settings = kafka_settings(brokers, prefix, partitions, [f"features.window={LATENCY_WINDOW}", *sim])
+    settings = kafka_settings(brokers, prefix, partitions, sim)
+    window = settings.features.window
     names = topic_names(settings.kafka)
     log_path = os.path.join(tmp, "stream.log")
-    cmd = [sys.executable, "-m", "flows.cli", "stream", "--kafka", brokers, "--null-sink", "--quiet"]
+    store = f"chdb://{os.path.join(tmp, 'latency.chdb')}"
+    cmd = [sys.executable, "-m", "flows.cli", "stream", "--kafka", brokers, "--store", store, "--quiet"]
     cmd += ["--set", f"kafka.topic_prefix={prefix}", "--set", f"kafka.partitions={partitions}"]
-    cmd += ["--set", f"features.window={LATENCY_WINDOW}"]
     print(
-        f"\nlatency: qbtc stream (window {LATENCY_WINDOW}, null sink, 1 worker) on {names['ticks']}, "
-        f"publishing {LATENCY_SECONDS:.0f} s of market at {LATENCY_RATE:,} ticks/s",
+        f"\nlatency: qbtc stream (default window {window}, chDB store, 1 worker) on {names['ticks']}: "
+        f"{LATENCY_WARM_S:.0f} s of market published at once (the windows fill), then "
+        f"{LATENCY_SECONDS:.0f} s at {LATENCY_RATE:,} ticks/s; ticks stamped with the broker's append time",
         flush=True,
     )
     # topics made here first: right after creating them, a partition may have no leader yet
     ensure(settings)
+    log_append_time(brokers, names["ticks"])
     wait_readable(brokers, list(names.values()))
+    warm, paced, cut = split_market(simulator_inputs(settings)[0][0], int(LATENCY_WARM_S * 1000))
+    report = publish(settings, warm, names["ticks"])
+    print(f"warm-up: {report.ticks:,} ticks published in {report.seconds:.1f} s", flush=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
-        time.sleep(STREAM_STARTUP_S)  # interpreter, Bytewax start-up and partition assignment
-        if proc.poll() is not None:
-            msg = f"qbtc stream exited {proc.returncode}:\n{tail(log_path)}"
-            raise RuntimeError(msg)
-        report = publish(settings, simulator_inputs(settings)[0], names["ticks"], rate=LATENCY_RATE)
+        caught_up = wait_caught_up(brokers, names["features"], window, proc, log_path)
+        print(f"qbtc stream caught up with the warm-up in {caught_up:.1f} s", flush=True)
+        report = publish(settings, paced, names["ticks"], rate=LATENCY_RATE)
         print(
             f"published {report.ticks:,} ticks in {report.seconds:.1f} s "
             f"({report.ticks / report.seconds:,.0f} ticks/s; {LATENCY_SECONDS:.0f} s of event time)",
@@ -381,20 +429,53 @@ def latency(brokers: str, partitions: int, tmp: str, prefixes: list[str]) -> Non
         last = tail(log_path, 1).strip()
         print(f"qbtc stream {how}" + (f": {last[:200]}" if last else ""), flush=True)
     bar_ms = settings.features.bar_interval * 1000
-    lat = bar_latencies(brokers, names["ticks"], names["features"], bar_ms)
+    lat = bar_latencies(brokers, names["ticks"], names["features"], bar_ms, since_ts=cut[0])
     if lat["count"] == 0:
         print(f"no feature records matched a closing tick ({lat['unmatched']} unmatched)")
         return
     print(
-        f"feature records {lat['count']:,} (unmatched {lat['unmatched']}): "
+        f"feature records of the paced part {lat['count']:,} (unmatched {lat['unmatched']}): "
         f"p50 {lat['p50']:.0f} ms   p99 {lat['p99']:.0f} ms   max {lat['max']:.0f} ms   "
         f"min {lat['min']:.0f} ms",
         flush=True,
     )
 
 
-def bar_latencies(brokers: str, ticks_topic: str, features_topic: str, bar_ms: int) -> dict:
-    """Feature record timestamp minus the timestamp of the tick that closed the feature's bar."""
+def wait_caught_up(brokers: str, topic: str, window: int, proc, log_path: str) -> float:
+    """Seconds until the stream's feature records stop growing (it has read the warm-up)."""
+    start = time.perf_counter()
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "qbtc-bench"})
+    last, still = -1, 0
+    try:
+        while still < 3:
+            time.sleep(1.0)
+            if proc.poll() is not None:
+                msg = f"qbtc stream exited {proc.returncode}:\n{tail(log_path)}"
+                raise RuntimeError(msg)
+            try:
+                parts = consumer.list_topics(topic, timeout=5).topics[topic].partitions
+                total = sum(
+                    consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts
+                )
+            except KafkaException:
+                continue
+            still = still + 1 if total == last and total > 0 else 0
+            last = total
+            if time.perf_counter() - start > 1800:
+                msg = "qbtc stream did not catch up with the warm-up in 30 minutes"
+                raise RuntimeError(msg)
+    finally:
+        consumer.close()
+    return time.perf_counter() - start - 3.0
+
+
+def bar_latencies(
+    brokers: str, ticks_topic: str, features_topic: str, bar_ms: int, since_ts: int = 0
+) -> dict:
+    """Feature record timestamp minus the timestamp of the tick that closed the feature's bar.
+
+    Only the feature records of bars from event time ``since_ts`` on.
+    """
     event: dict[str, list[int]] = defaultdict(list)
     stamp: dict[str, list[int]] = defaultdict(list)
     loads = orjson.loads
@@ -410,6 +491,8 @@ def bar_latencies(brokers: str, ticks_topic: str, features_topic: str, bar_ms: i
     unmatched = 0
     for _, kts, value in read_with_timestamps(brokers, features_topic):
         feature = decode(value, expect=Feature)
+        if feature.ts < since_ts:
+            continue
         seen = closing.get(feature.symbol)
         if seen is None:
             unmatched += 1
