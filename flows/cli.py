@@ -1021,11 +1021,9 @@ def _exit(args, exc: BaseException, clean, running: bool = False) -> int:
 
 
 def _dispatch(args, clean) -> int:
-    from confluent_kafka import KafkaException
-
     try:
         return COMMANDS[args.command](args)
-    except (QbtcError, KafkaException) as exc:
+    except QbtcError as exc:
         return _exit(args, exc, clean)
     except BytewaxRuntimeError as exc:
         # errors inside a dataflow arrive wrapped; say what the cause was
@@ -1041,6 +1039,12 @@ def _dispatch(args, clean) -> int:
         # the reader went away (e.g. `| head`): stop quietly, like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as exc:
+        # the Kafka client's errors; it is not imported for commands that do not use it
+        kafka = sys.modules.get("confluent_kafka")
+        if kafka is not None and isinstance(exc, kafka.KafkaException):
+            return _exit(args, exc, clean)
+        raise
 
 
 if __name__ == "__main__":

@@ -34,17 +34,23 @@ from collections.abc import Callable
 
 from sinks import failure
 from sinks.clickhouse_store import StoreError, one_line
-from sinks.kafka_producer import DeliveryError
 
 EXIT_GRACE_S = 5.0
 """The most the handler may take between the failure and the process's end."""
 
 
 def _ends_the_run(exc: BaseException) -> bool:
-    """Failures of the outside world (store, cluster); programming errors keep their traceback."""
-    from confluent_kafka import KafkaException
+    """Failures of the outside world (store, cluster); programming errors keep their traceback.
 
-    return isinstance(exc, StoreError | DeliveryError | KafkaException)
+    The Kafka client's errors are looked up only when it is loaded: a file
+    replay never imports it (a sixth of its start-up).
+    """
+    kinds: tuple[type, ...] = (StoreError,)
+    for module, name in (("sinks.kafka_producer", "DeliveryError"), ("confluent_kafka", "KafkaException")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            kinds += (getattr(loaded, name),)
+    return isinstance(exc, kinds)
 
 
 class _FatalExit:
