@@ -73,6 +73,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DURATION_S = 1800.0
 LATENCY_RATE = 20_000
 LATENCY_SECONDS = 60.0
+STREAM_EXTRA: list[str] = []  # more arguments of the latency case's qbtc stream
 LATENCY_WARM_S = 330.0  # the default window (300 bars of 1 s) fills, with room
 
 
@@ -385,7 +386,7 @@ def log_append_time(brokers: str, topic: str) -> None:
         future.result(timeout=30)
 
 
-def latency(brokers: str, partitions: int, tmp: str, prefixes: list[str]) -> None:
+def latency(brokers: str, partitions: int, tmp: str, prefixes: list[str], store: bool = True) -> None:
     prefix = fresh_prefix("lat")
     prefixes.append(prefix)
     sim = wall_paced_market()
@@ -393,11 +394,12 @@ def latency(brokers: str, partitions: int, tmp: str, prefixes: list[str]) -> Non
     window = settings.features.window
     names = topic_names(settings.kafka)
     log_path = os.path.join(tmp, "stream.log")
-    store = f"chdb://{os.path.join(tmp, 'latency.chdb')}"
-    cmd = [sys.executable, "-m", "flows.cli", "stream", "--kafka", brokers, "--store", store, "--quiet"]
+    sink = ["--store", f"chdb://{os.path.join(tmp, 'latency.chdb')}"] if store else ["--null-sink"]
+    cmd = [sys.executable, "-m", "flows.cli", "stream", "--kafka", brokers, *sink, "--quiet", *STREAM_EXTRA]
     cmd += ["--set", f"kafka.topic_prefix={prefix}", "--set", f"kafka.partitions={partitions}"]
     print(
-        f"\nlatency: qbtc stream (default window {window}, chDB store, 1 worker) on {names['ticks']}: "
+        f"\nlatency: qbtc stream (default window {window}, {'chDB store' if store else 'null sink'}, "
+        f"1 worker) on {names['ticks']}: "
         f"{LATENCY_WARM_S:.0f} s of market published at once (the windows fill), then "
         f"{LATENCY_SECONDS:.0f} s at {LATENCY_RATE:,} ticks/s; ticks stamped with the broker's append time",
         flush=True,
