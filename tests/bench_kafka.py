@@ -31,7 +31,7 @@ The ticks topic stamps records with the broker's append time (the moment a
 consumer can first read them). For every feature record of the paced part,
 latency = its Kafka timestamp (when the flow produced it) minus the timestamp
 of the tick that closed its bar (the symbol's first tick, in offset order, at
-or after the bar's end).
+or after the bar's end). Then the same with ``--null-sink`` (what the store costs).
 """
 
 from __future__ import annotations
@@ -616,6 +616,7 @@ def main() -> None:
         throughput(args, brokers, tmp, prefixes)
         if not args.skip_latency:
             latency(brokers, args.partitions, tmp, prefixes)
+            latency(brokers, args.partitions, tmp, prefixes, store=False)
     except BaseException:
         if broker is not None:  # the local broker's last words, before its directory goes
             for name in ("console.log", "logs/server.log"):
