@@ -296,6 +296,7 @@ def stream(
         kafka_client_config(k, "producer") if outputs else None,
         sink_topics,
         stall_timeout_s=k.timeout_s,
+        durable_epochs=bool(execution.recovery_dir),  # without recovery an epoch's end waits for nothing
     )
     control = None
     if trading is not None:  # operator commands issued from now on (sources.control_topic)

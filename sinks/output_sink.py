@@ -39,11 +39,16 @@ def record_key(table: str, record) -> bytes | None:
 
 class _OutPartition(StatefulSinkPartition):
     def __init__(
-        self, writer: StoreWriter, producer: RecordProducer | None, topics: dict[str, str | None]
+        self,
+        writer: StoreWriter,
+        producer: RecordProducer | None,
+        topics: dict[str, str | None],
+        durable_epochs: bool = True,
     ) -> None:
         self.writer = writer
         self.producer = producer
         self.topics = topics
+        self.durable_epochs = durable_epochs
         self.failed = FailOnce()
 
     def write_batch(self, items: list) -> None:
@@ -65,7 +70,23 @@ class _OutPartition(StatefulSinkPartition):
             producer.check()
 
     def snapshot(self) -> None:
-        self.failed.run(self._flush)
+        if self.durable_epochs:
+            self.failed.run(self._flush)
+        else:
+            self.failed.run(self._hand_over)
+
+    def _hand_over(self) -> None:
+        """An epoch's end without recovery: buffered rows go to the writer thread, unawaited.
+
+        With no snapshot to commit, nothing needs the epoch's rows stored
+        before the flow goes on; the store stays as fresh as the epoch, and a
+        live stream is not held up while a batch is inserted (``close``
+        still waits for everything). The topics are flushed as before: that
+        wait is short, and it is how a cluster that stopped answering is noticed.
+        """
+        if self.producer is not None:
+            self.producer.flush()
+        self.writer.write_all()
 
     def _flush(self) -> None:
         if self.producer is not None:
@@ -102,6 +123,10 @@ class OutputSink(FixedPartitionedSink):
         None for a table stored but not published.
     stall_timeout_s
         An epoch's flush fails when the cluster sent no delivery report for this long.
+    durable_epochs
+        Every epoch's output is stored and acknowledged before the epoch ends (a flow
+        with recovery: its snapshot must not get ahead of its output). False: the
+        topics are flushed, the store's rows handed to the writer thread unawaited.
     """
 
     def __init__(
@@ -112,8 +137,10 @@ class OutputSink(FixedPartitionedSink):
         producer_conf: dict | None,
         topics: dict[str, str | None],
         stall_timeout_s: float = 30.0,
+        durable_epochs: bool = True,
     ) -> None:
         self.dsn = dsn
+        self.durable_epochs = durable_epochs
         self.counter = counter
         self.batch_rows = batch_rows
         self.producer_conf = producer_conf
@@ -134,4 +161,5 @@ class OutputSink(FixedPartitionedSink):
             if self.producer_conf is None
             else RecordProducer(self.producer_conf, stall_timeout_s=self.stall_timeout_s)
         )
-        return _OutPartition(StoreWriter(store, self.counter, self.batch_rows), producer, self.topics)
+        writer = StoreWriter(store, self.counter, self.batch_rows)
+        return _OutPartition(writer, producer, self.topics, self.durable_epochs)
