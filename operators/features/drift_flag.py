@@ -27,7 +27,7 @@ def _adwin_class() -> type:
     """River's ``river.drift.ADWIN`` class, without running ``river.drift``'s package init.
 
     That init imports every detector, KSWIN among them and with it
-    ``scipy.stats`` and pandas: a second of start-up for one class. The
+    ``scipy.stats``: a second of start-up for one class. The
     module ``river/drift/adwin.py`` imports only River's Rust core and
     ``river.base``, so it is loaded on its own under its own name; a later
     ``import river.drift`` finds it in ``sys.modules`` and uses the same class.
