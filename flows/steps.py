@@ -588,11 +588,11 @@ class TradingLogic(_Step):
             self.report.controls_not_applied += n
 
     def _observe(self, out: list[StoreRows]) -> list[StoreRows]:
-        """The portfolio's ``var_backtests`` rows into the metrics, the applied operator commands
-        into the report; ``out`` as it is."""
+        """The loop's rows into the metrics (risk gauges, the portfolio's ``var_backtests``), the
+        applied operator commands into the report; ``out`` as it is."""
         for item in out:
-            if item.table == "var_backtests" and self.metrics is not None:
-                self.metrics.var_backtests(item.rows)
+            if self.metrics is not None:
+                self.metrics.trading(item.table, item.rows)
             if item.table == "risk_events" and self.report is not None:
                 self.report.controls.extend(e for e in item.rows if e.kind == "control")
         return out

@@ -63,11 +63,12 @@ _RECORD_FIELDS = {
 
 
 class RowCounter:
-    """Thread-safe rows-written counters per table, plus store write time."""
+    """Thread-safe rows-written counters per table, plus store write time and refused writes."""
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = defaultdict(int)
         self.write_seconds = 0.0
+        self.write_errors: dict[str, int] = defaultdict(int)
         self.writes_here = False  # this process built the (single) store writer
         self._lock = threading.Lock()
 
@@ -75,6 +76,11 @@ class RowCounter:
         with self._lock:
             self.rows[table] += n
             self.write_seconds += seconds
+
+    def write_failed(self, table: str) -> None:
+        """A write of ``table`` the store refused (counted before the failure is reported)."""
+        with self._lock:
+            self.write_errors[table] += 1
 
 
 def _dictionary(values: np.ndarray) -> pa.Array:
@@ -213,6 +219,7 @@ class StoreWriter:
         try:
             self.store.insert(TABLES[table], cols)
         except Exception as exc:
+            self.counter.write_failed(table)  # first: the report may end the process
             failure.report(exc)  # at once: the worker sees it only at its next write or flush
             raise
         self.counter.add(table, n, time.perf_counter() - start)
