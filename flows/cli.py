@@ -199,6 +199,18 @@ def _venue_parser(sub) -> None:
     configure(venue.add_subparsers(dest="venue_command", metavar="ACTION", required=True))
 
 
+def _monitor_parser(sub) -> None:
+    from infra.prometheus.monitor import configure
+
+    monitor = sub.add_parser(
+        "monitor",
+        help="a local Prometheus and Alertmanager with qbtc's rules and alerts (up/down/status)",
+        description="Start, stop or inspect Prometheus scraping qbtc's --metrics-port endpoints with the "
+        "rules of infra/prometheus, and Alertmanager with receivers from the QBTC_ALERT_* environment.",
+    )
+    configure(monitor.add_subparsers(dest="monitor_command", metavar="ACTION", required=True))
+
+
 def _control_parser(sub) -> None:
     ctl = sub.add_parser(
         "control",
@@ -369,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _kafka_parsers(sub)
     _venue_parser(sub)
+    _monitor_parser(sub)
     _execute_parser(sub)
     _control_parser(sub)
     _stress_parser(sub)
@@ -898,6 +911,7 @@ COMMANDS = {
     "simulate": cmd_simulate,
     "kafka": cmd_kafka,
     "venue": cmd_kafka,  # both run the action their subcommand set
+    "monitor": cmd_kafka,
     "publish": cmd_publish,
     "stream": cmd_stream,
     "record": cmd_record,

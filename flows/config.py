@@ -348,9 +348,21 @@ OTHER_ENV = frozenset(
         "QBTC_EXECUTION_API_SECRET",
         "QBTC_VENUE_API_KEY",
         "QBTC_VENUE_API_SECRET",
+        # the alert receivers (infra/prometheus/render.py)
+        "QBTC_ALERT_SLACK_WEBHOOK_URL",
+        "QBTC_ALERT_SLACK_CHANNEL",
+        "QBTC_ALERT_TELEGRAM_BOT_TOKEN",
+        "QBTC_ALERT_TELEGRAM_CHAT_ID",
+        "QBTC_ALERT_SMTP_SMARTHOST",
+        "QBTC_ALERT_SMTP_FROM",
+        "QBTC_ALERT_SMTP_USERNAME",
+        "QBTC_ALERT_SMTP_PASSWORD",
+        "QBTC_ALERT_EMAIL_TO",
+        "QBTC_ALERT_WEBHOOK_URL",
     }
 )
-"""``QBTC_*`` variables that are not config keys: the Kafka jar cache and the API keys."""
+"""``QBTC_*`` variables that are not config keys: the Kafka jar cache, the API keys and the alert
+receivers' settings."""
 TEST_ENV_PREFIXES = ("QBTC_TEST_", "QBTC_FUZZ_", "QBTC_KILL", "QBTC_SLOW")
 """``QBTC_*`` knobs of the test suite (``tests/``), which qbtc itself never reads."""
 
