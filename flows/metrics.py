@@ -136,6 +136,7 @@ class FlowMetrics(RowCounter):
         self.var_share = Gauge(
             "qbtc_var95_equity_ratio", "The book's next-step VaR95 / equity (loss > 0)", registry=r
         )
+        self.var_share.set(float("nan"))  # unknown until the loop's first step: never 0 ("no risk")
         self.breaker_level = Gauge(
             "qbtc_breaker_level",
             "Circuit breaker level: 0 clear, 1 warning, 2 caution, 3 emergency",

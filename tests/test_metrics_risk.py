@@ -154,3 +154,7 @@ def test_a_refused_store_write_is_counted_before_the_failure_is_reported():
     assert seen == [1.0]
     assert m.write_errors == {"bars": 1}
     assert m.value("qbtc_rows_out_total", table="bars") is None  # nothing written
+
+
+def test_var_share_is_nan_before_the_first_step():
+    assert math.isnan(FlowMetrics().value("qbtc_var95_equity_ratio"))
