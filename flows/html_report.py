@@ -122,7 +122,7 @@ def write_report(store, out_path, run=None, compare=None, symbol=None) -> Report
     ]
     if price is not None:
         charts.append((f"{chosen}: price and fills", _price(chosen, price, fills, runs), _PRICE_NOTE))
-    thinned = any(r.book["t"].size > MAX_POINTS for r in runs) or (
+    thinned = any(max(r.book["t"].size, len(r.timeline["t"])) > MAX_POINTS for r in runs) or (
         price is not None and price["t"].size > MAX_POINTS
     )
     from plotly.offline import get_plotlyjs
@@ -263,11 +263,14 @@ def _breakers(runs: list[_RunData]):
     many = len(runs) > 1
     for r in runs:
         tl = r.timeline
-        x = _times(np.asarray(tl["t"]))
+        levels = np.asarray(tl["breaker_level"], dtype=np.float64)
+        pick = rs.thin(levels, MAX_POINTS).index  # a flapping breaker: each slice's lowest and highest level
+        x = _times(np.asarray(tl["t"], dtype=np.int64)[pick])
         line = {"color": r.color, "shape": "hv"}
-        level = go.Scatter(x=x, y=tl["breaker_level"], name=_name(r, "breaker level", many), line=line)
+        level = go.Scatter(x=x, y=levels[pick], name=_name(r, "breaker level", many), line=line)
         fig.add_trace(level, row=1, col=1)
-        fig.add_trace(go.Scatter(x=x, y=tl["mode"], name=_name(r, "mode", many), line=line), row=2, col=1)
+        modes = np.asarray(tl["mode"], dtype=object)[pick]
+        fig.add_trace(go.Scatter(x=x, y=modes, name=_name(r, "mode", many), line=line), row=2, col=1)
         if r.kills["t"]:
             fig.add_trace(
                 go.Scatter(
