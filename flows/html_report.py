@@ -336,13 +336,20 @@ def _distribution(runs: list[_RunData]):
 
     fig = go.Figure()
     many = len(runs) > 1
+    moved = []
     for r in runs:
         ret = r.periods["ret"]
-        moved = 100 * ret[np.isfinite(ret) & (ret != 0)]
+        moved.append(100 * ret[np.isfinite(ret) & (ret != 0)])
+    both = np.concatenate(moved)
+    lo, hi = (float(both.min()), float(both.max())) if both.size else (-1.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    bins = {"start": lo, "end": hi, "size": (hi - lo) / 60}  # the same bins for both runs
+    for r, x in zip(runs, moved, strict=True):
         fig.add_trace(
             go.Histogram(
-                x=moved, name=_name(r, f"{moved.size} returns", many), marker_color=r.color,
-                opacity=0.6 if many else 0.9, nbinsx=60,
+                x=x, name=_name(r, f"{x.size} returns", many), marker_color=r.color,
+                opacity=0.6 if many else 0.9, xbins=bins,
             )
         )  # fmt: skip
     fig.update_xaxes(title_text="return per period, %")
