@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -50,9 +50,11 @@ def _columns(store, sql: str, names: str) -> dict[str, list]:
     return dict(zip(names.split(), columns, strict=True))
 
 
-def _ms(value) -> int | None:
+def _ms(value):
+    """A datetime as epoch ms (the client gives the store's UTC times naive), anything else as is."""
     if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return round(aware.timestamp() * 1000)
     return value
 
 
