@@ -57,7 +57,8 @@ class _RunData:
 def _load(store, run_id: str | None, slot: int) -> _RunData:
     run = rs.find_run(store, run_id)
     rid = run["run_id"]
-    step = int(np.median(np.diff(rs.portfolio(store, rid)["t"][:50]))) if run["steps"] > 1 else 1000
+    book = rs.portfolio(store, rid)
+    step = int(np.median(np.diff(book["t"][:50]))) if run["steps"] > 1 else 1000  # the bar interval
     period = rs.return_period(run["t0"], run["t1"], step)
     n_periods = max(1, (run["t1"] - run["t0"]) // period)
     window = int(max(10, min(n_periods // 10, 500)))
@@ -65,7 +66,7 @@ def _load(store, run_id: str | None, slot: int) -> _RunData:
         run=run,
         label=rid,
         color=COLORS[slot],
-        book=rs.portfolio(store, rid),
+        book=book,
         costs=rs.costs(store, rid),
         strategies=rs.strategy_pnl(store, rid, run["t0"], run["t1"]),
         timeline=rs.risk_timeline(store, rid),
