@@ -167,3 +167,69 @@ def test_the_rule_files_are_packaged():
     text = (ROOT / "pyproject.toml").read_text()
     assert '"infra.prometheus" = ["*.yml"]' in text
     assert {p.suffix for p in RULE_FILES} == {".yml"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_qbtc_monitor_up_status_down(tmp_path):
+    """The launcher for real: both services ready with the shipped rules, a second ``up`` refused,
+    ``down`` stops both, ``status`` then exits 1. No secret in its output."""
+    from infra.processes import process_alive
+
+    require_tool("prometheus")
+    require_tool("prometheus-alertmanager", "alertmanager")
+    data = tmp_path / "monitor"
+    prom, am = _free_port(), _free_port()
+    opts = ["--data-dir", str(data)]
+    up_args = [
+        *opts,
+        "--targets",
+        "127.0.0.1:1",
+        "--prometheus-port",
+        str(prom),
+        "--alertmanager-port",
+        str(am),
+    ]
+    env = {"QBTC_ALERT_WEBHOOK_URL": SECRET_VALUES["QBTC_ALERT_WEBHOOK_URL"]}
+
+    def qbtc(*args: str) -> subprocess.CompletedProcess:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("QBTC_ALERT_")}
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", "monitor", *args],
+            cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    got = qbtc("up", *up_args)
+    try:
+        if got.returncode != 0:
+            from tests.kafka_fixture import unavailable
+
+            unavailable(f"qbtc monitor up failed: {got.stderr}")
+        assert f"prometheus at http://127.0.0.1:{prom}" in got.stdout and "receivers: webhook" in got.stdout
+        assert SECRET_VALUES["QBTC_ALERT_WEBHOOK_URL"] not in got.stdout + got.stderr
+        state = json.loads((data / "monitor.json").read_text())
+        assert all(process_alive(pid) for pid in state["pids"].values())
+        st = qbtc("status", *opts)
+        assert st.returncode == 0 and st.stdout.count(" ready at ") == 2, st.stdout
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom}/api/v1/rules", timeout=5) as r:
+            groups = json.loads(r.read())["data"]["groups"]
+        assert {g["name"] for g in groups} == {"qbtc-recording", "qbtc-risk", "qbtc-pipeline"}
+        again = qbtc("up", *up_args)
+        assert again.returncode == 1 and "already runs" in again.stderr
+        assert stat.S_IMODE((data / "alertmanager" / "alertmanager.yml").stat().st_mode) == 0o600
+    finally:
+        stopped = qbtc("down", *opts)
+    assert stopped.returncode == 0 and "stopped alertmanager, prometheus" in stopped.stdout
+    assert not any(process_alive(pid) for pid in state["pids"].values())
+    after = qbtc("status", *opts)
+    assert after.returncode == 1 and after.stdout.count("not running") == 2
+    bad = qbtc("up", *opts, "--targets", "nohostport")
+    assert bad.returncode == 2 and "targets must be host:port" in bad.stderr
