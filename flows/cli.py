@@ -120,6 +120,7 @@ def _kafka_parsers(sub) -> None:
     )
     st.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _trade(st, default=False)
+    _run_id(st)
     st.add_argument(
         "--execution",
         choices=("internal", "external"),
@@ -172,14 +173,54 @@ def _trade(p, default: bool) -> None:
     )
 
 
+def _run_id(p) -> None:
+    p.add_argument(
+        "--run-id",
+        metavar="ID",
+        help="name this run in the store (its trading rows and its row in `qbtc runs`); default: 8 hex "
+        "digits from the settings, the command and the input (the same run gets the same id)",
+    )
+
+
+def _report_option(p) -> None:
+    p.add_argument(
+        "--report",
+        metavar="FILE",
+        help="with --trade: write the run's HTML report (as qbtc report --run ID --out FILE) when it ends",
+    )
+
+
+def _check_report(args, dsn: str | None) -> None:
+    if getattr(args, "report", None) is None:
+        return
+    if not args.trade:
+        msg = "--report needs --trade (a report shows a trading run)"
+        raise UsageError(msg)
+    if dsn is None:
+        msg = "--report needs a store (not --null-sink): the report is built from it"
+        raise UsageError(msg)
+
+
+def _write_report(args, store: Store | None, run, progress) -> None:
+    """``--report FILE``: the finished run's report (not after a Ctrl-C: the run is incomplete)."""
+    if getattr(args, "report", None) is None or store is None or progress.stop_requested:
+        return
+    from flows.html_report import write_report
+
+    write_report(store, args.report, run=run.run_id)
+    sys.stdout.write(f"report: {os.path.abspath(args.report)}\n")
+
+
 def _store_runs(p) -> None:
-    """``--append`` / ``--fresh``: what a trading run does with a store that holds another run's rows."""
+    """``--run-id``, ``--append`` / ``--fresh``: a run's id, and what a trading run does with a store
+    that already holds that run."""
+    _run_id(p)
     runs = p.add_mutually_exclusive_group()
     runs.add_argument(
         "--append",
         action="store_true",
-        help="trade into a store that already holds trading rows: keep them and add this run's "
-        "(order ids carry the run's tag, so runs never overwrite each other)",
+        help="write a run the store already holds again (the same id: rows with the same keys replace "
+        "each other); runs with other ids are always kept apart",
     )
     runs.add_argument(
         "--fresh", action="store_true", help="drop qbtc's tables in the store and create them empty first"
@@ -312,23 +353,6 @@ def _stress_parser(sub) -> None:
     st.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
-def _report_parser(sub) -> None:
-    rep = sub.add_parser(
-        "report",
-        help="one self-contained HTML report of a trading run (or two runs side by side)",
-        description="Write an HTML report of a trading run from the store: summary figures and costs, "
-        "equity and drawdown, exposure and leverage, VaR against P&L with exceedances, breakers and "
-        "mode, P&L by strategy, monthly returns, the return distribution, rolling Sharpe and one "
-        "symbol's price with its fills. The file embeds Plotly and works offline.",
-    )
-    _common(rep)
-    rep.add_argument("--run", metavar="ID", help="the run to report (default: the newest run that traded)")
-    rep.add_argument("--compare", metavar="ID2", help="a second run drawn beside it (e.g. the engine off)")
-    rep.add_argument("--symbol", metavar="S", help="the symbol whose price and fills are drawn (default: "
-                     "the run's most traded)")  # fmt: skip
-    rep.add_argument("--out", metavar="FILE", default="report.html", help="HTML file (default report.html)")
-
-
 def _version() -> str:
     """The installed package's version (its metadata), or ``unknown`` when qbtc is not installed."""
     from importlib.metadata import PackageNotFoundError, version
@@ -359,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _trade(run, default=True)
     _store_runs(run)
+    _report_option(run)
 
     rep = sub.add_parser(
         "replay",
@@ -389,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _trade(rep, default=False)
     _store_runs(rep)
+    _report_option(rep)
     topic = rep.add_argument_group("topic replays (kafka://)")
     topic.add_argument("--from-offset", type=int, metavar="O", help="start every partition at offset O")
     topic.add_argument(
@@ -402,7 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
     _execute_parser(sub)
     _control_parser(sub)
     _stress_parser(sub)
-    _report_parser(sub)
 
     sql = sub.add_parser(
         "sql",
@@ -414,6 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sql)
     sql.add_argument("--write", action="store_true", help="allow statements that change the store (DDL, DML)")
     sql.add_argument("--format", choices=("table", "csv", "tsv"), default="table", help="output format")
+
+    runs = sub.add_parser(
+        "runs",
+        help="list the runs in the store (ids, status, figures), newest first",
+        description="List the store's runs: every replay, run and stream has a run id (--run-id, or "
+        "derived from its settings and input) and a row in the runs table with its settings and "
+        "backtest figures; its trading rows carry the id. Compare two with qbtc report --run A --compare B.",
+    )
+    _common(runs)
+    runs.add_argument("--limit", type=int, metavar="N", help="the newest N runs only")
+    runs.add_argument("--format", choices=("table", "csv", "tsv"), default="table", help="output format")
 
     sim = sub.add_parser(
         "simulate",
@@ -469,25 +505,79 @@ def cmd_run(args) -> int:
 
     settings = _with_workers(_settings(args), args.workers)
     dsn = _dsn(args, settings)
+    _check_report(args, dsn)
     store = Store(dsn)
-    _store_for_run(args, store, args.trade)
+    run = _begin_run(args, settings, "run", "simulator", "", args.trade)
+    _store_for_run(args, store, args.trade, run)
     watchdog.default_abort()
     inputs, expected = simulator_inputs(settings)
     progress = Progress(total_bytes=expected, report=None if args.quiet else stderr_progress)
     report = TradingReport()
     start = time.perf_counter()
-    with stop_reading(progress, "run"):
+    with _run_row(run, store, progress, report), stop_reading(progress, "run"):
         counter = replay(
-            inputs, settings, dsn, progress, trade=args.trade, report=report, live_since=_wall_ms()
+            inputs,
+            settings,
+            dsn,
+            progress,
+            trade=args.trade,
+            report=report,
+            live_since=_wall_ms(),
+            run_id=run.run_id,
         )
-    run_summary("run", store, dsn, progress.records, time.perf_counter() - start, dict(counter.rows))
+        run.rows = counter.rows
+    seconds = time.perf_counter() - start
+    run_summary("run", store, dsn, progress.records, seconds, dict(counter.rows), run_id=run.run_id)
     trading_summary(report)
+    _write_report(args, store, run, progress)
     return _finished(args, progress)
 
 
-def _store_for_run(args, store: Store | None, trading: bool) -> None:
+def _begin_run(args, settings: Settings, kind: str, source: str, run_input: str, trade: bool):
+    """The run this command makes (:mod:`flows.runs`): its id from ``--run-id`` or derived."""
+    from flows.runs import Run, check_run_id, command_line, default_run_id, settings_json, what_decides
+
+    tag = ""
+    if trade:
+        from flows.trading_settings import trading_settings
+
+        tag = trading_settings(settings, run_input).run_tag
+    given = getattr(args, "run_id", None)
+    run_id = check_run_id(given) if given else default_run_id(kind, what_decides(settings, tag), source)
+    return Run(run_id, kind, source, trade, tag, settings_json(settings), command_line(settings), _wall_ms())
+
+
+class _run_row:  # noqa: N801 - used as a context manager, like contextlib's
+    """Write the run's ``runs`` row when it starts (status running) and when it ends: finished,
+    interrupted (Ctrl-C) or failed (an exception, which goes on). Without a store: nothing."""
+
+    def __init__(self, run, store: Store | None, progress, report) -> None:
+        self.run, self.store, self.progress, self.report = run, store, progress, report
+
+    def __enter__(self):
+        if self.store is not None:
+            self.run.write(self.store)
+        return self.run
+
+    def __exit__(self, kind, exc, tb) -> None:
+        run = self.run
+        if exc is not None:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) or _interrupted(exc) else "failed"
+        else:
+            status = "interrupted" if getattr(self.progress, "stop_requested", False) else "finished"
+        summary = self.report.summary if self.report is not None else None
+        records = max(run.records, self.progress.records)
+        try:
+            run.finish(self.store, status, _wall_ms(), records, run.rows, summary)
+        except Exception:
+            if exc is None:
+                raise
+            # the run failed already (often the store itself): its first error is the one to show
+
+
+def _store_for_run(args, store: Store | None, trading: bool, run=None) -> None:
     """``--fresh``: drop and recreate qbtc's tables. A trading run into a store that already holds
-    trading rows stops here (one line) unless ``--append`` or ``--fresh`` says what to do."""
+    that run (its id) stops here (one line) unless ``--append`` or ``--fresh`` says what to do."""
     append, fresh = getattr(args, "append", False), getattr(args, "fresh", False)
     if store is None:
         if append or fresh:
@@ -497,14 +587,15 @@ def _store_for_run(args, store: Store | None, trading: bool) -> None:
     if fresh:
         store.recreate()
         return
-    if not trading or append:
+    if not trading or append or run is None:
         return
-    held = store.trading_rows()
+    held = {table: n for table, n in store.run_rows(run.run_id).items() if table != "runs"}
     if held:
         rows = ", ".join(f"{table} {n:,}" for table, n in held.items())
         msg = (
-            f"store {redact(store.dsn)} already holds trading rows of another run ({rows}): add --append "
-            "to keep them and add this run's, or --fresh to drop qbtc's tables first, or give another --store"
+            f"store {redact(store.dsn)} already holds run {run.run_id} ({rows}): the same settings and input "
+            "(or the same --run-id); add --append to write it again (rows with the same keys replace each "
+            "other), --run-id NAME to keep both, or --fresh to drop qbtc's tables first"
         )
         raise UsageError(msg)
 
@@ -554,20 +645,25 @@ def _run_topic(
     from flows.inputs import stderr_progress
     from flows.kafka_flow import execution_from, stream
     from flows.pipeline import TradingReport
+    from flows.trading_settings import span_input
     from sources.chunk_source import Progress
 
+    _check_report(args, dsn)
     execution = execution_from(settings, args.process_id, args.addresses)
+    run_input = span_input(span.from_ts, span.to_ts)
+    run = _begin_run(args, settings, kind, f"kafka:{topic}|{run_input}", run_input, args.trade)
+    store = None
     if dsn is not None and execution.process_id is None:
         store = Store(dsn)  # a bad DSN is a usage error now, not a failure inside the flow
         if kind == "replay" and not execution.recovery_dir:  # a resumed replay goes on with its own rows
-            _store_for_run(args, store, args.trade)
+            _store_for_run(args, store, args.trade, run)
         watchdog.default_abort()
     elif dsn is None:
         _store_for_run(args, None, args.trade)
     progress = Progress(report=None if args.quiet else stderr_progress)
     report = TradingReport() if args.trade else None
     start = time.perf_counter()
-    with quiet_interrupt():
+    with _run_row(run, store, progress, report), quiet_interrupt():
         metrics = stream(
             settings,
             topic,
@@ -578,17 +674,23 @@ def _run_topic(
             progress=progress,
             report=report,
             venue=venue,
+            run_id=run.run_id,
         )
+        run.rows, run.records = metrics.rows, metrics.records
+        if store is None and dsn is not None and metrics.writes_here:  # the cluster's process that stored
+            summary = report.summary if report is not None else None
+            run.finish(Store(dsn), "finished", _wall_ms(), metrics.records, metrics.rows, summary)
     seconds = time.perf_counter() - start
     if dsn is not None and not metrics.writes_here:
         # another process of the cluster held the sink (and the store)
         done = f"{metrics.records:,} records in {seconds:.1f} s"
-        sys.stdout.write(f"\n{kind}: {done}; stored by another process\n")
+        sys.stdout.write(f"\n{kind}: {done}; stored by another process (run {run.run_id})\n")
         return 0
     store = None if dsn is None else Store(dsn)
-    run_summary(kind, store, dsn or "", metrics.records, seconds, dict(metrics.rows))
+    run_summary(kind, store, dsn or "", metrics.records, seconds, dict(metrics.rows), run_id=run.run_id)
     if report is not None:
         trading_summary(report)
+    _write_report(args, store, run, progress)
     return 0
 
 
@@ -628,6 +730,7 @@ def _only_for_topics(args) -> None:
 def cmd_replay(args) -> int:
     from flows.inputs import file_inputs, stderr_progress
     from flows.pipeline import TradingReport, replay
+    from flows.runs import file_source
     from flows.trading_settings import span_input
     from sources.chunk_source import Progress
 
@@ -637,21 +740,35 @@ def cmd_replay(args) -> int:
     settings = _with_workers(_settings(args), args.workers)
     dsn = None if args.null_sink else _dsn(args, settings)
     span = _file_span(args)
+    _check_report(args, dsn)
     inputs, total = file_inputs(args.inputs, settings, span)
     store = None if dsn is None else Store(dsn)
-    _store_for_run(args, store, args.trade)
+    run_input = span_input(span.from_ts, span.to_ts)
+    spanned = span.from_ts is not None or span.to_ts is not None
+    source = file_source(args.inputs) + (f"|{run_input}" if spanned else "")
+    run = _begin_run(args, settings, "replay", source, run_input, args.trade)
+    _store_for_run(args, store, args.trade, run)
     watchdog.default_abort()
     progress = Progress(total_bytes=total, report=None if args.quiet else stderr_progress)
     report = TradingReport()
     start = time.perf_counter()
-    run_input = span_input(span.from_ts, span.to_ts)
-    with stop_reading(progress, "replay"):
+    with _run_row(run, store, progress, report), stop_reading(progress, "replay"):
         counter = replay(
-            inputs, settings, dsn, progress, trade=args.trade, report=report, run_input=run_input
+            inputs,
+            settings,
+            dsn,
+            progress,
+            trade=args.trade,
+            report=report,
+            run_input=run_input,
+            run_id=run.run_id,
         )
+        run.rows = counter.rows
     seconds = time.perf_counter() - start
-    run_summary("replay", store, dsn or "", progress.records, seconds, dict(counter.rows), progress.skipped)
+    rows = dict(counter.rows)
+    run_summary("replay", store, dsn or "", progress.records, seconds, rows, progress.skipped, run.run_id)
     trading_summary(report)
+    _write_report(args, store, run, progress)
     return _finished(args, progress)
 
 
@@ -878,6 +995,39 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from flows.runs import list_runs
+
+    if args.limit is not None and args.limit < 1:
+        msg = "--limit must be >= 1"
+        raise UsageError(msg)
+    store = Store(_dsn(args, _settings(args)), must_exist=True)
+    names, rows = list_runs(store, args.limit)
+    if args.format == "table":
+        rows = [_run_cells(row) for row in rows]
+    write_table(names, rows, args.format)
+    return 0
+
+
+def _run_cells(row: tuple) -> tuple:
+    """A ``list_runs`` row for people: times without milliseconds, fractions as percent."""
+    import math
+
+    def pct(x):
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+    def num(x):
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+
+    run_id, kind, status, started, records, trade, ret, dd, sharpe, orders, fills, source = row
+    when = started.strftime("%Y-%m-%d %H:%M:%S") if started is not None else ""
+    if not trade or kind == "(before run ids)":
+        ret = dd = sharpe = None
+    if len(source) > 60:
+        source = "..." + source[-57:]
+    return (run_id, kind, status, when, records, trade, pct(ret), pct(dd), num(sharpe), orders, fills, source)
+
+
 def cmd_simulate(args) -> int:
     from flows.inputs import simulator_settings
     from sources.simulator import write_csv
@@ -922,23 +1072,11 @@ def cmd_stress(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from flows.html_report import write_report
-
-    settings = _settings(args)
-    store = Store(_dsn(args, settings), must_exist=True)
-    made = write_report(store, args.out, run=args.run, compare=args.compare, symbol=args.symbol)
-    runs = " vs ".join(made.runs)
-    sys.stdout.write(
-        f"wrote {made.path} ({made.size / 1e6:.1f} MB): run {runs}, symbol {made.symbol or '(no fills)'}\n"
-    )
-    return 0
-
-
 COMMANDS = {
     "run": cmd_run,
     "replay": cmd_replay,
     "sql": cmd_sql,
+    "runs": cmd_runs,
     "simulate": cmd_simulate,
     "kafka": cmd_kafka,
     "venue": cmd_kafka,  # both run the action their subcommand set
@@ -949,7 +1087,6 @@ COMMANDS = {
     "control": cmd_control,
     "execute": cmd_execute,
     "stress": cmd_stress,
-    "report": cmd_report,
 }
 
 

@@ -226,6 +226,7 @@ def stream(
     progress: Progress | None = None,
     report: TradingReport | None = None,
     venue: str = INTERNAL,
+    run_id: str = "",
 ) -> FlowMetrics:
     """Run the features flow from ``topic`` into the store at ``dsn`` and the output topics.
 
@@ -242,7 +243,8 @@ def stream(
 
     ``span.bounded`` makes it a replay that ends at the topic's end offsets
     found at start; otherwise it runs until stopped. ``outputs=False``
-    writes no output topics (a store-only replay).
+    writes no output topics (a store-only replay). ``run_id`` goes into the
+    trading tables' rows in the store.
     """
     k = settings.kafka
     started = wall_ms()
@@ -297,6 +299,7 @@ def stream(
         sink_topics,
         stall_timeout_s=k.timeout_s,
         durable_epochs=bool(execution.recovery_dir),  # without recovery an epoch's end waits for nothing
+        run_id=run_id,
     )
     control = None
     if trading is not None:  # operator commands issued from now on (sources.control_topic)

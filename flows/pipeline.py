@@ -243,6 +243,7 @@ def replay(
     report: TradingReport | None = None,
     run_input: str = "",
     live_since: int | None = None,
+    run_id: str = "",
 ) -> RowCounter:
     """Run the flow over inputs into the store at ``dsn`` (None: the null sink).
 
@@ -250,10 +251,11 @@ def replay(
     ``run_input`` (the span read) goes into the run tag of its order ids.
     ``live_since`` (wall-clock ms) makes it a live run: the loop also applies
     the control file's commands issued from then on (``qbtc run``).
+    ``run_id`` goes into the trading tables' rows (see :mod:`flows.runs`).
     The counter has the rows this run wrote, per table.
     """
     counter = RowCounter()
-    sink = StoreSink(dsn, counter, settings.store.batch_rows)
+    sink = StoreSink(dsn, counter, settings.store.batch_rows, run_id)
     trading = trading_settings(settings, run_input) if trade else None
     flow = build_flow(
         ChunkSource(source_inputs, progress),

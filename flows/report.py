@@ -20,7 +20,14 @@ EXAMPLE_SQL = (
 
 
 def run_summary(
-    kind: str, store: Store | None, dsn: str, records: int, seconds: float, written, skipped: int = 0
+    kind: str,
+    store: Store | None,
+    dsn: str,
+    records: int,
+    seconds: float,
+    written,
+    skipped: int = 0,
+    run_id: str = "",
 ) -> None:
     """Print what a run read and the rows it wrote, per table, into the store (or the null sink).
 
@@ -30,6 +37,8 @@ def run_summary(
     out = sys.stdout
     rate = records / seconds if seconds > 0 else 0.0
     out.write(f"\n{kind}: {records:,} records in {seconds:.1f} s ({rate:,.0f} ticks/s)\n")
+    if run_id:
+        out.write(f"run: {run_id}\n")
     if skipped:
         out.write(f"{skipped:,} records outside --from-ts/--to-ts skipped (not dead letters)\n")
     if store is None:
@@ -41,12 +50,16 @@ def run_summary(
     out.write(f"store: {redact(dsn)}: rows written by this run\n")
     w = max(len(table) for table in TABLES) + 2
     for table in TABLES:
+        if table == "runs":
+            continue
         out.write(f"  {table:<{w}}{written.get(table, 0):>12,} rows\n")
     path = dsn[len("chdb://") :] if dsn.startswith("chdb://") else None
     store_arg = "" if dsn == DEFAULT_DSN else f" --store {shlex.quote(dsn)}"
     if path:
         out.write(f"data: {os.path.abspath(path)}\n")
     out.write(f"try:  qbtc sql {shlex.quote(EXAMPLE_SQL)}{store_arg}\n")
+    if run_id:
+        out.write(f"      qbtc runs{store_arg}\n")
 
 
 def _pct(x: float | None) -> str:

@@ -104,6 +104,7 @@ DEAD_LETTERS = Table(
 SIGNALS = Table(
     "signals",
     (
+        ("run_id", "LowCardinality(String)"),
         ("ts", TS),
         ("symbol", "LowCardinality(String)"),
         ("strategy", "LowCardinality(String)"),
@@ -111,11 +112,12 @@ SIGNALS = Table(
         ("strength", "Float64"),
         ("regime", "LowCardinality(String)"),
     ),
-    ("symbol", "strategy", "ts"),
+    ("run_id", "symbol", "strategy", "ts"),
 )
 RISK_EVENTS = Table(
     "risk_events",
     (
+        ("run_id", "LowCardinality(String)"),
         ("ts", TS),
         ("kind", "LowCardinality(String)"),
         ("level", "UInt8"),
@@ -126,11 +128,12 @@ RISK_EVENTS = Table(
         ("message", "String"),
     ),
     # events are deterministic, so a replayed epoch writes identical rows
-    ("ts", "kind", "symbol", "action", "message"),
+    ("run_id", "ts", "kind", "symbol", "action", "message"),
 )
 ORDERS = Table(
     "orders",
     (
+        ("run_id", "LowCardinality(String)"),
         ("ts", TS),
         ("order_id", "String"),
         ("parent_id", "String"),
@@ -142,11 +145,12 @@ ORDERS = Table(
         ("reason", "LowCardinality(String)"),
         ("strategy", "LowCardinality(String)"),
     ),
-    ("order_id",),
+    ("run_id", "order_id"),
 )
 FILLS = Table(
     "fills",
     (
+        ("run_id", "LowCardinality(String)"),
         ("ts", TS),
         ("order_id", "String"),
         ("symbol", "LowCardinality(String)"),
@@ -157,7 +161,7 @@ FILLS = Table(
         ("slippage_bps", "Float64"),
     ),
     # one row per trade: a venue may fill one order in several trades (a paper fill is whole)
-    ("order_id", "ts", "price", "qty"),
+    ("run_id", "order_id", "ts", "price", "qty"),
 )
 ORDER_EVENTS = Table(
     "order_events",
@@ -229,6 +233,7 @@ VAR_BACKTESTS = Table(
 PORTFOLIO = Table(
     "portfolio",
     (
+        ("run_id", "LowCardinality(String)"),
         ("ts", TS),
         ("equity", "Float64"),
         ("cash", "Float64"),
@@ -245,7 +250,7 @@ PORTFOLIO = Table(
         ("breaker_level", "UInt8"),
         ("mode", "LowCardinality(String)"),
     ),
-    ("ts",),
+    ("run_id", "ts"),
 )
 MARKET_TABLES = (TICKS, BARS, FEATURES, CORRELATIONS, DEAD_LETTERS, VAR_BACKTESTS)
 """What the features flow writes."""
@@ -294,3 +299,45 @@ STRESS = Table(
 )
 """What ``qbtc stress`` writes (one row per run)."""
 TABLES[STRESS.name] = STRESS
+RUNS = Table(
+    "runs",
+    (
+        ("run_id", "String"),
+        ("kind", "LowCardinality(String)"),
+        ("status", "LowCardinality(String)"),
+        ("started", TS),
+        ("finished", TS),
+        ("command", "String"),
+        ("input", "String"),
+        ("trade", "UInt8"),
+        ("run_tag", "String"),
+        ("settings", "String"),
+        ("records", "UInt64"),
+        ("rows", "String"),
+        ("start_equity", "Float64"),
+        ("end_equity", "Float64"),
+        ("return", "Float64"),
+        ("sharpe", "Float64"),
+        ("sortino", "Float64"),
+        ("max_drawdown", "Float64"),
+        ("win_rate", "Float64"),
+        ("profit_factor", "Float64"),
+        ("var_exceedance_rate", "Float64"),
+        ("orders", "UInt64"),
+        ("fills", "UInt64"),
+        ("signals", "UInt64"),
+        ("kill_switches", "UInt64"),
+        ("mode_changes", "UInt64"),
+        ("breaker_trips", "UInt64"),
+        ("first_ts", TS),
+        ("last_ts", TS),
+        ("summary", "String"),
+    ),
+    # one row per run: written at its start (status running) and replaced at its end
+    ("run_id",),
+)
+"""One row per replay, run and stream (``qbtc runs``): what it read, its settings and its
+backtest figures (NaN / 0 where it did not trade). The trading tables carry its ``run_id``."""
+TABLES[RUNS.name] = RUNS
+RUN_TABLES = tuple(t.name for t in TRADING_TABLES)
+"""The tables whose rows carry the run that wrote them (first in their keys)."""

@@ -13,8 +13,11 @@ chDB keeps in the store with its holder's pid).
 A store made by an older qbtc is brought up to date when it opens: a column
 this version added is added to the table (``ALTER TABLE ... ADD COLUMN``;
 a Float64 reads NaN on the old rows, "not known then", any other type its
-default). A table whose sorting key changed cannot be altered in place: it
-stays readable, and a write into it fails with one line saying so.
+default). A trading table made before run ids (its key without ``run_id``)
+is rebuilt under the new key, its rows kept with ``run_id`` ``""`` (listed by
+``qbtc runs`` as rows from before run ids). Any other table whose sorting key
+changed cannot be altered in place: it stays readable, and a write into it
+fails with one line saying so.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import clickhouse_connect
 import numpy as np
 import pyarrow as pa
 
-from schemas.ddl import TABLES, TS, Table
+from schemas.ddl import RUN_TABLES, RUNS, TABLES, TS, Table
 from schemas.errors import OutsideFailure, UsageProblem
 
 DEFAULT_DSN = "chdb://var/qbtc.chdb"
@@ -61,6 +64,15 @@ TRADING_TABLES = {
     "var_backtests": "symbol = ''",  # the loop's own rows (the portfolio's); symbols' come with features
 }
 """The tables a trading run writes, with the condition that picks its rows ("" = all)."""
+
+
+def quote(text: str) -> str:
+    r"""``text`` as a ClickHouse string literal.
+
+    >>> print(quote("it's a\\b"))
+    'it\'s a\\b'
+    """
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def one_line(exc: BaseException, limit: int = 1000) -> str:
@@ -230,9 +242,23 @@ class Store:
         for name, key in keys.items():
             table = TABLES.get(name)
             key = key.replace(" ", "").removeprefix("(").removesuffix(")")  # "(source)" for one column
-            if table is not None and key != ",".join(table.key):
+            if table is None or key == ",".join(table.key):
+                continue
+            if name in RUN_TABLES and key == ",".join(k for k in table.key if k != "run_id"):
+                self._rekey(table)  # made before run ids: rebuilt, its rows kept under run_id ""
+            else:
                 stale[name] = key.replace(",", ", ")
         return stale
+
+    def _rekey(self, table: Table) -> None:
+        """Rebuild ``table`` under its current key, rows kept (a sorting key cannot be altered)."""
+        new, old = f"{table.name}__rekeyed", f"{table.name}__before_rekey"
+        cols = ", ".join(f"`{c}`" for c in table.column_names)
+        self.command(f"DROP TABLE IF EXISTS {new}")
+        self.command(table.create_sql().replace(f"EXISTS {table.name} (", f"EXISTS {new} (", 1))
+        self.command(f"INSERT INTO {new} ({cols}) SELECT {cols} FROM {table.name}")
+        self.command(f"RENAME TABLE {table.name} TO {old}, {new} TO {table.name}")
+        self.command(f"DROP TABLE {old}")
 
     def command(self, sql: str):
         with self.lock:
@@ -251,6 +277,15 @@ class Store:
         )
         got = {name: int(n) for name, n in self.query(sql).result_rows}
         return {name: got[name] for name in TRADING_TABLES if got.get(name)}
+
+    def run_rows(self, run_id: str) -> dict[str, int]:
+        """Rows of run ``run_id`` per trading table (tables without any left out), plus ``runs``
+        when the run has its row there."""
+        names = (*RUN_TABLES, RUNS.name)
+        where = f"run_id = {quote(run_id)}"
+        sql = " UNION ALL ".join(f"SELECT '{name}', count() FROM {name} WHERE {where}" for name in names)
+        got = dict(self.query(sql).result_rows)
+        return {name: int(got[name]) for name in names if got.get(name)}
 
     def recreate(self) -> None:
         """Drop qbtc's tables and create them empty (``--fresh``)."""

@@ -127,6 +127,8 @@ class OutputSink(FixedPartitionedSink):
         Every epoch's output is stored and acknowledged before the epoch ends (a flow
         with recovery: its snapshot must not get ahead of its output). False: the
         topics are flushed, the store's rows handed to the writer thread unawaited.
+    run_id
+        The run the trading tables' rows belong to in the store.
     """
 
     def __init__(
@@ -138,8 +140,10 @@ class OutputSink(FixedPartitionedSink):
         topics: dict[str, str | None],
         stall_timeout_s: float = 30.0,
         durable_epochs: bool = True,
+        run_id: str = "",
     ) -> None:
         self.dsn = dsn
+        self.run_id = run_id
         self.durable_epochs = durable_epochs
         self.counter = counter
         self.batch_rows = batch_rows
@@ -161,5 +165,5 @@ class OutputSink(FixedPartitionedSink):
             if self.producer_conf is None
             else RecordProducer(self.producer_conf, stall_timeout_s=self.stall_timeout_s)
         )
-        writer = StoreWriter(store, self.counter, self.batch_rows)
+        writer = StoreWriter(store, self.counter, self.batch_rows, self.run_id)
         return _OutPartition(writer, producer, self.topics, self.durable_epochs)

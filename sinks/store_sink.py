@@ -22,7 +22,7 @@ import pyarrow as pa
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from schemas.correlation_rows import CorrelationBlock, CorrelationRows, block_columns
-from schemas.ddl import TABLES
+from schemas.ddl import RUN_TABLES, TABLES
 from schemas.records import (
     Bar,
     Correlation,
@@ -112,9 +112,17 @@ def tick_columns(parts: list) -> dict:
     }
 
 
-def record_columns(table: str, records: list) -> dict:
-    """Columns of a record table from its records."""
-    return {name: [getattr(r, name) for r in records] for name in _RECORD_FIELDS[table]}
+def record_columns(table: str, records: list, run_id: str = "") -> dict:
+    """Columns of a record table from its records; a trading table's rows carry ``run_id``."""
+    cols = {name: [getattr(r, name) for r in records] for name in _RECORD_FIELDS[table]}
+    if table in _RUN_TABLES:
+        cols["run_id"] = pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(len(records), np.int32)), pa.array([run_id])
+        )
+    return cols
+
+
+_RUN_TABLES = frozenset(RUN_TABLES)
 
 
 def correlation_columns(parts: list) -> dict:
@@ -143,12 +151,17 @@ class StoreWriter:
         Counts what was written.
     batch_rows
         Rows buffered (all tables together) before a write.
+    run_id
+        The run the trading tables' rows belong to (their ``run_id`` column).
     """
 
-    def __init__(self, store: Store | None, counter: RowCounter, batch_rows: int = 250_000) -> None:
+    def __init__(
+        self, store: Store | None, counter: RowCounter, batch_rows: int = 250_000, run_id: str = ""
+    ) -> None:
         self.store = store
         self.counter = counter
         self.batch_rows = batch_rows
+        self.run_id = run_id
         self.buffers: dict[str, list] = defaultdict(list)
         self.sizes: dict[str, int] = defaultdict(int)
         self.buffered = 0
@@ -201,14 +214,13 @@ class StoreWriter:
             self.pending.popleft().result()
         self.pending.append(self.pool.submit(self._write_tables, batch))
 
-    @staticmethod
-    def _columns(table: str, parts: list) -> dict:
+    def _columns(self, table: str, parts: list) -> dict:
         """A table's buffered rows as columns."""
         if table == "ticks":
             return tick_columns(parts)
         if table == "correlations":
             return correlation_columns(parts)
-        return record_columns(table, parts)
+        return record_columns(table, parts, self.run_id)
 
     def _write_tables(self, batch: list[tuple[str, list, int]]) -> None:
         for table, parts, n in batch:
@@ -289,11 +301,14 @@ class _Partition(StatelessSinkPartition):
 class StoreSink(DynamicSink):
     """Bytewax sink writing ``(table, payload)`` items; ``dsn=None`` is the null sink."""
 
-    def __init__(self, dsn: str | None, counter: RowCounter, batch_rows: int = 250_000) -> None:
+    def __init__(
+        self, dsn: str | None, counter: RowCounter, batch_rows: int = 250_000, run_id: str = ""
+    ) -> None:
         self.dsn = dsn
         self.counter = counter
         self.batch_rows = batch_rows
+        self.run_id = run_id
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         store = None if self.dsn is None else Store(self.dsn)
-        return _Partition(StoreWriter(store, self.counter, self.batch_rows))
+        return _Partition(StoreWriter(store, self.counter, self.batch_rows, self.run_id))

@@ -33,10 +33,12 @@ from schemas.ddl import TABLES
 from sinks.clickhouse_store import Store
 store = Store(sys.argv[1])
 select = sys.argv[2]
-names = sys.argv[3].split(",") if sys.argv[3] else list(TABLES)
+names = sys.argv[3].split(",") if sys.argv[3] else [t for t in TABLES if t != "runs"]
+keep_ids = sys.argv[4] == "1"
 out = {}
 for name in names:
-    res = store.query(select.format(name=name))
+    cols = "*" if keep_ids or "run_id" not in TABLES[name].column_names else "* EXCEPT (run_id)"
+    res = store.query(select.format(name=name, cols=cols))
     out[name] = {"columns": list(res.column_names), "rows": [
         [v.hex() if isinstance(v, bytes) else v for v in row] for row in res.result_rows]}
 json.dump(out, sys.stdout, default=str)
@@ -68,18 +70,27 @@ def qbtc(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300, c
     return proc
 
 
-def dump(dsn: str, cwd: Path, tables: tuple[str, ...] = (), final: bool = True) -> dict:
+def dump(
+    dsn: str, cwd: Path, tables: tuple[str, ...] = (), final: bool = True, run_ids: bool = False
+) -> dict:
     """Every table (or ``tables``) of the store at ``dsn`` read with FINAL, rows sorted.
 
     ``final=False`` reads the distinct rows as written, before the
     ReplacingMergeTree merges rows of one key: a key written twice with
     different values then shows as two rows.
+
+    The ``run_id`` column is left out unless ``run_ids`` (runs compared here,
+    a file replay and a topic replay say, have different ids but the same
+    rows), and so is the ``runs`` table unless named (start times, commands).
     """
+    tables = tuple(getattr(t, "name", t) for t in tables if getattr(t, "name", t) != "runs" or run_ids)
     select = (
-        "SELECT * FROM {name} FINAL ORDER BY ALL" if final else "SELECT DISTINCT * FROM {name} ORDER BY ALL"
+        "SELECT {cols} FROM {name} FINAL ORDER BY ALL"
+        if final
+        else "SELECT DISTINCT {cols} FROM {name} ORDER BY ALL"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", _DUMP, dsn, select, ",".join(tables)],
+        [sys.executable, "-c", _DUMP, dsn, select, ",".join(tables), "1" if run_ids else "0"],
         cwd=cwd,
         capture_output=True,
         text=True,

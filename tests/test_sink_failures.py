@@ -84,7 +84,7 @@ def test_a_store_that_fails_mid_replay_ends_it_with_one_line(tmp_path):
         [*cmd, "--set", "store.batch_rows=5000"], cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 60
-    while not any(table_dir.glob("*_1_1_0")):  # the first insert (the store is open, tables loaded)
+    while not any(table_dir.glob("all_1_1_0")):  # the first insert committed (not its tmp_insert_ dir)
         assert proc.poll() is None and time.monotonic() < deadline, "the replay never wrote ticks"
         time.sleep(0.01)
     os.rename(table_dir, f"{table_dir}.away")

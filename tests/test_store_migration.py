@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -38,3 +40,42 @@ def test_an_older_store_gains_the_new_columns_and_refuses_writes_under_an_old_ke
     fill.update(ts=[60_000], order_id=["o1"], symbol=["X/USDT"], side=["buy"])
     with pytest.raises(StoreWriteError, match=r"fills: the table in .* is keyed by \(order_id\), this qbtc"):
         again.insert(FILLS, fill)
+
+
+_BEFORE_RUN_IDS = """
+import sys
+from schemas.ddl import ORDERS
+from sinks.clickhouse_store import Store
+
+dsn = sys.argv[1]
+store = Store(dsn)
+old_orders = ORDERS.create_sql().replace("`run_id` LowCardinality(String),\\n    ", "")
+old_orders = old_orders.replace("ORDER BY (run_id, order_id)", "ORDER BY (order_id)")
+assert "run_id" not in old_orders
+store.command("DROP TABLE orders")
+store.command(old_orders)
+store.command("INSERT INTO orders VALUES (60000, 'a-1', '', 'X/USDT', 'buy', 1, 'market', 0, 'entry', 's')")
+
+again = Store(dsn)
+assert again.stale_keys == {}, again.stale_keys
+key = again.query("SELECT sorting_key FROM system.tables WHERE name = 'orders'").result_rows[0][0]
+assert key.replace(" ", "") == "run_id,order_id", key
+assert again.query("SELECT run_id, order_id FROM orders FINAL").result_rows == [("", "a-1")]
+tables = {r[0] for r in again.query("SHOW TABLES").result_rows}
+assert not {t for t in tables if "rekey" in t}, tables  # the rebuild's tables are gone
+assert again.run_rows("") == {"orders": 1}
+cols = {name: [1.0] for name, _ in ORDERS.columns}
+cols.update(run_id=["r1"], ts=[60_000], order_id=["a-1"], parent_id=[""], symbol=["X/USDT"], side=["buy"],
+            order_type=["market"], reason=["entry"], strategy=["s"])
+assert again.insert(ORDERS, cols) == 1  # the same order id in another run: a row of its own
+assert again.query("SELECT count() FROM orders FINAL").result_rows[0][0] == 2
+"""
+
+
+def test_a_store_made_before_run_ids_keeps_its_trading_rows_under_the_new_keys(tmp_path):
+    # its own process: chDB opens one store path per process
+    dsn = f"chdb://{tmp_path / 'pre.chdb'}"
+    proc = subprocess.run(
+        [sys.executable, "-c", _BEFORE_RUN_IDS, dsn], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Runs do not collide in a store: --append / --fresh, run tags in order ids, per-run counts,
+"""Runs do not collide in a store: run ids, --append / --fresh, run tags in order ids, per-run counts,
 ``qbtc sql`` read-only, store paths that do not exist or have no path, a store held by another process."""
 
 from __future__ import annotations
@@ -51,43 +51,75 @@ def _tag(order_id: str) -> str:
     return order_id.split(":")[1] if ":" in order_id else order_id.split("-")[0]
 
 
-def test_runs_into_one_store_refuse_unless_append_keeping_both_or_fresh_starting_over(ticks, tmp_path):
+def _runs(cwd: Path) -> list[list[str]]:
+    out = qbtc("runs", "--store", "chdb://s.chdb", "--format", "csv", cwd=cwd)
+    return list(csv.reader(io.StringIO(out.stdout)))[1:]
+
+
+def _run_line(stdout: str) -> str:
+    """The run id a run prints (``run: ID``)."""
+    return next(x.split()[1] for x in stdout.splitlines() if x.startswith("run: "))
+
+
+def _by_run(cwd: Path, table: str) -> dict[str, int]:
+    return {r[0]: int(r[1]) for r in _sql(cwd, f"SELECT run_id, count() FROM {table} FINAL GROUP BY run_id")}
+
+
+def test_runs_into_one_store_are_kept_apart_by_run_id_and_a_repeat_is_refused_unless_append(ticks, tmp_path):
     first = _replay(ticks, tmp_path)
     assert "rows written by this run" in first.stdout
+    run_on = _run_line(first.stdout)
     ids_on = _order_ids(tmp_path)
     assert len(ids_on) > 20 and _written(first.stdout, "orders") == len(ids_on)
     (tag_on,) = {_tag(i) for i in ids_on}
     loop_ids = [i for i in ids_on if ":" not in i]  # not the paper broker's exits (never sent to a venue)
     assert len(tag_on) == 8 and loop_ids and all(len(i) <= 33 for i in loop_ids)  # 36 with a child's /nn
+    assert len(run_on) == 8 and _by_run(tmp_path, "orders") == {run_on: len(ids_on)}
 
-    # another trading run into the same store: one line, exit 2, nothing written
-    refused = _replay(ticks, tmp_path, *ENGINE_OFF, check=False)
+    # the same run again (same settings and input: the same id): one line, exit 2, nothing written
+    refused = _replay(ticks, tmp_path, check=False)
     assert refused.returncode == 2, refused.stderr
-    assert refused.stderr.count("\n") == 1 and "already holds trading rows" in refused.stderr
-    assert "--append" in refused.stderr and "--fresh" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and f"already holds run {run_on}" in refused.stderr
+    assert "--append" in refused.stderr and "--fresh" in refused.stderr and "--run-id" in refused.stderr
     assert _order_ids(tmp_path) == ids_on
     # a features-only replay of the same data is idempotent as before: no refusal
     qbtc("replay", str(ticks), "--quiet", "--store", "chdb://s.chdb", *SETS, cwd=tmp_path)
 
-    # --append: the engine-off run gets its own tag; no order of the first run is overwritten
-    off = _replay(ticks, tmp_path, *ENGINE_OFF, "--append")
+    # another run (the engine off): another id and its own tag; no row of the first run is overwritten
+    off = _replay(ticks, tmp_path, *ENGINE_OFF)
+    run_off = _run_line(off.stdout)
+    assert run_off != run_on
     both = _order_ids(tmp_path)
     ids_off = [i for i in both if _tag(i) != tag_on]
     assert set(ids_on) <= set(both) and len(both) == len(ids_on) + len(ids_off)
     (tag_off,) = {_tag(i) for i in ids_off}
     assert tag_off != tag_on
     assert _written(off.stdout, "orders") == len(ids_off)  # this run's rows, not the store's
-    kept = _sql(tmp_path, f"SELECT count() FROM orders FINAL WHERE startsWith(order_id, '{tag_on}')")
-    assert int(kept[0][0]) == sum(1 for i in ids_on if i.startswith(tag_on))
+    for table in ("orders", "fills", "signals", "portfolio"):
+        counts = _by_run(tmp_path, table)
+        assert set(counts) == {run_on, run_off} and all(counts.values()), (table, counts)
+    listed = {r[0]: r for r in _runs(tmp_path)}
+    assert {run_on, run_off} <= set(listed)
+    assert listed[run_on][2] == listed[run_off][2] == "finished"
+    assert int(listed[run_on][9]) == len(ids_on) and int(listed[run_off][9]) == len(ids_off)
 
     # the same run again with --append: the same ids (deterministic), rows replaced, none added
     again = _replay(ticks, tmp_path, "--append")
+    assert _run_line(again.stdout) == run_on
     assert _order_ids(tmp_path) == both and _written(again.stdout, "orders") == len(ids_on)
+
+    # --run-id names a run: the same settings under another id are kept beside the first
+    named = _replay(ticks, tmp_path, "--run-id", "engine-on.2")
+    assert _run_line(named.stdout) == "engine-on.2"
+    assert _by_run(tmp_path, "orders")["engine-on.2"] == len(ids_on)
+    bad = _replay(ticks, tmp_path, "--run-id", "no spaces", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--run-id 'no spaces'" in bad.stderr
 
     # --fresh: qbtc's tables dropped and made again: only this run's rows
     fresh = _replay(ticks, tmp_path, *ENGINE_OFF, "--fresh")
     assert _order_ids(tmp_path) == ids_off
     assert _written(fresh.stdout, "ticks") == int(_sql(tmp_path, "SELECT count() FROM ticks FINAL")[0][0])
+    assert [r[0] for r in _runs(tmp_path)] == [run_off]
 
 
 def test_append_and_fresh_exclude_each_other_and_need_a_store(ticks, tmp_path):
