@@ -1,6 +1,7 @@
 """Prometheus and Alertmanager for real: a live ``qbtc stream --trade --metrics-port P`` on a real broker,
 scraped by a real Prometheus with the shipped rules; malformed records make the dead-letter alert fire,
-and a real Alertmanager (config from ``infra.prometheus.render``) posts it to a local webhook.
+and a real Alertmanager (config from ``infra.prometheus.render``) posts it to a local webhook; the loop's
+risk gauges reach Prometheus, and an operator pause on the control topic turns ``qbtc_mode`` to pause.
 
 The one liberty: ``QbtcDeadLetterRateHigh`` waits ``for: 10m`` in the shipped rules; the test loads a
 copy with ``for: 2s`` (nothing else changed), and Alertmanager's group wait is 1 s. A service that
@@ -33,7 +34,7 @@ from infra.prometheus.render import ReceiverSettings, Routing
 from schemas.codec import encode
 from schemas.records import Tick
 from tests.kafka_fixture import unavailable
-from tests.kafka_helpers import set_args, start_cli, unique
+from tests.kafka_helpers import qbtc, set_args, start_cli, unique
 from tests.monitoring_helpers import require_tool
 
 T0 = 1_700_000_000_000
@@ -54,13 +55,13 @@ def _produce(brokers: str, topic: str, values: list[bytes], keys: list[bytes]) -
     assert p.flush(30) == 0
 
 
-def _ticks(brokers: str, topic: str, seconds: int) -> int:
-    """Ten ticks a second per symbol from T0 (random walks); returns how many."""
-    rng = np.random.default_rng(7)
+def _ticks(brokers: str, topic: str, seconds: int, start_s: int = 0) -> int:
+    """Ten ticks a second per symbol from T0 + start_s (random walks); returns how many."""
+    rng = np.random.default_rng(7 + start_s)
     values, keys = [], []
     for i, symbol in enumerate(SYMBOLS):
         n = seconds * 10
-        ts = T0 + np.arange(n) * 100
+        ts = T0 + start_s * 1000 + np.arange(n) * 100
         price = (30_000.0 / (i + 1)) * np.exp(np.cumsum(rng.normal(0, 5e-4, n)))
         values += [
             encode(Tick(int(t), symbol, float(p), 0.01, "buy", "", "sim"))
@@ -166,6 +167,19 @@ def test_a_dead_letter_alert_fires_in_prometheus_and_reaches_the_webhook(kafka_b
         read = float(_query(prom, "qbtc_ticks_in_total")[0]["value"][1])
         assert read == good + bad
         posts = _wait("the webhook's POST", lambda: list(_Hook.posts), proc, lines, timeout_s=30)
+        # an operator pause through the control topic reaches the mode gauge at the next bar close
+        assert _query(prom, 'qbtc_mode{mode="normal"} == 1')
+        qbtc("control", "pause", "--reason", "monitoring test", "--kafka", kafka_bootstrap,
+             "--set", f"kafka.topic_prefix={prefix}", cwd=tmp_path)  # fmt: skip
+        more = _ticks(kafka_bootstrap, topic, seconds=5, start_s=120)
+        _wait("mode pause in Prometheus", lambda: _query(prom, 'qbtc_mode{mode="pause"} == 1'), proc, lines)
+        assert _query(prom, 'qbtc_risk_events_total{kind="control", level="0"} >= 1')
+        total = good + bad + more
+
+        def counted() -> bool:
+            return float(_query(prom, "qbtc_ticks_in_total")[0]["value"][1]) == total
+
+        _wait("every record counted", counted, proc, lines)
     finally:
         with contextlib.suppress(Exception):
             down(monitor.data_dir, timeout_s=10)
