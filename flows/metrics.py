@@ -51,12 +51,15 @@ class MetricsPortError(UsageProblem):
 
 
 class FlowMetrics(RowCounter):
-    """The flow's counters, histograms and lag gauges (also the store's row counter).
+    """The flow's counters, histograms, lag and risk gauges (also the store's row counter).
 
     Parameters
     ----------
     registry
         Where the metrics live (a fresh one by default, so tests can make many).
+    now
+        Wall-clock start, Unix seconds (default: the clock): ``qbtc_last_progress_timestamp_seconds``
+        until the first record is read.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, now: float | None = None) -> None:
