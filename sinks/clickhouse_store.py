@@ -54,18 +54,6 @@ class StoreInUse(StoreError, OutsideFailure):
     exit_code = 1
 
 
-TRADING_TABLES = {
-    "signals": "",
-    "orders": "",
-    "fills": "",
-    "risk_events": "",
-    "order_events": "",
-    "portfolio": "",
-    "var_backtests": "symbol = ''",  # the loop's own rows (the portfolio's); symbols' come with features
-}
-"""The tables a trading run writes, with the condition that picks its rows ("" = all)."""
-
-
 def quote(text: str) -> str:
     r"""``text`` as a ClickHouse string literal.
 
@@ -268,15 +256,6 @@ class Store:
         """Run a query; the clickhouse-connect result (column_names, result_rows)."""
         with self.lock:
             return self.client.query(sql, settings=settings)
-
-    def trading_rows(self) -> dict[str, int]:
-        """Rows of trading runs already in the store, per table (tables without any left out)."""
-        sql = " UNION ALL ".join(
-            f"SELECT '{name}', count() FROM {name}" + (f" WHERE {where}" if where else "")
-            for name, where in TRADING_TABLES.items()
-        )
-        got = {name: int(n) for name, n in self.query(sql).result_rows}
-        return {name: got[name] for name in TRADING_TABLES if got.get(name)}
 
     def run_rows(self, run_id: str) -> dict[str, int]:
         """Rows of run ``run_id`` per trading table (tables without any left out), plus ``runs``
