@@ -353,6 +353,23 @@ def _stress_parser(sub) -> None:
     st.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
+def _report_parser(sub) -> None:
+    rep = sub.add_parser(
+        "report",
+        help="one self-contained HTML report of a trading run (or two runs side by side)",
+        description="Write an HTML report of a trading run from the store: summary figures and costs, "
+        "equity and drawdown, exposure and leverage, VaR against P&L with exceedances, breakers and "
+        "mode, P&L by strategy, monthly returns, the return distribution, rolling Sharpe and one "
+        "symbol's price with its fills. The file embeds Plotly and works offline.",
+    )
+    _common(rep)
+    rep.add_argument("--run", metavar="ID", help="the run to report (default: the newest run that traded)")
+    rep.add_argument("--compare", metavar="ID2", help="a second run drawn beside it (e.g. the engine off)")
+    rep.add_argument("--symbol", metavar="S", help="the symbol whose price and fills are drawn (default: "
+                     "the run's most traded)")  # fmt: skip
+    rep.add_argument("--out", metavar="FILE", default="report.html", help="HTML file (default report.html)")
+
+
 def _version() -> str:
     """The installed package's version (its metadata), or ``unknown`` when qbtc is not installed."""
     from importlib.metadata import PackageNotFoundError, version
@@ -428,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     _execute_parser(sub)
     _control_parser(sub)
     _stress_parser(sub)
+    _report_parser(sub)
 
     sql = sub.add_parser(
         "sql",
@@ -1072,6 +1090,19 @@ def cmd_stress(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from flows.html_report import write_report
+
+    settings = _settings(args)
+    store = Store(_dsn(args, settings), must_exist=True)
+    made = write_report(store, args.out, run=args.run, compare=args.compare, symbol=args.symbol)
+    runs = " vs ".join(made.runs)
+    sys.stdout.write(
+        f"wrote {made.path} ({made.size / 1e6:.1f} MB): run {runs}, symbol {made.symbol or '(no fills)'}\n"
+    )
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "replay": cmd_replay,
@@ -1087,6 +1118,7 @@ COMMANDS = {
     "control": cmd_control,
     "execute": cmd_execute,
     "stress": cmd_stress,
+    "report": cmd_report,
 }
 
 
