@@ -64,7 +64,7 @@ def _load(store, run_id: str | None, slot: int) -> _RunData:
     window = int(max(10, min(n_periods // 10, 500)))
     return _RunData(
         run=run,
-        label=rid,
+        label=rid or "(before run ids)",
         color=COLORS[slot],
         book=book,
         costs=rs.costs(store, rid),
@@ -97,20 +97,20 @@ def write_report(store, out_path, run=None, compare=None, symbol=None) -> Report
     first = _load(store, run, 0)
     runs = [first]
     if compare is not None:
-        if compare == first.label:
+        if compare == first.run["run_id"]:
             msg = f"--compare names the run being reported ({compare!r}): give another run id"
             raise ReportProblem(msg)
         runs.append(_load(store, compare, 1))
-    chosen = symbol or rs.most_traded(store, first.label)
+    chosen = symbol or rs.most_traded(store, first.run["run_id"])
     price = None
     if chosen is not None:
         t0, t1 = min(r.run["t0"] for r in runs), max(r.run["t1"] for r in runs)
         price = rs.symbol_bars(store, chosen, t0, t1)
         if symbol is not None and not len(price["t"]):
-            traded = ", ".join(rs.traded_symbols(store, first.label)) or "none"
+            traded = ", ".join(rs.traded_symbols(store, first.run["run_id"])) or "none"
             msg = f"no bars of {symbol!r} in the span of run {first.label!r} (symbols it traded: {traded})"
             raise ReportProblem(msg)
-        fills = [rs.symbol_fills(store, r.label, chosen) for r in runs]
+        fills = [rs.symbol_fills(store, r.run["run_id"], chosen) for r in runs]
     charts = [
         ("Equity and drawdown", _equity(runs), _EQUITY_NOTE),
         ("Exposure and leverage", _exposure(runs), _EXPOSURE_NOTE),

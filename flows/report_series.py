@@ -62,10 +62,13 @@ def _ms(value):
 
 
 def find_run(store, run_id: str | None) -> dict:
-    """The ``runs`` row of ``run_id`` (the newest run that traded when None), datetimes as epoch ms.
+    """The ``runs`` row of ``run_id`` (the newest run that traded when None), datetimes as epoch ms,
+    with ``steps``, ``t0`` and ``t1``: its portfolio steps and their first and last time.
 
-    Raises :class:`ReportProblem` for a store without a runs table, an unknown id (naming
-    the newest ids there are) and a run without portfolio rows.
+    Trading rows made before run ids (run id ``''``, no ``runs`` row) are a run of kind
+    ``before run ids``, the default when no run in ``runs`` traded. Raises
+    :class:`ReportProblem` for a store without a runs table, an unknown id (naming the
+    newest ids there are) and a run without portfolio rows.
     """
     db = "database = currentDatabase()"
     has = store.query(f"SELECT count() FROM system.tables WHERE {db} AND name = 'runs'")
@@ -74,26 +77,39 @@ def find_run(store, run_id: str | None) -> dict:
         raise ReportProblem(msg)
     if run_id is None:
         rows = store.query("SELECT run_id FROM runs FINAL WHERE trade = 1 ORDER BY started DESC LIMIT 1")
-        if not rows.result_rows:
+        if rows.result_rows:
+            run_id = rows.result_rows[0][0]
+        elif _span(store, "")[0]:
+            run_id = ""
+        else:
             msg = "no trading run in the store (qbtc replay --trade, run or stream --trade make one)"
             raise ReportProblem(msg)
-        run_id = rows.result_rows[0][0]
     result = store.query(f"SELECT * FROM runs FINAL WHERE run_id = {sql_str(run_id)}")
-    if not result.result_rows:
+    span = _span(store, run_id)
+    if result.result_rows:
+        run = {k: _ms(v) for k, v in zip(result.column_names, result.result_rows[0], strict=True)}
+    elif span[0]:
+        run = {"run_id": run_id, "kind": "before run ids", "status": "n/a"}
+    else:
         newest = store.query("SELECT run_id FROM runs FINAL ORDER BY started DESC LIMIT 5").result_rows
         known = ", ".join(r[0] for r in newest) or "none"
         msg = f"no run {run_id!r} in the store (newest runs: {known}; qbtc runs lists them)"
         raise ReportProblem(msg)
-    run = {k: _ms(v) for k, v in zip(result.column_names, result.result_rows[0], strict=True)}
-    span = store.query(
-        "SELECT count(), toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts)) "
-        f"FROM portfolio FINAL WHERE {run_rows(run_id)}"
-    ).result_rows[0]
     if not span[0]:
         msg = f"run {run_id!r} has no trading rows (a {run.get('kind', '?')} without --trade?): no report"
         raise ReportProblem(msg)
     run["steps"], run["t0"], run["t1"] = span
     return run
+
+
+def _span(store, run_id: str) -> tuple[int, int, int]:
+    """The run's portfolio steps, and the first and last step's time (epoch ms)."""
+    return tuple(
+        store.query(
+            "SELECT count(), toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts)) "
+            f"FROM portfolio FINAL WHERE {run_rows(run_id)}"
+        ).result_rows[0]
+    )
 
 
 def settings_of(run: dict) -> dict:

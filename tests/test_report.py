@@ -74,6 +74,7 @@ steps("A", [100, 110, 99, 104.5, 88, 121], [0, 2, 3, 0, 1, 1], [0, 1, 1, 0, 0, 0
       ["normal", "normal", "defensive", "defensive", "defensive", "normal"])
 steps("B", [100, 50, 200, 10, 300, 1], [0, 100, 100, 100, 100, 100], [3] * 6, ["halted"] * 6)
 steps("D", [100] * 6, [0] * 6, [0] * 6, ["normal"] * 6)  # traded nothing
+steps("", [100, 101, 102, 103, 104, 105], [0] * 6, [0] * 6, ["normal"] * 6)  # written before run ids
 put("fills", [
     fill("A", "o1", STEPS[1], "X/USDT", "buy", 1.0, 10.0, 1.0, 1000.0),
     fill("A", "o2", STEPS[3], "X/USDT", "buy", 2.0, 12.0, 0.5),
@@ -121,6 +122,10 @@ for name, call in [
         call()
     except Exception as exc:
         errors[name] = [type(exc).__name__, str(exc), getattr(exc, "exit_code", None)]
+legacy = write_report(store, sys.argv[2] + ".legacy.html", run="")
+out["legacy"] = {"kind": rs.find_run(store, "")["kind"], "runs": list(legacy.runs)}
+store.command("TRUNCATE TABLE runs")
+out["legacy"]["default"] = rs.find_run(store, None)["run_id"]
 store.command("DROP TABLE runs")
 try:
     rs.find_run(store, None)
@@ -290,3 +295,8 @@ def test_thinning_keeps_each_slices_extremes_the_ends_and_the_kept_points():
 
 def test_a_run_without_fills_has_no_price_chart(made):
     assert made["idle"] == {"symbol": None, "page": 8}
+
+
+def test_rows_written_before_run_ids_are_a_run_of_their_own(made):
+    # the default only when no run in the runs table traded
+    assert made["legacy"] == {"kind": "before run ids", "runs": ["(before run ids)"], "default": ""}
