@@ -122,7 +122,8 @@ def write_report(store, out_path, run=None, compare=None, symbol=None) -> Report
         ("Rolling Sharpe", _rolling_sharpe(runs), _sharpe_note(runs)),
     ]
     if price is not None:
-        charts.append((f"{chosen}: price and fills", _price(chosen, price, fills, runs), _PRICE_NOTE))
+        note = _PRICE_NOTE + (" The compared run's fills are open triangles." if len(runs) > 1 else "")
+        charts.append((f"{chosen}: price and fills", _price(chosen, price, fills, runs), note))
     thinned = any(max(r.book["t"].size, len(r.timeline["t"])) > MAX_POINTS for r in runs) or (
         price is not None and price["t"].size > MAX_POINTS
     )
@@ -424,7 +425,7 @@ _STRATEGY_NOTE = (
 _MONTHLY_NOTE = "Each calendar month's (UTC) return: its last equity over the previous month's last."
 _PRICE_NOTE = (
     "Bar closes over the run's span; triangles are fills at their execution price (hover: strategy, reason, "
-    "quantity). The compared run's fills are open triangles."
+    "quantity)."
 )
 
 
