@@ -24,7 +24,8 @@ HEADER = "symbol,open_time_ms,open,high,low,close,volume"
 
 def _write(path, text: str | bytes) -> str:
     body = text.encode() if isinstance(text, str) else text
-    (gzip.open if str(path).endswith(".gz") else open)(path, "wb").write(body)
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:  # closed: 3.12 flushes no
+        f.write(body)  # gzip buffer when the file object is only collected
     return str(path)
 
 

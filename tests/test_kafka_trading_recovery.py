@@ -122,6 +122,15 @@ def test_sigkill_of_a_trading_stream_loses_and_duplicates_no_signal_order_or_fil
     for table in TRADING_TABLES:
         assert written_rows[table]["rows"] == want[table]["rows"], f"{table}: a key was written twice"
     assert _backtest(final.stdout) == _backtest(reference.stdout)
+    # one run through the kills and restarts: every trading row carries its id, its runs row is finished
+    ids = dump("chdb://rec.chdb", tmp_path, ("runs", *TRADING_TABLES), run_ids=True)
+    (run_row,) = ids["runs"]["rows"]
+    run_id = run_row[ids["runs"]["columns"].index("run_id")]
+    assert run_row[ids["runs"]["columns"].index("status")] == "finished"
+    assert f"run: {run_id}" in final.stdout.splitlines()
+    for table in TRADING_TABLES:
+        at = ids[table]["columns"].index("run_id")
+        assert {r[at] for r in ids[table]["rows"]} == {run_id}, table
 
     # the topics are at-least-once: repeats must be identical copies (see assert_topics_match)
     ref_topics = topic_records(kafka_bootstrap, ref, list(TRADING_KEYS))
