@@ -20,7 +20,7 @@ def qbtc(*args, cwd=None):
 @pytest.mark.parametrize(
     "command",
     [[], ["run"], ["replay"], ["sql"], ["simulate"], ["kafka"], ["kafka", "up"], ["kafka", "topics"],
-     ["publish"], ["stream"], ["record"], ["control"]],
+     ["publish"], ["stream"], ["record"], ["control"], ["runs"], ["report"], ["monitor"], ["monitor", "up"]],
 )  # fmt: skip
 def test_help(command):
     out = qbtc(*command, "--help")

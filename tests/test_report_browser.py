@@ -1,9 +1,10 @@
 """``qbtc report`` opened in a real headless Chromium (Debian's, driven by Playwright).
 
-Two short trading replays into one store (the risk engine on, then off), then the CLI writes a
-report of one run and one comparing both. Each page is loaded from a file:// URL with every
-other request refused and recorded: the page must draw every chart with nothing from outside,
-no console error and no page error. A full-page screenshot is saved and checked.
+Two trading replays of 1-minute candles into one store (the risk engine on, its report written
+by ``qbtc replay --trade --report``, then off), then ``qbtc report`` compares both. Each page is
+loaded from a file:// URL with every other request refused and recorded: the page must draw every
+chart with nothing from outside, no console error and no page error. A full-page screenshot is
+saved and checked.
 
 Outside CI a missing Chromium or Playwright skips the test with the reason; under CI=true it fails.
 """
@@ -15,9 +16,9 @@ import struct
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.flow_harness import SHORT_TRADING
 from tests.kafka_helpers import qbtc
 
 CHROMIUM = "/usr/bin/chromium"
@@ -31,7 +32,6 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SETS = [a for s in SHORT_TRADING for a in ("--set", s)]
 CHARTS = 9
 """Equity, exposure, VaR, breakers, strategies, monthly, distribution, rolling Sharpe, price."""
 
@@ -75,20 +75,41 @@ def chromium():
     manager.stop()
 
 
+def _candles(path: Path, days: int = 2, symbols: int = 4, seed: int = 7) -> None:
+    """1-minute candles (the Binance recordings' CSV columns) of a few symbols that crash on the
+    second day: what the acceptance runs on the crash month, in small."""
+    rng = np.random.default_rng(seed)
+    t0 = 1_620_000_000_000 // 60_000 * 60_000
+    n = days * 1440
+    crash = np.zeros(n)
+    crash[1440 + 600 : 1440 + 960] = -0.12 / 360  # -12% over six hours on day 2
+    lines = ["symbol,open_time_ms,open,high,low,close,volume"]
+    for k in range(symbols):
+        steps = rng.normal(0.0, 0.0012, n) + crash * (1 + 0.3 * k)
+        close = 100.0 * (k + 1) * np.exp(np.cumsum(steps))
+        open_ = np.concatenate(([close[0]], close[:-1]))
+        spread = np.abs(rng.normal(0.0, 0.0006, n)) * close
+        for i in range(n):
+            o, c = open_[i], close[i]
+            high, low = max(o, c) + spread[i], min(o, c) - spread[i]
+            lines.append(f"S{k}USDT,{t0 + i * 60_000},{o:.4f},{high:.4f},{low:.4f},{c:.4f},{10 + i % 7}")
+    path.write_text("\n".join(lines) + "\n")
+
+
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> dict[str, Path]:
-    """Two replays of one simulated market (engine on and off) and the reports the CLI writes."""
+    """Two trading replays of the same candles into one store (engine on, writing its report with
+    ``--report``, then off) and the report comparing them from ``qbtc report``."""
     where = tmp_path_factory.mktemp("report_browser")
     start = time.perf_counter()
-    qbtc("simulate", "ticks.csv", *SETS, cwd=where)
+    _candles(where / "candles.csv")
     store = ["--store", "chdb://s.chdb"]
-    common = ["replay", "ticks.csv", "--trade", "--quiet", *store, *SETS]
-    qbtc(*common, "--run-id", "engine-on", cwd=where)
+    common = ["replay", "candles.csv", "--trade", "--quiet", *store, "--set", "features.bar_interval=60"]
+    one = qbtc(*common, "--run-id", "engine-on", "--report", "one.html", cwd=where)
     qbtc(*common, "--run-id", "engine-off", "--set", "risk.enabled=false", cwd=where)
-    one = qbtc("report", *store, *SETS, "--run", "engine-on", "--out", "one.html", cwd=where)
     both = ["--run", "engine-on", "--compare", "engine-off"]
     two = qbtc("report", *store, *both, "--out", "two.html", cwd=where)
-    assert one.stdout.startswith("wrote one.html (") and "run engine-on, symbol " in one.stdout
+    assert f"report: {where / 'one.html'}" in one.stdout.splitlines()
     assert "run engine-on vs engine-off" in two.stdout
     print(f"store and reports made in {time.perf_counter() - start:.1f} s")
     return {"one": where / "one.html", "two": where / "two.html"}
