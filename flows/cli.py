@@ -482,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args) -> Settings:
     """The config, with ``--strategy`` applied; with ``--trade`` the strategies load here,
     so a bad one stops the command before anything runs."""
+    if getattr(args, "run_id", None) is not None:  # before anything is read
+        from flows.runs import check_run_id
+
+        check_run_id(args.run_id)
     settings = load_settings(args.config, args.overrides)
     specs = getattr(args, "strategies", None)
     if specs:

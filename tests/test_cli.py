@@ -65,6 +65,11 @@ def test_help(command):
         (["run", "--set", "risk.breaker_levels=0.02,0.01,0.03"], "risk.breaker_levels must be ascending"),
         (["run", "--set", "trading.ers_threshold=0.5"], "trading.ers_threshold moved to risk.ers_threshold"),
         (["run", "--set", "execution.bar_interval_ms=5"], "comes from features.bar_interval"),
+        (["replay", "x.csv", "--report", "r.html"], "--report needs --trade"),
+        (["replay", "x.csv", "--trade", "--null-sink", "--report", "r.html"], "--report needs a store"),
+        (["replay", "x.csv", "--run-id", "a b"], "--run-id 'a b': use 1-64 letters"),
+        (["run", "--run-id=.x", "--no-trade"], "--run-id '.x'"),
+        (["runs", "--limit", "0"], "--limit must be >= 1"),
     ],
 )
 def test_unusable_arguments_exit_2_with_one_line(tmp_path, args, words):
