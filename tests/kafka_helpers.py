@@ -15,9 +15,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from schemas.codec import decode
+from schemas.codec import decode, encode
+from schemas.records import Tick
 
 SMALL = [
     "features.bar_interval=1",
@@ -43,6 +45,25 @@ for name in names:
         [v.hex() if isinstance(v, bytes) else v for v in row] for row in res.result_rows]}
 json.dump(out, sys.stdout, default=str)
 """
+
+
+def walk_ticks(
+    symbols: tuple[str, ...], t0: int, start_s: int, seconds: int, seed: int
+) -> tuple[list[bytes], list[bytes]]:
+    """Ten ticks a second per symbol over [start_s, start_s + seconds) after ``t0`` (random walks),
+    encoded, with their keys (the symbols)."""
+    rng = np.random.default_rng(seed)
+    values, keys = [], []
+    for i, symbol in enumerate(symbols):
+        n = seconds * 10
+        ts = t0 + start_s * 1000 + np.arange(n) * 100
+        price = (30_000.0 / (i + 1)) * np.exp(np.cumsum(rng.normal(0, 5e-4, n)))
+        values += [
+            encode(Tick(int(t), symbol, float(p), 0.01, "buy", "", "sim"))
+            for t, p in zip(ts, price, strict=True)
+        ]
+        keys += [symbol.encode()] * n
+    return values, keys
 
 
 def unique(prefix: str = "t") -> str:

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from confluent_kafka import KafkaException, Producer
 
@@ -32,7 +31,6 @@ from schemas.records import (
     Order,
     OrderEvent,
     RiskEvent,
-    Tick,
 )
 from sources.control_topic import (
     CONTROL_KEY,
@@ -40,7 +38,7 @@ from sources.control_topic import (
     ControlTopicReader,
     ControlTopicSettings,
 )
-from tests.kafka_helpers import dump, qbtc, read_topic, set_args, start_cli, unique
+from tests.kafka_helpers import dump, qbtc, read_topic, set_args, start_cli, unique, walk_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000
@@ -71,18 +69,7 @@ def _produce(brokers: str, topic: str, values: list[bytes], keys: list[bytes]) -
 
 def _ticks(brokers: str, topic: str, start_s: int, seconds: int, seed: int) -> None:
     """Ten ticks a second per symbol over [start_s, start_s + seconds) after T0 (random walks)."""
-    rng = np.random.default_rng(seed)
-    values, keys = [], []
-    for i, symbol in enumerate(SYMBOLS):
-        n = seconds * 10
-        ts = T0 + start_s * 1000 + np.arange(n) * 100
-        price = (30_000.0 / (i + 1)) * np.exp(np.cumsum(rng.normal(0, 5e-4, n)))
-        values += [
-            encode(Tick(int(t), symbol, float(p), 0.01, "buy", "", "sim"))
-            for t, p in zip(ts, price, strict=True)
-        ]
-        keys += [symbol.encode()] * n
-    _produce(brokers, topic, values, keys)
+    _produce(brokers, topic, *walk_ticks(SYMBOLS, T0, start_s, seconds, seed))
 
 
 def _records(brokers: str, topic: str, cls: type) -> list:

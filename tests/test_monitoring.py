@@ -23,7 +23,6 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
 from confluent_kafka import Producer
 
@@ -31,10 +30,8 @@ from flows.config import load_settings
 from infra.prometheus import RULE_FILES
 from infra.prometheus.monitor import MonitorError, MonitorSettings, down, up
 from infra.prometheus.render import ReceiverSettings, Routing
-from schemas.codec import encode
-from schemas.records import Tick
 from tests.kafka_fixture import unavailable
-from tests.kafka_helpers import qbtc, set_args, start_cli, unique
+from tests.kafka_helpers import qbtc, set_args, start_cli, unique, walk_ticks
 from tests.monitoring_helpers import require_tool
 
 T0 = 1_700_000_000_000
@@ -57,17 +54,7 @@ def _produce(brokers: str, topic: str, values: list[bytes], keys: list[bytes]) -
 
 def _ticks(brokers: str, topic: str, seconds: int, start_s: int = 0) -> int:
     """Ten ticks a second per symbol from T0 + start_s (random walks); returns how many."""
-    rng = np.random.default_rng(7 + start_s)
-    values, keys = [], []
-    for i, symbol in enumerate(SYMBOLS):
-        n = seconds * 10
-        ts = T0 + start_s * 1000 + np.arange(n) * 100
-        price = (30_000.0 / (i + 1)) * np.exp(np.cumsum(rng.normal(0, 5e-4, n)))
-        values += [
-            encode(Tick(int(t), symbol, float(p), 0.01, "buy", "", "sim"))
-            for t, p in zip(ts, price, strict=True)
-        ]
-        keys += [symbol.encode()] * n
+    values, keys = walk_ticks(SYMBOLS, T0, start_s, seconds, 7 + start_s)
     _produce(brokers, topic, values, keys)
     return len(values)
 
