@@ -234,6 +234,7 @@ def list_runs(store: Store, limit: int | None = None) -> tuple[list[str], list[t
     legacy = " UNION ALL ".join(f"SELECT count() AS n FROM {t} WHERE {where}" for t in RUN_TABLES)
     old = sum(int(n) for (n,) in store.query(legacy).result_rows)
     if old:
-        before = ("", "(before run ids)", "", None, None, 1, None, None, None, None, None, f"{old:,} rows")
+        count = f"{old:,} row{'s' * (old != 1)}"
+        before = ("", "(before run ids)", "", None, None, 1, None, None, None, None, None, count)
         rows.append(before)
     return list(LIST_COLUMNS), rows

@@ -69,6 +69,11 @@ cols.update(run_id=["r1"], ts=[60_000], order_id=["a-1"], parent_id=[""], symbol
             order_type=["market"], reason=["entry"], strategy=["s"])
 assert again.insert(ORDERS, cols) == 1  # the same order id in another run: a row of its own
 assert again.query("SELECT count() FROM orders FINAL").result_rows[0][0] == 2
+
+from flows.runs import list_runs
+
+names, rows = list_runs(again)  # no runs row: the old rows are one line of their own
+assert [r[:2] for r in rows] == [("", "(before run ids)")] and rows[0][-1] == "1 row", rows
 """
 
 
