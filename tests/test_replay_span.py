@@ -27,7 +27,8 @@ T0 = 1_618_951_500_000  # on the 5-minute grid
 
 def _write(path, lines: list[str]) -> str:
     body = ("\n".join(lines) + "\n").encode()
-    (gzip.open if str(path).endswith(".gz") else open)(path, "wb").write(body)
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:  # closed: 3.12 flushes no
+        f.write(body)  # gzip buffer of a file object only collected
     return str(path)
 
 
