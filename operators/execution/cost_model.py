@@ -6,7 +6,10 @@ slippage ``s = spread_bps * (1 + vol_slippage_coef * nv) + impact`` with
 else 0 (so it starts at 1 bp by default); a taker fill at reference ``p`` is at
 ``p * (1 + s / BP)`` (buy) or ``p * (1 - s / BP)`` (sell), fee
 ``taker_fee_bps / BP * qty * price``; a resting limit fills at its limit, fee
-``maker_fee_bps / BP * qty * price``, no slippage.
+``maker_fee_bps / BP * qty * price``, no slippage. Before an order is sent,
+:func:`taker_cost_bps` is what such a market order is expected to cost in
+all: the taker fee plus the slippage of that size (the trading loop's cost
+gate weighs it against the trade's expected edge).
 """
 
 from __future__ import annotations
@@ -90,3 +93,50 @@ def taker_slippage_bps(
     """
     spread = settings.spread_bps * (1.0 + settings.vol_slippage_coef * normalised_vol)
     return spread + impact_bps(settings, qty, recent_volume)
+
+
+def effective_vol(normalised_vol: float) -> float:
+    """The normalised volatility the cost model uses: 1.0 when not finite (unknown), at least 0.
+
+    >>> effective_vol(float("nan")), effective_vol(-0.5), effective_vol(1.5)
+    (1.0, 0.0, 1.5)
+    """
+    return 1.0 if not math.isfinite(normalised_vol) else max(normalised_vol, 0.0)
+
+
+def taker_cost_bps(
+    settings: BrokerSettings, qty: float, price: float, normalised_vol: float, recent_volume: float
+) -> float:
+    """Expected cost of a market order before it fills, in bps of its notional: taker fee plus slippage.
+
+    The slippage is :func:`taker_slippage_bps` of the size the venue fills at
+    once: the whole ``qty``, or for an order worked as TWAP (notional
+    ``qty * price`` above ``twap_threshold``) one child of at most
+    ``participation * recent_volume``, since each child pays the impact of
+    its own size. ``normalised_vol`` goes through :func:`effective_vol`.
+
+    Parameters
+    ----------
+    settings
+        The venue's cost model.
+    qty
+        The order's size (base units, > 0).
+    price
+        The reference price (the last close).
+    normalised_vol
+        The symbol's volatility over its reference volatility.
+    recent_volume
+        Mean volume per bar V.
+
+    >>> s = BrokerSettings(bar_interval_ms=1)
+    >>> taker_cost_bps(s, 4.0, 100.0, 2.0, 100.0)    # 10 fee + 2 x (1 + 0.5 x 2) + 10 x sqrt(0.04)
+    16.0
+    >>> round(taker_cost_bps(s, 1_000.0, 100.0, 1.0, 1_000.0), 6)  # TWAP: children of 100, 10 x sqrt(0.1)
+    16.162278
+    """
+    child = qty
+    if qty * price > settings.twap_threshold and recent_volume > 0:
+        child = min(qty, settings.participation * recent_volume)
+    return settings.taker_fee_bps + taker_slippage_bps(
+        settings, child, effective_vol(normalised_vol), recent_volume
+    )

@@ -25,7 +25,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from operators.execution.cost_model import BP, BrokerSettings, taker_slippage_bps
+from operators.execution.cost_model import BP, BrokerSettings, effective_vol, taker_slippage_bps
 from operators.execution.venue import (
     PROTECTION_STRATEGY,
     QTY_EPS,
@@ -263,8 +263,7 @@ class _BarRun:
         self.broker = broker
         self.settings = broker.settings
         self.bar = bar
-        nv = context.normalised_vol
-        self.nv = 1.0 if not math.isfinite(nv) else max(nv, 0.0)
+        self.nv = effective_vol(context.normalised_vol)
         rv = context.recent_volume
         if rv is None or not _positive(rv):
             rv = sum(sym.volumes) / len(sym.volumes) if sym.volumes else 0.0
