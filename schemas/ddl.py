@@ -111,6 +111,9 @@ SIGNALS = Table(
         ("direction", "Int8"),
         ("strength", "Float64"),
         ("regime", "LowCardinality(String)"),
+        ("edge_bps", "Float64"),
+        ("cost_bps", "Float64"),
+        ("gate", "LowCardinality(String)"),
     ),
     ("run_id", "symbol", "strategy", "ts"),
 )

@@ -230,6 +230,13 @@ class Signal:
         Conviction in [0, 1].
     regime
         The symbol's regime then (one of :data:`REGIMES`).
+    edge_bps, cost_bps, gate
+        The composite's cost gate (``operators.signals.cost_gate``): the
+        expected edge and the expected cost (fee plus slippage) of the order
+        it wanted to send, in bps of its notional, and ``pass`` (sent) or
+        ``blocked`` (not sent: edge <= cost_ratio x cost); NaN, NaN and ""
+        when no gated order was considered (no trade, a reduction, the gate
+        off, a strategy's own signal).
     """
 
     ts: int
@@ -238,6 +245,9 @@ class Signal:
     direction: int
     strength: float
     regime: str
+    edge_bps: float = math.nan
+    cost_bps: float = math.nan
+    gate: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,7 @@ RECORDS = st.one_of(
     st.builds(Feature, text, ints, finite, finite, finite, finite, finite, finite, st.integers(0, 1)),
     st.builds(Correlation, ints, text, text, finite),
     st.builds(DeadLetter, ints, text, st.sampled_from(REASONS), text, st.binary(max_size=100)),
-    st.builds(Signal, ints, text, text, st.sampled_from([-1, 0, 1]), finite, text),
+    st.builds(Signal, ints, text, text, st.sampled_from([-1, 0, 1]), finite, text, finite, finite, text),
     st.builds(RiskEvent, ints, text, st.integers(0, 3), text, finite, finite, text, text),
     st.builds(
         Order, ints, text, text, text, st.sampled_from(["buy", "sell"]), finite, text, finite, text, text

@@ -57,7 +57,9 @@ strategies (``operators.signals.strategies``) are written that way.
 >>> isinstance(s, Strategy), s.regimes
 (True, frozenset({'range'}))
 >>> [s.update(i, Bar("X", i, c, c, c, c, 1, c, 1), None, "range") for i, c in enumerate([1.0, 2.0])]
-[None, Signal(ts=1, symbol='X', strategy='up', direction=1, strength=1.0, regime='range')]
+... # doctest: +NORMALIZE_WHITESPACE
+[None, Signal(ts=1, symbol='X', strategy='up', direction=1, strength=1.0, regime='range',
+              edge_bps=nan, cost_bps=nan, gate='')]
 >>> s.update(2, Bar("X", 2, 3.0, 3.0, 3.0, 3.0, 1, 3.0, 1), None, "crisis").direction  # stands aside
 0
 """
@@ -196,8 +198,10 @@ def check_signal(sig: Any, ts: int, symbol: str, name: str, regime: str | None) 
     -1, 0 or 1 and a strength in [0, 1]. numpy numbers come back as Python's.
 
     >>> import numpy as np
-    >>> check_signal(Signal(5, "X", "a", np.int64(1), np.float64(0.5), "range"), 5, "X", "a", "range")
-    Signal(ts=5, symbol='X', strategy='a', direction=1, strength=0.5, regime='range')
+    >>> sig = check_signal(Signal(5, "X", "a", np.int64(1), np.float64(0.5), "range"), 5, "X", "a", "range")
+    >>> sig  # doctest: +NORMALIZE_WHITESPACE
+    Signal(ts=5, symbol='X', strategy='a', direction=1, strength=0.5, regime='range',
+           edge_bps=nan, cost_bps=nan, gate='')
     >>> check_signal(Signal(5, "X", "a", 1, 1.5, "range"), 5, "X", "a", "range")
     Traceback (most recent call last):
     ...
