@@ -114,6 +114,8 @@ def trading_summary(report) -> None:
         f"  win rate        {_pct(s['win_rate']):>10}   profit factor {_num(s['profit_factor']):>7}",
         f"  orders {s['orders']:,}, fills {s['fills']:,}, signals {s['signals']:,}, "
         f"pre-trade denials {s['denials']:,}",
+        f"  orders blocked by cost {s.get('orders_blocked_by_cost', 0):,} "
+        f"(their expected fees and slippage {s.get('cost_saved', 0.0):,.2f})",
         f"  breakers ({_METRIC.get(s.get('var_metric'), 'QVaR')}) tripped: {trips}; "
         f"kill switch: {s['kill_switches']}; mode changes: {s['mode_changes']} (mode now {s['mode']})",
         f"  {_METRIC.get(s.get('var_metric'), 'QVaR')} exceedances {_pct(s['var_exceedance_rate'])} "

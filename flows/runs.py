@@ -49,8 +49,9 @@ FIGURES = (
     "win_rate",
     "profit_factor",
     "var_exceedance_rate",
+    "cost_saved",
 )
-COUNTS = ("orders", "fills", "signals", "kill_switches", "mode_changes")
+COUNTS = ("orders", "fills", "signals", "kill_switches", "mode_changes", "orders_blocked_by_cost")
 
 
 class RunIdError(UsageProblem):

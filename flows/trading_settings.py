@@ -34,6 +34,10 @@ def trading_settings(settings: Settings, run_input: str = "") -> TradingSettings
         min_trade_share=t.min_trade_share,
         rebalance_band=t.rebalance_band,
         ladder_levels=t.ladder_levels,
+        cost_gate=t.cost_gate,
+        cost_ratio=t.cost_ratio,
+        edge_scale=t.edge_scale,
+        edge_horizon_bars=t.edge_horizon_bars,
         var_model=settings.features.var_model,
         var_backtest=settings.var_backtest,
     )

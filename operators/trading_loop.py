@@ -21,7 +21,10 @@ depends on how symbols or partitions interleave. For step k, with close time
    data, modes) and its actions come first: flatten, cut or deleverage orders.
 4. **Signals.** Every strategy updates on every bar; the weighted composite per
    symbol is sized (volatility target with fractional Kelly, then the risk
-   adjustments), scaled in along a Fibonacci ladder and pre-trade checked.
+   adjustments), scaled in along a Fibonacci ladder, weighed against its
+   cost (an order that adds exposure goes on only when its expected edge
+   beats the venue's expected fee and slippage: ``cost_gate``; the composite
+   signal records both and the verdict) and pre-trade checked.
    Approved orders go to the broker and fill from the next bar on; entries
    get ATR stops and targets once filled. A strategy that raises, or answers
    with no valid signal, is muted on every symbol for the rest of the run
@@ -43,9 +46,10 @@ from __future__ import annotations
 import math
 import os
 import traceback
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 
-from operators.execution.cost_model import BrokerSettings
+from operators.execution.cost_model import BP, BrokerSettings, taker_cost_bps
 from operators.execution.paper_broker import PaperBroker
 from operators.execution.venue import BarContext, Venue
 from operators.risk.engine import RiskEngine
@@ -54,6 +58,7 @@ from operators.risk.portfolio_risk import PortfolioRisk, portfolio_risk
 from operators.risk.settings import MarketView, OrderIntent, RiskActions, RiskSettings
 from operators.risk.var_backtest import ModelRiskMonitor, VarBacktestFeed, VarBacktestSettings
 from operators.signals.atr import ATR, ATRSettings
+from operators.signals.cost_gate import BLOCKED, edge_bps, gate
 from operators.signals.regime import RegimeClassifier, RegimeSettings
 from operators.signals.sizing import PositionSizer, SizingSettings, fib_ladder
 from operators.signals.strategies import default_specs
@@ -122,6 +127,17 @@ class TradingSettings:
         trade); without it, every small change of strength would trade.
     ladder_levels
         Tranches of the Fibonacci ladder an entry is scaled in with.
+    cost_gate
+        Send an order that adds exposure (an entry, a ladder step, an
+        increase, a flip) only when its expected edge beats its expected
+        cost (:mod:`operators.signals.cost_gate`); reductions are never gated.
+    cost_ratio
+        The gate passes when ``edge_bps > cost_ratio * cost_bps`` (2 also pays for the exit).
+    edge_scale
+        k of the expected edge ``k * strength * sigma * sqrt(edge_horizon_bars) * 10_000`` bps:
+        the expected return over the holding period per standard deviation at full strength.
+    edge_horizon_bars
+        The expected holding period of a position, in bars.
     var_model
         The name of the model behind the features' ``fvar95`` (``features.var_model``),
         for the portfolio's ``var_backtests`` rows.
@@ -147,6 +163,10 @@ class TradingSettings:
     min_trade_share: float = setting(0.002, ge=0, lt=1)
     rebalance_band: float = setting(0.5, ge=0)
     ladder_levels: int = setting(3, ge=1)
+    cost_gate: bool = setting(True)
+    cost_ratio: float = setting(1.0, ge=0)
+    edge_scale: float = setting(0.1, ge=0)
+    edge_horizon_bars: int = setting(30, ge=1)
     var_model: str = setting("fhs")
     var_backtest: VarBacktestSettings = setting(VarBacktestSettings())
     # derived from the others (flows.trading_settings.run_tag): a resume reports their changes, not its
@@ -182,6 +202,7 @@ class _SymbolState:
     regime_now: str | None = None
     last_dirs: dict[str, int] = field(default_factory=dict)  # strategy -> direction at the last close
     tranches: int = 0  # ladder tranches taken since the position was flat
+    volumes: deque[float] = field(default_factory=deque)  # the last bars' volumes (the cost gate's V)
 
 
 class TradingLoop:
@@ -308,6 +329,7 @@ class TradingLoop:
             bar = bars[symbol]
             feat = feats.get(symbol)
             sym.atr.update(bar)
+            sym.volumes.append(float(bar.volume))
             if feat is not None:
                 for name, direction in sym.last_dirs.items():
                     self.weights.record(name, symbol, direction, feat.ret)
@@ -340,7 +362,10 @@ class TradingLoop:
         if sym is None:
             s = self.settings
             sym = self.symbols[symbol] = _SymbolState(
-                ATR(s.atr), RegimeClassifier(s.regime), [spec.build() for spec in s.strategies]
+                ATR(s.atr),
+                RegimeClassifier(s.regime),
+                [spec.build() for spec in s.strategies],
+                volumes=deque(maxlen=s.broker.recent_volume_bars),
             )
         return sym
 
@@ -578,9 +603,9 @@ class TradingLoop:
             weights = self.weights.weights(symbol, regime, ts)
             composite = self.weights.compose(ts, symbol, regime, signals, weights)
             sym.last_dirs[COMPOSITE] = composite.direction
-            out["signals"].extend([*signals, composite])
             self.stats.signals += len(signals) + 1
             if not actions.orders_allowed or equity <= 0 or bar.close <= 0:
+                out["signals"].extend([*signals, composite])
                 continue
             direction = composite.direction
             if direction < 0 and not self.settings.allow_short:
@@ -610,7 +635,14 @@ class TradingLoop:
                 )
                 fraction = size.fraction * actions.size_multiplier
                 target = direction * fraction * equity / bar.close
-            self._rebalance(ts, symbol, sym, current, target, entries_ok, bar.close, view, pending, out)
+            order = self._rebalance(sym, current, target, entries_ok, bar.close)
+            if order is not None:
+                delta, reduces = order
+                if not reduces and self.settings.cost_gate:
+                    composite = self._cost_gate(composite, feat, sym, abs(delta), bar.close)
+                if composite.gate != BLOCKED:
+                    self._place(ts, symbol, sym, delta, reduces, bar.close, view, pending, out)
+            out["signals"].extend([*signals, composite])
 
     def _ask(self, strat: Strategy, ts: int, bar: Bar, feat: Feature | None, regime, out) -> Signal | None:
         """The strategy's signal; a strategy that raises or answers with no valid signal is muted."""
@@ -636,26 +668,55 @@ class TradingLoop:
         self._count([event])
         out["risk_events"].append(event)
 
-    def _rebalance(self, ts, symbol, sym, current, target, entries_ok, price, view, pending, out) -> None:
+    def _rebalance(
+        self, sym: _SymbolState, current: float, target: float, entries_ok: bool, price: float
+    ) -> tuple[float, bool] | None:
+        """The order that moves ``current`` toward ``target``: (signed quantity, whether it only
+        reduces the position), or None when nothing is to be sent (too small, within the band, an
+        entry that is not allowed). An entry goes one ladder tranche at a time."""
         s = self.settings
         equity = self.portfolio.equity()
         delta = target - current
         if abs(delta) * price < s.min_trade_share * equity:
-            return
+            return None
         reduces = abs(target) < abs(current) and target * current >= 0
         laddering = 0 < sym.tranches < s.ladder_levels and not reduces
         if target and target * current > 0 and abs(delta) <= s.rebalance_band * abs(target) and not laddering:
-            return
+            return None
         if not reduces:
             if not entries_ok:
-                return
+                return None
             if current == 0:
                 sym.tranches = 0
             ladder = fib_ladder(abs(target), s.ladder_levels)
             step = ladder[min(sym.tranches, len(ladder) - 1)]
             delta = math.copysign(min(abs(delta), step), delta)
             if abs(delta) * price < s.min_trade_share * equity:
-                return
+                return None
+        return delta, reduces
+
+    def _cost_gate(
+        self, composite: Signal, feat: Feature, sym: _SymbolState, qty: float, price: float
+    ) -> Signal:
+        """The composite with the cost gate's verdict on an order of ``qty`` that adds exposure.
+
+        Edge: :func:`~operators.signals.cost_gate.edge_bps` of the composite's strength and the
+        symbol's per-bar volatility; cost: the venue's expected taker cost of ``qty`` at ``price``
+        (:func:`~operators.execution.cost_model.taker_cost_bps`, with the normalised volatility the
+        venue will see and the mean volume of the last bars). A blocked order counts in the summary
+        with the cost it would have paid.
+        """
+        s = self.settings
+        edge = edge_bps(composite.strength, feat.volatility, s.edge_horizon_bars, s.edge_scale)
+        volume = sum(sym.volumes) / len(sym.volumes) if sym.volumes else 0.0
+        cost = taker_cost_bps(s.broker, qty, price, self._normalised_vol(feat.symbol), volume)
+        verdict = gate(edge, cost, s.cost_ratio)
+        if verdict == BLOCKED:
+            self.stats.cost_blocked(cost / BP * qty * price)
+        return replace(composite, edge_bps=edge, cost_bps=cost, gate=verdict)
+
+    def _place(self, ts, symbol, sym, delta, reduces, price, view, pending, out) -> None:
+        """Pre-trade check an order of the signed quantity ``delta`` and send what is approved."""
         side = BUY if delta > 0 else SELL
         intent = OrderIntent(
             symbol, side, abs(delta), price, "exit" if reduces else "entry", COMPOSITE, reduces

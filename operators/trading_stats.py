@@ -48,6 +48,8 @@ class TradingStats:
     var_checks: int = 0
     var_exceedances: int = 0
     model_risk_events: int = 0
+    orders_blocked_by_cost: int = 0
+    cost_saved: float = 0.0
     first_ts: int | None = None
     last_ts: int | None = None
 
@@ -62,6 +64,11 @@ class TradingStats:
         elif realised < 0:
             self.losses += 1
             self.gross_loss -= realised
+
+    def cost_blocked(self, cost: float) -> None:
+        """Count an order the cost gate did not send; ``cost`` its expected fee and slippage (quote)."""
+        self.orders_blocked_by_cost += 1
+        self.cost_saved += cost
 
     def equity_step(self, equity: float) -> None:
         if self.steps == 0:
@@ -111,6 +118,8 @@ class TradingStats:
             "var_checks": self.var_checks,
             "var_metric": breaker_metric,
             "model_risk_events": self.model_risk_events,
+            "orders_blocked_by_cost": self.orders_blocked_by_cost,
+            "cost_saved": self.cost_saved,
             "var_kupiec_p": (
                 chi2_sf(kupiec_pof(self.var_exceedances, self.var_checks, VAR_ALPHA), 1)
                 if self.var_checks

@@ -332,6 +332,8 @@ RUNS = Table(
         ("kill_switches", "UInt64"),
         ("mode_changes", "UInt64"),
         ("breaker_trips", "UInt64"),
+        ("orders_blocked_by_cost", "UInt64"),
+        ("cost_saved", "Float64"),
         ("first_ts", TS),
         ("last_ts", TS),
         ("summary", "String"),

@@ -105,6 +105,7 @@ def reports(tmp_path_factory) -> dict[str, Path]:
     _candles(where / "candles.csv")
     store = ["--store", "chdb://s.chdb"]
     common = ["replay", "candles.csv", "--trade", "--quiet", *store, "--set", "features.bar_interval=60"]
+    common += ["--set", "trading.cost_gate=false"]  # it trades (the gate would block every entry here)
     one = qbtc(*common, "--run-id", "engine-on", "--report", "one.html", cwd=where)
     qbtc(*common, "--run-id", "engine-off", "--set", "risk.enabled=false", cwd=where)
     both = ["--run", "engine-on", "--compare", "engine-off"]

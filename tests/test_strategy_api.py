@@ -305,7 +305,7 @@ def test_a_failing_strategy_is_muted_everywhere_with_one_risk_event_and_the_run_
 ):
     specs = _specs(tmp_path, "builtin:trend_following", f"faulty.py:{cls}", "momentum.py:Momentum")
     name = specs[1].name
-    loop = TradingLoop(TradingSettings(bar_interval_ms=D, strategies=specs))
+    loop = TradingLoop(TradingSettings(bar_interval_ms=D, cost_gate=False, strategies=specs))
     out = _run_loop(loop, range(400))
     errors = [r for t, r in out if t == "risk_events" and r.kind == STRATEGY_ERROR]
     assert len(errors) == 1
@@ -327,12 +327,16 @@ def test_a_failing_strategy_is_muted_everywhere_with_one_risk_event_and_the_run_
 def test_a_muted_strategy_makes_the_same_run_as_one_that_stands_aside(tmp_path):
     """Muted means silent: the run equals one whose failing strategy never answered at all."""
     specs = _specs(tmp_path, "momentum.py:Momentum", "faulty.py:Faulty")
-    muted = _run_loop(TradingLoop(TradingSettings(bar_interval_ms=D, strategies=specs)), range(300))
+    muted = _run_loop(
+        TradingLoop(TradingSettings(bar_interval_ms=D, cost_gate=False, strategies=specs)), range(300)
+    )
     # no regime before bar 61, so nothing the faulty strategy said before its 5th bar reached a signal
     trades = [(t, r) for t, r in muted if t in ("orders", "fills")]
     assert trades
     never = (*specs[:1], StrategySpec("faulty", _NeverAnswers))
-    quiet = _run_loop(TradingLoop(TradingSettings(bar_interval_ms=D, strategies=never)), range(300))
+    quiet = _run_loop(
+        TradingLoop(TradingSettings(bar_interval_ms=D, cost_gate=False, strategies=never)), range(300)
+    )
     assert trades == [(t, r) for t, r in quiet if t in ("orders", "fills")]
 
 
@@ -345,7 +349,7 @@ class _NeverAnswers(BarStrategy):
 
 def test_the_loop_with_a_user_strategy_pickles_mid_stream_and_continues_identically(tmp_path):
     specs = _specs(tmp_path, "builtin:trend_following", "momentum.py:Momentum")
-    loop = TradingLoop(TradingSettings(bar_interval_ms=D, strategies=specs))
+    loop = TradingLoop(TradingSettings(bar_interval_ms=D, cost_gate=False, strategies=specs))
     _run_loop(loop, range(200))
     copy = pickle.loads(pickle.dumps(loop, protocol=pickle.HIGHEST_PROTOCOL))
     ahead = _run_loop(loop, range(200, 400))
@@ -412,7 +416,8 @@ def test_builtins_are_registered_under_their_names():
 
 # --------------------------------------------------------------------------- the command line
 
-SHORT = ["features.window=60", "features.corr_window=60", "features.corr_every=10"]
+SHORT = ["features.window=60", "features.corr_window=60", "features.corr_every=10", "trading.cost_gate=false"]
+"""The cost gate off: these tests are about loading and running strategies, not costs."""
 
 
 def _qbtc(*args, cwd):
