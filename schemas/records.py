@@ -233,8 +233,9 @@ class Signal:
     edge_bps, cost_bps, gate
         The composite's cost gate (``operators.signals.cost_gate``): the
         expected edge and the expected cost (fee plus slippage) of the order
-        it wanted to send, in bps of its notional, and ``pass`` (sent) or
-        ``blocked`` (not sent: edge <= cost_ratio x cost); NaN, NaN and ""
+        it wanted to send, in bps of its notional, and ``pass`` (worth its
+        cost: on to the pre-trade checks) or ``blocked`` (not sent: edge <=
+        cost_ratio x cost); NaN, NaN and ""
         when no gated order was considered (no trade, a reduction, the gate
         off, a strategy's own signal).
     """

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 
 PASS = "pass"
-"""``Signal.gate`` of a composite whose trade's edge beat its cost: the order went on."""
+"""``Signal.gate`` of a composite whose trade's edge beat its cost: on to the pre-trade checks."""
 BLOCKED = "blocked"
 """``Signal.gate`` of a composite whose trade was not sent: its edge did not beat its cost."""
 NOT_EVALUATED = ""
