@@ -78,6 +78,8 @@ def summary_rows(data) -> list[tuple[str, str]]:
         ("kill switches", _int(run.get("kill_switches"))),
         ("mode changes", _int(run.get("mode_changes"))),
         ("breaker trips", _int(run.get("breaker_trips"))),
+        ("orders blocked by cost", _int(run.get("orders_blocked_by_cost"))),
+        ("their expected costs (not paid)", _num(run.get("cost_saved"))),
         ("fees paid", _num(costs["fees"])),
         ("slippage cost", _num(costs["slippage"])),
         ("costs (fees + slippage)", _num(spent)),

@@ -268,7 +268,8 @@ def test_the_html_embeds_plotly_once_and_nothing_from_outside(made):
     assert page.count("* plotly.js v") == 1  # the bundle's banner
     assert "<script src" not in page and "<link" not in page and "cdn.plot.ly/plotly" not in page
     assert "fonts.googleapis" not in page
-    for label in ("fees paid", "turnover (traded notional)", "costs (fees + slippage)", "Monthly returns"):
+    labels = ("fees paid", "turnover (traded notional)", "costs (fees + slippage)", "orders blocked by cost")
+    for label in (*labels, "Monthly returns"):
         assert label in page
 
 
