@@ -67,6 +67,8 @@ from schemas.validation import exchange_problem, symbol_problem
 from sinks.clickhouse_store import DEFAULT_DSN
 
 MAX_BAR_INTERVAL = 366 * 86_400  # a year of seconds: grid times stay far inside int64 milliseconds
+MAX_RESOLUTIONS = 8
+"""Bar intervals a run computes at most (each adds its features and correlation grid)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +78,25 @@ class FeaturesConfig:
     ``var_model`` names the next-bar VaR/ES forecaster behind the features'
     ``fvar95``/``fes95`` (:data:`~operators.risk.var_models.VAR_MODELS`).
     Windows are at most :data:`~schemas.settings.MAX_WINDOW`.
+
+    Resolutions: ``bar_interval`` is the finest (the base: ticks become its
+    bars, the trading loop's steps are its bars); ``bar_intervals`` adds
+    coarser ones, each a multiple of it (``[1, 60, 900, 3600]``; the base is
+    one whether listed or not). Bars of every resolution roll up from the
+    base's, and each has its own features and correlations, with the windows
+    of ``interval_windows``, ``interval_corr_windows`` and
+    ``interval_corr_every`` (one entry per resolution, finest first; empty:
+    ``window``, ``corr_window`` and ``corr_every`` at every resolution).
     """
 
     bar_interval: int = setting(1, ge=1, le=MAX_BAR_INTERVAL, fixed=True)
+    bar_intervals: tuple[int, ...] = setting((), ge=1, le=MAX_BAR_INTERVAL, fixed=True)
     window: int = setting(300, ge=3, le=MAX_WINDOW, fixed=True)
     corr_window: int = setting(300, ge=2, le=MAX_WINDOW, fixed=True)
     corr_every: int = setting(60, ge=1, le=MAX_WINDOW, fixed=True)
+    interval_windows: tuple[int, ...] = setting((), ge=3, le=MAX_WINDOW, fixed=True)
+    interval_corr_windows: tuple[int, ...] = setting((), ge=2, le=MAX_WINDOW, fixed=True)
+    interval_corr_every: tuple[int, ...] = setting((), ge=1, le=MAX_WINDOW, fixed=True)
     allowed_lateness_ms: int = setting(0, ge=0)
     qvar_entropy_coef: float = setting(0.3, ge=0, le=1)
     dedup_horizon_ms: int = setting(600_000, ge=0)
@@ -95,6 +110,27 @@ class FeaturesConfig:
         check_settings(self)
         if self.var_model not in VAR_MODELS:
             raise SettingsError.of(self, "var_model", f"one of {', '.join(VAR_MODELS)}")
+        if any(i % self.bar_interval for i in self.bar_intervals):
+            raise SettingsError.of(self, "bar_intervals", f"multiples of bar_interval ({self.bar_interval})")
+        if len(self.intervals) > MAX_RESOLUTIONS:
+            raise SettingsError.of(self, "bar_intervals", f"at most {MAX_RESOLUTIONS} resolutions")
+        n = len(self.intervals)
+        for name in ("interval_windows", "interval_corr_windows", "interval_corr_every"):
+            if getattr(self, name) and len(getattr(self, name)) != n:
+                raise SettingsError.of(self, name, f"empty or {n} entries (one per resolution, finest first)")
+
+    @property
+    def intervals(self) -> tuple[int, ...]:
+        """Every resolution's bar interval in seconds, the base (``bar_interval``) first."""
+        return tuple(sorted({self.bar_interval, *self.bar_intervals}))
+
+    def resolutions(self) -> tuple[tuple[int, int, int, int], ...]:
+        """(interval s, window, corr_window, corr_every) of every resolution, finest first."""
+        n = len(self.intervals)
+        windows = self.interval_windows or (self.window,) * n
+        corr_windows = self.interval_corr_windows or (self.corr_window,) * n
+        corr_every = self.interval_corr_every or (self.corr_every,) * n
+        return tuple(zip(self.intervals, windows, corr_windows, corr_every, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

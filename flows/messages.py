@@ -82,6 +82,8 @@ class SymbolProgress:
     trade: TradeInput | None = None
     final: bool = False
     """Made by the end of a bounded read (open bars closed), not by new input."""
+    coarse: tuple[tuple[list[tuple[int, float]], int], ...] = ()
+    """(closes, closed_through) at each coarser resolution, finest first (``features.bar_intervals``)."""
 
 
 @dataclass(frozen=True, slots=True)

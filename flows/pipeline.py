@@ -26,9 +26,18 @@ from flows.config import Settings
 from flows.external_venue import RemoteVenueConfig
 from flows.messages import StoreRows
 from flows.snapshots import check_saved
-from flows.steps import EventTimeLogic, GridLogic, SymbolLogic, TradingLogic, TradingReport, resume_checks
+from flows.steps import (
+    EventTimeLogic,
+    GridLogic,
+    Resolution,
+    SymbolLogic,
+    TradingLogic,
+    TradingReport,
+    resume_checks,
+)
 from flows.trading_settings import trading_settings
 from operators.features.bar_builder import BarSettings
+from operators.features.bar_rollup import RollupSettings
 from operators.features.correlation_grid import CorrelationSettings
 from operators.features.event_time import TimeBounds
 from operators.features.symbol_features import FeatureSettings
@@ -50,16 +59,29 @@ class MarketSettings:
     bars: BarSettings
     features: FeatureSettings
     grid: CorrelationSettings
+    coarse: tuple[Resolution, ...] = ()
+    """The coarser resolutions (``features.bar_intervals``), finest first."""
 
     @classmethod
     def of(cls, settings: Settings) -> MarketSettings:
         f = settings.features
         d = f.bar_interval * 1000
+        (_, window, corr_window, corr_every), *rest = f.resolutions()
+        coarse = tuple(
+            Resolution(
+                f"{s}s",
+                RollupSettings(s * 1000, d),
+                FeatureSettings(s * 1000, w, f.qvar_entropy_coef, f.var_model, settings.var_backtest),
+                CorrelationSettings(s * 1000, cw, ce),
+            )
+            for s, w, cw, ce in rest
+        )
         return cls(
             TimeBounds(f.max_ahead_ms, f.max_behind_ms, f.max_symbols, f.confirm_ticks),
             BarSettings(d, f.allowed_lateness_ms, f.dedup_horizon_ms),
-            FeatureSettings(d, f.window, f.qvar_entropy_coef, f.var_model, settings.var_backtest),
-            CorrelationSettings(d, f.corr_window, f.corr_every),
+            FeatureSettings(d, window, f.qvar_entropy_coef, f.var_model, settings.var_backtest),
+            CorrelationSettings(d, corr_window, corr_every),
+            coarse,
         )
 
 
@@ -67,7 +89,7 @@ def check_resume(recovery_dir: str, settings: Settings, trading: TradingSettings
     """Before a flow resumes from ``recovery_dir``: stop with a :class:`~flows.snapshots.ResumeError`
     if today's settings would make the saved state meaningless, else say what changed."""
     m = MarketSettings.of(settings)
-    check_saved(recovery_dir, resume_checks(m.bounds, m.bars, m.features, m.grid, trading))
+    check_saved(recovery_dir, resume_checks(m.bounds, m.bars, m.features, m.grid, trading, m.coarse))
 
 
 def build_flow(
@@ -123,7 +145,7 @@ def build_flow(
         "bars_features",
         per_symbol,
         lambda resume: SymbolLogic(
-            bar_settings, feature_settings, resume, keep_state, metrics, trading is not None
+            bar_settings, feature_settings, resume, keep_state, metrics, trading is not None, m.coarse
         ),
     )
     symbol_out = op.key_rm("unkey_symbols", symbol_out)
@@ -134,7 +156,7 @@ def build_flow(
     grid_out = op.stateful_batch(
         "correlations",
         progress,
-        lambda resume: GridLogic(corr_settings, resume, keep_state, trading is not None),
+        lambda resume: GridLogic(corr_settings, resume, keep_state, trading is not None, m.coarse),
     )
     grid_out = op.key_rm("unkey_grid", grid_out)
     corr_rows = op.filter_map("correlation_rows", grid_out, lambda o: o.rows)

@@ -13,9 +13,9 @@ from sinks.clickhouse_store import DEFAULT_DSN, Store, redact
 
 DAY_MS = 86_400_000
 EXAMPLE_SQL = (
-    "SELECT symbol, count() AS rows, round(avg(volatility), 6) AS avg_vol, "
+    "SELECT symbol, interval, count() AS rows, round(avg(volatility), 6) AS avg_vol, "
     "round(max(qvar95), 6) AS max_qvar95, sum(drift) AS drifts "
-    "FROM features FINAL GROUP BY symbol ORDER BY symbol"
+    "FROM features FINAL GROUP BY symbol, interval ORDER BY symbol, interval"
 )
 
 

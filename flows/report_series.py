@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from schemas.errors import UsageProblem
+from sinks.clickhouse_store import FINEST_BARS
 
 YEAR_MS = 365 * 86_400_000
 PERIODS_MS = (1_000, 60_000, 300_000, 3_600_000, 86_400_000)
@@ -277,7 +278,7 @@ def _last_closes(run_id: str, t0: int, t1: int) -> str:
     return f"""
     SELECT symbol, argMax(close, ts) AS last_close FROM bars FINAL
     WHERE symbol IN (SELECT symbol FROM fills FINAL WHERE {run_rows(run_id)})
-        AND ts BETWEEN fromUnixTimestamp64Milli({t0}) AND fromUnixTimestamp64Milli({t1})
+        AND ts BETWEEN fromUnixTimestamp64Milli({t0}) AND fromUnixTimestamp64Milli({t1}) AND {FINEST_BARS}
     GROUP BY symbol"""
 
 
@@ -312,7 +313,7 @@ def symbol_bars(store, symbol: str, t0: int, t1: int) -> dict[str, np.ndarray]:
     sql = f"""
     SELECT toUnixTimestamp64Milli(ts) AS t, close FROM bars FINAL
     WHERE symbol = {sql_str(symbol)}
-        AND ts BETWEEN fromUnixTimestamp64Milli({t0}) AND fromUnixTimestamp64Milli({t1})
+        AND ts BETWEEN fromUnixTimestamp64Milli({t0}) AND fromUnixTimestamp64Milli({t1}) AND {FINEST_BARS}
     ORDER BY ts"""
     cols = _columns(store, sql, "t close")
     return {"t": np.asarray(cols["t"], dtype=np.int64), "close": np.asarray(cols["close"], dtype=np.float64)}

@@ -206,6 +206,11 @@ def check_saved(db_dir: str, steps: Mapping[str, tuple[Mapping, Mapping, frozens
             done.add(step_id)
 
 
+def saved_values(data: bytes) -> dict[str, object]:
+    """The settings values a snapshot was saved with (``path.field`` -> value), in tree order."""
+    return pickle.loads(data)[1]
+
+
 def load_state(
     data: bytes,
     tree: Mapping[str, object],

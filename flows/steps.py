@@ -9,6 +9,7 @@ with a message when a changed setting would make the saved state meaningless.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -24,8 +25,9 @@ from flows.messages import (
     SymbolProgress,
     TradeInput,
 )
-from flows.snapshots import ResumeError, dump_state, load_state
+from flows.snapshots import ResumeError, dump_state, load_state, saved_values
 from operators.features.bar_builder import BarBuilder, BarSettings
+from operators.features.bar_rollup import BarRollup, RollupSettings
 from operators.features.candle_bars import CandleBars
 from operators.features.correlation_grid import CorrelationGrid, CorrelationSettings
 from operators.features.event_time import PartitionMerge, SymbolCapacity, TimeBounds, TimeGuard
@@ -75,18 +77,58 @@ TRADING_KEYS = {
 TRADING_FIXED = frozenset({"trading.bar_interval_ms"})
 
 
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """A coarser resolution's settings: its bars (rolled up from the base's), features and grid.
+
+    ``name`` (``"60s"``) names it in a snapshot's settings tree.
+    """
+
+    name: str
+    rollup: RollupSettings
+    features: FeatureSettings
+    grid: CorrelationSettings
+
+
+def _intervals(coarse: tuple[Resolution, ...]) -> tuple[int, ...]:
+    return tuple(r.rollup.interval_ms for r in coarse)
+
+
+def _same_resolutions(data: bytes, coarse: tuple[Resolution, ...], base_ms: int) -> None:
+    """Refuse a resume whose coarser resolutions differ from those the saved state ``data`` holds
+    (checked before the state is read: its settings must all exist today)."""
+    saved = tuple(
+        v
+        for k, v in saved_values(data).items()
+        if k.startswith("coarse.") and k.endswith(".rollup.interval_ms")
+    )
+    if saved != _intervals(coarse):
+        seconds = [base_ms // 1000] + [ms // 1000 for ms in saved]
+        now = [base_ms // 1000] + [ms // 1000 for ms in _intervals(coarse)]
+        msg = (
+            f"cannot resume: features.bar_intervals changed from {seconds} to {now} (the saved state "
+            "holds the old resolutions); keep the old value or start with a fresh recovery directory"
+        )
+        raise ResumeError(msg)
+
+
 def resume_checks(
     bounds: TimeBounds,
     bars: BarSettings,
     features: FeatureSettings,
     grid: CorrelationSettings,
     trading: TradingSettings | None,
+    coarse: tuple[Resolution, ...] = (),
 ) -> dict[str, tuple[dict, dict, frozenset]]:
     """Each stateful step's settings tree, config keys and fixed paths, by step id."""
     checks = {
         "qbtc.event_time": ({"features": bounds}, FEATURE_KEYS, frozenset()),
-        "qbtc.bars_features": ({"bars": bars, "features": features}, FEATURE_KEYS, FEATURE_FIXED),
-        "qbtc.correlations": ({"grid": grid}, FEATURE_KEYS, FEATURE_FIXED),
+        "qbtc.bars_features": (
+            {"bars": bars, "features": features, "coarse": coarse},
+            FEATURE_KEYS,
+            FEATURE_FIXED,
+        ),
+        "qbtc.correlations": ({"grid": grid, "coarse": coarse}, FEATURE_KEYS, FEATURE_FIXED),
     }
     if trading is not None:
         checks["qbtc.trading"] = ({"trading": trading}, TRADING_KEYS, TRADING_FIXED)
@@ -274,38 +316,64 @@ class SymbolLogic(_Step):
         keep_state: bool = False,
         metrics=None,
         trading: bool = False,
+        coarse: tuple[Resolution, ...] = (),
     ) -> None:
         # Bytewax passes no key to the builder: the symbol comes with the first batch.
         self.bar_settings = bar_settings
         self.feature_settings = feature_settings
+        self.coarse = coarse
         self.keep_state = keep_state
         self.metrics = metrics
         self.trading = trading
         self.bars: BarBuilder | CandleBars | None = None
         self.features: SymbolFeatures | None = None
+        self.rollups: list[tuple[BarRollup, SymbolFeatures]] = []
         if resume is not None:
-            self.bars, self.features = load_state(resume, self._tree(), FEATURE_KEYS, fixed=FEATURE_FIXED)
+            _same_resolutions(resume, coarse, bar_settings.interval_ms)
+            state = load_state(resume, self._tree(), FEATURE_KEYS, fixed=FEATURE_FIXED)
+            self.bars, self.features = state[:2]
+            self.rollups = state[2] if len(state) > 2 else []  # saved before resolutions: none
             self.symbol = self.bars.symbol
 
     def _tree(self) -> dict:
-        return {"bars": self.bar_settings, "features": self.feature_settings}
+        return {"bars": self.bar_settings, "features": self.feature_settings, "coarse": self.coarse}
+
+    def _features(
+        self, rows: list[StoreRows], features: SymbolFeatures, closed: list, base: bool
+    ) -> tuple[list, list]:
+        """Bars, their features and VaR backtests into ``rows``; the feature and backtest rows."""
+        if not closed:
+            return [], []
+        rows.append(StoreRows("bars", closed))
+        feats = [f for f in map(features.update, closed) if f is not None]
+        if feats:
+            rows.append(StoreRows("features", feats))
+        backtests = features.take_backtests()
+        if backtests:
+            rows.append(StoreRows("var_backtests", backtests))
+            if base and self.metrics is not None:
+                self.metrics.var_backtests(backtests)
+        return feats, backtests
 
     def _emit(
-        self, out: list[SymbolOut], rows: list[StoreRows], closed: list, peers: tuple, final: bool = False
+        self,
+        out: list[SymbolOut],
+        rows: list[StoreRows],
+        closed: list,
+        peers: tuple,
+        final: bool = False,
+        end: bool = False,
     ) -> None:
-        feats = []
-        backtests = ()
-        if closed:
-            rows.append(StoreRows("bars", closed))
-            update = self.features.update
-            feats = [f for f in map(update, closed) if f is not None]
-            if feats:
-                rows.append(StoreRows("features", feats))
-            backtests = self.features.take_backtests()
-            if backtests:
-                rows.append(StoreRows("var_backtests", backtests))
-                if self.metrics is not None:
-                    self.metrics.var_backtests(backtests)
+        feats, backtests = self._features(rows, self.features, closed, base=True)
+        coarse = []
+        if self.rollups:
+            through = self.bars.closed_through()
+            for rollup, features in self.rollups:
+                done = rollup.update(closed)
+                done += rollup.flush() if end else rollup.advance(through)
+                self._features(rows, features, done, base=False)
+                d = rollup.settings.interval_ms
+                coarse.append(([(b.ts // d, b.close) for b in done], rollup.closed_through()))
         d = self.bar_settings.interval_ms
         progress = SymbolProgress(
             self.symbol,
@@ -315,6 +383,7 @@ class SymbolLogic(_Step):
             # the trading loop downstream needs the bars and features themselves
             TradeInput(closed, feats, tuple(backtests)) if self.trading else None,
             final,
+            tuple(coarse),
         )
         out.append(SymbolOut(tuple(rows), progress))
 
@@ -330,6 +399,10 @@ class SymbolLogic(_Step):
                 self.symbol = first.symbol
                 self.bars = BarBuilder(self.bar_settings, self.symbol)
             self.features = SymbolFeatures(self.feature_settings, self.symbol)
+            self.rollups = [
+                (BarRollup(r.rollup, self.symbol), SymbolFeatures(r.features, self.symbol))
+                for r in self.coarse
+            ]
         for item in values:
             cols, peers = item.batch, item.peers
             if item.final:  # ticks the end of the input released (one event-time step: in order)
@@ -376,17 +449,22 @@ class SymbolLogic(_Step):
     def on_eof(self) -> tuple[list, bool]:
         self._keep_final()
         out: list[SymbolOut] = []
+        if self.bars is None:  # no input reached this symbol's step
+            return out, StatefulBatchLogic.RETAIN
         closed = self.bars.flush() if isinstance(self.bars, BarBuilder) else []
-        self._emit(out, [], closed, (), final=True)
-        last = self.features.flush_backtests() if self.features is not None else []
+        self._emit(out, [], closed, (), final=True, end=True)
+        last = self.features.flush_backtests()
         if last:  # the backtest's figures at the end of the input
             out.append(SymbolOut((StoreRows("var_backtests", last),)))
             if self.metrics is not None:
                 self.metrics.var_backtests(last)
+        coarse_last = [row for _rollup, features in self.rollups for row in features.flush_backtests()]
+        if coarse_last:
+            out.append(SymbolOut((StoreRows("var_backtests", coarse_last),)))
         return out, StatefulBatchLogic.RETAIN
 
     def _state(self):
-        return (self.bars, self.features)
+        return (self.bars, self.features, self.rollups)
 
 
 def _grid_args(p: SymbolProgress) -> tuple:
@@ -401,25 +479,47 @@ class GridLogic(_Step):
     """
 
     def __init__(
-        self, settings: CorrelationSettings, resume, keep_state: bool = False, trading: bool = False
+        self,
+        settings: CorrelationSettings,
+        resume,
+        keep_state: bool = False,
+        trading: bool = False,
+        coarse: tuple[Resolution, ...] = (),
     ) -> None:
         self.settings = settings
+        self.coarse = coarse
         self.keep_state = keep_state
         self.trading = trading
         if resume is not None:
-            self.grid = load_state(resume, self._tree(), FEATURE_KEYS, fixed=FEATURE_FIXED)
+            _same_resolutions(resume, coarse, settings.bar_interval_ms)
+            state = load_state(resume, self._tree(), FEATURE_KEYS, fixed=FEATURE_FIXED)
+            # saved before resolutions: the grid alone
+            self.grid, self.grids = state if isinstance(state, tuple) else (state, [])
         else:
             self.grid = CorrelationGrid(settings)
+            self.grids = [CorrelationGrid(r.grid) for r in coarse]
 
     def _tree(self) -> dict:
-        return {"grid": self.settings}
+        return {"grid": self.settings, "coarse": self.coarse}
 
-    def _out(self, out: list, blocks: list, trades: tuple, done: int | None, final: bool) -> None:
+    def _out(
+        self, out: list, blocks: list, trades: tuple, done: int | None, final: bool, coarse: list = ()
+    ) -> None:
         correlations = CorrelationRows(tuple(blocks))  # columns: no object per pair unless read so
-        rows = StoreRows("correlations", correlations) if blocks else None
-        step = GridStep(trades, correlations, done, final) if self.trading else None
+        rows = StoreRows("correlations", CorrelationRows((*blocks, *coarse))) if blocks or coarse else None
+        step = GridStep(trades, correlations, done, final) if self.trading else None  # the base's rows
         if rows is not None or step is not None:
             out.append(GridOut(rows, step))
+
+    def _coarse(self, grids: list[CorrelationGrid], part: list[SymbolProgress]) -> list:
+        """The coarser grids' blocks from a run of progress reports."""
+        blocks: list = []
+        for i, grid in enumerate(grids):
+            for p in part:
+                if i < len(p.coarse):
+                    closes, through = p.coarse[i]
+                    blocks.extend(grid.update_blocks(p.symbol, closes, through, p.peers))
+        return blocks
 
     def on_batch(self, values: list[SymbolProgress]) -> tuple[list, bool]:
         out: list[GridOut] = []
@@ -435,23 +535,32 @@ class GridLogic(_Step):
             if final:
                 self._keep_final()
             elif self._final is not None:
-                self._also_saved(lambda g, part=part: [g.update_blocks(*_grid_args(p)) for p in part])
+                self._also_saved(lambda state, part=part: self._update(state, part))
             rows: list = []
             for p in part:
                 rows.extend(grid.update_blocks(*_grid_args(p)))
+            coarse = self._coarse(self.grids, part)
             trades = tuple((p.symbol, p.trade) for p in part if p.trade is not None)
-            self._out(out, rows, trades, grid.done, final)
+            self._out(out, rows, trades, grid.done, final, coarse)
             start = end
         return out, StatefulBatchLogic.RETAIN
+
+    def _update(self, state: tuple, part: list[SymbolProgress]) -> None:
+        """A run of progress reports into a saved state's grids, their rows dropped."""
+        grid, grids = state
+        for p in part:
+            grid.update_blocks(*_grid_args(p))
+        self._coarse(grids, part)
 
     def on_eof(self) -> tuple[list, bool]:
         self._keep_final()
         out: list[GridOut] = []
-        self._out(out, self.grid.finish_blocks(), (), None, True)
+        coarse = [block for grid in self.grids for block in grid.finish_blocks()]
+        self._out(out, self.grid.finish_blocks(), (), None, True, coarse)
         return out, StatefulBatchLogic.RETAIN
 
     def _state(self):
-        return self.grid
+        return (self.grid, self.grids)
 
 
 def _feed(loop: TradingLoop, step: GridStep) -> None:
@@ -587,6 +696,17 @@ class TradingLogic(_Step):
         if self.report is not None:
             self.report.controls_not_applied += n
 
+    def _rows(self, pairs: list[tuple[str, list]]) -> list[StoreRows]:
+        """The loop's (table, rows) for the store; the portfolio's ``var_backtests`` rows stamped with
+        the loop's bar interval (it steps at the finest resolution)."""
+        interval = self.settings.bar_interval_ms // 1000
+        return [
+            StoreRows(
+                table, [replace(r, interval=interval) for r in rows] if table == "var_backtests" else rows
+            )
+            for table, rows in pairs
+        ]
+
     def _observe(self, out: list[StoreRows]) -> list[StoreRows]:
         """The loop's rows into the metrics (risk gauges, the portfolio's ``var_backtests``), the
         applied operator commands into the report; ``out`` as it is."""
@@ -610,7 +730,7 @@ class TradingLogic(_Step):
             out.extend(self._controls())
             loop.add_correlations(step.correlations)
             if step.done is not None:
-                out.extend(StoreRows(table, rows) for table, rows in loop.advance(step.done))
+                out.extend(self._rows(loop.advance(step.done)))
                 out.extend(self._venue_events())
         return self._observe(out), StatefulBatchLogic.RETAIN
 
@@ -618,15 +738,15 @@ class TradingLogic(_Step):
         self._keep_final()
         loop = self.loop
         out = self._controls()
-        out.extend(StoreRows(table, rows) for table, rows in loop.advance(max(loop.bars, default=-1)))
+        out.extend(self._rows(loop.advance(max(loop.bars, default=-1))))
         venue = loop.broker
         if isinstance(venue, RemoteVenue):
             if not venue.lockstep:  # free-running: the last orders' fills come after the last step
                 late = venue.settle(SETTLE_S, SETTLE_QUIET_S)
-                out.extend(StoreRows(table, rows) for table, rows in loop.settle(late))
+                out.extend(self._rows(loop.settle(late)))
             out.extend(self._venue_events())
             venue.close()
-        out.extend(StoreRows(table, rows) for table, rows in loop.flush_backtests())
+        out.extend(self._rows(loop.flush_backtests()))
         self._not_applied(len(loop.controls))  # dated after the data's end: never due
         if self.report is not None:
             self.report.summary = loop.summary()

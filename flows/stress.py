@@ -25,7 +25,7 @@ from operators.risk.stress import StressInput, StressOutcome, StressSettings, st
 from schemas.ddl import STRESS
 from schemas.errors import UsageProblem
 from schemas.records import BUY, StressResult
-from sinks.clickhouse_store import Store, redact
+from sinks.clickhouse_store import FINEST_BARS, Store, redact
 from sinks.store_sink import record_columns
 
 _UNITS_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -101,7 +101,8 @@ def horizon_bars(text: str, bar_ms: int) -> int:
 def load_history(store: Store, symbols: list[str], since_ms: int | None, bars: int | None) -> History:
     """The aligned closes of ``symbols`` from the ``bars`` table (see the module docstring)."""
     rows = store.query(
-        "SELECT symbol, toUnixTimestamp64Milli(ts) AS t, close FROM bars FINAL ORDER BY t"
+        "SELECT symbol, toUnixTimestamp64Milli(ts) AS t, close FROM bars FINAL "
+        f"WHERE {FINEST_BARS} ORDER BY t"
     ).result_rows
     if not rows:
         msg = "the store has no bars: replay or run something first (qbtc replay FILE --store ...)"

@@ -63,6 +63,8 @@ class CorrelationBlock:
     ts: int
     names: tuple[str, ...]
     corr: np.ndarray
+    interval: int = 0
+    """The grid's bar length in seconds (0: not stamped)."""
 
     def __len__(self) -> int:
         return len(self.corr)
@@ -70,7 +72,14 @@ class CorrelationBlock:
     def __iter__(self):
         i, j = pair_indices(len(self.names))
         names = np.array(self.names, dtype=object)
-        return map(Correlation, repeat(self.ts), names[i].tolist(), names[j].tolist(), self.corr.tolist())
+        return map(
+            Correlation,
+            repeat(self.ts),
+            names[i].tolist(),
+            names[j].tolist(),
+            self.corr.tolist(),
+            repeat(self.interval),
+        )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -99,13 +108,14 @@ class CorrelationRows:
 
 
 def block_columns(blocks) -> dict:
-    """Columns of the ``correlations`` table from blocks: ts, symbol_a, symbol_b, corr."""
+    """Columns of the ``correlations`` table from blocks: interval, ts, symbol_a, symbol_b, corr."""
     names = sorted({n for b in blocks for n in b.names})
     code = {n: c for c, n in enumerate(names)}
-    ts, a, b, corr = [], [], [], []
+    interval, ts, a, b, corr = [], [], [], [], []
     for block in blocks:
         i, j = pair_indices(len(block.names))
         codes = np.fromiter((code[n] for n in block.names), np.int32, len(block.names))
+        interval.append(np.full(len(block), block.interval, np.uint32))
         ts.append(np.full(len(block), block.ts, np.int64))
         a.append(codes[i])
         b.append(codes[j])
@@ -113,6 +123,7 @@ def block_columns(blocks) -> dict:
     dictionary = pa.array(names, pa.string())
     cat = np.concatenate
     return {
+        "interval": cat(interval) if interval else np.zeros(0, np.uint32),
         "ts": cat(ts) if ts else np.zeros(0, np.int64),
         "symbol_a": pa.DictionaryArray.from_arrays(pa.array(cat(a) if a else [], pa.int32()), dictionary),
         "symbol_b": pa.DictionaryArray.from_arrays(pa.array(cat(b) if b else [], pa.int32()), dictionary),

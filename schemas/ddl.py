@@ -52,6 +52,7 @@ BARS = Table(
     "bars",
     (
         ("symbol", "LowCardinality(String)"),
+        ("interval", "UInt32"),
         ("ts", TS),
         ("open", "Float64"),
         ("high", "Float64"),
@@ -61,12 +62,13 @@ BARS = Table(
         ("vwap", "Float64"),
         ("trades", "UInt64"),
     ),
-    ("symbol", "ts"),
+    ("symbol", "interval", "ts"),
 )
 FEATURES = Table(
     "features",
     (
         ("symbol", "LowCardinality(String)"),
+        ("interval", "UInt32"),
         ("ts", TS),
         ("ret", "Float64"),
         ("volatility", "Float64"),
@@ -78,17 +80,18 @@ FEATURES = Table(
         ("fvar95", "Float64"),
         ("fes95", "Float64"),
     ),
-    ("symbol", "ts"),
+    ("symbol", "interval", "ts"),
 )
 CORRELATIONS = Table(
     "correlations",
     (
+        ("interval", "UInt32"),
         ("ts", TS),
         ("symbol_a", "LowCardinality(String)"),
         ("symbol_b", "LowCardinality(String)"),
         ("corr", "Float64"),
     ),
-    ("ts", "symbol_a", "symbol_b"),
+    ("interval", "ts", "symbol_a", "symbol_b"),
 )
 DEAD_LETTERS = Table(
     "dead_letters",
@@ -208,6 +211,7 @@ VAR_BACKTESTS = Table(
     (
         ("ts", TS),
         ("symbol", "LowCardinality(String)"),
+        ("interval", "UInt32"),
         ("model", "LowCardinality(String)"),
         ("scope", "LowCardinality(String)"),
         ("window", "UInt32"),
@@ -231,7 +235,7 @@ VAR_BACKTESTS = Table(
         ("es_p", "Float64"),
     ),
     # symbol "" is the trading loop's portfolio
-    ("model", "symbol", "scope", "ts"),
+    ("model", "symbol", "interval", "scope", "ts"),
 )
 PORTFOLIO = Table(
     "portfolio",

@@ -53,7 +53,11 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class Bar:
-    """OHLCV bar of one symbol over [ts, ts + interval)."""
+    """OHLCV bar of one symbol over [ts, ts + interval).
+
+    ``interval`` is the bar's length in seconds (one of ``features.bar_intervals``);
+    0 on a bar no bar step has stamped (a candle as read, a bar made by hand).
+    """
 
     symbol: str
     ts: int
@@ -64,6 +68,7 @@ class Bar:
     volume: float
     vwap: float
     trades: int
+    interval: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +77,8 @@ class Feature:
 
     ``fvar95`` and ``fes95`` are the next bar's VaR and ES forecasts (positive
     losses of the log return) of the model ``features.var_model`` chooses; NaN
-    until that model is warm.
+    until that model is warm. ``interval`` is the length in seconds of the
+    bars they were computed on (0: not stamped).
     """
 
     symbol: str
@@ -86,16 +92,19 @@ class Feature:
     drift: int
     fvar95: float = math.nan
     fes95: float = math.nan
+    interval: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Correlation:
-    """Pearson correlation of two symbols' grid returns over the last window."""
+    """Pearson correlation of two symbols' grid returns over the last window (of bars of
+    ``interval`` seconds; 0: not stamped)."""
 
     ts: int
     symbol_a: str
     symbol_b: str
     corr: float
+    interval: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +177,8 @@ class VarBacktestRow:
         (``green``, ``yellow``, ``red``).
     es_z2, es_p
         Acerbi-Székely Z2 (> 0: the ES understates the tail) and its one-sided p-value.
+    interval
+        The length in seconds of the bars whose returns were forecast (0: not stamped).
     """
 
     ts: int
@@ -193,6 +204,7 @@ class VarBacktestRow:
     zone: str
     es_z2: float
     es_p: float
+    interval: int = 0
 
 
 # -- the trading loop -----------------------------------------------------------

@@ -189,6 +189,16 @@ def _client(dsn: str, must_exist: bool = False):
         return client
 
 
+LATER_KEYS = ("run_id", "interval")
+"""Key columns older stores' tables lack: such a table is rebuilt under today's key, its rows kept with
+the column's default (run_id ``""``: before run ids; interval 0: before several resolutions)."""
+
+
+FINEST_BARS = "interval = (SELECT if(max(interval) = 0, 0, minIf(interval, interval > 0)) FROM bars)"
+"""A WHERE condition on ``bars`` that keeps the finest resolution the store holds (rows from before
+several resolutions, interval 0, only when there are no others)."""
+
+
 class Store:
     """Tables of one ClickHouse database.
 
@@ -232,8 +242,9 @@ class Store:
             key = key.replace(" ", "").removeprefix("(").removesuffix(")")  # "(source)" for one column
             if table is None or key == ",".join(table.key):
                 continue
-            if name in RUN_TABLES and key == ",".join(k for k in table.key if k != "run_id"):
-                self._rekey(table)  # made before run ids: rebuilt, its rows kept under run_id ""
+            if key == ",".join(k for k in table.key if k not in LATER_KEYS):
+                # made before run ids or intervals: rebuilt, its rows kept under run_id "" / interval 0
+                self._rekey(table)
             else:
                 stale[name] = key.replace(",", ", ")
         return stale

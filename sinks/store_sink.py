@@ -132,7 +132,11 @@ def correlation_columns(parts: list) -> dict:
         if isinstance(part, CorrelationRows):
             blocks.extend(part.blocks)
         else:
-            blocks.append(CorrelationBlock(part.ts, (part.symbol_a, part.symbol_b), np.array([part.corr])))
+            blocks.append(
+                CorrelationBlock(
+                    part.ts, (part.symbol_a, part.symbol_b), np.array([part.corr]), part.interval
+                )
+            )
     return block_columns(blocks)
 
 

@@ -57,6 +57,7 @@ from operators.execution.paper_broker import PaperBroker
 from operators.execution.quality import SlippageMonitor, SlippageSettings
 from operators.execution.reconcile import ReconcileSettings
 from operators.features.bar_builder import BarBuilder, BarSettings
+from operators.features.bar_rollup import BarRollup, RollupSettings
 from operators.features.candle_bars import CandleBars
 from operators.features.correlation_grid import CorrelationGrid, CorrelationSettings
 from operators.features.drift_flag import DriftFlag
@@ -602,6 +603,11 @@ OPERATORS: dict[type, Case] = {
     BarBuilder: Case(
         lambda: BarBuilder(BarSettings(1_000, 2_000, 60_000), "A/USDT"), _ticks, lambda op, c: op.update(c)
     ),
+    BarRollup: Case(
+        lambda: BarRollup(RollupSettings(5 * D, D), "A/USDT"),
+        lambda: [_bars(seed=9)[k : k + 4] for k in range(0, N, 4)],
+        lambda op, bars: (op.update(bars), op.advance(bars[-1].ts // D + 2), op.closed_through()),
+    ),
     CandleBars: Case(
         lambda: CandleBars(D, "A/USDT"),
         lambda: [_bars(seed=8)[k : k + 3] + _bars(seed=8)[k : k + 1] for k in range(0, N, 3)],
@@ -778,6 +784,7 @@ FROM_FEATURES = {
     },
     CorrelationSettings: {"bar_interval_ms": "bar_interval", "window": "corr_window", "every": "corr_every"},
     TimeBounds: {k: k for k in ("max_ahead_ms", "max_behind_ms", "max_symbols", "confirm_ticks")},
+    RollupSettings: {"interval_ms": "bar_intervals", "base_ms": "bar_interval"},
 }
 """Settings built from ``[features]`` keys (flows/pipeline.py): field -> key."""
 
@@ -1004,21 +1011,34 @@ FEATURE_TWINS = {
 seconds there and ms in the operators, is checked by the flow tests)."""
 
 
+RESOLUTION_KEYS = ("bar_intervals", "interval_windows", "interval_corr_windows", "interval_corr_every")
+"""``[features]`` keys of the coarser resolutions (each becomes one field per resolution)."""
+
+
 def test_feature_section_keys_are_their_operators_own():
     """``[features]`` feeds four operators' settings: each key has its field's default and rule."""
     from flows.config import FeaturesConfig
     from flows.pipeline import MarketSettings
 
     keys = {f.name: f for f in dataclasses.fields(FeaturesConfig)}
-    assert set(keys) == {*FEATURE_TWINS, "bar_interval"}
+    assert set(keys) == {*FEATURE_TWINS, "bar_interval", *RESOLUTION_KEYS}
     for name, (cls, field_name) in FEATURE_TWINS.items():
         twin = next(f for f in dataclasses.fields(cls) if f.name == field_name)
         got = (keys[name].default, dict(keys[name].metadata), field_types(FeaturesConfig)[name])
         assert got == (twin.default, dict(twin.metadata), field_types(cls)[field_name]), name
     m = MarketSettings.of(load_settings(None, [], env={}))
-    assert (m.bars, m.features, m.grid, m.bounds) == (
+    assert (m.bars, m.features, m.grid, m.bounds, m.coarse) == (
         BarSettings(1000),
         FeatureSettings(1000),
         CorrelationSettings(1000),
         TimeBounds(),
+        (),
     )
+    # each coarser resolution: its rollup over the finest, and its own windows
+    sets = ["features.bar_intervals=3600,60", "features.interval_windows=300,120,48"]
+    m = MarketSettings.of(load_settings(None, [*sets, "features.interval_corr_every=60,30,24"], env={}))
+    assert [(r.name, r.rollup, r.features.window, r.grid.window, r.grid.every) for r in m.coarse] == [
+        ("60s", RollupSettings(60_000, 1000), 120, 300, 30),
+        ("3600s", RollupSettings(3_600_000, 1000), 48, 300, 24),
+    ]
+    assert (m.features.window, m.grid.every) == (300, 60)

@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 import pytest
-from check_spec import check
+from check_spec import check, check_all
 from flow_harness import run_files
 
 from sources.simulator import SimulatorSettings, write_csv
@@ -45,6 +45,28 @@ def test_flow_matches_the_spec_on_simulated_ticks(sim_file):
 def test_flow_matches_the_spec_with_wider_bars_and_lateness(sim_file):
     result = check(sim_file, ["features.bar_interval=2", "features.allowed_lateness_ms=500", *SMALL])
     _assert_exact(result)
+
+
+def test_flow_matches_the_spec_at_every_resolution(sim_file):
+    """Bars of 1, 5, 20 and 60 s from one tick stream (the coarser rolled up from the finest), each
+    with its own windows: every resolution equals the spec recomputed from the ticks at its interval."""
+    sets = [
+        "features.bar_intervals=5,20,60",
+        "features.interval_windows=30,12,5,3",
+        "features.interval_corr_windows=40,12,6,3",
+        "features.interval_corr_every=7,3,2,1",
+        "features.allowed_lateness_ms=300",
+    ]
+    results = check_all(sim_file, sets)
+    assert sorted(results) == [1, 5, 20, 60]
+    for interval, result in results.items():
+        _assert_exact(result)
+        assert result["bars"]["trades_equal"], interval
+        assert result["unstamped"] == {"bars": 0, "features": 0, "correlations": 0}
+    # 240 s of 4 symbols: 4 or 5 minute windows each (the first partial)
+    assert 16 <= results[60]["bars"]["rows"] <= 20
+    rows = [results[i]["bars"]["rows"] for i in (1, 5, 20, 60)]
+    assert rows == sorted(rows, reverse=True)
 
 
 def _frames(path, workers):

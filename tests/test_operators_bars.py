@@ -13,15 +13,18 @@ Results must not depend on how the stream is cut into batches.
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.features.bar_builder import BarBuilder, BarSettings
+from operators.features.bar_rollup import BarRollup, RollupSettings
 from schemas.records import DUPLICATE, LATE, Bar, Tick
 from schemas.tick_columns import TickColumns
 
@@ -419,3 +422,75 @@ def test_a_builder_pickled_mid_run_or_before_runs_existed_resumes() -> None:
     resumed = pickle.loads(pickle.dumps(old))
     up = resumed.update(TickColumns.from_ticks([_t(T0, "2", "ex"), _t(T0 + 1, "3", "ex")], "t.csv"))
     assert [r[:2] for r in up.rejected] == [(0, DUPLICATE)]
+
+
+# -- coarser resolutions (BarRollup) -------------------------------------------
+
+
+def _base_bars(rng: np.random.Generator, n: int, d: int) -> list[Bar]:
+    """n finest bars of one symbol on a grid of d ms, about a third of the indices missing."""
+    ks = np.sort(rng.choice(np.arange(3 * n // 2), size=n, replace=False))
+    out = []
+    for k in ks:
+        o, c = rng.uniform(90, 110, 2)
+        h, lo = max(o, c) + rng.uniform(0, 2), min(o, c) - rng.uniform(0, 2)
+        vol = float(rng.uniform(0.1, 5))
+        out.append(
+            Bar("X", int(k) * d, o, h, lo, c, vol, rng.uniform(lo, h), int(rng.integers(1, 9)), d // 1000)
+        )
+    return out
+
+
+@pytest.mark.parametrize("m", [2, 5, 60])
+def test_rolled_up_bars_equal_a_batch_aggregation_of_the_finest(m):
+    """Whatever the chunking and the progress reports: every coarse bar equals the aggregation of
+    its window's finest bars (first open, max high, min low, last close, sums, volume-weighted vwap),
+    each emitted once, in order, and only once its window is closed; a pickle round trip mid-way
+    changes nothing."""
+    rng = np.random.default_rng(m)
+    d = 1000
+    bars = _base_bars(rng, 600, d)
+    roll = BarRollup(RollupSettings(m * d, d), "X")
+    got: list[Bar] = []
+    i = 0
+    while i < len(bars):
+        chunk = bars[i : i + int(rng.integers(1, 40))]
+        i += len(chunk)
+        got += roll.update(chunk)
+        # the finest grid is closed somewhere before the next bar (never at or past it)
+        following = bars[i].ts // d if i < len(bars) else chunk[-1].ts // d + 10
+        through = min(chunk[-1].ts // d + int(rng.integers(-1, 3)), following - 1)
+        got += roll.advance(through)
+        assert all((b.ts + m * d) // d - 1 <= max(through, chunk[-1].ts // d) for b in got)
+        if i % 7 == 0:
+            roll = pickle.loads(pickle.dumps(roll))
+    got += roll.flush()
+    df = pd.DataFrame(
+        [
+            (b.ts // (m * d), b.open, b.high, b.low, b.close, b.volume, b.vwap * b.volume, b.trades)
+            for b in bars
+        ],
+        columns=["j", "open", "high", "low", "close", "volume", "notional", "trades"],
+    )
+    want = df.groupby("j").agg(
+        open=("open", "first"),
+        high=("high", "max"),
+        low=("low", "min"),
+        close=("close", "last"),
+        volume=("volume", "sum"),
+        notional=("notional", "sum"),
+        trades=("trades", "sum"),
+    )
+    assert [b.ts for b in got] == [int(j) * m * d for j in want.index]
+    assert {b.interval for b in got} == {m}
+    for b, (_, w) in zip(got, want.iterrows(), strict=True):
+        assert (b.open, b.high, b.low, b.close, b.trades) == (w.open, w.high, w.low, w.close, w.trades)
+        assert math.isclose(b.volume, w.volume, rel_tol=1e-12)
+        assert math.isclose(b.vwap, w.notional / w.volume, rel_tol=1e-12)
+
+
+def test_a_rollup_needs_a_coarser_multiple_of_the_finest_interval():
+    with pytest.raises(ValueError, match="multiple of base_ms"):
+        RollupSettings(90_000, 60_000)
+    with pytest.raises(ValueError, match="multiple of base_ms"):
+        RollupSettings(60_000, 60_000)

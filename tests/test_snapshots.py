@@ -11,8 +11,9 @@ from flows.config import load_settings
 from flows.snapshots import ResumeError, dump_state, load_state, settings_paths
 from flows.steps import FEATURE_FIXED, FEATURE_KEYS, TRADING_FIXED, TRADING_KEYS, SymbolLogic
 from flows.trading_settings import trading_settings
-from operators.features.bar_builder import BarSettings
-from operators.features.symbol_features import FeatureSettings
+from operators.features.bar_builder import BarBuilder, BarSettings
+from operators.features.bar_rollup import BarRollup
+from operators.features.symbol_features import FeatureSettings, SymbolFeatures
 from operators.trading_loop import TradingLoop
 from schemas.records import Bar
 
@@ -117,9 +118,69 @@ def test_the_end_of_a_bounded_read_saves_the_state_from_before_it_plus_late_norm
     logic.on_batch([progress(s, k) for k in range(6) for s in ("A", "B")])
     logic.on_batch([progress("A", 6, final=True), progress("B", 6)])  # B's 6 came late, not from the end
     logic.on_eof()
-    saved = load_state(logic.snapshot(), {"grid": settings}, FEATURE_KEYS)
+    saved, coarse = load_state(logic.snapshot(), {"grid": settings, "coarse": ()}, FEATURE_KEYS)
+    assert coarse == []
     want = CorrelationGrid(settings)
     for p in [progress(s, k) for k in range(6) for s in ("A", "B")] + [progress("B", 6)]:
         want.update(p.symbol, p.closes, p.closed_through, p.peers)
     assert pickle.dumps(saved) == pickle.dumps(want)
     assert pickle.dumps(saved) != pickle.dumps(logic.grid)  # the live grid took A's final bar too
+
+
+def _market(*sets: str):
+    from flows.pipeline import MarketSettings
+
+    return MarketSettings.of(load_settings(None, list(sets), env={}))
+
+
+def _ticks_logic(m, resume=None) -> SymbolLogic:
+    return SymbolLogic(m.bars, m.features, resume, keep_state=True, coarse=m.coarse)
+
+
+def test_a_resume_keeps_the_coarser_resolutions_or_refuses_a_change_of_them():
+    """The bars step's and the grid's saved state hold every resolution's rollup, features and grid:
+    a resume with other ``features.bar_intervals`` stops with both lists, one with another coarse
+    window names that resolution's key, and a state saved before resolutions resumes without them."""
+    from flows.messages import SymbolProgress
+    from flows.steps import GridLogic
+
+    m = _market("features.bar_intervals=60,300", "features.window=10")
+    logic = _ticks_logic(m)
+    bars = [Bar("X", k * 1000, 1.0, 1.0, 1.0, 1.0 + k / 1000, 1.0, 1.0, 1, 1) for k in range(130)]
+    # the step's operators as its first tick batch makes them, fed finished bars straight away
+    logic.symbol = "X"
+    logic.bars = BarBuilder(m.bars, "X")
+    logic.features = SymbolFeatures(m.features, "X")
+    logic.rollups = [(BarRollup(r.rollup, "X"), SymbolFeatures(r.features, "X")) for r in m.coarse]
+    out: list = []
+    logic._emit(out, [], bars, ())
+    coarse_bars = [
+        r for o in out for rows in o.rows if rows.table == "bars" for r in rows.rows if r.interval == 60
+    ]
+    assert [b.ts for b in coarse_bars] == [0, 60_000]  # the third minute is still open
+    data = logic.snapshot()
+
+    resumed = _ticks_logic(m, data)
+    assert [r.settings.interval_ms for r, _ in resumed.rollups] == [60_000, 300_000]
+    assert resumed.rollups[0][0].window == 2
+    with pytest.raises(
+        ResumeError, match=r"features\.bar_intervals changed from \[1, 60, 300\] to \[1, 60\]"
+    ):
+        _ticks_logic(_market("features.bar_intervals=60", "features.window=10"), data)
+    with pytest.raises(ResumeError, match=r"coarse\.60s\.features\.window changed from 10 to 20"):
+        _ticks_logic(_market("features.bar_intervals=60,300", "features.window=10",
+                             "features.interval_windows=10,20,10"), data)  # fmt: skip
+
+    old = dump_state((logic.bars, logic.features), {"bars": m.bars, "features": m.features})
+    plain = _market("features.window=10")
+    assert _ticks_logic(plain, old).rollups == []  # saved before resolutions, resumed without any
+    with pytest.raises(ResumeError, match=r"features\.bar_intervals changed from \[1\] to \[1, 60, 300\]"):
+        _ticks_logic(m, old)
+
+    grid = GridLogic(m.grid, None, keep_state=True, coarse=m.coarse)
+    grid.on_batch(
+        [SymbolProgress("X", [(k, 1.0 + k)], k, ("X",), None, False, (([], -1), ([], -1))) for k in range(3)]
+    )
+    assert len(GridLogic(m.grid, grid.snapshot(), coarse=m.coarse).grids) == 2
+    with pytest.raises(ResumeError, match=r"features\.bar_intervals changed"):
+        GridLogic(plain.grid, grid.snapshot())

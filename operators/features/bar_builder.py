@@ -295,6 +295,7 @@ class BarBuilder:
             volume,
             notional / volume,
             b[8],
+            self.settings.interval_ms // 1000,
         )
 
     def _rotate_ids(self) -> None:

@@ -8,7 +8,7 @@ falls behind (the bar at that time is final).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from operators.features.bar_builder import NO_WATERMARK
 from schemas.records import DUPLICATE, LATE, Bar
@@ -51,6 +51,7 @@ class CandleBars:
     def update(self, bars: list[Bar]) -> CandleUpdate:
         accepted: list[Bar] = []
         rejected: list[tuple[int, str, str]] = []
+        interval = self.interval_ms // 1000
         for i, bar in enumerate(bars):
             if bar.ts % self.interval_ms:
                 rejected.append((i, LATE, f"bar at {bar.ts} is not on the {self.interval_ms} ms grid"))
@@ -60,7 +61,7 @@ class CandleBars:
                 rejected.append((i, LATE, f"bar at {bar.ts} is behind the newest bar at {self.last_ts}"))
             else:
                 self.last_ts = bar.ts
-                accepted.append(bar)
+                accepted.append(bar if bar.interval == interval else replace(bar, interval=interval))
         self.seen += len(accepted)
         return CandleUpdate(accepted, rejected)
 

@@ -318,7 +318,8 @@ class CorrelationGrid:
         i, j = pair_indices(len(cols))
         col = np.array(cols, dtype=np.intp)
         corr = self.rc.corr_pairs(col[i], col[j])
-        return CorrelationBlock(k * self.settings.bar_interval_ms, tuple(names), corr)
+        d = self.settings.bar_interval_ms
+        return CorrelationBlock(k * d, tuple(names), corr, d // 1000)
 
 
 def _records(blocks: list[CorrelationBlock]) -> list[Correlation]:

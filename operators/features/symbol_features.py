@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from operators.features.drift_flag import DriftFlag
 from operators.features.grid_returns import GridReturns
@@ -144,6 +144,8 @@ class SymbolFeatures:
         rows = self._backtests
         if rows:
             self._backtests = []
+            interval = self.settings.bar_interval_ms // 1000
+            rows = [replace(r, interval=interval) for r in rows]
         return rows
 
     def update(self, bar: Bar) -> Feature | None:
@@ -175,4 +177,5 @@ class SymbolFeatures:
             self._drift.take(),
             fvar,
             fes,
+            self.settings.bar_interval_ms // 1000,
         )
