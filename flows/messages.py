@@ -63,6 +63,9 @@ class TradeInput:
     bars: list[Bar]
     features: list[Feature]
     backtests: tuple = ()
+    coarse: tuple = ()
+    """The bars and feature rows of the coarser resolutions that closed with them (each stamped
+    with its ``interval``), finest first."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -366,14 +366,18 @@ class SymbolLogic(_Step):
     ) -> None:
         feats, backtests = self._features(rows, self.features, closed, base=True)
         coarse = []
+        informative: list = []  # the coarser bars and features, for the trading loop
         if self.rollups:
             through = self.bars.closed_through()
             for rollup, features in self.rollups:
                 done = rollup.update(closed)
                 done += rollup.flush() if end else rollup.advance(through)
-                self._features(rows, features, done, base=False)
+                coarse_feats, _ = self._features(rows, features, done, base=False)
                 d = rollup.settings.interval_ms
                 coarse.append(([(b.ts // d, b.close) for b in done], rollup.closed_through()))
+                if self.trading:
+                    informative += done
+                    informative += coarse_feats
         d = self.bar_settings.interval_ms
         progress = SymbolProgress(
             self.symbol,
@@ -381,7 +385,7 @@ class SymbolLogic(_Step):
             self.bars.closed_through(),
             peers,
             # the trading loop downstream needs the bars and features themselves
-            TradeInput(closed, feats, tuple(backtests)) if self.trading else None,
+            TradeInput(closed, feats, tuple(backtests), tuple(informative)) if self.trading else None,
             final,
             tuple(coarse),
         )
@@ -566,7 +570,7 @@ class GridLogic(_Step):
 def _feed(loop: TradingLoop, step: GridStep) -> None:
     """A grid step into a loop, its outputs dropped (the saved state's copy of a late normal step)."""
     for symbol, trade in step.trades:
-        loop.add(symbol, trade.bars, trade.features, trade.backtests)
+        loop.add(symbol, trade.bars, trade.features, trade.backtests, trade.coarse)
     loop.add_correlations(step.correlations)
     if step.done is not None:
         loop.advance(step.done)
@@ -726,7 +730,7 @@ class TradingLogic(_Step):
             elif self._final is not None:
                 self._also_saved(lambda state, step=step: _feed(state[0], step))
             for symbol, trade in step.trades:
-                loop.add(symbol, trade.bars, trade.features, trade.backtests)
+                loop.add(symbol, trade.bars, trade.features, trade.backtests, trade.coarse)
             out.extend(self._controls())
             loop.add_correlations(step.correlations)
             if step.done is not None:

@@ -203,6 +203,8 @@ class _SymbolState:
     last_dirs: dict[str, int] = field(default_factory=dict)  # strategy -> direction at the last close
     tranches: int = 0  # ladder tranches taken since the position was flat
     volumes: deque[float] = field(default_factory=deque)  # the last bars' volumes (the cost gate's V)
+    coarse: dict[int, tuple[Bar | None, Feature | None]] = field(default_factory=dict)
+    """interval s -> the newest closed bar and feature row of that coarser resolution"""
 
 
 class TradingLoop:
@@ -235,6 +237,7 @@ class TradingLoop:
         self.done: int | None = None
         self.counter = 0
         self.backtests: dict[int, list[VarBacktestRow]] = {}  # per-symbol rows by grid step
+        self.informative: dict[int, list[tuple[str, Bar | Feature]]] = {}  # coarser rows by closing step
         self.symbol_models: dict[str, ModelRiskMonitor] = {}
         vb = settings.var_backtest
         self.var_feed = VarBacktestFeed(vb, PORTFOLIO, settings.var_model)
@@ -246,10 +249,17 @@ class TradingLoop:
     # -- input -------------------------------------------------------------------------
 
     def add(
-        self, symbol: str, bars: list[Bar], features: list[Feature], backtests: tuple | list = ()
+        self,
+        symbol: str,
+        bars: list[Bar],
+        features: list[Feature],
+        backtests: tuple | list = (),
+        coarse: tuple | list = (),
     ) -> None:
         """A symbol's newly closed bars, feature rows and ``var_backtests`` rows (any step order
-        within the symbol)."""
+        within the symbol), and the bars and feature rows of coarser resolutions (``coarse``, each
+        stamped with its ``interval``): those take effect at the step that closes their window (or
+        the next step to come, when a gap closed it late), never before."""
         d = self.settings.bar_interval_ms
         for bar in bars:
             self.bars.setdefault(bar.ts // d, {})[symbol] = bar
@@ -258,6 +268,11 @@ class TradingLoop:
         for row in backtests:
             if row.scope == "rolling":
                 self.backtests.setdefault(row.ts // d, []).append(row)
+        for row in coarse:
+            k = (row.ts + row.interval * 1000) // d - 1  # the finest step its window closes at
+            if self.done is not None and k <= self.done:
+                k = self.done + 1
+            self.informative.setdefault(k, []).append((symbol, row))
 
     def add_correlations(self, rows: list[Correlation]) -> None:
         self.pending_corr.extend(rows)
@@ -291,9 +306,26 @@ class TradingLoop:
                 self.features.pop(k, None)
                 self.backtests.pop(k, None)
                 continue
+            self._inform(k)
             self._step(k, self.bars.pop(k), self.features.pop(k, {}), out)
             self.done = k
         return [(table, rows) for table, rows in out.items() if rows]
+
+    def __setstate__(self, state: dict) -> None:
+        # a loop saved before several resolutions: no coarser rows held, none known per symbol
+        self.__dict__.update(state)
+        self.__dict__.setdefault("informative", {})
+        for sym in self.symbols.values():
+            if not hasattr(sym, "coarse"):
+                sym.coarse = {}
+
+    def _inform(self, k: int) -> None:
+        """The coarser bars and features due by step ``k`` into their symbols' state."""
+        for step in sorted(i for i in self.informative if i <= k):
+            for symbol, row in self.informative.pop(step):
+                sym = self._symbol(symbol)
+                bar, feat = sym.coarse.get(row.interval, (None, None))
+                sym.coarse[row.interval] = (row, feat) if isinstance(row, Bar) else (bar, row)
 
     def _step(self, k: int, bars: dict[str, Bar], feats: dict[str, Feature], out: dict[str, list]) -> None:
         s = self.settings
@@ -594,7 +626,7 @@ class TradingLoop:
             for strat in sym.strategies:
                 if strat.name in self.muted:
                     continue
-                sig = self._ask(strat, ts, bar, feat, regime, out)
+                sig = self._ask(strat, ts, bar, feat, regime, out, sym.coarse)
                 if sig is not None:
                     signals.append(sig)
                     sym.last_dirs[strat.name] = sig.direction
@@ -644,9 +676,16 @@ class TradingLoop:
                     self._place(ts, symbol, sym, delta, reduces, bar.close, view, pending, out)
             out["signals"].extend([*signals, composite])
 
-    def _ask(self, strat: Strategy, ts: int, bar: Bar, feat: Feature | None, regime, out) -> Signal | None:
-        """The strategy's signal; a strategy that raises or answers with no valid signal is muted."""
+    def _ask(
+        self, strat: Strategy, ts: int, bar: Bar, feat: Feature | None, regime, out, coarse=None
+    ) -> Signal | None:
+        """The strategy's signal; a strategy that raises or answers with no valid signal is muted.
+
+        A strategy with an ``informative`` method gets the symbol's coarser resolutions first
+        (``coarse``: interval s -> its newest closed bar and feature row)."""
         try:
+            if coarse is not None and hasattr(strat, "informative"):
+                strat.informative(coarse)
             answer = strat.update(ts, bar, feat, regime)
         except Exception as exc:  # a user's strategy: contain whatever it raises
             self._mute(ts, bar.symbol, strat.name, f"raised {_one_line(exc)}", out)

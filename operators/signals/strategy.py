@@ -15,6 +15,14 @@ with
 * ``regime``: the symbol's regime (one of :data:`~schemas.records.REGIMES`),
   or None while it is unknown.
 
+With several resolutions (``features.bar_intervals``) a strategy may also
+define ``informative(coarse)``: the loop calls it just before every
+``update`` with the symbol's coarser resolutions, ``coarse`` a mapping of
+interval (seconds) to the newest *closed* (bar, feature row) of that
+resolution (either None while not yet known); a coarse bar is handed over at
+the finest step its window closes at, never before (Freqtrade calls these
+informative timeframes).
+
 It returns None while it has no view (warming up, no regime), else a
 :class:`~schemas.records.Signal` ``(ts, bar.symbol, name, direction,
 strength, regime)`` with direction 1 (long), -1 (short) or 0 (flat) and
