@@ -370,6 +370,59 @@ def _report_parser(sub) -> None:
     rep.add_argument("--out", metavar="FILE", default="report.html", help="HTML file (default report.html)")
 
 
+def _walkforward_parser(sub) -> None:
+    wf = sub.add_parser(
+        "walkforward",
+        help="walk-forward analysis of a recording: train/test splits, a grid chosen on train only",
+        description="Split a recording (tick or candle files) into consecutive test spans, each after a "
+        "train span; replay each split with --trade in-process (the online state at a test span's start "
+        "comes from the train span only) and report each test span's figures from the store, their "
+        "spread and overfitting figures. With --grid, every candidate is replayed over the train span, "
+        "the best by --metric is chosen and only it goes on into the test span.",
+    )
+    wf.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="tick or candle files, read in the order given"
+    )
+    _common(wf)
+    wf.add_argument("--splits", type=int, default=3, metavar="N", help="test spans (default 3)")
+    wf.add_argument(
+        "--train", metavar="D", help="the first train span (3600s, 90m, 4h, 7d; default: what is left "
+        "before the test spans)",
+    )  # fmt: skip
+    wf.add_argument("--test", metavar="D", help="each test span (default: the recording / (N + 1))")
+    wf.add_argument(
+        "--rolling", action="store_true", help="train spans of a fixed length right before their test "
+        "span (default anchored: every train span starts with the recording)",
+    )  # fmt: skip
+    wf.add_argument(
+        "--grid", metavar="SECTION.KEY=V1,V2", action="append", default=[],
+        help="candidate values of a config key (repeatable; the cartesian product, at most 16)",
+    )  # fmt: skip
+    wf.add_argument(
+        "--metric", choices=("sharpe", "return", "sortino", "profit_factor"), default="sharpe",
+        help="what the choice maximises over the train span (default sharpe)",
+    )  # fmt: skip
+    wf.add_argument(
+        "--pbo", action="store_true", help="also replay every other candidate into the test span, only to "
+        "estimate the probability of backtest overfitting (never for the choice)",
+    )  # fmt: skip
+    wf.add_argument(
+        "--out", metavar="FILE", help="write the splits and the summary as JSON (.json) or CSV (.csv)"
+    )
+    wf.add_argument(
+        "--strategy", dest="strategies", metavar="SPEC", action="append", default=[],
+        help="trade this strategy instead of [strategies] use (repeatable)",
+    )  # fmt: skip
+    wf.add_argument(
+        "--run-id", metavar="PREFIX", help="the runs' ids are PREFIX-s<split>-c<candidate>[-train] "
+        "(default wf- and 8 hex digits of the inputs, plan, grid and settings)",
+    )  # fmt: skip
+    runs = wf.add_mutually_exclusive_group()
+    runs.add_argument("--append", action="store_true", help="write runs the store already holds again")
+    runs.add_argument("--fresh", action="store_true", help="drop qbtc's tables in the store first")
+    wf.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
 def _version() -> str:
     """The installed package's version (its metadata), or ``unknown`` when qbtc is not installed."""
     from importlib.metadata import PackageNotFoundError, version
@@ -446,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     _control_parser(sub)
     _stress_parser(sub)
     _report_parser(sub)
+    _walkforward_parser(sub)
 
     sql = sub.add_parser(
         "sql",
@@ -1107,6 +1161,125 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_walkforward(args) -> int:
+    from flows.runs import check_run_id, file_source, settings_json
+    from flows.walkforward import (
+        check_data,
+        parse_duration,
+        parse_grid,
+        plan_splits,
+        prefix_for,
+        run_ids,
+        run_walkforward,
+        summarize,
+    )
+    from flows.walkforward_figures import recording_span, span_figures, split_rows, text_report, write_out
+
+    args.trade = True
+    base = _settings(args)
+    candidates = parse_grid(args.grid)
+    settings = [_candidate_settings(args, c) for c in candidates]
+    step = base.features.bar_interval * 1000
+    test = None if args.test is None else parse_duration(args.test, "--test")
+    train = None if args.train is None else parse_duration(args.train, "--train")
+    if args.pbo and len(candidates) < 2:
+        msg = "--pbo needs a --grid of 2 or more candidates (it ranks the choice among them)"
+        raise UsageError(msg)
+    recording = recording_span(args.inputs, base, step)
+    plan = plan_splits(recording.first, recording.end, step, args.splits, test, train, args.rolling)
+    check_data(recording, plan)
+    source = file_source(args.inputs)
+    prefix = args.run_id or prefix_for(source, plan, candidates, settings_json(base), args.metric)
+    ids = run_ids(plan, candidates, prefix, args.pbo)
+    for run_id in ids:
+        check_run_id(run_id)
+    dsn = _dsn(args, base)
+    store = Store(dsn)
+    _store_for_run(args, store, False)  # --fresh
+    held = [] if args.append or args.fresh else [i for i in ids if store.run_rows(i)]
+    if held:
+        msg = (
+            f"store {redact(store.dsn)} already holds run {held[0]} (and {len(held) - 1} more of this "
+            "walk-forward): add --append to write them again, --run-id PREFIX to keep both, or --fresh"
+        )
+        raise UsageError(msg)
+    watchdog.default_abort()
+    replay_one = _walkforward_replay(args, settings, store, dsn)
+
+    def figures(run_id: str, start: int, end: int) -> dict:
+        return span_figures(store, run_id, start, end, step)
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            sys.stderr.write(f"qbtc walkforward: {text}\n")
+            sys.stderr.flush()
+
+    results = run_walkforward(plan, candidates, replay_one, figures, prefix, args.metric, args.pbo, say)
+    rows = split_rows(results, candidates, args.metric)
+    summary = summarize(results, args.pbo)
+    sys.stdout.write(text_report(rows, summary, candidates, args.metric))
+    if args.out:
+        meta = {
+            "inputs": list(args.inputs),
+            "recording": {"first": recording.first, "end": recording.end, "step_ms": step},
+            "splits_planned": args.splits,
+            "rolling": args.rolling,
+            "metric": args.metric,
+            "candidates": [list(c) for c in candidates],
+            "run_id_prefix": prefix,
+        }
+        try:
+            write_out(args.out, rows, summary, meta, results)
+        except OSError as exc:
+            msg = f"--out {args.out}: cannot write: {exc.strerror}"
+            raise UsageError(msg) from None
+        sys.stdout.write(f"wrote {os.path.abspath(args.out)}\n")
+    return 0
+
+
+def _candidate_settings(args, candidate: tuple[str, ...]) -> Settings:
+    """A grid candidate's settings: the command's, its ``--grid`` values over them."""
+    overrides = args.overrides
+    try:
+        args.overrides = [*overrides, *candidate]
+        return _settings(args)
+    except ConfigError as exc:
+        msg = f"--grid {' '.join(candidate)}: {one_line(exc)}"
+        raise UsageError(msg) from None
+    finally:
+        args.overrides = overrides
+
+
+def _walkforward_replay(args, settings: list[Settings], store: Store, dsn: str):
+    """One trading replay of ``[from_ts, to_ts)`` of the files with a candidate's settings, in-process
+    as ``qbtc replay --trade --from-ts --to-ts`` runs it, under the given run id."""
+    from types import SimpleNamespace
+
+    from flows.inputs import file_inputs
+    from flows.pipeline import TradingReport, replay
+    from flows.runs import file_source
+    from flows.trading_settings import span_input
+    from sources.chunk_source import Progress
+    from sources.time_span import TimeSpan
+
+    def replay_one(candidate: int, from_ts: int, to_ts: int, run_id: str) -> None:
+        chosen = settings[candidate]
+        inputs, total = file_inputs(args.inputs, chosen, TimeSpan(from_ts, to_ts), warn=lambda _: None)
+        run_input = span_input(from_ts, to_ts)
+        source = f"{file_source(args.inputs)}|{run_input}"
+        run = _begin_run(SimpleNamespace(run_id=run_id), chosen, "walkforward", source, run_input, True)
+        progress = Progress(total_bytes=total)
+        report = TradingReport()
+        with _run_row(run, store, progress, report), stop_reading(progress, "walkforward"):
+            counter = replay(inputs, chosen, dsn, progress, trade=True, report=report, run_input=run_input,
+                             run_id=run.run_id)  # fmt: skip
+            run.rows = counter.rows
+        if progress.stop_requested:
+            raise KeyboardInterrupt
+
+    return replay_one
+
+
 COMMANDS = {
     "run": cmd_run,
     "replay": cmd_replay,
@@ -1123,6 +1296,7 @@ COMMANDS = {
     "execute": cmd_execute,
     "stress": cmd_stress,
     "report": cmd_report,
+    "walkforward": cmd_walkforward,
 }
 
 
