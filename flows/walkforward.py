@@ -142,10 +142,13 @@ def plan_splits(
         train = total - splits * test
     if test < 1 or train < 1 or train + splits * test > total:
         have = duration_text(max(total, 0) * step_ms)
-        want = (
-            f"{splits} test span(s) of {duration_text(max(test, 1) * step_ms)} after a train span of "
-            f"{duration_text(max(train, 1) * step_ms)}"
-        )
+        train_text = f"a train span of {duration_text(max(train, 1) * step_ms)}"
+        if test < 1:
+            want = f"{train_text} and {splits} test span(s) after it"
+        elif train < 1:
+            want = f"{splits} test span(s) of {duration_text(test * step_ms)} and a train span before them"
+        else:
+            want = f"{splits} test span(s) of {duration_text(test * step_ms)} after {train_text}"
         msg = f"the recording ({have} of {duration_text(step_ms)} bars) is too short for {want}"
         raise WalkForwardProblem(msg)
     out = []
