@@ -30,7 +30,7 @@ with one line naming the spec, before the flow runs.
 Traceback (most recent call last):
 ...
 flows.strategy_loader.StrategyLoadError: strategy 'builtin:nope': no built-in strategy 'nope' \
-(built-ins: entropy_scalping, trend_following, mean_reversion, breakout)
+(built-ins: entropy_scalping, trend_following, mean_reversion, breakout, online_model)
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``ticks`` carries trade ticks keyed by symbol (so one symbol's ticks stay in
 order in one partition); ``bars``, ``features``, ``correlations`` and
 ``dead-letters`` carry the flows' output records, and ``signals``,
-``risk-events``, ``orders``, ``fills`` and ``portfolio`` the trading loop's
+``risk-events``, ``orders``, ``fills``, ``portfolio`` and ``model-metrics`` the trading loop's
 (``var-backtests`` both: per symbol and for the book); ``order-events``
 is the execution service's (``qbtc execute``, issue 12; the loop's
 heartbeats are to travel on ``orders``); ``control`` carries operator
@@ -34,6 +34,7 @@ OUTPUT_TABLES = {
     "execution_quality": "execution-quality",
     "var_backtests": "var-backtests",
     "portfolio": "portfolio",
+    "model_metrics": "model-metrics",
 }
 """Output topic name (before the prefix) of each store table."""
 
@@ -64,8 +65,9 @@ def topology(prefix: str, partitions: int, replication: int) -> list[TopicSpec]:
     ['t-ticks', 't-bars', 't-features', 't-correlations', 't-dead-letters']
     >>> [t.name for t in topology("t-", 4, 1)][5:10]
     ['t-signals', 't-risk-events', 't-orders', 't-fills', 't-order-events']
-    >>> [t.name for t in topology("t-", 4, 1)][10:]
-    ['t-execution-quality', 't-var-backtests', 't-portfolio', 't-control']
+    >>> [t.name for t in topology("t-", 4, 1)][10:]  # doctest: +NORMALIZE_WHITESPACE
+    ['t-execution-quality', 't-var-backtests', 't-portfolio', 't-model-metrics',
+     't-control']
     """
     names = ["ticks", *OUTPUT_TABLES.values(), CONTROL_TOPIC]
     return [TopicSpec(prefix + n, partitions, replication) for n in names]

@@ -29,6 +29,10 @@ depends on how symbols or partitions interleave. For step k, with close time
    get ATR stops and targets once filled. A strategy that raises, or answers
    with no valid signal, is muted on every symbol for the rest of the run
    (one ``strategy_error`` risk event; from then on it counts as flat).
+   While a strategy of a symbol reports ``calibration_drift`` (the River
+   online model, ``operators.signals.online_model``) the symbol's size is
+   halved (``model_calibration`` risk events when that starts and ends); the
+   strategies' ``take_rows()`` are the ``model_metrics`` table.
 
 After the step, a ``portfolio`` row records the book: equity, exposures,
 leverage, drawdown, the next step's VaR and ES of the positions held (one
@@ -86,6 +90,10 @@ from schemas.settings import SettingsError, check_settings, setting
 RISK = "risk"
 STRATEGY_ERROR = "strategy_error"
 """Risk event kind of a strategy that raised or answered with no valid signal (it is then muted)."""
+MODEL_CALIBRATION = "model_calibration"
+"""Risk event kind of the calibration throttle: an online model's calibration drifts (or recovered)."""
+DRIFT_SIZE_MULTIPLIER = 0.5
+"""A symbol's size while an online model of it reports calibration drift (the seed's throttle)."""
 
 
 def _one_line(exc: Exception, limit: int = 300) -> str:
@@ -245,6 +253,7 @@ class TradingLoop:
         self.last_var: tuple[float, float] | None = None  # one-bar (VaR, ES) of the book, quote units
         self.last_breaker_var: float | None = None  # one-bar amount of the breaker metric
         self.stats = TradingStats()
+        self.throttled: set[str] = set()  # symbols whose online model's calibration drifts
 
     # -- input -------------------------------------------------------------------------
 
@@ -298,6 +307,7 @@ class TradingLoop:
             "fills": [],
             "portfolio": [],
             "var_backtests": [],
+            "model_metrics": [],
         }
         steps = sorted(k for k in self.bars if k <= through)
         for k in steps:
@@ -315,6 +325,7 @@ class TradingLoop:
         # a loop saved before several resolutions: no coarser rows held, none known per symbol
         self.__dict__.update(state)
         self.__dict__.setdefault("informative", {})
+        self.__dict__.setdefault("throttled", set())
         for sym in self.symbols.values():
             if not hasattr(sym, "coarse"):
                 sym.coarse = {}
@@ -630,6 +641,7 @@ class TradingLoop:
                 if sig is not None:
                     signals.append(sig)
                     sym.last_dirs[strat.name] = sig.direction
+            throttle = self._calibration(ts, symbol, sym, out)
             if feat is None or regime is None:
                 continue
             weights = self.weights.weights(symbol, regime, ts)
@@ -666,6 +678,7 @@ class TradingLoop:
                     defensive=False,  # the engine's size_multiplier carries defensive mode's half size
                 )
                 fraction = size.fraction * actions.size_multiplier
+                fraction *= throttle  # an online model's calibration drifts: half size
                 target = direction * fraction * equity / bar.close
             order = self._rebalance(sym, current, target, entries_ok, bar.close)
             if order is not None:
@@ -675,6 +688,59 @@ class TradingLoop:
                 if composite.gate != BLOCKED:
                     self._place(ts, symbol, sym, delta, reduces, bar.close, view, pending, out)
             out["signals"].extend([*signals, composite])
+
+    def _calibration(self, ts: int, symbol: str, sym: _SymbolState, out: dict) -> float:
+        """The symbol's size multiplier of the calibration throttle: :data:`DRIFT_SIZE_MULTIPLIER` while
+        one of its strategies reports ``calibration_drift`` (an online model whose realised hit rate
+        left its predicted probability, see ``operators.signals.online_model``), else 1; a
+        ``model_calibration`` risk event when the throttle turns on (level 1, ``half_size``) and off
+        (level 0, ``clear``). The strategies' ``take_rows()`` go to ``model_metrics``."""
+        drifting = None
+        for strat in sym.strategies:
+            if strat.name in self.muted:
+                continue
+            try:
+                if hasattr(strat, "take_rows"):
+                    out["model_metrics"].extend(strat.take_rows())
+                if getattr(strat, "calibration_drift", False) is True and drifting is None:
+                    drifting = strat
+            except Exception as exc:  # a user's strategy: contain whatever it raises
+                self._mute(ts, symbol, strat.name, f"raised {_one_line(exc)}", out)
+        was = symbol in self.throttled
+        if (drifting is not None) != was:
+            strat = (
+                drifting
+                if drifting is not None
+                else next((s for s in sym.strategies if hasattr(s, "calibration_drift")), None)
+            )
+            gap = float(getattr(strat, "calibration_gap", math.nan))
+            limit = float(getattr(getattr(strat, "settings", None), "drift_threshold", math.nan))
+            name = getattr(strat, "name", "?")
+            if drifting is not None:
+                self.throttled.add(symbol)
+                message = (
+                    f"{name} on {symbol}: realised hit rate and predicted probability differ by "
+                    f"{gap:.1%} over its calibration window (limit {limit:.0%}): half size until it recovers"
+                )
+                event = RiskEvent(ts, MODEL_CALIBRATION, 1, symbol, gap, limit, "half_size", message)
+            else:
+                self.throttled.discard(symbol)
+                message = f"{name} on {symbol}: calibration recovered ({gap:.1%}): full size again"
+                event = RiskEvent(ts, MODEL_CALIBRATION, 0, symbol, gap, limit, "clear", message)
+            out["risk_events"].append(event)
+        return DRIFT_SIZE_MULTIPLIER if symbol in self.throttled else 1.0
+
+    def _model_rows(self) -> list:
+        """The strategies' last ``model_metrics`` rows at the end of the input (``take_rows(final=True)``)."""
+        rows: list = []
+        for symbol in sorted(self.symbols):
+            for strat in self.symbols[symbol].strategies:
+                if strat.name not in self.muted and hasattr(strat, "take_rows"):
+                    try:
+                        rows.extend(strat.take_rows(final=True))
+                    except Exception:  # a user's strategy at the end of the input: its rows are lost
+                        continue
+        return rows
 
     def _ask(
         self, strat: Strategy, ts: int, bar: Bar, feat: Feature | None, regime, out, coarse=None
@@ -774,10 +840,11 @@ class TradingLoop:
         self._send(ts, symbol, math.copysign(approved, delta), intent.reason, COMPOSITE, out)
 
     def flush_backtests(self) -> list[tuple[str, list]]:
-        """The portfolio backtest's figures at its last forecast, when not yet given (the end of a
-        bounded run)."""
+        """The portfolio backtest's figures at its last forecast, when not yet given, and the online
+        models' last ``model_metrics`` rows (the end of a bounded run)."""
         rows = self.var_feed.flush()
-        return [("var_backtests", rows)] if rows else []
+        models = self._model_rows()
+        return ([("var_backtests", rows)] if rows else []) + ([("model_metrics", models)] if models else [])
 
     def settle(self, fills: list[Fill]) -> list[tuple[str, list]]:
         """Book fills that arrived after the last step (an external venue's, at the end of a run).

@@ -32,6 +32,7 @@ from schemas.records import (
     Feature,
     Fill,
     Heartbeat,
+    ModelMetrics,
     OperatorCommand,
     Order,
     OrderEvent,
@@ -67,6 +68,7 @@ RECORD_TYPES: dict[str, type] = {
     "control": OperatorCommand,
     "var_backtest": VarBacktestRow,
     "portfolio_state": PortfolioState,
+    "model_metrics": ModelMetrics,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 _FIELDS = {cls: tuple((f.name, f.type) for f in dataclasses.fields(cls)) for cls in RECORD_TYPES.values()}

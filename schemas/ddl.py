@@ -259,9 +259,27 @@ PORTFOLIO = Table(
     ),
     ("run_id", "ts"),
 )
+MODEL_METRICS = Table(
+    "model_metrics",
+    (
+        ("run_id", "LowCardinality(String)"),
+        ("ts", TS),
+        ("symbol", "LowCardinality(String)"),
+        ("model", "LowCardinality(String)"),
+        ("n", "UInt64"),
+        ("log_loss", "Float64"),
+        ("accuracy", "Float64"),
+        ("calibration_error", "Float64"),
+        ("hit_rate_30d", "Float64"),
+        ("mean_prob_30d", "Float64"),
+        ("drift", "UInt8"),
+    ),
+    ("run_id", "symbol", "model", "ts"),
+)
+"""An online model's progressive-validation figures (``operators.signals.online_model``)."""
 MARKET_TABLES = (TICKS, BARS, FEATURES, CORRELATIONS, DEAD_LETTERS, VAR_BACKTESTS)
 """What the features flow writes."""
-TRADING_TABLES = (SIGNALS, RISK_EVENTS, ORDERS, FILLS, PORTFOLIO)
+TRADING_TABLES = (SIGNALS, RISK_EVENTS, ORDERS, FILLS, PORTFOLIO, MODEL_METRICS)
 """What the trading loop writes."""
 EXECUTION_TABLES = (ORDER_EVENTS, EXECUTION_QUALITY)
 """What the execution service writes (issue 12; no flow writes them yet)."""

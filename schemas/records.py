@@ -264,6 +264,41 @@ class Signal:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    """An online model's progressive-validation figures on one symbol (the ``model_metrics`` table).
+
+    Parameters
+    ----------
+    ts
+        The bar close of the last forecast scored, epoch ms.
+    symbol, model
+        The symbol and the strategy whose model it is (``online_model``).
+    n
+        Forecasts scored so far (each made before its bar's outcome was known).
+    log_loss, accuracy, calibration_error
+        Over those n: mean log loss, the share whose side was right, and the
+        expected calibration error (10 equal-width probability bins).
+    hit_rate_30d, mean_prob_30d
+        Over the last 30 days of event time: the realised hit rate of the side
+        forecast and the mean probability given to that side.
+    drift
+        1 when they differ by more than 15 points (with enough forecasts): the
+        trading loop then halves the symbol's size; else 0.
+    """
+
+    ts: int
+    symbol: str
+    model: str
+    n: int
+    log_loss: float
+    accuracy: float
+    calibration_error: float
+    hit_rate_30d: float
+    mean_prob_30d: float
+    drift: int
+
+
+@dataclass(frozen=True, slots=True)
 class RiskEvent:
     """Something the risk engine saw or did: a breaker, a mode change, a denial.
 
@@ -273,7 +308,9 @@ class RiskEvent:
         What it is about, e.g. ``qvar_breaker``, ``dlri``, ``ers``,
         ``kill_switch``, ``mode``, ``stale_data``, ``pre_trade``, ``control``,
         ``execution``, ``strategy_error`` (a strategy raised or answered with
-        no valid signal: it is muted, ``action`` ``mute``); from the
+        no valid signal: it is muted, ``action`` ``mute``),
+        ``model_calibration`` (an online model's calibration drifts: the
+        symbol's size is halved, ``action`` ``half_size``; ``clear`` when it recovers); from the
         execution service's parts: ``venue`` (venue health), ``slippage``
         (execution quality), ``reconcile`` (start-up reconciliation).
     level

@@ -28,6 +28,8 @@ def record_key(table: str, record) -> bytes | None:
     """The topic key of a record: its symbol (the first for correlations; none for portfolio rows)."""
     if table in ("bars", "features", "signals", "orders", "fills", "order_events", "execution_quality"):
         return record.symbol.encode()
+    if table == "model_metrics":
+        return record.symbol.encode()
     if table in ("risk_events", "var_backtests"):
         return record.symbol.encode() or None
     if table == "correlations":

@@ -30,6 +30,7 @@ from schemas.records import (
     ExecutionQuality,
     Feature,
     Fill,
+    ModelMetrics,
     Order,
     OrderEvent,
     PortfolioState,
@@ -57,6 +58,7 @@ _RECORD_FIELDS = {
         ("execution_quality", ExecutionQuality),
         ("var_backtests", VarBacktestRow),
         ("portfolio", PortfolioState),
+        ("model_metrics", ModelMetrics),
         ("stress", StressResult),
     )
 }

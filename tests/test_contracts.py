@@ -88,6 +88,8 @@ from operators.risk.var_models import (
     StudentTSettings,
 )
 from operators.signals.atr import ATR, ATRSettings
+from operators.signals.online_model import OnlineDirectionModel, OnlineModel, OnlineModelSettings
+from operators.signals.progressive_metrics import MetricsSettings, ProgressiveMetrics
 from operators.signals.regime import RegimeClassifier, RegimeSettings
 from operators.signals.sizing import PositionSizer
 from operators.signals.strategies import (
@@ -544,6 +546,23 @@ def _model_risk_stream() -> list:
     return out
 
 
+def _online_stream() -> list:
+    """(ts, close, features) of a random walk; the features leave out a bar now and then."""
+    feats = _features(_bars(seed=36), seed=37)
+    return [
+        (T0 + k * D, c, None if k % 23 == 5 else {"vol": f.volatility, "ent": f.entropy})
+        for k, (c, f) in enumerate(zip(_walk(seed=36), feats, strict=True))
+    ]
+
+
+def _calibration_stream() -> list:
+    """(ts, p, y): calibrated forecasts, then outcomes that stop following them."""
+    rng = np.random.default_rng(38)
+    p = rng.uniform(0, 1, N)
+    y = rng.uniform(0, 1, N) < np.where(np.arange(N) < N // 2, p, 0.5)
+    return [(T0 + k * D, float(pk), int(yk)) for k, (pk, yk) in enumerate(zip(p, y, strict=True))]
+
+
 def _forecast(op, r):
     op.update(r)
     return op.forecast()
@@ -646,6 +665,18 @@ OPERATORS: dict[type, Case] = {
     TrendFollowing: _strategy_case(TrendFollowing),
     MeanReversion: _strategy_case(MeanReversion),
     Breakout: _strategy_case(Breakout),
+    OnlineModel: _strategy_case(OnlineModel),
+    OnlineDirectionModel: Case(
+        lambda: OnlineDirectionModel(OnlineModelSettings()),
+        _online_stream,
+        lambda op, item: (op.update(*item), op.get())[1],
+        lambda op, answer: answer,
+    ),
+    ProgressiveMetrics: Case(
+        lambda: ProgressiveMetrics(MetricsSettings(window_ms=50 * D, min_count=20)),
+        _calibration_stream,
+        lambda op, item: (op.update(*item), op.get())[1],
+    ),
     StrategyWeights: Case(
         lambda: StrategyWeights(
             {n: c.settings_class().regimes for n, c in BUILTINS.items()},
@@ -791,8 +822,9 @@ FROM_FEATURES = {
 FROM_SECTIONS = {FeatureSettings: {"var_backtest": "var_backtest"}}
 """Fields of those settings that are a whole section of their own: field -> section."""
 
-ASSEMBLED = {TradingSettings, StrategiesSettings}
-"""Settings put together from other sections (``[trading]`` keys, loaded strategies)."""
+ASSEMBLED = {TradingSettings, StrategiesSettings, MetricsSettings}
+"""Settings put together from other sections (``[trading]`` keys, loaded strategies; the online
+model's metrics from its ``[strategies.online_model]`` table)."""
 
 EXECUTION_SERVICE = {
     DeadMansSwitchSettings,

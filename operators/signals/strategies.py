@@ -1,4 +1,4 @@
-"""The four built-in strategies that turn closed bars into signals.
+"""The built-in strategies that turn closed bars into signals (four by default, and ``online_model``).
 
 They follow the strategy protocol of ``operators.signals.strategy`` (as
 subclasses of its :class:`~operators.signals.strategy.BarStrategy`); a run
@@ -21,8 +21,10 @@ O(1) (amortised O(1) for the Donchian channels' monotonic deques).
 ['entropy_scalping', 'trend_following', 'mean_reversion', 'breakout']
 >>> sorted(strategies[1].regimes)
 ['trend_down', 'trend_up']
->>> [spec.name for spec in default_specs()] == list(BUILTINS)
+>>> [spec.name for spec in default_specs()] == list(DEFAULT)
 True
+>>> list(BUILTINS)[len(DEFAULT):]  # opt-in: builtin:online_model
+['online_model']
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from operators.features.rolling_variance import RollingVariance
+from operators.signals.online_model import OnlineModel
 from operators.signals.strategy import BarStrategy, StrategySpec
 from schemas.records import FLAT, REGIMES, Bar, Feature
 from schemas.settings import MAX_WINDOW, SettingsError, check_settings, setting
@@ -430,16 +433,19 @@ class StrategiesSettings:
         check_settings(self)
 
 
-BUILTINS: dict[str, type[BarStrategy]] = {
+DEFAULT: dict[str, type[BarStrategy]] = {
     cls.name: cls for cls in (EntropyScalping, TrendFollowing, MeanReversion, Breakout)
 }
-"""The built-in strategies by name (``builtin:NAME`` specs), in the default order."""
+"""The strategies a run uses by default, in order."""
+BUILTINS: dict[str, type[BarStrategy]] = {**DEFAULT, OnlineModel.name: OnlineModel}
+"""The built-in strategies by name (``builtin:NAME`` specs): the default ones, then the opt-in
+``online_model`` (a River model per symbol, :mod:`operators.signals.online_model`)."""
 
 
 def default_specs(settings: StrategiesSettings | None = None) -> tuple[StrategySpec, ...]:
     """The four built-in strategies of a run, in the default order (the loop's default)."""
     s = settings or StrategiesSettings()
-    return tuple(StrategySpec(name, cls, getattr(s, name)) for name, cls in BUILTINS.items())
+    return tuple(StrategySpec(name, cls, getattr(s, name)) for name, cls in DEFAULT.items())
 
 
 def default_strategies(settings: StrategiesSettings | None = None) -> list[BarStrategy]:
