@@ -15,7 +15,8 @@ classes: ``[risk]`` (with the ``[risk.qvar]`` subtable) is
 venue's :class:`~operators.execution.cost_model.BrokerSettings`,
 ``[execution_limits]`` the execution service's hard limits
 (:class:`~operators.execution.limits.ExecutionLimits`, ``qbtc execute``),
-``[portfolio]``, ``[regime]``, ``[weights]``, ``[atr]`` and ``[var_backtest]``
+``[portfolio]``, ``[regime]``, ``[weights]``, ``[atr]``, ``[levels]`` (the decision levels'
+cadences, :class:`~operators.signals.levels.LevelsSettings`) and ``[var_backtest]``
 (:class:`~operators.risk.var_backtest.VarBacktestSettings`, the backtest of
 ``features.var_model``'s forecasts) likewise. Fields
 derived from other keys (:data:`DERIVED`: every ``bar_interval_ms`` from
@@ -59,6 +60,7 @@ from operators.risk.settings import RiskSettings
 from operators.risk.var_backtest import VarBacktestSettings
 from operators.risk.var_models import VAR_MODELS
 from operators.signals.atr import ATRSettings
+from operators.signals.levels import LevelsSettings
 from operators.signals.regime import RegimeSettings
 from operators.signals.sizing import SizingSettings
 from operators.signals.strategy_weights import StrategyWeightsSettings
@@ -317,6 +319,7 @@ class Settings:
     weights: StrategyWeightsSettings = field(default_factory=StrategyWeightsSettings)
     atr: ATRSettings = field(default_factory=ATRSettings)
     strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
+    levels: LevelsSettings = field(default_factory=LevelsSettings)
 
 
 EXTRA_KEYS: dict[str, type] = {"risk": RiskKeys}

@@ -69,6 +69,7 @@ TRADING_KEYS = {
     "trading.regime.": "regime.",
     "trading.weights.": "weights.",
     "trading.atr.": "atr.",
+    "trading.levels.": "levels.",
     "trading.strategies.": "strategies.",
 }
 """Settings paths of the trading step, as config keys."""

@@ -40,6 +40,7 @@ def trading_settings(settings: Settings, run_input: str = "") -> TradingSettings
         edge_horizon_bars=t.edge_horizon_bars,
         var_model=settings.features.var_model,
         var_backtest=settings.var_backtest,
+        levels=settings.levels,
     )
     return dataclasses.replace(loop, run_tag=run_tag(settings, loop, run_input))
 

@@ -4,7 +4,8 @@
 order in one partition); ``bars``, ``features``, ``correlations`` and
 ``dead-letters`` carry the flows' output records, and ``signals``,
 ``risk-events``, ``orders``, ``fills``, ``portfolio`` and ``model-metrics`` the trading loop's
-(``var-backtests`` both: per symbol and for the book); ``order-events``
+(``var-backtests`` both: per symbol and for the book), ``strategy-updates`` and
+``targets`` its upper decision levels' (L4 and L3); ``order-events``
 is the execution service's (``qbtc execute``, issue 12; the loop's
 heartbeats are to travel on ``orders``); ``control`` carries operator
 commands (``qbtc control --kafka``) to every loop and execution service.
@@ -35,6 +36,8 @@ OUTPUT_TABLES = {
     "var_backtests": "var-backtests",
     "portfolio": "portfolio",
     "model_metrics": "model-metrics",
+    "strategy_updates": "strategy-updates",
+    "targets": "targets",
 }
 """Output topic name (before the prefix) of each store table."""
 
@@ -67,7 +70,7 @@ def topology(prefix: str, partitions: int, replication: int) -> list[TopicSpec]:
     ['t-signals', 't-risk-events', 't-orders', 't-fills', 't-order-events']
     >>> [t.name for t in topology("t-", 4, 1)][10:]  # doctest: +NORMALIZE_WHITESPACE
     ['t-execution-quality', 't-var-backtests', 't-portfolio', 't-model-metrics',
-     't-control']
+     't-strategy-updates', 't-targets', 't-control']
     """
     names = ["ticks", *OUTPUT_TABLES.values(), CONTROL_TOPIC]
     return [TopicSpec(prefix + n, partitions, replication) for n in names]

@@ -63,6 +63,7 @@ from operators.risk.settings import MarketView, OrderIntent, RiskActions, RiskSe
 from operators.risk.var_backtest import ModelRiskMonitor, VarBacktestFeed, VarBacktestSettings
 from operators.signals.atr import ATR, ATRSettings
 from operators.signals.cost_gate import BLOCKED, edge_bps, gate
+from operators.signals.levels import META, STRATEGY, TACTICAL, Levels, LevelsSettings
 from operators.signals.regime import RegimeClassifier, RegimeSettings
 from operators.signals.sizing import PositionSizer, SizingSettings, fib_ladder
 from operators.signals.strategies import default_specs
@@ -177,6 +178,7 @@ class TradingSettings:
     edge_horizon_bars: int = setting(30, ge=1)
     var_model: str = setting("fhs")
     var_backtest: VarBacktestSettings = setting(VarBacktestSettings())
+    levels: LevelsSettings = setting(LevelsSettings())
     # derived from the others (flows.trading_settings.run_tag): a resume reports their changes, not its
     run_tag: str = field(default="", metadata={**setting("").metadata, "derived": True})
 
@@ -254,6 +256,11 @@ class TradingLoop:
         self.last_breaker_var: float | None = None  # one-bar amount of the breaker metric
         self.stats = TradingStats()
         self.throttled: set[str] = set()  # symbols whose online model's calibration drifts
+        self.levels = self._levels()
+
+    def _levels(self) -> Levels:
+        s = self.settings
+        return Levels(s.levels, tuple(spec.name for spec in s.strategies), s.risk.max_position_share)
 
     # -- input -------------------------------------------------------------------------
 
@@ -308,6 +315,8 @@ class TradingLoop:
             "portfolio": [],
             "var_backtests": [],
             "model_metrics": [],
+            "strategy_updates": [],
+            "targets": [],
         }
         steps = sorted(k for k in self.bars if k <= through)
         for k in steps:
@@ -326,6 +335,8 @@ class TradingLoop:
         self.__dict__.update(state)
         self.__dict__.setdefault("informative", {})
         self.__dict__.setdefault("throttled", set())
+        if "levels" not in self.__dict__:  # saved before decision levels
+            self.levels = self._levels()
         for sym in self.symbols.values():
             if not hasattr(sym, "coarse"):
                 sym.coarse = {}
@@ -373,13 +384,17 @@ class TradingLoop:
             feat = feats.get(symbol)
             sym.atr.update(bar)
             sym.volumes.append(float(bar.volume))
+            self.levels.traded(symbol, bar.close * bar.volume)
             if feat is not None:
                 for name, direction in sym.last_dirs.items():
                     self.weights.record(name, symbol, direction, feat.ret)
+                    self.levels.record(name, symbol, close_ts, direction * feat.ret, direction)
                 sym.feature = feat
                 if feat.drift:
                     self.weights.on_drift(symbol, close_ts)
+                    self.levels.on_drift(symbol)
             sym.regime_now = sym.regime.update(bar, feat, self._avg_corr(symbol))
+        self._upper_levels(close_ts, out)
         # 3. risk
         self._model_risk(k, close_ts, out)
         view = self._view(close_ts)
@@ -620,10 +635,21 @@ class TradingLoop:
                 book.apply_fill(Fill(ts, order.order_id, order.symbol, order.side, left, price, 0.0, 0.0))
         return book
 
+    def _upper_levels(self, ts: int, out: dict) -> None:
+        """L4 (meta) and L3 (strategy) decisions when their cadence is due (levels on only)."""
+        lv = self.levels
+        if not lv.settings.enabled:
+            return
+        if lv.due(META, ts):
+            out["strategy_updates"].extend(lv.meta(ts))
+        if lv.due(STRATEGY, ts):
+            out["targets"].extend(lv.strategy(ts, {s: st.regime_now for s, st in self.symbols.items()}))
+
     def _signals(
         self, ts: int, bars: dict[str, Bar], actions: RiskActions, view: MarketView, out: dict
     ) -> None:
         pf = self.portfolio
+        tactical = self.levels.due(TACTICAL, ts)  # L2: signals go to orders at its cadence only
         pending: list[Portfolio] = []  # the what-if book, made at the step's first order check
         equity = pf.equity()
         held = [s for s, q in pf.positions.items() if q != 0]
@@ -642,9 +668,13 @@ class TradingLoop:
                     signals.append(sig)
                     sym.last_dirs[strat.name] = sig.direction
             throttle = self._calibration(ts, symbol, sym, out)
+            if not tactical:  # between tactical decisions the strategies follow the bars, nothing trades
+                out["signals"].extend(signals)
+                self.stats.signals += len(signals)
+                continue
             if feat is None or regime is None:
                 continue
-            weights = self.weights.weights(symbol, regime, ts)
+            weights = self.levels.weights(self.weights.weights(symbol, regime, ts))
             composite = self.weights.compose(ts, symbol, regime, signals, weights)
             sym.last_dirs[COMPOSITE] = composite.direction
             self.stats.signals += len(signals) + 1
@@ -677,7 +707,7 @@ class TradingLoop:
                     max_corr=max(known) if known else None,
                     defensive=False,  # the engine's size_multiplier carries defensive mode's half size
                 )
-                fraction = size.fraction * actions.size_multiplier
+                fraction = min(size.fraction * actions.size_multiplier, self.levels.cap(symbol))  # L3's cap
                 fraction *= throttle  # an online model's calibration drifts: half size
                 target = direction * fraction * equity / bar.close
             order = self._rebalance(sym, current, target, entries_ok, bar.close)

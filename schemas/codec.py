@@ -41,6 +41,8 @@ from schemas.records import (
     RiskEvent,
     Signal,
     StepMark,
+    StrategyUpdate,
+    Target,
     Tick,
     VarBacktestRow,
     VenueBar,
@@ -69,6 +71,8 @@ RECORD_TYPES: dict[str, type] = {
     "var_backtest": VarBacktestRow,
     "portfolio_state": PortfolioState,
     "model_metrics": ModelMetrics,
+    "strategy_update": StrategyUpdate,
+    "target": Target,
 }
 _NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 _FIELDS = {cls: tuple((f.name, f.type) for f in dataclasses.fields(cls)) for cls in RECORD_TYPES.values()}

@@ -279,7 +279,39 @@ MODEL_METRICS = Table(
 """An online model's progressive-validation figures (``operators.signals.online_model``)."""
 MARKET_TABLES = (TICKS, BARS, FEATURES, CORRELATIONS, DEAD_LETTERS, VAR_BACKTESTS)
 """What the features flow writes."""
-TRADING_TABLES = (SIGNALS, RISK_EVENTS, ORDERS, FILLS, PORTFOLIO, MODEL_METRICS)
+STRATEGY_UPDATES = Table(
+    "strategy_updates",
+    (
+        ("run_id", "LowCardinality(String)"),
+        ("ts", TS),
+        ("strategy", "LowCardinality(String)"),
+        ("share", "Float64"),
+        ("factor", "Float64"),
+        ("sharpe", "Float64"),
+        ("drawdown", "Float64"),
+        ("drift", "Float64"),
+        ("days", "UInt32"),
+        ("reason", "String"),
+    ),
+    ("run_id", "strategy", "ts"),
+)
+"""L4 (meta) decisions: each strategy's share of capital (see ``operators.signals.levels``)."""
+TARGETS = Table(
+    "targets",
+    (
+        ("run_id", "LowCardinality(String)"),
+        ("ts", TS),
+        ("symbol", "LowCardinality(String)"),
+        ("regime", "LowCardinality(String)"),
+        ("in_universe", "UInt8"),
+        ("quote_volume", "Float64"),
+        ("max_exposure", "Float64"),
+        ("reason", "String"),
+    ),
+    ("run_id", "symbol", "ts"),
+)
+"""L3 (strategy) decisions: each symbol's regime, universe and exposure cap."""
+TRADING_TABLES = (SIGNALS, RISK_EVENTS, ORDERS, FILLS, PORTFOLIO, MODEL_METRICS, STRATEGY_UPDATES, TARGETS)
 """What the trading loop writes."""
 EXECUTION_TABLES = (ORDER_EVENTS, EXECUTION_QUALITY)
 """What the execution service writes (issue 12; no flow writes them yet)."""

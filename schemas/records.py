@@ -299,6 +299,71 @@ class ModelMetrics:
 
 
 @dataclass(frozen=True, slots=True)
+class StrategyUpdate:
+    """An L4 (meta) decision about one strategy: its share of capital and why.
+
+    Parameters
+    ----------
+    ts
+        The finest bar close it was made at, epoch ms.
+    strategy
+        The strategy's name.
+    share
+        Its share of capital (the shares of a decision sum to 1).
+    factor
+        ``min(1, n * share)``: what its composite weight is multiplied by until the next decision.
+    sharpe, drawdown
+        Of its daily paper returns over the last ``levels.meta_days`` days.
+    drift
+        The share of the symbols it held that flagged drift since the last decision.
+    days
+        Days of track behind the figures.
+    reason
+        ``track``, ``warming up`` or ``no strategy earns`` (the last two: equal shares).
+    """
+
+    ts: int
+    strategy: str
+    share: float
+    factor: float
+    sharpe: float
+    drawdown: float
+    drift: float
+    days: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An L3 (strategy) decision about one symbol: its regime, universe and exposure cap.
+
+    Parameters
+    ----------
+    ts
+        The finest bar close it was made at, epoch ms.
+    symbol, regime
+        The symbol and its regime then (``""`` while unknown).
+    in_universe
+        1 when it passed the liquidity filter, else 0.
+    quote_volume
+        Quote volume (close * volume) traded since the previous L3 decision.
+    max_exposure
+        The cap on the position's value as a share of equity until the next decision
+        (never above ``risk.max_position_share``; 0 outside the universe).
+    reason
+        Why the cap is what it is, for a person.
+    """
+
+    ts: int
+    symbol: str
+    regime: str
+    in_universe: int
+    quote_volume: float
+    max_exposure: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RiskEvent:
     """Something the risk engine saw or did: a breaker, a mode change, a denial.
 

@@ -26,7 +26,16 @@ from sinks.store_sink import FailOnce, RowCounter, StoreWriter
 
 def record_key(table: str, record) -> bytes | None:
     """The topic key of a record: its symbol (the first for correlations; none for portfolio rows)."""
-    if table in ("bars", "features", "signals", "orders", "fills", "order_events", "execution_quality"):
+    if table in (
+        "bars",
+        "features",
+        "signals",
+        "orders",
+        "fills",
+        "order_events",
+        "execution_quality",
+        "targets",
+    ):
         return record.symbol.encode()
     if table == "model_metrics":
         return record.symbol.encode()

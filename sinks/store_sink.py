@@ -36,7 +36,9 @@ from schemas.records import (
     PortfolioState,
     RiskEvent,
     Signal,
+    StrategyUpdate,
     StressResult,
+    Target,
     VarBacktestRow,
 )
 from schemas.tick_columns import SIDES
@@ -59,6 +61,8 @@ _RECORD_FIELDS = {
         ("var_backtests", VarBacktestRow),
         ("portfolio", PortfolioState),
         ("model_metrics", ModelMetrics),
+        ("strategy_updates", StrategyUpdate),
+        ("targets", Target),
         ("stress", StressResult),
     )
 }

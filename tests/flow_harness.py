@@ -21,12 +21,14 @@ SHORT_TRADING = [
     "features.corr_window=60",
     "features.corr_every=10",
     "trading.cost_gate=false",
+    "levels.enabled=false",
 ]
 """A short simulated market that trades (15 minutes, 4 symbols, windows of 60): the trading tests' input.
 
-The cost gate is off: at 1-second bars no signal's expected edge beats 10 bps of fees, and these
-tests are about the loop's plumbing (tables, run ids, recovery, control), not its costs
-(tests/test_cost_gate.py is)."""
+The cost gate is off (at 1-second bars no signal's expected edge beats 10 bps of fees) and so
+are the decision levels (every bar is a decision of every level): these tests are about the
+loop's plumbing (tables, run ids, recovery, control), not its costs or cadences
+(tests/test_cost_gate.py and tests/test_levels.py are)."""
 
 
 def run_files(paths: list[str], overrides: list[str] | None = None, workers: int = 1):

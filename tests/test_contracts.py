@@ -88,6 +88,7 @@ from operators.risk.var_models import (
     StudentTSettings,
 )
 from operators.signals.atr import ATR, ATRSettings
+from operators.signals.levels import Levels, LevelsSettings
 from operators.signals.online_model import OnlineDirectionModel, OnlineModel, OnlineModelSettings
 from operators.signals.progressive_metrics import MetricsSettings, ProgressiveMetrics
 from operators.signals.regime import RegimeClassifier, RegimeSettings
@@ -546,6 +547,19 @@ def _model_risk_stream() -> list:
     return out
 
 
+def _levels_step(op, item):
+    """Every level's decision on a step of two strategies over two symbols (one drifting now and then)."""
+    ts, r = item
+    op.record("a", "X", ts, r)
+    op.record("b", "Y", ts, -r / 2)
+    op.traded("X", 1e4 * (1 + r))
+    if ts % (7 * D) == 0:
+        op.on_drift("Y")
+    meta = op.meta(ts) if op.due("meta", ts) else []
+    targets = op.strategy(ts, {"X": "range", "Y": "high_vol"}) if op.due("strategy", ts) else []
+    return meta, targets, op.due("tactical", ts), op.weights({"a": 0.5, "b": 0.5}), op.cap("Y")
+
+
 def _online_stream() -> list:
     """(ts, close, features) of a random walk; the features leave out a bar now and then."""
     feats = _features(_bars(seed=36), seed=37)
@@ -621,6 +635,13 @@ OPERATORS: dict[type, Case] = {
     ),
     BarBuilder: Case(
         lambda: BarBuilder(BarSettings(1_000, 2_000, 60_000), "A/USDT"), _ticks, lambda op, c: op.update(c)
+    ),
+    Levels: Case(
+        lambda: Levels(
+            LevelsSettings(meta_every_s=3_600, strategy_every_s=600, meta_min_days=2), ("a", "b"), 0.2
+        ),
+        lambda: [(T0 + k * D, r) for k, r in enumerate(np.random.default_rng(31).normal(0, 0.01, N))],
+        _levels_step,
     ),
     BarRollup: Case(
         lambda: BarRollup(RollupSettings(5 * D, D), "A/USDT"),
