@@ -1190,7 +1190,7 @@ def cmd_walkforward(args) -> int:
     check_data(recording, plan)
     source = file_source(args.inputs)
     prefix = args.run_id or prefix_for(source, plan, candidates, settings_json(base), args.metric)
-    ids = run_ids(plan, candidates, prefix, args.pbo)
+    ids = run_ids(plan, candidates, prefix)
     for run_id in ids:
         check_run_id(run_id)
     dsn = _dsn(args, base)

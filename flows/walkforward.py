@@ -313,8 +313,8 @@ def run_walkforward(
     return results
 
 
-def run_ids(plan: list[Split], candidates: list, prefix: str, pbo: bool) -> list[str]:
-    """Every run id a walk-forward may write (to refuse a store that holds one already)."""
+def run_ids(plan: list[Split], candidates: list, prefix: str) -> list[str]:
+    """Every run id a walk-forward may write, ``--pbo``'s included (to refuse a store that holds one)."""
     ids = []
     for s in plan:
         for j in range(len(candidates)):

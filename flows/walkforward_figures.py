@@ -199,7 +199,7 @@ def text_report(rows: list[dict], summary: dict, candidates: list, metric: str) 
         s = summary["test"][key]
         cells = [_pct(s[k]) if pct else s[k] for k in ("mean", "std", "min", "max")]
         unit = "%" if pct else " "
-        lines.append(f"  {name:<28}" + "".join(f"{_f(c, '.2f'):>10}{unit}" for c in cells))
+        lines.append((f"  {name:<28}" + "".join(f"{_f(c, '.2f'):>10}{unit}" for c in cells)).rstrip())
     o = summary["overfitting"]
     lines.append(
         f"overfitting: train - test Sharpe gap, mean {_f(o['sharpe_gap_mean'], '.2f')} "
