@@ -52,6 +52,8 @@ class _RunData:
     periods: dict
     period_ms: int
     window: int
+    models: dict
+    model_latest: dict
 
 
 def _load(store, run_id: str | None, slot: int) -> _RunData:
@@ -76,6 +78,8 @@ def _load(store, run_id: str | None, slot: int) -> _RunData:
         periods=rs.period_returns(store, rid, period, window),
         period_ms=period,
         window=window,
+        models=rs.model_metrics(store, rid),
+        model_latest=rs.model_latest(store, rid),
     )
 
 
@@ -121,12 +125,14 @@ def write_report(store, out_path, run=None, compare=None, symbol=None) -> Report
         ("Return distribution", _distribution(runs), _distribution_note(runs)),
         ("Rolling Sharpe", _rolling_sharpe(runs), _sharpe_note(runs)),
     ]
+    if any(r.models["t"].size for r in runs):  # a run with an online model (builtin:online_model)
+        charts.append(("Online model: progressive validation", _models(runs), _MODEL_NOTE))
     if price is not None:
         note = _PRICE_NOTE + (" The compared run's fills are open triangles." if len(runs) > 1 else "")
         charts.append((f"{chosen}: price and fills", _price(chosen, price, fills, runs), note))
-    thinned = any(max(r.book["t"].size, len(r.timeline["t"])) > MAX_POINTS for r in runs) or (
-        price is not None and price["t"].size > MAX_POINTS
-    )
+    thinned = any(
+        max(r.book["t"].size, len(r.timeline["t"]), r.models["t"].size) > MAX_POINTS for r in runs
+    ) or (price is not None and price["t"].size > MAX_POINTS)
     from plotly.offline import get_plotlyjs
 
     divs = [(title, _div(fig, f"chart-{i}"), note) for i, (title, fig, note) in enumerate(charts)]
@@ -376,6 +382,32 @@ def _rolling_sharpe(runs: list[_RunData]):
     return fig
 
 
+def _models(runs: list[_RunData]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    many = len(runs) > 1
+    for r in runs:
+        m = r.models
+        if not m["t"].size:
+            continue
+        for row, key, what in (
+            (1, "log_loss", "log loss"),
+            (2, "accuracy", "accuracy"),
+            (3, "calibration_error", "calibration error"),
+        ):
+            pick = rs.thin(m[key], MAX_POINTS).index
+            line = {"color": r.color, "width": 1.5}
+            trace = go.Scatter(x=_times(m["t"][pick]), y=m[key][pick], name=_name(r, what, many), line=line)
+            fig.add_trace(trace, row=row, col=1)
+    fig.update_yaxes(title_text="log loss", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy", row=2, col=1)
+    fig.update_yaxes(title_text="ECE", row=3, col=1)
+    _layout(fig, height=460)
+    return fig
+
+
 def _price(symbol: str, bars: dict, fills: list[dict], runs: list[_RunData]):
     import plotly.graph_objects as go
 
@@ -423,6 +455,11 @@ _STRATEGY_NOTE = (
     "trading P&L (the equity change, when the book is marked at the same closes)."
 )
 _MONTHLY_NOTE = "Each calendar month's (UTC) return: its last equity over the previous month's last."
+_MODEL_NOTE = (
+    "The online model's progressive validation (each forecast scored before its bar's outcome was learnt), "
+    "mean over the symbols reporting at each time: running log loss, accuracy (the side of p >= 0.5 against "
+    "the bar's direction) and expected calibration error (10 equal-width probability bins)."
+)
 _PRICE_NOTE = (
     "Bar closes over the run's span; triangles are fills at their execution price (hover: strategy, reason, "
     "quantity)."

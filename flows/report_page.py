@@ -43,10 +43,11 @@ def _engine(run: dict) -> str:
     return "n/a" if enabled is None else ("on" if enabled else "off")
 
 
-def summary_rows(data) -> list[tuple[str, str]]:
-    """(label, value) rows of one run: the ``runs`` row's figures, then the computed ones.
+def summary_rows(data, models: bool = False) -> list[tuple[str, str]]:
+    """(label, value) rows of one run: the ``runs`` row's figures, then the computed ones, and with
+    ``models`` the online models' newest figures (``model_latest``).
 
-    ``data`` has ``run`` (the runs row), ``book`` (the portfolio columns) and ``costs``.
+    ``data`` has ``run`` (the runs row), ``book`` (the portfolio columns), ``costs`` and ``model_latest``.
     """
     run, book, costs = data.run, data.book, data.costs
     equity = book["equity"]
@@ -86,12 +87,38 @@ def summary_rows(data) -> list[tuple[str, str]]:
         ("costs / start equity", _pct(spent / start if start else None)),
         ("turnover (traded notional)", _num(costs["turnover"], 0)),
         ("turnover / mean equity", _num(costs["turnover"] / mean_equity if mean_equity else None)),
-    ]  # fmt: skip
+    ] + (_model_rows(data.model_latest) if models else [])  # fmt: skip
+
+
+def _model_rows(m: dict) -> list[tuple[str, str]]:
+    """The online models' newest figures, averaged over symbols (n/a for a run without them)."""
+    if not m.get("symbols"):
+        return [(label, "n/a") for label in _MODEL_LABELS]
+    values = (
+        f"{m['symbols']:,} / {int(m['forecasts']):,}",
+        _num(m["log_loss"], 4),
+        _pct(m["accuracy"]),
+        _num(m["calibration_error"], 4),
+        f"{_pct(m['hit_rate_30d'])} / {_pct(m['mean_prob_30d'])}",
+        f"{int(m['drifting']):,}",
+    )
+    return list(zip(_MODEL_LABELS, values, strict=True))
+
+
+_MODEL_LABELS = (
+    "online model: symbols / forecasts scored",
+    "online model: log loss (latest, mean over symbols)",
+    "online model: accuracy",
+    "online model: calibration error (ECE)",
+    "online model: 30-day hit rate / mean probability",
+    "online model: symbols drifting (half size)",
+)
 
 
 def summary_table(runs) -> str:
     """The summary as an HTML table: a column per run."""
-    rows = [summary_rows(r) for r in runs]
+    models = any(r.model_latest.get("symbols") for r in runs)
+    rows = [summary_rows(r, models) for r in runs]
     head = "".join(f"<th>{html.escape(r.label)}</th>" for r in runs)
     body = []
     for i, (label, _) in enumerate(rows[0]):

@@ -198,6 +198,39 @@ def kill_switches(store, run_id: str) -> dict[str, list]:
     return _columns(store, sql, "t message")
 
 
+# -- online models ---------------------------------------------------------------------------
+
+
+def model_metrics(store, run_id: str) -> dict[str, np.ndarray]:
+    """The run's ``model_metrics`` rows over time: at each time rows were written, the mean over the
+    symbols reporting then of the running log loss, accuracy and calibration error (empty without rows)."""
+    sql = f"""
+    SELECT toUnixTimestamp64Milli(ts) AS t, avg(log_loss) AS log_loss, avg(accuracy) AS accuracy,
+        avg(calibration_error) AS calibration_error, count() AS symbols
+    FROM model_metrics FINAL WHERE {run_rows(run_id)} GROUP BY ts ORDER BY ts"""
+    cols = _columns(store, sql, "t log_loss accuracy calibration_error symbols")
+    return {
+        k: np.asarray(v, dtype=np.int64 if k in ("t", "symbols") else np.float64) for k, v in cols.items()
+    }
+
+
+def model_latest(store, run_id: str) -> dict[str, float]:
+    """Each symbol's newest ``model_metrics`` row, summed up: ``symbols``, ``forecasts`` (their n),
+    the mean log loss, accuracy, calibration error, 30-day hit rate and mean probability, and how
+    many symbols drift (``symbols`` 0 without rows)."""
+    sql = f"""
+    SELECT count(), sum(n), avg(ll), avg(acc), avg(ece), avg(hit), avg(prob), sum(drift) FROM (
+        SELECT symbol, model, argMax(n, ts) AS n, argMax(log_loss, ts) AS ll, argMax(accuracy, ts) AS acc,
+            argMax(calibration_error, ts) AS ece, argMax(hit_rate_30d, ts) AS hit,
+            argMax(mean_prob_30d, ts) AS prob, argMax(drift, ts) AS drift
+        FROM model_metrics FINAL WHERE {run_rows(run_id)} GROUP BY symbol, model)"""
+    row = store.query(sql).result_rows[0]
+    names = ("symbols", "forecasts", "log_loss", "accuracy", "calibration_error", "hit_rate_30d")
+    out = dict(zip((*names, "mean_prob_30d", "drifting"), row, strict=True))
+    out["symbols"] = int(out["symbols"] or 0)
+    return out
+
+
 # -- returns ---------------------------------------------------------------------------------
 
 

@@ -87,6 +87,16 @@ put("orders", [order("A", "o1", "trend", "entry"), order("A", "o2", "meanrev", "
 put("bars", [bar("X/USDT", STEPS[0], 9.0), bar("X/USDT", STEPS[5], 20.0),
              bar("X/USDT", "2024-03-02 00:00", 999.0), bar("Y/USDT", STEPS[4], 4.0)])
 put("risk_events", [kill("A", "drawdown"), kill("B", "not A's")])
+def metrics(run, t, sym, n, ll, acc, ece, hit, prob, drift):
+    return dict(run_id=run, ts=ms(t), symbol=sym, model="online_model", n=n, log_loss=ll, accuracy=acc,
+                calibration_error=ece, hit_rate_30d=hit, mean_prob_30d=prob, drift=drift)
+
+put("model_metrics", [
+    metrics("A", STEPS[2], "X/USDT", 100, 0.7, 0.5, 0.1, 0.5, 0.6, 0),
+    metrics("A", STEPS[2], "Y/USDT", 100, 0.5, 0.7, 0.3, 0.7, 0.9, 1),
+    metrics("A", STEPS[5], "X/USDT", 200, 0.6, 0.6, 0.2, 0.6, 0.55, 0),
+    metrics("B", STEPS[1], "X/USDT", 50, 9.0, 0.1, 0.9, 0.1, 0.9, 1),  # not A's
+])
 put("runs", [run_row("A", "2024-04-01 00:00", 1), run_row("B", "2024-04-02 00:00", 1),
              run_row("C", "2024-04-03 00:00", 0), run_row("D", "2024-03-31 00:00", 1)])
 
@@ -106,6 +116,8 @@ out["strategies"] = rs.strategy_pnl(store, "A", a["t0"], a["t1"])
 out["traded"] = rs.traded_symbols(store, "A")
 out["kills"] = rs.kill_switches(store, "A")
 out["fills_x"] = rs.symbol_fills(store, "A", "X/USDT")
+out["models"] = {k: v.tolist() for k, v in rs.model_metrics(store, "A").items()}
+out["model_latest"] = {"A": rs.model_latest(store, "A"), "D": rs.model_latest(store, "D")}
 made = write_report(store, sys.argv[2], run="A", compare="B")
 out["report"] = {"runs": list(made.runs), "symbol": made.symbol, "size": made.size}
 idle = write_report(store, sys.argv[2] + ".idle.html", run="D")
@@ -264,13 +276,30 @@ def test_errors_are_one_line_usage_problems(made):
 def test_the_html_embeds_plotly_once_and_nothing_from_outside(made):
     page = made["html"]
     assert made["report"]["runs"] == ["A", "B"] and made["report"]["symbol"] == "X/USDT"
-    assert page.count('class="plotly-graph-div"') == 9
+    assert page.count('class="plotly-graph-div"') == 10  # with the online model's chart (run A has rows)
     assert page.count("* plotly.js v") == 1  # the bundle's banner
     assert "<script src" not in page and "<link" not in page and "cdn.plot.ly/plotly" not in page
     assert "fonts.googleapis" not in page
     labels = ("fees paid", "turnover (traded notional)", "costs (fees + slippage)", "orders blocked by cost")
-    for label in (*labels, "Monthly returns"):
+    for label in (
+        *labels,
+        "Monthly returns",
+        "Online model: progressive validation",
+        "online model: accuracy",
+    ):
         assert label in page
+
+
+def test_the_online_models_metrics_mean_over_symbols_per_time_and_their_latest_figures(made):
+    m = made["models"]
+    assert m["symbols"] == [2, 1] and [made["portfolio"]["t"].index(t) for t in m["t"]] == [2, 5]
+    assert _close(m["log_loss"], [0.6, 0.6]) and _close(m["accuracy"], [0.6, 0.6])
+    assert _close(m["calibration_error"], [0.2, 0.2])
+    a = made["model_latest"]["A"]  # X's row at step 5, Y's at step 2; B's row is not A's
+    assert (a["symbols"], a["forecasts"], a["drifting"]) == (2, 300, 1)
+    got = [a[k] for k in ("log_loss", "accuracy", "calibration_error", "hit_rate_30d", "mean_prob_30d")]
+    assert _close(got, [0.55, 0.65, 0.25, 0.65, 0.725])
+    assert made["model_latest"]["D"]["symbols"] == 0
 
 
 def test_return_period_is_the_longest_giving_enough_returns():
