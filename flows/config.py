@@ -241,7 +241,7 @@ class TradingConfig:
 
     ``allow_short``, ``min_trade_share``, ``rebalance_band``,
     ``ladder_levels`` and the cost gate's ``cost_gate``, ``cost_ratio``,
-    ``edge_scale`` and ``edge_horizon_bars`` are those of
+    ``edge_scale`` and ``edge_horizon_s`` are those of
     :class:`~operators.trading_loop.TradingSettings` (same defaults and
     rules, tested); ``control_file`` is where ``qbtc
     control`` appends operator commands. The risk engine, sizing, the paper
@@ -255,7 +255,7 @@ class TradingConfig:
     cost_gate: bool = setting(True)  # entries only when the expected edge beats the expected cost
     cost_ratio: float = setting(1.0, ge=0)  # the gate passes when edge_bps > cost_ratio x cost_bps
     edge_scale: float = setting(0.1, ge=0)  # k of edge_bps = k x strength x sigma x sqrt(H) x 10_000
-    edge_horizon_bars: int = setting(30, ge=1)  # H: the expected holding period, bars
+    edge_horizon_s: int = setting(1800, ge=1)  # the expected holding period, seconds
     control_file: str = setting("var/control.jsonl")
 
     def __post_init__(self) -> None:

@@ -143,10 +143,11 @@ class TradingSettings:
     cost_ratio
         The gate passes when ``edge_bps > cost_ratio * cost_bps`` (2 also pays for the exit).
     edge_scale
-        k of the expected edge ``k * strength * sigma * sqrt(edge_horizon_bars) * 10_000`` bps:
-        the expected return over the holding period per standard deviation at full strength.
-    edge_horizon_bars
-        The expected holding period of a position, in bars.
+        k of the expected edge ``k * strength * sigma * sqrt(H) * 10_000`` bps, H the holding
+        period in bars: the expected return over it per standard deviation at full strength.
+    edge_horizon_s
+        The expected holding period of a position, in seconds (H = this over the bar interval,
+        at least 1 bar).
     var_model
         The name of the model behind the features' ``fvar95`` (``features.var_model``),
         for the portfolio's ``var_backtests`` rows.
@@ -175,7 +176,7 @@ class TradingSettings:
     cost_gate: bool = setting(True)
     cost_ratio: float = setting(1.0, ge=0)
     edge_scale: float = setting(0.1, ge=0)
-    edge_horizon_bars: int = setting(30, ge=1)
+    edge_horizon_s: int = setting(1800, ge=1)
     var_model: str = setting("fhs")
     var_backtest: VarBacktestSettings = setting(VarBacktestSettings())
     levels: LevelsSettings = setting(LevelsSettings())
@@ -842,7 +843,8 @@ class TradingLoop:
         with the cost it would have paid.
         """
         s = self.settings
-        edge = edge_bps(composite.strength, feat.volatility, s.edge_horizon_bars, s.edge_scale)
+        horizon = max(1.0, s.edge_horizon_s * 1000 / s.bar_interval_ms)
+        edge = edge_bps(composite.strength, feat.volatility, horizon, s.edge_scale)
         volume = sum(sym.volumes) / len(sym.volumes) if sym.volumes else 0.0
         cost = taker_cost_bps(s.broker, qty, price, self._normalised_vol(feat.symbol), volume)
         verdict = gate(edge, cost, s.cost_ratio)

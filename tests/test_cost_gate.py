@@ -6,7 +6,7 @@ has market impact) with a constant per-bar volatility; the paper returns
 alternate 0.2% and 0 so the strategy's record is positive and its weight 1.
 Then, hand-computed with the defaults (taker fee 10 bps, spread 2 bps x
 (1 + 0.5 x normalised volatility 1)), every entry costs 13 bps, and
-``edge_horizon_bars = 25`` makes sqrt(H) = 5.
+``edge_horizon_s = 1500`` (25 bars of a minute) makes sqrt(H) = 5.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _loop(strength=0.5, flat=False, gate=True, risk=False, **keys) -> TradingLoo
         strategies=(StrategySpec("hold", Hold, HoldSettings(strength, flat)),),
         risk=RiskSettings(enabled=risk),
         cost_gate=gate,
-        edge_horizon_bars=25,
+        edge_horizon_s=1500,
         **keys,
     )
     return TradingLoop(settings)
@@ -200,7 +200,7 @@ def test_the_gate_keys_reach_the_loop():
         None, ["trading.cost_gate=false", "trading.cost_ratio=2", "trading.edge_scale=0.3"]
     )
     loop = trading_settings(settings)
-    assert (loop.cost_gate, loop.cost_ratio, loop.edge_scale, loop.edge_horizon_bars) == (False, 2.0, 0.3, 30)
+    assert (loop.cost_gate, loop.cost_ratio, loop.edge_scale, loop.edge_horizon_s) == (False, 2.0, 0.3, 1800)
     assert TradingSettings(bar_interval_ms=D).cost_gate is True  # on by default
 
 

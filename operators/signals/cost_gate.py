@@ -3,8 +3,9 @@
 The expected edge of a trade on the composite signal's side, in bps of its
 notional, with ``s`` the composite's strength, ``sigma`` the symbol's per-bar
 volatility (``Feature.volatility``, a log-return standard deviation), ``H``
-the expected holding period in bars (``edge_horizon_bars``) and ``k`` the
-edge scale (``edge_scale``)::
+the expected holding period in bars (``edge_horizon_s`` over the bar
+interval, at least 1: the horizon is a time, so the gate means the same at
+1-second and 1-minute bars) and ``k`` the edge scale (``edge_scale``)::
 
     edge_bps = k * s * sigma * sqrt(H) * 10_000
 
@@ -13,10 +14,11 @@ holding period, and ``k * s`` the share of it the signal expects to capture:
 ``k`` is the forecast's information coefficient at full strength (the
 expected return over H bars in units of its standard deviation), as in
 Grinold's ``alpha = IC * volatility * score``. The defaults: ``k = 0.1``, a
-tenth of a standard deviation at full strength (a modest IC); ``H = 30``,
-about the time a driftless price takes to leave the band between the stop
-``a`` and the target ``b`` (``a * b`` bars, in per-bar sigmas: 2 and 3 ATR
-widened by 1.5 at the usual entropy, an ATR near 1.6 sigma, give about 35).
+tenth of a standard deviation at full strength (a modest IC); 1800 s, 30
+bars of a minute, about the time a driftless price takes to leave the band
+between the stop ``a`` and the target ``b`` (``a * b`` bars, in per-bar
+sigmas: 2 and 3 ATR widened by 1.5 at the usual entropy, an ATR near 1.6
+sigma, give about 35).
 
 The cost is the venue's expected taker cost of the order (fee plus
 slippage for its size: :func:`operators.execution.cost_model.taker_cost_bps`).
