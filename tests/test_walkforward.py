@@ -367,3 +367,25 @@ def test_the_recording_span_comes_from_a_pass_over_tick_or_candle_files(tmp_path
     empty.write_text("ts,symbol,price,qty\n")
     with pytest.raises(WalkForwardProblem, match="no records to walk forward over"):
         recording_span([str(empty)], settings, M)
+
+
+def test_train_runs_end_at_the_test_span_and_the_chosen_run_carries_their_state_into_it(walked):
+    doc = json.loads((walked["where"] / "a.json").read_text())
+    t = "toUnixTimestamp64Milli(ts)"
+    rows = _sql(
+        walked["where"],
+        "chdb://a.chdb",
+        f"SELECT run_id, max({t}) AS last, argMax(equity, ts) AS equity FROM portfolio FINAL GROUP BY run_id",
+    )
+    last = {r["run_id"]: (int(r["last"]), float(r["equity"])) for r in rows}
+    for s in doc["splits"]:
+        prefix = s["run_id"].rsplit("-c", 1)[0]
+        for j in (1, 2):
+            ends, equity = last[f"{prefix}-c{j}-train"]
+            assert ends == s["test_start"]  # the train replays never read the test span
+            assert s["candidates_train"][j - 1]["end_equity"] == pytest.approx(equity, rel=1e-12)
+        # the chosen run, replayed on through the test span, opens it with the train run's equity
+        assert s["test"]["start_equity"] == pytest.approx(
+            s["candidates_train"][s["chosen"] - 1]["end_equity"]
+        )
+        assert last[s["run_id"]][0] == s["test_end"]
