@@ -316,3 +316,36 @@ def test_a_replay_with_the_online_model_stores_its_metrics_under_the_run_id(tmp_
         loss, acc, ece, hit, prob = map(float, r[4:9])
         assert loss > 0 and 0 <= acc <= 1 and 0 <= ece <= 1 and 0 <= hit <= 1 and 0.5 <= prob <= 1
         assert r[9] in ("0", "1")
+
+
+def test_the_real_models_drift_flag_turns_the_loops_throttle_on_and_off_at_its_own_transitions():
+    """A steady rise the model learns to trust, then a random walk: its 72-minute hit rate leaves the
+    probability it gives (both ways); every change of its flag is a model_calibration event that bar."""
+    settings = OnlineModelSettings(
+        warmup=10, learning_rate=0.1, calibration_days=0.05, min_predictions=30, report_every=100
+    )
+    spec = StrategySpec(OnlineModel.name, OnlineModel, settings)
+    loop = TradingLoop(TradingSettings(bar_interval_ms=D, strategies=(spec,), cost_gate=False))
+    rng = np.random.default_rng(7)
+    c, flags, events, rows = 100.0, [], [], []
+    for k in range(600):
+        r = 0.002 + rng.normal(0, 0.0005) if k < 300 else rng.normal(0, 0.002)
+        c *= math.exp(r)
+        bar = Bar("A/USDT", T0 + k * D, c, c, c, c, 1e6, c, 10)
+        loop.add("A/USDT", [bar], [Feature("A/USDT", bar.ts, r, 0.002, 0.3, 0.01, 0.01, 0.01, 0)])
+        for table, got in loop.advance(bar.ts // D):
+            events += [
+                (k, e.level, e.action) for e in got if table == "risk_events" and e.kind == MODEL_CALIBRATION
+            ]
+            rows += got if table == "model_metrics" else []
+        flags.append(loop.symbols["A/USDT"].strategies[0].calibration_drift)
+    changes = [
+        (k, 1 if flags[k] else 0, "half_size" if flags[k] else "clear")
+        for k in range(600)
+        if flags[k] != (k and flags[k - 1])
+    ]
+    assert events == changes and {e[1] for e in events} == {0, 1}
+    assert (loop.throttled == {"A/USDT"}) == flags[-1]
+    made = {(r.ts, r.drift) for r in rows}  # a row whenever the flag changes, and every 100 forecasts
+    assert {(T0 + (k + 1) * D, level) for k, level, _ in events} <= made
+    assert len(rows) > len(events) and all(b.n - a.n <= 100 for a, b in zip(rows, rows[1:], strict=False))
