@@ -225,7 +225,8 @@ class TradingLoop:
     ``settings.broker``). Feed each symbol's bars and features with :meth:`add`, correlation rows
     with :meth:`add_correlations`, then :meth:`advance` to the last final
     step; it returns ``(table, records)`` pairs for ``signals``,
-    ``risk_events``, ``orders``, ``fills``, ``portfolio`` and ``var_backtests``.
+    ``risk_events``, ``orders``, ``fills``, ``portfolio``, ``var_backtests`` and
+    ``model_metrics`` (the online models' figures, see :meth:`_calibration`).
     """
 
     def __init__(self, settings: TradingSettings, venue: Venue | None = None) -> None:
