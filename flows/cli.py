@@ -1185,6 +1185,9 @@ def cmd_walkforward(args) -> int:
     if args.pbo and len(candidates) < 2:
         msg = "--pbo needs a --grid of 2 or more candidates (it ranks the choice among them)"
         raise UsageError(msg)
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        msg = f"--out {args.out}: no directory {os.path.dirname(os.path.abspath(args.out))}"
+        raise UsageError(msg)
     recording = recording_span(args.inputs, base, step)
     plan = plan_splits(recording.first, recording.end, step, args.splits, test, train, args.rolling)
     check_data(recording, plan)

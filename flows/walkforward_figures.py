@@ -176,10 +176,10 @@ def text_report(rows: list[dict], summary: dict, candidates: list, metric: str) 
     """The splits' table, the spread over splits and the overfitting figures, for stdout."""
     lines = []
     if len(candidates) > 1:
-        lines.append("candidates:")
+        lines.append(f"candidates (chosen by their {metric} over the train span):")
         lines += [f"  c{j + 1}: {label(c)}" for j, c in enumerate(candidates)]
     head = (
-        f"{'split':>5}  {'train':<33}  {'test':<33}  {'chosen':>6}  {'train Sh':>8}  {'return':>8}  "
+        f"{'split':>5}  {'train':<36}  {'test':<36}  {'chosen':>6}  {'train Sh':>8}  {'return':>8}  "
         f"{'max DD':>7}  {'Sharpe':>8}  {'turnover':>8}  {'costs':>10}  {'gross P&L':>10}  {'orders':>6}"
     )
     lines += [head, "-" * len(head)]

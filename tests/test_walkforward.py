@@ -340,6 +340,7 @@ def test_the_runs_are_in_the_runs_table_and_a_repeat_is_refused(walked):
         (["--grid", "risk.enabled=true,maybe"], "--grid risk.enabled=maybe: "),
         (["--pbo"], "--pbo needs a --grid of 2 or more candidates"),
         (["--splits", "0"], "--splits 0: expected 1 or more"),
+        (["--out", "nowhere/x.json"], "--out nowhere/x.json: no directory"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(walked, extra, message):
