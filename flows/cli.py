@@ -389,7 +389,10 @@ def _walkforward_parser(sub) -> None:
         "--train", metavar="D", help="the first train span (3600s, 90m, 4h, 7d; default: what is left "
         "before the test spans)",
     )  # fmt: skip
-    wf.add_argument("--test", metavar="D", help="each test span (default: the recording / (N + 1))")
+    wf.add_argument(
+        "--test", metavar="D", help="each test span (default: the recording / (N + 1); with --train, what "
+        "follows the first train span / N)",
+    )  # fmt: skip
     wf.add_argument(
         "--rolling", action="store_true", help="train spans of a fixed length right before their test "
         "span (default anchored: every train span starts with the recording)",
