@@ -333,7 +333,8 @@ class TradingLoop:
         return [(table, rows) for table, rows in out.items() if rows]
 
     def __setstate__(self, state: dict) -> None:
-        # a loop saved before several resolutions: no coarser rows held, none known per symbol
+        # a loop saved by an older qbtc: the state added since starts empty (coarser rows, levels,
+        # the cost gate's volumes and counts, the model throttle)
         self.__dict__.update(state)
         self.__dict__.setdefault("informative", {})
         self.__dict__.setdefault("throttled", set())
@@ -342,6 +343,10 @@ class TradingLoop:
         for sym in self.symbols.values():
             if not hasattr(sym, "coarse"):
                 sym.coarse = {}
+            if not hasattr(sym, "volumes"):  # saved before the cost gate
+                sym.volumes = deque(maxlen=self.settings.broker.recent_volume_bars)
+        if not hasattr(self.stats, "orders_blocked_by_cost"):
+            self.stats.orders_blocked_by_cost, self.stats.cost_saved = 0, 0.0
 
     def _inform(self, k: int) -> None:
         """The coarser bars and features due by step ``k`` into their symbols' state."""

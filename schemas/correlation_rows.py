@@ -12,7 +12,7 @@ loop) sees the same records as before; the store takes :meth:`CorrelationRows.co
 >>> import numpy as np
 >>> b = CorrelationBlock(5000, ("A", "B", "C"), np.array([0.5, -0.25, 1.0]))
 >>> len(b), list(b)[1]
-(3, Correlation(ts=5000, symbol_a='A', symbol_b='C', corr=-0.25))
+(3, Correlation(ts=5000, symbol_a='A', symbol_b='C', corr=-0.25, interval=0))
 >>> rows = CorrelationRows((b, CorrelationBlock(6000, ("A", "B"), np.array([0.75]))))
 >>> len(rows), [(r.ts, r.symbol_a, r.symbol_b) for r in rows][-2:]
 (4, [(5000, 'B', 'C'), (6000, 'A', 'B')])

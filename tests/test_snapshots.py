@@ -184,3 +184,22 @@ def test_a_resume_keeps_the_coarser_resolutions_or_refuses_a_change_of_them():
     assert len(GridLogic(m.grid, grid.snapshot(), coarse=m.coarse).grids) == 2
     with pytest.raises(ResumeError, match=r"features\.bar_intervals changed"):
         GridLogic(plain.grid, grid.snapshot())
+
+
+def test_a_trading_loop_saved_by_an_older_qbtc_resumes_with_the_state_added_since_empty():
+    """A loop pickled before several resolutions, decision levels and the cost gate (their
+    attributes missing) resumes and steps on."""
+    settings = _loop_settings()
+    loop = TradingLoop(settings)
+    bar = Bar("BTC/USDT", 0, 100.0, 101.0, 99.0, 100.5, 3.0, 100.2, 7)
+    loop.add("BTC/USDT", [bar], [])
+    loop.advance(0)
+    for sym in loop.symbols.values():
+        del sym.coarse, sym.volumes
+    del loop.stats.orders_blocked_by_cost, loop.stats.cost_saved
+    for name in ("informative", "levels", "throttled"):
+        loop.__dict__.pop(name, None)
+    old = pickle.loads(pickle.dumps(loop))
+    assert old.levels is not None and old.informative == {} and old.stats.orders_blocked_by_cost == 0
+    old.add("BTC/USDT", [Bar("BTC/USDT", 60_000, 100.5, 101.0, 99.0, 100.0, 3.0, 100.2, 7)], [])
+    assert old.advance(1) and list(old.symbols.values())[0].coarse == {}

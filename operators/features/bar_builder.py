@@ -83,10 +83,12 @@ class BarBuilder:
     ...     print(row)
     (3, 'late', 'ts 800 falls in bar 0 ending 1000 <= watermark 1500')
     (4, 'duplicate', 'trade_id 3 repeats an earlier tick')
-    >>> up.closed
-    [Bar(symbol='X', ts=0, open=10.0, high=12.0, low=10.0, close=12.0, volume=2.0, vwap=11.0, trades=2)]
-    >>> b.flush()
-    [Bar(symbol='X', ts=1000, open=11.0, high=11.0, low=11.0, close=11.0, volume=2.0, vwap=11.0, trades=1)]
+    >>> up.closed  # doctest: +NORMALIZE_WHITESPACE
+    [Bar(symbol='X', ts=0, open=10.0, high=12.0, low=10.0, close=12.0, volume=2.0, vwap=11.0, trades=2,
+         interval=1)]
+    >>> b.flush()  # doctest: +NORMALIZE_WHITESPACE
+    [Bar(symbol='X', ts=1000, open=11.0, high=11.0, low=11.0, close=11.0, volume=2.0, vwap=11.0, trades=1,
+         interval=1)]
     """
 
     def __init__(self, settings: BarSettings, symbol: str) -> None:
