@@ -27,9 +27,11 @@ SMALL = [
     "features.corr_window=60",
     "features.corr_every=10",
     "trading.cost_gate=false",
+    "levels.enabled=false",
 ]
-"""Feature settings that give features and correlations on short streams; the cost gate off, so the
-trading runs on them trade (at 1-second bars no entry's expected edge beats its 13 bps of costs)."""
+"""Feature settings that give features and correlations on short streams; the cost gate and the
+decision levels off, so the trading runs on them trade at every bar (at 1-second bars no entry's
+expected edge beats its 13 bps of costs, and L2 would decide only every 5 minutes)."""
 
 _DUMP = """
 import json, sys

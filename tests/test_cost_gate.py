@@ -12,6 +12,8 @@ Then, hand-computed with the defaults (taker fee 10 bps, spread 2 bps x
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -30,10 +32,8 @@ from operators.signals.sizing import fib_ladder
 from operators.signals.strategy import BarStrategy, StrategySpec
 from operators.trading_loop import TradingLoop, TradingSettings
 from schemas.codec import decode, encode
-from schemas.ddl import SIGNALS, Table
+from schemas.ddl import SIGNALS
 from schemas.records import BUY, MARKET, Bar, Feature, Fill, Order, Signal
-from sinks.clickhouse_store import Store
-from sinks.store_sink import record_columns
 from tests.flow_harness import SHORT_TRADING
 from tests.test_trading_flow import _run
 
@@ -237,18 +237,37 @@ def test_the_backtest_summary_and_the_runs_row_count_what_the_gate_blocked(capsy
     assert math.isnan(Run("r2", "replay", "x.csv", False, "", "{}", "", 0).columns()["cost_saved"][0])
 
 
-def test_an_older_store_gains_the_gate_columns(tmp_path):
-    dsn = f"chdb://{tmp_path / 'old.chdb'}"
-    store = Store(dsn)
-    old = Table(SIGNALS.name, SIGNALS.columns[:-3], SIGNALS.key)  # before the cost gate
-    store.command("DROP TABLE signals")
-    store.command(old.create_sql())
-    store.command("INSERT INTO signals VALUES ('r0', 60000, 'X/USDT', 'composite', 1, 0.5, 'range')")
+_OLDER_STORE = """
+import math
+import sys
 
-    again = Store(dsn)  # what a newer qbtc does when it opens the old store
-    rows = again.query("SELECT strength, edge_bps, cost_bps, gate FROM signals FINAL").result_rows
-    assert rows[0][0] == 0.5 and math.isnan(rows[0][1]) and math.isnan(rows[0][2]) and rows[0][3] == ""
-    sig = Signal(120_000, "X/USDT", "composite", 1, 0.5, "range", 5.0, 13.0, BLOCKED)
-    assert again.insert(SIGNALS, record_columns("signals", [sig], "r1")) == 1
-    got = again.query("SELECT edge_bps, cost_bps, gate FROM signals FINAL WHERE run_id = 'r1'").result_rows
-    assert got == [(5.0, 13.0, BLOCKED)]
+from operators.signals.cost_gate import BLOCKED
+from schemas.ddl import SIGNALS, Table
+from schemas.records import Signal
+from sinks.clickhouse_store import Store
+from sinks.store_sink import record_columns
+
+dsn = sys.argv[1]
+store = Store(dsn)
+old = Table(SIGNALS.name, SIGNALS.columns[:-3], SIGNALS.key)  # before the cost gate
+store.command("DROP TABLE signals")
+store.command(old.create_sql())
+store.command("INSERT INTO signals VALUES ('r0', 60000, 'X/USDT', 'composite', 1, 0.5, 'range')")
+
+again = Store(dsn)  # what a newer qbtc does when it opens the old store
+rows = again.query("SELECT strength, edge_bps, cost_bps, gate FROM signals FINAL").result_rows
+assert rows[0][0] == 0.5 and math.isnan(rows[0][1]) and math.isnan(rows[0][2]) and rows[0][3] == "", rows
+sig = Signal(120_000, "X/USDT", "composite", 1, 0.5, "range", 5.0, 13.0, BLOCKED)
+assert again.insert(SIGNALS, record_columns("signals", [sig], "r1")) == 1
+got = again.query("SELECT edge_bps, cost_bps, gate FROM signals FINAL WHERE run_id = 'r1'").result_rows
+assert got == [(5.0, 13.0, BLOCKED)], got
+"""
+
+
+def test_an_older_store_gains_the_gate_columns(tmp_path):
+    # its own process: chDB opens one store path per process (the suite's other stores live elsewhere)
+    dsn = f"chdb://{tmp_path / 'old.chdb'}"
+    proc = subprocess.run(
+        [sys.executable, "-c", _OLDER_STORE, dsn], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
