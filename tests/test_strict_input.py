@@ -33,6 +33,7 @@ from schemas.records import (
     Feature,
     Fill,
     Heartbeat,
+    ModelMetrics,
     OperatorCommand,
     Order,
     OrderEvent,
@@ -41,6 +42,8 @@ from schemas.records import (
     RiskEvent,
     Signal,
     StepMark,
+    StrategyUpdate,
+    Target,
     Tick,
     VarBacktestRow,
     VenueBar,
@@ -289,6 +292,9 @@ def test_codec_takes_only_the_integer_1_as_version(cls, version):
         PortfolioState: PortfolioState(
             T, 1e5, 4e4, 6e4, 6e4, 0.6, 0.01, 120.0, 160.0, 900.0, 1200.0, 700.0, 0.009, 0, "normal"
         ),
+        ModelMetrics: ModelMetrics(T, "BTC/USDT", "online_model", 500, 0.69, 0.52, 0.04, 0.55, 0.6, 0),
+        StrategyUpdate: StrategyUpdate(T, "trend_following", 0.4, 1.0, 0.8, 0.05, 0.0, 30, "track"),
+        Target: Target(T, "BTC/USDT", "range", 1, 2.5e6, 0.2, "in the universe"),
     }
     record = samples[cls]
     obj = orjson.loads(encode(record))
