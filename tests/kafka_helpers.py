@@ -70,6 +70,12 @@ def walk_ticks(
     return values, keys
 
 
+def column(table: dict, name: str) -> list:
+    """A :func:`dump` table's column by name (tables gain columns: never read one by position)."""
+    i = table["columns"].index(name)
+    return [row[i] for row in table["rows"]]
+
+
 def unique(prefix: str = "t") -> str:
     """A fresh topic prefix, so tests sharing one broker never see each other's records."""
     return f"{prefix}{uuid.uuid4().hex[:8]}-"

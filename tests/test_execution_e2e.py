@@ -16,7 +16,7 @@ from collections import Counter
 
 import ccxt
 import pytest
-from kafka_helpers import dump, publish_sim, qbtc, read_topic, set_args, start_cli, unique
+from kafka_helpers import column, dump, publish_sim, qbtc, read_topic, set_args, start_cli, unique
 
 from flows.execute import KEY_ENV, SECRET_ENV
 from infra.exchange.api_keys import KEY_ENV as VENUE_KEY_ENV
@@ -34,11 +34,6 @@ MARKETS = (
     "ETH/USDT:tick=0.01,step=0.0001,min_qty=0.0001,min_notional=5",
     "SOL/USDT:tick=0.001,step=0.001,min_qty=0.001,min_notional=5",
 )
-
-
-def _column(table: dict, name: str) -> list:
-    i = table["columns"].index(name)
-    return [row[i] for row in table["rows"]]
 
 
 def test_the_loop_trades_on_the_local_exchange_through_the_service_and_balances_equal_its_portfolio(
@@ -113,7 +108,7 @@ def test_the_loop_trades_on_the_local_exchange_through_the_service_and_balances_
     cash = CASH
     positions: dict[str, float] = {}
     for side, symbol, qty, price, fee in zip(
-        *(_column(booked, c) for c in ("side", "symbol", "qty", "price", "fee")), strict=True
+        *(column(booked, c) for c in ("side", "symbol", "qty", "price", "fee")), strict=True
     ):
         sign = 1.0 if side == "buy" else -1.0
         cash -= sign * qty * price + fee

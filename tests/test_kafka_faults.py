@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 from kafka_helpers import (
+    column,
     dump,
     kill_at,
     latest_records,
@@ -89,12 +90,6 @@ def bars_through(brokers: str, topic: str) -> int:
     return min((decode(v).ts for v in latest_records(brokers, topic)), default=0)
 
 
-def _column(table: dict, name: str) -> list:
-    """A dumped table's column by name (the tables gain columns: never by position)."""
-    i = table["columns"].index(name)
-    return [row[i] for row in table["rows"]]
-
-
 def assert_same_store(want: dict, got: dict, what: str) -> None:
     for table in want:
         assert got[table]["rows"] == want[table]["rows"], f"{table} differs {what}"
@@ -152,7 +147,7 @@ def test_a_broker_killed_while_trading_changes_nothing(kafka_cluster3, cluster_r
     prefix = unique("bk")
     qbtc("kafka", "topics", "--kafka", servers, *set_args(prefix, "kafka.replication=3"), cwd=tmp_path)
     victim = busiest_node(servers, [f"{prefix}{t}" for t in ("bars", "orders", "fills", "signals")])
-    bars = _column(ref["store"]["bars"], "ts")
+    bars = column(ref["store"]["bars"], "ts")
     first, last = min(bars), max(bars)
     proc, lines = start_cli(
         [*stream_args(servers, ref["source"], prefix, "chdb://rec.chdb"), "--quiet"], tmp_path
@@ -326,7 +321,7 @@ def test_a_full_store_filesystem_ends_a_trading_stream_with_one_line_and_a_resta
             "--set", "store.batch_rows=500",
         ]  # fmt: skip
         proc, lines = start_cli(args, tmp_path)
-        bars = [_ms(ts) for ts in _column(want["bars"], "ts")]
+        bars = [_ms(ts) for ts in column(want["bars"], "ts")]
         target = min(bars) + (max(bars) - min(bars)) * 2 // 5  # mid-run: 40% of the event time through
         deadline = time.monotonic() + 120
         while bars_through(kafka_bootstrap, f"{rec}bars") < target:
