@@ -43,36 +43,39 @@ Everything is deterministic: no clock, no randomness. An order id is
 by the flows from what defines the run), the decision time and a counter
 kept in the state; so two runs never share an id and a replay repeats its
 ids. The paper broker's protective exits carry the tag too.
+
+This module keeps the loop's state and steps 1 to 3 (and the risk orders and order
+ids). The decisions of step 4 (and the L4/L3 level decisions of step 2) are the mixin
+:class:`~operators.loop_decisions.LoopDecisions` in :mod:`operators.loop_decisions`,
+which :class:`TradingLoop` inherits, so they work on the same instance; the settings
+are :class:`~operators.loop_settings.TradingSettings` in :mod:`operators.loop_settings`.
+Both, and the risk event kinds and the throttle's size multiplier, are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import traceback
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from operators.execution.cost_model import BP, BrokerSettings, taker_cost_bps
 from operators.execution.paper_broker import PaperBroker
 from operators.execution.venue import BarContext, Venue
+from operators.loop_decisions import DRIFT_SIZE_MULTIPLIER, MODEL_CALIBRATION, STRATEGY_ERROR, LoopDecisions
+from operators.loop_settings import TradingSettings
 from operators.risk.engine import RiskEngine
-from operators.risk.portfolio import Portfolio, PortfolioSettings
+from operators.risk.portfolio import Portfolio
 from operators.risk.portfolio_risk import PortfolioRisk, portfolio_risk
-from operators.risk.settings import MarketView, OrderIntent, RiskActions, RiskSettings
-from operators.risk.var_backtest import ModelRiskMonitor, VarBacktestFeed, VarBacktestSettings
-from operators.signals.atr import ATR, ATRSettings
-from operators.signals.cost_gate import BLOCKED, edge_bps, gate
-from operators.signals.levels import META, STRATEGY, TACTICAL, Levels, LevelsSettings
-from operators.signals.regime import RegimeClassifier, RegimeSettings
-from operators.signals.sizing import PositionSizer, SizingSettings, fib_ladder
-from operators.signals.strategies import default_specs
-from operators.signals.strategy import Strategy, StrategySpec, check_signal
-from operators.signals.strategy_weights import COMPOSITE, StrategyWeights, StrategyWeightsSettings
+from operators.risk.settings import MarketView, RiskActions
+from operators.risk.var_backtest import ModelRiskMonitor, VarBacktestFeed
+from operators.signals.atr import ATR
+from operators.signals.levels import Levels
+from operators.signals.regime import RegimeClassifier
+from operators.signals.sizing import PositionSizer
+from operators.signals.strategy import Strategy
+from operators.signals.strategy_weights import StrategyWeights
 from operators.trading_stats import TradingStats
 from schemas.records import (
     BUY,
-    FLAT,
     MARKET,
     PORTFOLIO,
     SELL,
@@ -83,125 +86,15 @@ from schemas.records import (
     Order,
     PortfolioState,
     RiskEvent,
-    Signal,
     VarBacktestRow,
 )
-from schemas.settings import SettingsError, check_settings, setting
+
+__all__ = [
+    "DRIFT_SIZE_MULTIPLIER", "MODEL_CALIBRATION", "RISK", "STRATEGY_ERROR", "TradingLoop", "TradingSettings",
+]  # fmt: skip
 
 RISK = "risk"
-STRATEGY_ERROR = "strategy_error"
-"""Risk event kind of a strategy that raised or answered with no valid signal (it is then muted)."""
-MODEL_CALIBRATION = "model_calibration"
-"""Risk event kind of the calibration throttle: an online model's calibration drifts (or recovered)."""
-DRIFT_SIZE_MULTIPLIER = 0.5
-"""A symbol's size while an online model of it reports calibration drift (the seed's throttle)."""
-
-
-def _one_line(exc: Exception, limit: int = 300) -> str:
-    """``Type: message (file:line)`` of an exception on one line: at most ``limit``
-    characters of message, and where it was raised (the innermost frame's file name and line).
-
-    >>> _one_line(ZeroDivisionError("division by zero\\nsecond line"))
-    'ZeroDivisionError: division by zero second line'
-    """
-    text = " ".join(str(exc).split())
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    out = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames:
-        out += f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})"
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class TradingSettings:
-    """Parameters of :class:`TradingLoop`; the parts are the operators' own settings.
-
-    Parameters
-    ----------
-    bar_interval_ms
-        The bar grid D.
-    strategies
-        The strategies of the run (unique names; default the four built-ins);
-        each symbol gets fresh instances from them.
-    allow_short
-        Let composite short signals open shorts (default: long only; a short
-        signal then means flat).
-    min_trade_share
-        Rebalances smaller than this share of equity are not sent.
-    rebalance_band
-        A position on the signal's side is left alone while it is within this
-        fraction of its target (closing, flipping and ladder steps always
-        trade); without it, every small change of strength would trade.
-    ladder_levels
-        Tranches of the Fibonacci ladder an entry is scaled in with.
-    cost_gate
-        Send an order that adds exposure (an entry, a ladder step, an
-        increase, a flip) only when its expected edge beats its expected
-        cost (:mod:`operators.signals.cost_gate`); reductions are never gated.
-    cost_ratio
-        The gate passes when ``edge_bps > cost_ratio * cost_bps`` (2 also pays for the exit).
-    edge_scale
-        k of the expected edge ``k * strength * sigma * sqrt(H) * 10_000`` bps, H the holding
-        period in bars: the expected return over it per standard deviation at full strength.
-    edge_horizon_s
-        The expected holding period of a position, in seconds (H = this over the bar interval,
-        at least 1 bar).
-    var_model
-        The name of the model behind the features' ``fvar95`` (``features.var_model``),
-        for the portfolio's ``var_backtests`` rows.
-    var_backtest
-        The VaR backtests' window, zone limits and cadence.
-    run_tag
-        Short text every order id starts with (letters, digits; at most 12):
-        the run the order belongs to. The flows derive it from the settings
-        and the input (:func:`flows.trading_settings.run_tag`); "" leaves
-        the ids untagged.
-    """
-
-    bar_interval_ms: int = setting(gt=0, fixed=True)
-    portfolio: PortfolioSettings = setting(PortfolioSettings())
-    risk: RiskSettings = setting(RiskSettings())
-    broker: BrokerSettings | None = setting(None)
-    regime: RegimeSettings = setting(RegimeSettings())
-    strategies: tuple[StrategySpec, ...] = setting(default_factory=default_specs)
-    weights: StrategyWeightsSettings | None = setting(None)
-    sizing: SizingSettings | None = setting(None)
-    atr: ATRSettings = setting(ATRSettings())
-    allow_short: bool = setting(False)
-    min_trade_share: float = setting(0.002, ge=0, lt=1)
-    rebalance_band: float = setting(0.5, ge=0)
-    ladder_levels: int = setting(3, ge=1)
-    cost_gate: bool = setting(True)
-    cost_ratio: float = setting(1.0, ge=0)
-    edge_scale: float = setting(0.1, ge=0)
-    edge_horizon_s: int = setting(1800, ge=1)
-    var_model: str = setting("fhs")
-    var_backtest: VarBacktestSettings = setting(VarBacktestSettings())
-    levels: LevelsSettings = setting(LevelsSettings())
-    # derived from the others (flows.trading_settings.run_tag): a resume reports their changes, not its
-    run_tag: str = field(default="", metadata={**setting("").metadata, "derived": True})
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-        tag = self.run_tag
-        if len(tag) > 12 or not tag.isascii() or (tag and not tag.isalnum()):
-            raise SettingsError.of(self, "run_tag", "at most 12 ASCII letters or digits")
-        names = [spec.name for spec in self.strategies]
-        if len(set(names)) != len(names):
-            msg = f"strategy names must be unique, got {names}"
-            raise ValueError(msg)
-        days, kept = self.risk.sharpe_days, self.portfolio.history_days
-        if days > kept:  # the engine asks the portfolio for a Sharpe ratio over days it does not keep
-            raise SettingsError.of(self.risk, "sharpe_days", f"<= portfolio.history_days ({kept})")
-        d = self.bar_interval_ms
-        if self.broker is None:
-            object.__setattr__(self, "broker", BrokerSettings(bar_interval_ms=d))
-        if self.weights is None:
-            object.__setattr__(self, "weights", StrategyWeightsSettings(bar_interval_ms=d))
-        if self.sizing is None:
-            object.__setattr__(self, "sizing", SizingSettings(bar_interval_ms=d))
+"""The ``strategy`` of the risk engine's own orders (flatten, cut, deleverage)."""
 
 
 @dataclass(slots=True)
@@ -218,7 +111,7 @@ class _SymbolState:
     """interval s -> the newest closed bar and feature row of that coarser resolution"""
 
 
-class TradingLoop:
+class TradingLoop(LoopDecisions):
     """Signals, sizing and risk over finished grid steps, sending orders to ``venue``.
 
     ``venue`` is where orders go (default: a paper broker with
@@ -226,7 +119,8 @@ class TradingLoop:
     with :meth:`add_correlations`, then :meth:`advance` to the last final
     step; it returns ``(table, records)`` pairs for ``signals``,
     ``risk_events``, ``orders``, ``fills``, ``portfolio``, ``var_backtests`` and
-    ``model_metrics`` (the online models' figures, see :meth:`_calibration`).
+    ``model_metrics`` (the online models' figures, see :meth:`_calibration`). The decision
+    steps are inherited from :class:`~operators.loop_decisions.LoopDecisions`.
     """
 
     def __init__(self, settings: TradingSettings, venue: Venue | None = None) -> None:
@@ -641,241 +535,6 @@ class TradingLoop:
             if left and price:
                 book.apply_fill(Fill(ts, order.order_id, order.symbol, order.side, left, price, 0.0, 0.0))
         return book
-
-    def _upper_levels(self, ts: int, out: dict) -> None:
-        """L4 (meta) and L3 (strategy) decisions when their cadence is due (levels on only)."""
-        lv = self.levels
-        if not lv.settings.enabled:
-            return
-        if lv.due(META, ts):
-            out["strategy_updates"].extend(lv.meta(ts))
-        if lv.due(STRATEGY, ts):
-            out["targets"].extend(lv.strategy(ts, {s: st.regime_now for s, st in self.symbols.items()}))
-
-    def _signals(
-        self, ts: int, bars: dict[str, Bar], actions: RiskActions, view: MarketView, out: dict
-    ) -> None:
-        pf = self.portfolio
-        tactical = self.levels.due(TACTICAL, ts)  # L2: signals go to orders at its cadence only
-        pending: list[Portfolio] = []  # the what-if book, made at the step's first order check
-        equity = pf.equity()
-        held = [s for s, q in pf.positions.items() if q != 0]
-        qvar_share = None if self.risk.last_risk is None else self.risk.last_risk.qvar_share
-        for symbol in sorted(bars):
-            sym = self.symbols[symbol]
-            bar = bars[symbol]
-            feat = sym.feature if sym.feature is not None and sym.feature.ts == bar.ts else None
-            regime = sym.regime_now
-            signals = []
-            for strat in sym.strategies:
-                if strat.name in self.muted:
-                    continue
-                sig = self._ask(strat, ts, bar, feat, regime, out, sym.coarse)
-                if sig is not None:
-                    signals.append(sig)
-                    sym.last_dirs[strat.name] = sig.direction
-            throttle = self._calibration(ts, symbol, sym, out)
-            if not tactical:  # between tactical decisions the strategies follow the bars, nothing trades
-                out["signals"].extend(signals)
-                self.stats.signals += len(signals)
-                continue
-            if feat is None or regime is None:
-                continue
-            weights = self.levels.weights(self.weights.weights(symbol, regime, ts))
-            composite = self.weights.compose(ts, symbol, regime, signals, weights)
-            sym.last_dirs[COMPOSITE] = composite.direction
-            self.stats.signals += len(signals) + 1
-            if not actions.orders_allowed or equity <= 0 or bar.close <= 0:
-                out["signals"].extend([*signals, composite])
-                continue
-            direction = composite.direction
-            if direction < 0 and not self.settings.allow_short:
-                direction = 0
-            strength = composite.strength if direction else 0.0
-            entries_ok = (
-                actions.entries_allowed
-                and symbol not in actions.blocked_symbols
-                and regime not in actions.blocked_regimes
-                and strength >= actions.min_strength
-            )
-            current = pf.position(symbol)
-            target = 0.0
-            if direction:
-                moments = self.weights.moments(COMPOSITE, symbol)
-                others = [self.correlation(symbol, h) for h in held if h != symbol]
-                known = [abs(c) for c in others if c is not None]
-                size = self.sizer.size(
-                    strength,
-                    feat.volatility,
-                    mu=None if moments is None else moments[0],
-                    var=None if moments is None else moments[1],
-                    qvar_share=None if qvar_share is None else self.sizer.qvar_share(qvar_share),
-                    entropy=feat.entropy,
-                    max_corr=max(known) if known else None,
-                    defensive=False,  # the engine's size_multiplier carries defensive mode's half size
-                )
-                fraction = min(size.fraction * actions.size_multiplier, self.levels.cap(symbol))  # L3's cap
-                fraction *= throttle  # an online model's calibration drifts: half size
-                target = direction * fraction * equity / bar.close
-            order = self._rebalance(sym, current, target, entries_ok, bar.close)
-            if order is not None:
-                delta, reduces = order
-                if not reduces and self.settings.cost_gate:
-                    composite = self._cost_gate(composite, feat, sym, abs(delta), bar.close)
-                if composite.gate != BLOCKED:
-                    self._place(ts, symbol, sym, delta, reduces, bar.close, view, pending, out)
-            out["signals"].extend([*signals, composite])
-
-    def _calibration(self, ts: int, symbol: str, sym: _SymbolState, out: dict) -> float:
-        """The symbol's size multiplier of the calibration throttle: :data:`DRIFT_SIZE_MULTIPLIER` while
-        one of its strategies reports ``calibration_drift`` (an online model whose realised hit rate
-        left its predicted probability, see ``operators.signals.online_model``), else 1; a
-        ``model_calibration`` risk event when the throttle turns on (level 1, ``half_size``) and off
-        (level 0, ``clear``). The strategies' ``take_rows()`` go to ``model_metrics``."""
-        drifting = None
-        for strat in sym.strategies:
-            if strat.name in self.muted:
-                continue
-            try:
-                if hasattr(strat, "take_rows"):
-                    out["model_metrics"].extend(strat.take_rows())
-                if getattr(strat, "calibration_drift", False) is True and drifting is None:
-                    drifting = strat
-            except Exception as exc:  # a user's strategy: contain whatever it raises
-                self._mute(ts, symbol, strat.name, f"raised {_one_line(exc)}", out)
-        was = symbol in self.throttled
-        if (drifting is not None) != was:
-            strat = (
-                drifting
-                if drifting is not None
-                else next((s for s in sym.strategies if hasattr(s, "calibration_drift")), None)
-            )
-            gap = float(getattr(strat, "calibration_gap", math.nan))
-            limit = float(getattr(getattr(strat, "settings", None), "drift_threshold", math.nan))
-            name = getattr(strat, "name", "?")
-            if drifting is not None:
-                self.throttled.add(symbol)
-                message = (
-                    f"{name} on {symbol}: realised hit rate and predicted probability differ by "
-                    f"{gap:.1%} over its calibration window (limit {limit:.0%}): half size until it recovers"
-                )
-                event = RiskEvent(ts, MODEL_CALIBRATION, 1, symbol, gap, limit, "half_size", message)
-            else:
-                self.throttled.discard(symbol)
-                message = f"{name} on {symbol}: calibration recovered ({gap:.1%}): full size again"
-                event = RiskEvent(ts, MODEL_CALIBRATION, 0, symbol, gap, limit, "clear", message)
-            out["risk_events"].append(event)
-        return DRIFT_SIZE_MULTIPLIER if symbol in self.throttled else 1.0
-
-    def _model_rows(self) -> list:
-        """The strategies' last ``model_metrics`` rows at the end of the input (``take_rows(final=True)``)."""
-        rows: list = []
-        for symbol in sorted(self.symbols):
-            for strat in self.symbols[symbol].strategies:
-                if strat.name not in self.muted and hasattr(strat, "take_rows"):
-                    try:
-                        rows.extend(strat.take_rows(final=True))
-                    except Exception:  # a user's strategy at the end of the input: its rows are lost
-                        continue
-        return rows
-
-    def _ask(
-        self, strat: Strategy, ts: int, bar: Bar, feat: Feature | None, regime, out, coarse=None
-    ) -> Signal | None:
-        """The strategy's signal; a strategy that raises or answers with no valid signal is muted.
-
-        A strategy with an ``informative`` method gets the symbol's coarser resolutions first
-        (``coarse``: interval s -> its newest closed bar and feature row)."""
-        try:
-            if coarse is not None and hasattr(strat, "informative"):
-                strat.informative(coarse)
-            answer = strat.update(ts, bar, feat, regime)
-        except Exception as exc:  # a user's strategy: contain whatever it raises
-            self._mute(ts, bar.symbol, strat.name, f"raised {_one_line(exc)}", out)
-            return None
-        try:
-            return check_signal(answer, ts, bar.symbol, strat.name, regime)
-        except ValueError as exc:
-            self._mute(ts, bar.symbol, strat.name, f"returned no valid signal: {exc}", out)
-            return None
-
-    def _mute(self, ts: int, symbol: str, name: str, problem: str, out: dict) -> None:
-        """Silence a strategy on every symbol for the rest of the run: from now on it is flat."""
-        self.muted.add(name)
-        for sym in self.symbols.values():
-            if name in sym.last_dirs:
-                sym.last_dirs[name] = FLAT
-        message = f"strategy {name} {problem} on {symbol}; muted for the rest of the run"
-        event = RiskEvent(ts, STRATEGY_ERROR, 1, symbol, 0.0, 0.0, "mute", message)
-        self._count([event])
-        out["risk_events"].append(event)
-
-    def _rebalance(
-        self, sym: _SymbolState, current: float, target: float, entries_ok: bool, price: float
-    ) -> tuple[float, bool] | None:
-        """The order that moves ``current`` toward ``target``: (signed quantity, whether it only
-        reduces the position), or None when nothing is to be sent (too small, within the band, an
-        entry that is not allowed). An entry goes one ladder tranche at a time."""
-        s = self.settings
-        equity = self.portfolio.equity()
-        delta = target - current
-        if abs(delta) * price < s.min_trade_share * equity:
-            return None
-        reduces = abs(target) < abs(current) and target * current >= 0
-        laddering = 0 < sym.tranches < s.ladder_levels and not reduces
-        if target and target * current > 0 and abs(delta) <= s.rebalance_band * abs(target) and not laddering:
-            return None
-        if not reduces:
-            if not entries_ok:
-                return None
-            if current == 0:
-                sym.tranches = 0
-            ladder = fib_ladder(abs(target), s.ladder_levels)
-            step = ladder[min(sym.tranches, len(ladder) - 1)]
-            delta = math.copysign(min(abs(delta), step), delta)
-            if abs(delta) * price < s.min_trade_share * equity:
-                return None
-        return delta, reduces
-
-    def _cost_gate(
-        self, composite: Signal, feat: Feature, sym: _SymbolState, qty: float, price: float
-    ) -> Signal:
-        """The composite with the cost gate's verdict on an order of ``qty`` that adds exposure.
-
-        Edge: :func:`~operators.signals.cost_gate.edge_bps` of the composite's strength and the
-        symbol's per-bar volatility; cost: the venue's expected taker cost of ``qty`` at ``price``
-        (:func:`~operators.execution.cost_model.taker_cost_bps`, with the normalised volatility the
-        venue will see and the mean volume of the last bars). A blocked order counts in the summary
-        with the cost it would have paid.
-        """
-        s = self.settings
-        horizon = max(1.0, s.edge_horizon_s * 1000 / s.bar_interval_ms)
-        edge = edge_bps(composite.strength, feat.volatility, horizon, s.edge_scale)
-        volume = sum(sym.volumes) / len(sym.volumes) if sym.volumes else 0.0
-        cost = taker_cost_bps(s.broker, qty, price, self._normalised_vol(feat.symbol), volume)
-        verdict = gate(edge, cost, s.cost_ratio)
-        if verdict == BLOCKED:
-            self.stats.cost_blocked(cost / BP * qty * price)
-        return replace(composite, edge_bps=edge, cost_bps=cost, gate=verdict)
-
-    def _place(self, ts, symbol, sym, delta, reduces, price, view, pending, out) -> None:
-        """Pre-trade check an order of the signed quantity ``delta`` and send what is approved."""
-        side = BUY if delta > 0 else SELL
-        intent = OrderIntent(
-            symbol, side, abs(delta), price, "exit" if reduces else "entry", COMPOSITE, reduces
-        )
-        if not pending:
-            pending.append(self._pending_book(ts))
-        book = pending[0]
-        approved, events = self.risk.check_order(intent, book, view)
-        self._count(events)
-        out["risk_events"].extend(events)
-        if approved <= 0:
-            return
-        book.apply_fill(Fill(ts, "pending", symbol, side, approved, price, 0.0, 0.0))
-        if not reduces:
-            sym.tranches += 1
-        self._send(ts, symbol, math.copysign(approved, delta), intent.reason, COMPOSITE, out)
 
     def flush_backtests(self) -> list[tuple[str, list]]:
         """The portfolio backtest's figures at its last forecast, when not yet given, and the online

@@ -68,6 +68,7 @@ from operators.features.rolling_correlation import RollingCorrelation
 from operators.features.rolling_tail import RollingTail
 from operators.features.rolling_variance import RollingVariance
 from operators.features.symbol_features import FeatureSettings, SymbolFeatures
+from operators.loop_decisions import LoopDecisions
 from operators.risk.engine import RiskEngine
 from operators.risk.portfolio import Portfolio, PortfolioSettings
 from operators.risk.settings import MarketView, OrderIntent
@@ -757,7 +758,7 @@ OPERATORS: dict[type, Case] = {
     ),
 }
 
-NOT_OPERATORS: set[type] = {BarStrategy}
+NOT_OPERATORS: set[type] = {BarStrategy, LoopDecisions}
 """Public classes of operators/ that are bases, not operators."""
 
 
