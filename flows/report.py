@@ -121,6 +121,11 @@ def trading_summary(report) -> None:
         f"  {_METRIC.get(s.get('var_metric'), 'QVaR')} exceedances {_pct(s['var_exceedance_rate'])} "
         f"of {s['var_checks']:,} bars (5% expected for a VaR; Kupiec p {_p(s.get('var_kupiec_p'))})",
     ]
+    if not s["orders"] and s.get("orders_blocked_by_cost"):
+        lines.append(
+            "  no entry beat its expected fees and slippage (the cost gate; see the signals' edge_bps, "
+            "cost_bps); --set trading.cost_gate=false trades without it"
+        )
     if s.get("model_risk_events"):
         lines.append(f"  VaR model-risk events: {s['model_risk_events']} (see the model_risk risk events)")
     if s.get("strategy_errors"):

@@ -230,7 +230,16 @@ def test_the_backtest_summary_and_the_runs_row_count_what_the_gate_blocked(capsy
     assert n > 0
     trading_summary(SimpleNamespace(summary=summary, controls=[], controls_not_applied=0, control_file=""))
     line = f"  orders blocked by cost {n:,} (their expected fees and slippage {saved:,.2f})"
-    assert line in capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out.splitlines()
+    assert line in out
+    hint = "no entry beat its expected fees and slippage"
+    assert any(hint in x for x in out) == (summary["orders"] == 0)
+    trading_summary(
+        SimpleNamespace(
+            summary={**summary, "orders": 0}, controls=[], controls_not_applied=0, control_file=""
+        )
+    )
+    assert any(hint in x for x in capsys.readouterr().out.splitlines())  # a run that sent nothing says why
     run = Run("r1", "replay", "x.csv", True, "tag", "{}", "qbtc replay x.csv", 0, summary=summary)
     columns = run.columns()
     assert columns["orders_blocked_by_cost"] == [n] and columns["cost_saved"] == [pytest.approx(saved)]

@@ -104,6 +104,44 @@ def test_a_feature_that_leaks_its_own_bars_label_does_not_help_progressive_valid
     assert _leaky_accuracy(closes, features) > 0.95
 
 
+class TacticalSpy(Spy):
+    """... logging the bar index that a feature row's ``ret`` carries, and the label learnt."""
+
+    def predict_proba_one(self, x):
+        self.log.append(("predict", int(x["ret"])))
+        return self.model.predict_proba_one(x)
+
+    def learn_one(self, x, y):
+        self.log.append(("learn", int(x["ret"]), bool(y)))
+        return self.model.learn_one(x, y)
+
+
+def test_the_strategy_steps_at_each_tactical_close_and_never_learns_a_tactical_bar_before_predicting_it():
+    """1-minute bars, 5-minute tactical bars: the model is called only at the closes on the 5-minute
+    grid, learns (x of close j-1, close j > close j-1) right after forecasting close j from close
+    j-1, and repeats its standing forecast in between."""
+    closes = _closes(103, 4)
+    s = OnlineModel(OnlineModelSettings(horizon_s=300, warmup=0, min_edge=0.0))
+    log: list = []
+    s.model.model = TacticalSpy(s.model.model, log)
+    views = []
+    for k, c in enumerate(closes):
+        bar = Bar("A/USDT", T0 + k * D, c, c, c, c, 1.0, c, 1)
+        feat = Feature("A/USDT", bar.ts, float(k), 0.01, 0.9, 0.02, 0.03, 0.04, 0)  # ret carries k
+        sig = s.update(bar.ts + D, bar, feat, "range")
+        views.append(None if sig is None else (sig.direction, sig.strength))
+    closing = [k for k in range(len(closes)) if (T0 + (k + 1) * D) % 300_000 == 0]
+    assert closing[:3] == [4, 9, 14]
+    assert s.model.learnt == len(closing) - 1 and s.model.metrics.n == len(closing) - 2
+    want = []
+    for j in range(1, len(closing)):
+        up = bool(closes[closing[j]] > closes[closing[j - 1]])
+        want += [("learn", closing[j - 1], up), ("predict", closing[j])]
+    assert log == want
+    for j in range(1, len(closing) - 1):  # between two closes the view stands
+        assert views[closing[j]] == views[closing[j + 1] - 1] and views[closing[j]] is not None
+
+
 # --------------------------------------------------------------------------- metrics against batch figures
 
 
@@ -193,7 +231,7 @@ def _feed(s: OnlineModel, item):
 
 
 def test_a_pickled_strategy_mid_stream_continues_identically():
-    settings = OnlineModelSettings(warmup=20, report_every=50, min_predictions=20)
+    settings = OnlineModelSettings(horizon_s=0, warmup=20, report_every=50, min_predictions=20)
     s = OnlineModel(settings)
     items = _strategy_items()
     for item in items[:200]:
@@ -210,7 +248,7 @@ def test_a_pickled_strategy_mid_stream_continues_identically():
 
 
 def test_strength_and_direction_follow_the_probability():
-    s = OnlineModel(OnlineModelSettings(warmup=0, min_edge=0.05, full_edge=0.2))
+    s = OnlineModel(OnlineModelSettings(horizon_s=0, warmup=0, min_edge=0.05, full_edge=0.2))
     bar = Bar("A/USDT", T0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1)
     for p, want in [(0.5, (0, 0.0)), (0.54, (0, 0.0)), (0.56, (1, 0.6)), (0.3, (-1, 1.0)), (0.95, (1, 1.0))]:
         s.model.learnt = 1
@@ -293,7 +331,9 @@ def test_a_replay_with_the_online_model_stores_its_metrics_under_the_run_id(tmp_
         "--set",
         "strategies.online_model.warmup=10",
         "--set",
-        "strategies.online_model.report_every=200",
+        "strategies.online_model.report_every=30",
+        "--set",
+        "strategies.online_model.horizon_s=5",  # 5-second tactical bars: 180 in the 15 minutes
     ]
     qbtc(
         "replay", "ticks.csv", "--trade", "--quiet", "--store", "chdb://s.chdb", "--run-id", "river",
@@ -311,7 +351,7 @@ def test_a_replay_with_the_online_model_stores_its_metrics_under_the_run_id(tmp_
     )
     for symbol in symbols:
         ns = [int(r[3]) for r in rows if r[1] == symbol]
-        assert ns[:4] == [200, 400, 600, 800] and ns[-1] > 800  # every 200 forecasts, the last at the end
+        assert ns[:4] == [30, 60, 90, 120] and ns[-1] > 120  # every 30 forecasts, the last at the end
     for r in rows:
         loss, acc, ece, hit, prob = map(float, r[4:9])
         assert loss > 0 and 0 <= acc <= 1 and 0 <= ece <= 1 and 0 <= hit <= 1 and 0.5 <= prob <= 1
@@ -322,7 +362,7 @@ def test_the_real_models_drift_flag_turns_the_loops_throttle_on_and_off_at_its_o
     """A steady rise the model learns to trust, then a random walk: its 72-minute hit rate leaves the
     probability it gives (both ways); every change of its flag is a model_calibration event that bar."""
     settings = OnlineModelSettings(
-        warmup=10, learning_rate=0.1, calibration_days=0.05, min_predictions=30, report_every=100
+        horizon_s=0, warmup=10, learning_rate=0.1, calibration_days=0.05, min_predictions=30, report_every=100
     )
     spec = StrategySpec(OnlineModel.name, OnlineModel, settings)
     loop = TradingLoop(TradingSettings(bar_interval_ms=D, strategies=(spec,), cost_gate=False))

@@ -1,9 +1,12 @@
-"""A River online model per symbol: P(the next bar's return > 0), learnt progressively.
+"""A River online model per symbol: P(the next tactical bar's return > 0), learnt progressively.
 
 :class:`OnlineDirectionModel` wraps ``river.compose.Pipeline(StandardScaler(),
-LogisticRegression(SGD(learning_rate), l2))``. At the close of bar k (with ``x_k``
-the bar's features, see :func:`features_of`, and ``y_k = 1`` when bar k's close is
-above bar k-1's):
+LogisticRegression(SGD(learning_rate), l2))``. Its bars are the *tactical* bars
+of ``horizon_s`` seconds (300 by default, the L2 cadence ``levels.tactical_every_s``;
+0: every finest bar): tactical bar k closes at the first finest bar whose close
+time reaches the next multiple of ``horizon_s``. At the close of bar k (with
+``x_k`` the features at that close, see :func:`features_of`, and ``y_k = 1`` when
+bar k's close is above bar k-1's):
 
 1. **score** the forecast made at bar k-1 against ``y_k`` (:mod:`progressive_metrics`);
 2. **learn** ``(x_(k-1), y_k)``;
@@ -67,6 +70,9 @@ class OnlineModelSettings:
 
     Parameters
     ----------
+    horizon_s
+        The bar it predicts, seconds: the next ``horizon_s`` window's close against this one's
+        (the tactical bar; 0: the next finest bar). Set it to ``levels.tactical_every_s``.
     learning_rate
         SGD's learning rate of the logistic regression.
     l2
@@ -92,6 +98,7 @@ class OnlineModelSettings:
         Regimes it may trade in.
     """
 
+    horizon_s: int = setting(300, ge=0, le=86_400 * 30)
     learning_rate: float = setting(0.01, gt=0, le=10)
     l2: float = setting(0.0, ge=0)
     warmup: int = setting(100, ge=0)
@@ -172,14 +179,17 @@ class OnlineDirectionModel:
 class OnlineModel(BarStrategy):
     """The ``online_model`` strategy: a River logistic regression per symbol on its features.
 
-    Direction ``sign(p - 0.5)`` when ``|p - 0.5| > min_edge``, strength
-    ``min(1, 2 |p - 0.5| / full_edge)``; no view before ``warmup`` bars were learnt.
+    The model steps at each tactical bar's close (``horizon_s``); between two closes the
+    strategy repeats the standing forecast. Direction ``sign(p - 0.5)`` when
+    ``|p - 0.5| > min_edge``, strength ``min(1, 2 |p - 0.5| / full_edge)``; no view before
+    ``warmup`` tactical bars were learnt.
     ``take_rows()`` hands over its ``model_metrics`` rows; ``calibration_drift`` is
     True while its calibration drifts (the trading loop then halves the symbol's size).
     """
 
     name = "online_model"
     settings_class = OnlineModelSettings
+    next_close = 0  # (a model pickled before the tactical horizon steps at its next bar)
 
     def __init__(self, settings: OnlineModelSettings | None = None) -> None:
         super().__init__(settings)
@@ -190,6 +200,7 @@ class OnlineModel(BarStrategy):
         self.rows: list[ModelMetrics] = []
         self.reported = 0  # scored forecasts at the last row
         self.drifting = False
+        self.next_close = 0  # the close time (ms) of the tactical bar in progress
 
     def informative(self, coarse) -> None:
         self.coarse = dict(coarse)
@@ -200,13 +211,19 @@ class OnlineModel(BarStrategy):
 
     def _step(self, bar: Bar, feature: Feature | None, active: bool) -> tuple[int, float] | None:
         m = self.model
-        m.update(self.ts, bar.close, None if feature is None else features_of(feature, self.coarse))
-        figures = m.metrics.get()
-        if figures is not None and (
-            figures.n - self.reported >= self.settings.report_every or figures.drift != self.drifting
-        ):
-            self._row(bar.symbol, figures)
-        self.drifting = figures is not None and figures.drift
+        horizon = self.settings.horizon_s * 1000
+        if horizon and not self.next_close:
+            self.next_close = -(-self.ts // horizon) * horizon  # the first window close at or after now
+        if self.ts >= self.next_close:  # a tactical bar closes: score, learn, predict the next one
+            if horizon:
+                self.next_close = (self.ts // horizon + 1) * horizon
+            m.update(self.ts, bar.close, None if feature is None else features_of(feature, self.coarse))
+            figures = m.metrics.get()
+            if figures is not None and (
+                figures.n - self.reported >= self.settings.report_every or figures.drift != self.drifting
+            ):
+                self._row(bar.symbol, figures)
+            self.drifting = figures is not None and figures.drift
         p = m.get()
         if p is None or m.learnt < self.settings.warmup:
             return None
