@@ -214,9 +214,9 @@ def _strategy_stream() -> list:
     return list(zip(bars, _features(bars), regimes, strict=True))
 
 
-def _strategy_case(cls) -> Case:
+def _strategy_case(cls, settings=None) -> Case:
     return Case(
-        make=cls,
+        make=cls if settings is None else lambda: cls(settings),
         stream=_strategy_stream,
         step=lambda op, item: op.update(item[0].ts + D, *item),
         value=lambda op, answer: answer,
@@ -687,7 +687,7 @@ OPERATORS: dict[type, Case] = {
     TrendFollowing: _strategy_case(TrendFollowing),
     MeanReversion: _strategy_case(MeanReversion),
     Breakout: _strategy_case(Breakout),
-    OnlineModel: _strategy_case(OnlineModel),
+    OnlineModel: _strategy_case(OnlineModel, OnlineModelSettings(warmup=20)),  # 80 tactical bars of 5 min
     OnlineDirectionModel: Case(
         lambda: OnlineDirectionModel(OnlineModelSettings()),
         _online_stream,

@@ -1,7 +1,8 @@
 """``qbtc report`` opened in a real headless Chromium (Debian's, driven by Playwright).
 
-Two trading replays of 1-minute candles into one store (the risk engine on, its report written
-by ``qbtc replay --trade --report``, then off), then ``qbtc report`` compares both. Each page is
+Two trading replays of 1-minute candles into one store (the risk engine on with the River online
+model beside the default strategies, its report written by ``qbtc replay --trade --report``, then
+off), then ``qbtc report`` compares both. Each page is
 loaded from a file:// URL with every other request refused and recorded: the page must draw every
 chart with nothing from outside, no console error and no page error. A full-page screenshot is
 saved and checked.
@@ -32,8 +33,9 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-CHARTS = 9
-"""Equity, exposure, VaR, breakers, strategies, monthly, distribution, rolling Sharpe, price."""
+CHARTS = 10
+"""Equity, exposure, VaR, breakers, strategies, monthly, distribution, rolling Sharpe, online model, price."""
+DEFAULT_FOUR = ("entropy_scalping", "trend_following", "mean_reversion", "breakout")
 
 DRAWN = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(div => ({
     id: div.id,
@@ -106,7 +108,9 @@ def reports(tmp_path_factory) -> dict[str, Path]:
     store = ["--store", "chdb://s.chdb"]
     common = ["replay", "candles.csv", "--trade", "--quiet", *store, "--set", "features.bar_interval=60"]
     common += ["--set", "trading.cost_gate=false"]  # it trades (the gate would block every entry here)
-    one = qbtc(*common, "--run-id", "engine-on", "--report", "one.html", cwd=where)
+    model = [a for name in (*DEFAULT_FOUR, "online_model") for a in ("--strategy", f"builtin:{name}")]
+    model += ["--set", "strategies.online_model.report_every=50"]  # its metrics every 50 tactical bars
+    one = qbtc(*common, *model, "--run-id", "engine-on", "--report", "one.html", cwd=where)
     qbtc(*common, "--run-id", "engine-off", "--set", "risk.enabled=false", cwd=where)
     both = ["--run", "engine-on", "--compare", "engine-off"]
     two = qbtc("report", *store, *both, "--out", "two.html", cwd=where)
@@ -163,9 +167,10 @@ def test_the_report_draws_every_chart_offline_without_errors(chromium, reports, 
         assert chart["drawn"] > 0, f"{chart['id']} drew nothing: {chart}"
         points = [t["points"] for t in chart["traces"]]
         assert len(points) >= runs and sum(points) > 0, f"{chart['id']} has no data: {chart}"
-    equity, monthly, price = charts[0], charts[5], charts[8]
+    equity, monthly, model, price = charts[0], charts[5], charts[8], charts[9]
     assert len(equity["traces"]) == 2 * runs and all(t["points"] > 100 for t in equity["traces"])
     assert [t["type"] for t in monthly["traces"]] == ["heatmap"] * runs
+    assert len(model["traces"]) == 3 and all(t["points"] > 5 for t in model["traces"])  # engine-on's model
     assert price["traces"][0]["points"] > 100  # the bar closes; fills follow as markers
     assert sum(t["points"] for t in price["traces"][1:]) > 0
     width, height = _png_size(shot)
