@@ -83,10 +83,11 @@ class FeaturesConfig:
 
     Resolutions: ``bar_interval`` is the finest (the base: ticks become its
     bars, the trading loop's steps are its bars); ``bar_intervals`` adds
-    coarser ones, each a multiple of it (``[1, 60, 900, 3600]``; the base is
-    one whether listed or not). Bars of every resolution roll up from the
-    base's, and each has its own features and correlations, with the windows
-    of ``interval_windows``, ``interval_corr_windows`` and
+    coarser ones, each a multiple of it, listed once, in any order
+    (``[1, 60, 900, 3600]``; the base is one whether listed or not; at most
+    :data:`MAX_RESOLUTIONS` resolutions with it). Bars of every resolution
+    roll up from the base's, and each has its own features and correlations,
+    with the windows of ``interval_windows``, ``interval_corr_windows`` and
     ``interval_corr_every`` (one entry per resolution, finest first; empty:
     ``window``, ``corr_window`` and ``corr_every`` at every resolution).
     """
@@ -114,8 +115,13 @@ class FeaturesConfig:
             raise SettingsError.of(self, "var_model", f"one of {', '.join(VAR_MODELS)}")
         if any(i % self.bar_interval for i in self.bar_intervals):
             raise SettingsError.of(self, "bar_intervals", f"multiples of bar_interval ({self.bar_interval})")
+        repeated = sorted({i for i in self.bar_intervals if self.bar_intervals.count(i) > 1})
+        if repeated:
+            rule = f"distinct intervals ({', '.join(map(str, repeated))} listed more than once)"
+            raise SettingsError.of(self, "bar_intervals", rule)
         if len(self.intervals) > MAX_RESOLUTIONS:
-            raise SettingsError.of(self, "bar_intervals", f"at most {MAX_RESOLUTIONS} resolutions")
+            rule = f"at most {MAX_RESOLUTIONS} resolutions counting bar_interval ({self.bar_interval})"
+            raise SettingsError.of(self, "bar_intervals", rule)
         n = len(self.intervals)
         for name in ("interval_windows", "interval_corr_windows", "interval_corr_every"):
             if getattr(self, name) and len(getattr(self, name)) != n:

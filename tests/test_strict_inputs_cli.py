@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,51 @@ def test_the_window_bound_is_accepted_and_every_window_setting_has_it():
         load_settings(None, [f"regime.trend_window={MAX_WINDOW + 1}"])
     with pytest.raises(SettingsError, match=r"CorrelationSettings.window must be an int in \[2, 10000000\]"):
         CorrelationSettings(window=MAX_WINDOW + 1)
+
+
+BAD_BAR_INTERVALS = {
+    "not a multiple": (
+        ["features.bar_interval=60", "features.bar_intervals=90,3600"],
+        "features.bar_intervals must be multiples of bar_interval (60), got (90, 3600)",
+    ),
+    "more than 8 resolutions": (
+        ["features.bar_intervals=2,3,4,5,6,7,8,9"],
+        "features.bar_intervals must be at most 8 resolutions counting bar_interval (1), got (2, 3",
+    ),
+    "a duplicate": (
+        ["features.bar_intervals=60,900,60"],
+        "features.bar_intervals must be distinct intervals (60 listed more than once), got (60, 900, 60)",
+    ),
+    "zero": (
+        ["features.bar_intervals=0,60"],
+        "features.bar_intervals must be a list of ints in [1, 31622400], got (0, 60)",
+    ),
+    "negative": (
+        ["features.bar_intervals=-60"],
+        "features.bar_intervals must be a list of ints in [1, 31622400], got (-60,)",
+    ),
+    "not an int": (
+        ["features.bar_intervals=1.5"],
+        "features.bar_intervals must be a list of ints in [1, 31622400], got '1.5'",
+    ),
+}
+"""Bad ``features.bar_intervals``: the overrides and the start of the error each gives."""
+
+
+@pytest.mark.parametrize(("sets", "words"), list(BAD_BAR_INTERVALS.values()), ids=list(BAD_BAR_INTERVALS))
+def test_a_bad_bar_intervals_is_an_error_naming_the_setting(sets, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_settings(None, sets, env={})
+
+
+def test_bar_intervals_in_any_order_with_or_without_the_base_are_the_same_resolutions():
+    """Unsorted is fine (the resolutions are sorted), so is the base listed, and 8 resolutions in all."""
+    want = load_settings(None, ["features.bar_intervals=60,900,3600"], env={}).features
+    for given in ("3600,60,900", "1,900,3600,60"):
+        got = load_settings(None, [f"features.bar_intervals={given}"], env={}).features
+        assert (got.intervals, got.resolutions()) == (want.intervals, want.resolutions()), given
+    most = load_settings(None, ["features.bar_intervals=2,3,4,5,6,7,8"], env={}).features
+    assert most.intervals == (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 # --- (d) unknown QBTC_* variables -------------------------------------------------------------------
