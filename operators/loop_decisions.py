@@ -73,7 +73,8 @@ class LoopDecisions:
         if lv.due(META, ts):
             out["strategy_updates"].extend(lv.meta(ts))
         if lv.due(STRATEGY, ts):
-            out["targets"].extend(lv.strategy(ts, {s: st.regime_now for s, st in self.symbols.items()}))
+            regimes = {s: lv.regime(s, st.regime_now) for s, st in self.symbols.items()}
+            out["targets"].extend(lv.strategy(ts, regimes))
 
     def _signals(
         self, ts: int, bars: dict[str, Bar], actions: RiskActions, view: MarketView, out: dict

@@ -156,7 +156,9 @@ class TradingLoop(LoopDecisions):
 
     def _levels(self) -> Levels:
         s = self.settings
-        return Levels(s.levels, tuple(spec.name for spec in s.strategies), s.risk.max_position_share)
+        return Levels(
+            s.levels, tuple(spec.name for spec in s.strategies), s.risk.max_position_share, s.regime
+        )
 
     # -- input -------------------------------------------------------------------------
 
@@ -243,12 +245,23 @@ class TradingLoop(LoopDecisions):
             self.stats.orders_blocked_by_cost, self.stats.cost_saved = 0, 0.0
 
     def _inform(self, k: int) -> None:
-        """The coarser bars and features due by step ``k`` into their symbols' state."""
+        """The coarser bars and features due by step ``k`` into their symbols' state; the bars of
+        L3's resolution (``levels.strategy_every_s``) also into L3's own regime."""
+        lv = self.levels
+        own = lv.settings.strategy_every_s if lv.settings.enabled else None
         for step in sorted(i for i in self.informative if i <= k):
+            closed = []
             for symbol, row in self.informative.pop(step):
                 sym = self._symbol(symbol)
                 bar, feat = sym.coarse.get(row.interval, (None, None))
                 sym.coarse[row.interval] = (row, feat) if isinstance(row, Bar) else (bar, row)
+                if row.interval == own and isinstance(row, Bar):
+                    closed.append(symbol)
+            for symbol in closed:  # after the step's rows: a bar's feature row may follow it
+                bar, feat = self.symbols[symbol].coarse[own]
+                lv.observe(
+                    bar, feat if feat is not None and feat.ts == bar.ts else None, self._avg_corr(symbol)
+                )
 
     def _step(self, k: int, bars: dict[str, Bar], feats: dict[str, Feature], out: dict[str, list]) -> None:
         s = self.settings

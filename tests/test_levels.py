@@ -9,6 +9,7 @@ import pytest
 
 from operators.risk.settings import RiskSettings
 from operators.signals.levels import DAY_MS, Levels, LevelsSettings, sharpe_drawdown
+from operators.signals.regime import RegimeSettings
 from operators.trading_loop import TradingLoop, TradingSettings
 from schemas.records import Bar, Feature
 
@@ -172,3 +173,37 @@ def test_a_lower_level_cannot_exceed_the_cap_of_the_level_above():
     limit = loop.settings.risk.max_position_share
     for row in out["portfolio"]:
         assert row.gross_exposure <= limit * row.equity * 1.02  # price moves between decisions: a little over
+
+
+def _run_with_hours(loop: TradingLoop, days: int, hourly_vol) -> dict[str, list]:
+    """:func:`_run` with each hour's bar and feature row (interval 3600, volatility
+    ``hourly_vol(hour)``) handed over with the last minute of that hour."""
+    out: dict[str, list] = {}
+    for k, rows in _market(days):
+        for s, bar, feat in rows:
+            coarse = []
+            if k % 60 == 59:
+                j = k // 60
+                ts = T0 + j * HOUR_MS
+                hour = Bar(s, ts, bar.close, bar.close, bar.close, bar.close, 60_000.0, bar.close, 600, 3600)
+                coarse = [hour, Feature(s, ts, 0.0, hourly_vol(j), 0.6, 0.01, 0.01, 0.01, 0, interval=3600)]
+            loop.add(s, [bar], [feat], coarse=coarse)
+        for table, records in loop.advance(T0 // D + k):
+            out.setdefault(table, []).extend(records)
+    return out
+
+
+def test_the_strategy_level_decides_on_the_regime_of_its_own_hourly_resolution():
+    """The finest bars' volatility never moves (never high_vol there); the hourly rows' jumps
+    five-fold from hour 10: from the L3 decision that sees that hour's bar, every symbol's target
+    says high_vol with the high-volatility cap, and without the hourly rows none does."""
+    regime = RegimeSettings(trend_window=2, ref_min_bars=2)
+    risk = RiskSettings(enabled=False)
+    settings = TradingSettings(bar_interval_ms=D, risk=risk, cost_gate=False, regime=regime)
+    out = _run_with_hours(TradingLoop(settings), 1, lambda j: 0.01 if j < 10 else 0.05)
+    high = {t.ts for t in out["targets"] if t.regime == "high_vol"}
+    assert high == {T0 + h * HOUR_MS for h in range(11, 25)}
+    cap = settings.levels.high_vol_exposure * risk.max_position_share
+    assert all(t.max_exposure == pytest.approx(cap) for t in out["targets"] if t.ts in high)
+    plain = _run(TradingLoop(settings), days=1)
+    assert not [t for t in plain["targets"] if t.regime == "high_vol"]

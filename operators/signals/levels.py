@@ -13,7 +13,9 @@ The trading loop decides at four speeds (``[levels]``):
   are known, or when every raw is 0). A strategy's *factor* is ``min(1, n * share)`` (n
   strategies): its composite weight is multiplied by it, so L4 can only take weight away,
   never give a strategy more than the lower levels would.
-* **L3 strategy**, every ``strategy_every_s`` (an hour): per symbol the regime, the quote
+* **L3 strategy**, every ``strategy_every_s`` (an hour): per symbol the regime (its own: the
+  regime classifier run on the bars and features of the resolution of that cadence when
+  ``features.bar_intervals`` has it, e.g. 3600; else the finest bar's regime), the quote
   volume traded since the last L3 decision, whether it is in the universe (at least
   ``min_quote_volume`` and among the ``universe_size`` most traded; 0: no filter), and its
   exposure cap: ``risk.max_position_share`` times ``high_vol_exposure`` in ``high_vol``,
@@ -39,7 +41,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from schemas.records import StrategyUpdate, Target
+from operators.signals.regime import RegimeClassifier, RegimeSettings
+from schemas.records import Bar, Feature, StrategyUpdate, Target
 from schemas.settings import MAX_WINDOW, check_settings, setting
 
 DAY_MS = 86_400_000
@@ -130,12 +133,21 @@ class Levels:
         The run's strategy names.
     max_position_share
         The hard per-symbol limit of L1 (``risk.max_position_share``): no L3 cap exceeds it.
+    regime
+        The regime classifier's thresholds (``[regime]``), for L3's own regime on its resolution.
     """
 
     def __init__(
-        self, settings: LevelsSettings, strategies: tuple[str, ...], max_position_share: float
+        self,
+        settings: LevelsSettings,
+        strategies: tuple[str, ...],
+        max_position_share: float,
+        regime: RegimeSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.regime_settings = regime or RegimeSettings()
+        self.classifiers: dict[str, RegimeClassifier] = {}  # symbol -> L3's classifier on its resolution
+        self.regimes: dict[str, str | None] = {}  # symbol -> L3's own regime (None while warming up)
         self.strategies = strategies
         self.max_position_share = max_position_share
         self.last: dict[str, int] = {}  # level -> the window index of its last decision
@@ -145,6 +157,25 @@ class Levels:
         self.factors: dict[str, float] = dict.fromkeys(strategies, 1.0)
         self.caps: dict[str, float] = {}  # symbol -> L3 exposure cap (share of equity)
         self.quote_volume: dict[str, float] = {}  # symbol -> quote volume since the last L3 decision
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("regime_settings", RegimeSettings())  # saved before L3 had its own regime
+        state.setdefault("classifiers", {})
+        state.setdefault("regimes", {})
+        self.__dict__.update(state)
+
+    def observe(self, bar: Bar, feature: Feature | None, avg_corr: float | None) -> None:
+        """A closed bar (with its feature row, None while unknown) of L3's own resolution, the one
+        of ``strategy_every_s``: the symbol's regime at that resolution, for the next L3 decision."""
+        c = self.classifiers.get(bar.symbol)
+        if c is None:
+            c = self.classifiers[bar.symbol] = RegimeClassifier(self.regime_settings)
+        self.regimes[bar.symbol] = c.update(bar, feature, avg_corr)
+
+    def regime(self, symbol: str, finest: str | None) -> str | None:
+        """The regime L3 decides on: its own resolution's when known, else the finest bar's."""
+        own = self.regimes.get(symbol)
+        return finest if own is None else own
 
     def _every_ms(self, level: str) -> int:
         s = self.settings
