@@ -130,6 +130,17 @@ def test_topic_replay_equals_file_replay(kafka_bootstrap, tmp_path):
     assert all(r[source].startswith(f"{prefix}ticks[") and "]@" in r[source] for r in dead_t["rows"])
 
 
+def _decisions(records: list, every_s: int, at_least: int) -> dict[int, list]:
+    """A level's records grouped by decision time; at least ``at_least`` decisions, one per
+    ``every_s`` window."""
+    by_ts = defaultdict(list)
+    for r in records:
+        by_ts[r.ts].append(r)
+    windows = [ts // (every_s * 1000) for ts in sorted(by_ts)]
+    assert len(windows) >= at_least and len(set(windows)) == len(windows), sorted(by_ts)
+    return by_ts
+
+
 def _check_decision_topics(brokers: str, prefix: str, stored: dict, span: tuple[int, int]) -> None:
     """The decision levels' and the online model's topics hold well-formed records of the run.
 
@@ -154,11 +165,7 @@ def _check_decision_topics(brokers: str, prefix: str, stored: dict, span: tuple[
     symbols = {r.symbol for r in got["targets"]}
     assert len(symbols) == 4
 
-    meta = defaultdict(list)
-    for u in got["strategy-updates"]:
-        meta[u.ts].append(u)
-    windows = [ts // (LEVELS["meta_every_s"] * 1000) for ts in sorted(meta)]
-    assert len(windows) >= 3 and len(set(windows)) == len(windows), sorted(meta)
+    meta = _decisions(got["strategy-updates"], LEVELS["meta_every_s"], at_least=3)
     for ts, updates in meta.items():
         assert sorted(u.strategy for u in updates) == sorted(STRATEGIES), ts
         assert math.isclose(sum(u.share for u in updates), 1.0, rel_tol=1e-9), ts
@@ -168,11 +175,7 @@ def _check_decision_topics(brokers: str, prefix: str, stored: dict, span: tuple[
             assert u.reason in ("track", "warming up", "no strategy earns"), u
 
     cap = load_settings(None, [], env={}).risk.max_position_share
-    l3 = defaultdict(list)
-    for t in got["targets"]:
-        l3[t.ts].append(t)
-    windows = [ts // (LEVELS["strategy_every_s"] * 1000) for ts in sorted(l3)]
-    assert len(windows) >= 6 and len(set(windows)) == len(windows), sorted(l3)
+    l3 = _decisions(got["targets"], LEVELS["strategy_every_s"], at_least=6)
     for ts, targets in l3.items():
         assert sorted(t.symbol for t in targets) == sorted(symbols), ts
     for t in got["targets"]:
