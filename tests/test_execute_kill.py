@@ -16,7 +16,7 @@ checks the invariants at the exchange's own state:
   (quote minus fees).
 
 The parents' test (``ALGO_CASES``) works a TWAP parent and an iceberg parent
-(``execution.twap_threshold`` 1000, slices of 1 s) against ticks published
+(``execution.twap_threshold`` 1000, 16 s in slices of 1 s) against ticks published
 both to the exchange and to ``<prefix>ticks``, kills the executor while they
 work (``twap_child_sent``, ``iceberg_refill``), restarts it until both are
 finished and checks the same invariants plus: each parent's filled quantity
@@ -60,6 +60,8 @@ from schemas.records import (
 )
 from tests.kafka_helpers import read_topic, unique
 
+pytestmark = pytest.mark.heavy
+
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ApiKeys.generate()
 START_QUOTE = 100_000.0
@@ -81,10 +83,16 @@ CASES = [
 """(kill hooks in turn, then a clean run; whether the resting order gets its ticks)."""
 DEADMAN_MARKET = "KDM/QDM"
 ALGO_CASES = [("twap_child_sent:2",), ("iceberg_refill:2",), ("iceberg_refill:3", "twap_child_sent:1")]
-"""Kill hooks in turn while a TWAP and an iceberg parent work; then clean runs until both are done."""
+"""Kill hooks in turn while a TWAP and an iceberg parent work; then clean runs until both are done.
+
+Each hook must be reached in its run. The iceberg's third refill needs nine fills (ticks through its
+limit come every 0.5 s: 4.5 s at least), and the TWAP works for 16 s, so it still has children to send
+after that kill however loaded the machine is. (With a 4 s TWAP the two raced: on a loaded machine
+every TWAP child could go out before the third refill, leaving none for the next run to die at.)
+"""
 ALGO_SETTINGS = (
     "execution.twap_threshold=1000",
-    "execution_limits.twap_horizon_s=4",
+    "execution_limits.twap_horizon_s=16",
     "execution_limits.twap_slice_s=1",
     "execution_limits.iceberg_display_share=0.25",
 )
@@ -129,6 +137,15 @@ def scenario(symbol: str) -> list:
         order(7, symbol, "sell", 1.0),
         order(8, symbol, "buy", 1.0),
     ]
+
+
+def make_topics(brokers: str, prefix: str) -> None:
+    """The case's topics (twelve cases create theirs at once on one broker: leaders may take a while)."""
+    from flows.config import load_settings
+    from flows.kafka_flow import ensure
+
+    keys = [f"kafka.brokers={brokers}", f"kafka.topic_prefix={prefix}", "kafka.timeout_s=120"]
+    ensure(load_settings(None, keys, env={}))
 
 
 def publish(brokers: str, topic: str, records: list, key: bytes) -> None:
@@ -192,10 +209,7 @@ def check_invariants(v, brokers: str, prefix: str, symbol: str) -> dict:
 def one_case(v, brokers: str, i: int) -> dict:
     hooks, fill_resting = CASES[i]
     symbol, prefix = market(i), unique(f"kill{i}")
-    from flows.config import load_settings
-    from flows.kafka_flow import ensure
-
-    ensure(load_settings(None, [f"kafka.brokers={brokers}", f"kafka.topic_prefix={prefix}"], env={}))
+    make_topics(brokers, prefix)
     publish(brokers, f"{prefix}orders", scenario(symbol), symbol.encode())
     stop = threading.Event()
     feed = threading.Thread(target=feeder, args=(v, symbol, stop), daemon=True)
@@ -236,11 +250,8 @@ def test_killed_at_each_point_and_restarted_nothing_is_sent_twice_and_every_trad
 
 @pytest.mark.kafka
 def test_the_dead_mans_switch_cancels_every_open_order_within_deadman_s_plus_5(kafka_bootstrap, venue):
-    from flows.config import load_settings
-    from flows.kafka_flow import ensure
-
     symbol, prefix = DEADMAN_MARKET, unique("deadman")
-    ensure(load_settings(None, [f"kafka.brokers={kafka_bootstrap}", f"kafka.topic_prefix={prefix}"], env={}))
+    make_topics(kafka_bootstrap, prefix)
     env = {**os.environ, KEY_ENV: KEYS.key.reveal(), SECRET_ENV: KEYS.secret.reveal()}
     env.pop(KILL_HOOK, None)
     cmd = [
@@ -311,11 +322,8 @@ def algo_feeder(v, brokers: str, prefix: str, symbol: str, stop: threading.Event
 
 
 def one_algo_case(v, brokers: str, i: int) -> dict:
-    from flows.config import load_settings
-    from flows.kafka_flow import ensure
-
     hooks, symbol, prefix = ALGO_CASES[i], algo_market(i), unique(f"algo{i}")
-    ensure(load_settings(None, [f"kafka.brokers={brokers}", f"kafka.topic_prefix={prefix}"], env={}))
+    make_topics(brokers, prefix)
     now = int(time.time() * 1000)
     twap = Order(now, f"{symbol}-twap", "", symbol, "buy", 12.0, MARKET, 0.0, "entry", "demo")
     ice = Order(now + 1, f"{symbol}-ice", "", symbol, "buy", 12.0, LIMIT, 99.0, "entry", "demo")
@@ -330,7 +338,7 @@ def one_algo_case(v, brokers: str, i: int) -> dict:
             proc = run(brokers, prefix, v.url, hook, 600.0, idle=30.0, extra=ALGO_SETTINGS)
             assert proc.returncode == 137, f"{hook}: not reached ({proc.returncode}): {proc.stderr[-500:]}"
         for _ in range(4):  # clean runs until both parents are finished
-            proc = run(brokers, prefix, v.url, "", 600.0, idle=8.0, extra=ALGO_SETTINGS)
+            proc = run(brokers, prefix, v.url, "", 600.0, idle=12.0, extra=ALGO_SETTINGS)
             assert proc.returncode == 0, proc.stderr[-2000:]
             records = [decode(val) for _k, val in read_topic(brokers, f"{prefix}order-events")]
             events = [r for r in records if isinstance(r, OrderEvent)]

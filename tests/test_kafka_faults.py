@@ -44,7 +44,7 @@ from flows.recovery_store import resume_epoch
 from infra.kafka.broker import BrokerSettings, bootstrap, start_node, stop_node
 from schemas.codec import decode
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.heavy]
 
 TABLES = (
     "ticks", "bars", "features", "correlations", "dead_letters", "var_backtests",

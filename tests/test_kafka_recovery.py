@@ -20,7 +20,7 @@ from kafka_helpers import (
     unique,
 )
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.heavy]
 
 NATURAL_KEYS = {
     "bars": lambda r: (r.symbol, r.ts),

@@ -23,7 +23,7 @@ from kafka_helpers import (
 from schemas.codec import decode
 from sources.control_file import append_command
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.heavy]
 
 TRADING_KEYS = {
     "signals": lambda r: (r.symbol, r.strategy, r.ts),
