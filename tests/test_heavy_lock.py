@@ -9,13 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import HEAVY_LOCK
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def start(tmp_path: Path, name: str, heavy: bool, lock: Path) -> subprocess.Popen:
     mark = "pytestmark = pytest.mark.heavy\n" if heavy else ""
     (tmp_path / f"test_{name}.py").write_text(f"import pytest\n{mark}\n\ndef test_it():\n    pass\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "QBTC_TEST_HEAVY_LOCK": str(lock)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), HEAVY_LOCK: str(lock)}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / f"test_{name}.py")]
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
