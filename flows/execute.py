@@ -44,7 +44,7 @@ from flows.executor import KILL_HOOK, KILL_POINTS, RETRIES, Executor, Summary, k
 from operators.execution.limits import ExecutionGuard
 from schemas.codec import encode
 from schemas.errors import OutsideFailure, UsageProblem
-from schemas.records import Order
+from schemas.records import VENUE_END, Order, StepMark
 from sources.chunk_source import wall_ms
 
 __all__ = [
@@ -232,11 +232,13 @@ def run_execute(
         ControlTopicSettings(consumer_conf, topics["control"], started, k.timeout_s, f"{group}-control")
     )
     idle_since = time.monotonic()
+    reports = {t: _partitions(producer, topics[t], k.timeout_s) for t in ("fills", "order_events")}
     try:
         while not stop:
             msg = consumer.poll(0.2)
             _take_ticks(ticks, executor)  # market prints: working parents, observed volume
-            executor.poll(wall_ms())  # followed orders, protections, the dead man's switch
+            # followed orders, protections; the dead man's switch once every message is read
+            executor.poll(wall_ms(), caught_up=msg is None)
             if take_commands(control, executor.control, emit):  # before the next order
                 deliver()
                 control.commit()
@@ -252,6 +254,9 @@ def run_execute(
                 continue
             executor.handle(msg.value(), f"{msg.topic()}[{msg.partition()}]@{msg.offset()}")
             deliver()
+            if executor.ended:  # a loop's end mark: what it sent before is handled and out
+                _answer_end(producer, topics, reports, executor.ended)
+                deliver()
             executor.kill("commit")
             consumer.commit(message=msg, asynchronous=False)
     finally:
@@ -266,6 +271,22 @@ def run_execute(
     producer.check()
     sys.stdout.write(executor.summary.line() + "\n")
     return 0
+
+
+def _partitions(producer, topic: str, timeout_s: float) -> int:
+    meta = producer.producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    return len(meta.partitions) if meta is not None and meta.partitions else 1
+
+
+def _answer_end(producer, topics: dict[str, str], reports: dict[str, int], ended: list) -> None:
+    """Answer each loop's end mark with a ``venue_end`` mark on every partition of ``fills`` and
+    ``order-events`` (after everything published before it)."""
+    for mark in ended:
+        value = encode(StepMark(wall_ms(), mark.source, VENUE_END, mark.step))
+        for table, n in reports.items():
+            for p in range(n):
+                producer.produce(topics[table], value, None, partition=p)
+    ended.clear()
 
 
 def _ticks_at_end(conf: dict, topic: str, group: str, timeout_s: float):

@@ -23,8 +23,15 @@ turn). Its records go to ``emit(table, record)``; the loop in
 - :class:`~schemas.records.Heartbeat`: feeds the dead man's switch; when it
   trips every open order of ours is cancelled and nothing is sent until
   heartbeats return.
-- :class:`~schemas.records.VenueBar`, :class:`~schemas.records.StepMark`:
-  for the paper venue's lockstep mode; ignored here.
+- A ``loop_end`` :class:`~schemas.records.StepMark` (a free-running loop's
+  bounded run ends): every protection is checked at once, and the mark
+  waits in :attr:`Executor.ended` for the service loop to answer it with
+  ``venue_end`` marks once what came before is delivered.
+  :class:`~schemas.records.VenueBar` and the other marks are for the paper
+  venue's lockstep mode; ignored here.
+- The dead man's switch is judged only when the service has read every
+  message there is (``poll(now, caught_up=True)``): heartbeats that wait
+  behind a backlog of orders are not silence.
 
 An order over ``execution.twap_threshold`` is worked as a TWAP or iceberg
 parent (:mod:`flows.worked_orders`); its children go through
@@ -66,6 +73,7 @@ from schemas.records import (
     BUY,
     CANCELLED,
     FINAL_ORDER_EVENTS,
+    LOOP_END,
     MARKET,
     PARSE,
     REJECTED,
@@ -218,6 +226,7 @@ class Executor:
         self.fill_effect: dict[str, float] = {}  # per asset, what our published fills moved
         self.last_poll = 0
         self.rebaseline: Callable[[], None] | None = None  # after a resume of a failed reconciliation
+        self.ended: list[StepMark] = []  # loops' end marks to answer once what came before is out
 
     # -- messages -------------------------------------------------------------------
 
@@ -239,6 +248,9 @@ class Executor:
             self.cancel(record, now)
         elif isinstance(record, Protection):
             self.protect(record)
+        elif isinstance(record, StepMark) and record.kind == LOOP_END:
+            self.check_protections(now, every=True)
+            self.ended.append(record)
         elif not isinstance(record, VenueBar | StepMark):
             got = type(record).__name__
             self._dead(now, source, SCHEMA, f"{source}: expected an order, got {got}", value or b"")
@@ -443,9 +455,10 @@ class Executor:
 
     # -- between messages ---------------------------------------------------------------
 
-    def poll(self, now: int) -> None:
-        """Time passed: the dead man's switch, venue health, followed orders and protections."""
-        if self.deadman.trip(now):
+    def poll(self, now: int, caught_up: bool = True) -> None:
+        """Time passed: the dead man's switch (``caught_up``: nothing left to read), venue health,
+        followed orders and protections."""
+        if caught_up and self.deadman.trip(now):
             silence = (self.deadman.silence_ms(now) or 0) / 1000
             reason = f"no heartbeat for {silence:.1f} s"
             self.guard.halt("deadman", reason)
@@ -468,8 +481,16 @@ class Executor:
                 continue
             self._health(self.health.ok(now))
             self._update(w, got, point="poll_trades")
+        self.check_protections(now)
+        self.worked.settle()
+
+    def check_protections(self, now: int, every: bool = False) -> None:
+        """Compare each protected symbol's last trade with its levels (at most once per
+        :data:`POLL_MS`, unless ``every``); a crossed level sends the exit."""
+        if self.venue is None:
+            return
         for symbol, p in list(self.protections.items()):
-            if now - self.checked.get(symbol, -POLL_MS) < POLL_MS:
+            if not every and now - self.checked.get(symbol, -POLL_MS) < POLL_MS:
                 continue
             self.checked[symbol] = now
             last = self._last_price(symbol)
@@ -477,7 +498,6 @@ class Executor:
             if kind is not None:
                 del self.protections[symbol]
                 self.order(protection_exit(p, kind, now), now, point="protection_sent")
-        self.worked.settle()
 
     def _update(self, w: Working, got: dict, point: str = "") -> None:
         """The venue's answer about a followed order: new fills, then its state when it changed."""

@@ -32,6 +32,15 @@ Two modes:
   ``fills`` and ``order-events``. The loop sees exactly the fills an
   in-process backtest would (tested: same orders and fills).
 
+At the end of a free-running bounded run (:meth:`RemoteVenue.settle`) the
+loop puts a ``loop_end`` :class:`~schemas.records.StepMark` on every
+partition of ``orders`` and waits until the service has answered each with
+a ``venue_end`` mark on every partition of ``fills`` and ``order-events``
+(everything sent before is handled, the exits of crossed protections
+included), no order of its own or made for it still works, and every final
+event's filled quantity has its fills. Only when the service says nothing
+for ``timeout_s`` (``kafka.timeout_s``) does it stop waiting, and it says what it left.
+
 A background thread sends a :class:`~schemas.records.Heartbeat` every
 ``heartbeat_s`` while the process lives: the service's dead man's switch
 cancels every open order when they stop.
@@ -62,7 +71,9 @@ from schemas.errors import OutsideFailure
 from schemas.records import (
     CANCELLED,
     FINAL_ORDER_EVENTS,
+    LOOP_END,
     LOOP_MARK,
+    VENUE_END,
     VENUE_MARK,
     Bar,
     CancelRequest,
@@ -92,7 +103,8 @@ class RemoteVenueConfig:
     lockstep
         Wait for the service's report of every step (see the module doc).
     timeout_s
-        Lockstep: how long a step may wait for the service without a message.
+        How long a lockstep step, or the end of a free-running run, may wait for the service
+        without a message.
     heartbeat_s
         Seconds between heartbeats (0: none).
     source
@@ -132,6 +144,9 @@ class RemoteVenue:
         self._new: dict[str, list[Order]] = {}
         self._cancelled: list[Cancellation] = []
         self._events: list[OrderEvent] = []
+        self._filled: dict[str, float] = {}  # order id (and a child's parent id) -> quantity of its fills
+        self._owed: dict[str, float] = {}  # order id -> filled quantity of its final event, fills to come
+        self._ended: set[tuple[str, int, int]] = set()  # (topic, partition, orders partition) answered
         self._positions: dict[tuple[str, int], int] | None = None  # next offset per (topic, partition)
         self._marks: dict[tuple[str, int], int] = {}
         self._last_order_ts = 0
@@ -152,6 +167,9 @@ class RemoteVenue:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        for name in ("_filled", "_owed"):  # snapshots from before the end-of-run accounting
+            self.__dict__.setdefault(name, {})
+        self.__dict__.setdefault("_ended", set())
 
     def attach(self, config: RemoteVenueConfig) -> None:
         """Give a resumed venue its connection settings back (clients reconnect at first use)."""
@@ -243,22 +261,61 @@ class RemoteVenue:
     def lockstep(self) -> bool:
         return self._config is not None and self._config.lockstep
 
-    def settle(self, timeout_s: float, quiet_s: float = 1.0) -> list[Fill]:
-        """End of a run: wait (at most ``timeout_s``) until no order of ours works, then for
-        ``quiet_s`` without a report; the fills that came meanwhile, in time order."""
+    @property
+    def timeout_s(self) -> float:
+        """How long the end of a run (and a lockstep step) waits for the service without a report."""
+        return self._config.timeout_s
+
+    def settle(self, quiet_s: float = 1.0) -> tuple[list[Fill], str]:
+        """End of a run: the fills that came after the last step, in time order, and what was left
+        (``""`` when nothing was).
+
+        Puts the end marks out, then reads reports until the service has answered them, nothing
+        of ours works and every final event has its fills, and then ``quiet_s`` passed without a
+        report. It gives up only after :attr:`timeout_s` without any report.
+        """
         clients = self._connect()
+        cfg = self._config
+        timeout_s = cfg.timeout_s
+        parts = clients.partitions[cfg.orders]
+        for p in range(parts):
+            clients.produce_to(cfg.orders, StepMark(self._step_ts, cfg.source, LOOP_END, p), p)
         clients.flush()
-        deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
+        need = {(t, tp, q) for t in (cfg.fills, cfg.order_events) for tp in range(clients.partitions[t])
+                for q in range(parts)}  # fmt: skip
+        last = time.monotonic()
+        while True:
             if clients.drain(self._take, wait_s=0.2):
-                quiet_since = time.monotonic()
-            elif not self._working and time.monotonic() - quiet_since >= quiet_s:
+                last = time.monotonic()
+                continue
+            idle = time.monotonic() - last
+            if need <= self._ended and not self._left() and idle >= quiet_s:
+                left = ""
                 break
+            if idle >= timeout_s:
+                left = self._left(need - self._ended, timeout_s)
+                break
+        self._ended.clear()
         fills = [f for symbol in sorted(self._fills) for f in self._fills[symbol]]
         self._fills.clear()
         self._new.clear()
-        return sorted(fills, key=lambda f: f.ts)
+        return sorted(fills, key=lambda f: f.ts), left
+
+    def _left(self, unanswered: set | None = None, waited_s: float = 0.0) -> str:
+        """What the end of a run still waits for, for a person (``""``: nothing)."""
+        parts = []
+        if self._working or self._created:
+            parts.append(f"{len(self._working) + len(self._created)} order(s) still working")
+        if self._owed:
+            parts.append(f"fills missing for {len(self._owed)} finished order(s)")
+        if unanswered:
+            parts.append(f"no end mark back on {len({(t, p) for t, p, _q in unanswered})} partition(s)")
+        if not parts or unanswered is None:
+            return "; ".join(parts)
+        return (
+            f"the execution service said nothing for {waited_s:.0f} s at the end of the run: "
+            f"{'; '.join(parts)}; what it reports later is not in this run's portfolio"
+        )
 
     def take_events(self) -> list[OrderEvent]:
         """The service's events about our orders since the last call (for the store)."""
@@ -278,9 +335,16 @@ class RemoteVenue:
         if isinstance(record, StepMark):
             if record.kind == VENUE_MARK:
                 self._marks[(topic, partition)] = record.step
+            elif record.kind == VENUE_END and record.source == getattr(self._config, "source", None):
+                self._ended.add((topic, partition, record.step))
         elif isinstance(record, Fill):
             if self._is_ours(record.order_id):
                 self._fills.setdefault(record.symbol, []).append(record)
+                # a child (parent/k) counts for its parent too
+                for oid in {record.order_id, record.order_id.split("/", 1)[0]}:
+                    if self._follows(oid):
+                        self._filled[oid] = self._filled.get(oid, 0.0) + record.qty
+                        self._paid(oid)
         elif isinstance(record, Order):
             if self._is_ours(record.order_id) and record.order_id not in self._created:
                 self._ours.add(record.order_id)
@@ -295,6 +359,7 @@ class RemoteVenue:
         w = self._working.get(oid)
         order = w[0] if w is not None else self._created.get(oid)
         final = e.kind in FINAL_ORDER_EVENTS
+        known = order is not None or oid in self._asked  # not a final event repeated after a restart
         if w is not None:
             if final:
                 del self._working[oid]
@@ -302,6 +367,9 @@ class RemoteVenue:
                 w[1] = e.leaves_qty
         if final:
             self._created.pop(oid, None)
+            if known:
+                self._owed[oid] = e.filled_qty
+                self._paid(oid)
         if order is None or e.kind not in (REJECTED, CANCELLED, "expired"):
             return
         if e.kind == CANCELLED and oid in self._asked:
@@ -311,6 +379,17 @@ class RemoteVenue:
         if code not in CANCEL_REASONS:
             code, message = (REJECTED if e.kind == REJECTED else e.kind), e.reason
         self._cancelled.append(Cancellation(e.ts, order, code, message))
+
+    def _follows(self, oid: str) -> bool:
+        """Whether the fills of ``oid`` are counted: it works, or it ended and waits for them."""
+        return oid in self._working or oid in self._created or oid in self._owed or oid in self._asked
+
+    def _paid(self, oid: str) -> None:
+        """Forget an order's fill count once its final event came and its fills add up to it."""
+        owed = self._owed.get(oid)
+        if owed is not None and self._filled.get(oid, 0.0) >= owed - 1e-9 * max(1.0, abs(owed)):
+            del self._owed[oid]
+            self._filled.pop(oid, None)
 
     def _connect(self) -> _Clients:
         if self._clients is None:
@@ -385,6 +464,9 @@ class _Clients:
         value = encode(record)
         for p in range(self.partitions[topic]):
             self.producer.produce(topic, value, None, partition=p)
+
+    def produce_to(self, topic: str, record: object, partition: int) -> None:
+        self.producer.produce(topic, encode(record), None, partition=partition)
 
     def flush(self) -> None:
         self.producer.flush()

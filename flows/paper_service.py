@@ -18,7 +18,10 @@ the next bar that closes after they arrive. It starts at the ticks topic's
 end and the orders topic's committed offsets (group ``<prefix>qbtc-execute-paper``),
 and keeps its book in memory: a restart starts with an empty book (working
 paper orders are then gone; say so with ``expired`` events? no: nothing is
-known of them) — use lockstep for runs that must be exact.
+known of them) — use lockstep for runs that must be exact. A loop's
+``loop_end`` mark (the end of its bounded run) is answered with ``venue_end``
+marks on every partition of ``fills`` and ``order-events``. The dead man's
+switch is judged only when no message is waiting.
 
 **Lockstep** (``--lockstep``, with ``qbtc stream --execution external
 --lockstep``): the bars are the loop's :class:`~schemas.records.VenueBar`
@@ -56,11 +59,13 @@ from schemas.records import (
     ACCEPTED,
     CANCELLED,
     FILLED,
+    LOOP_END,
     LOOP_MARK,
     PARSE,
     PARTIALLY_FILLED,
     REJECTED,
     SCHEMA,
+    VENUE_END,
     VENUE_MARK,
     Bar,
     CancelRequest,
@@ -405,6 +410,10 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
     orders_topic = topics["orders"]
     meta = producer.producer.list_topics(orders_topic, timeout=k.timeout_s).topics[orders_topic]
     partitions = len(meta.partitions)
+    report_partitions = {
+        t: len(producer.producer.list_topics(topics[t], timeout=k.timeout_s).topics[topics[t]].partitions)
+        for t in ("fills", "order_events")
+    }
     barrier = Lockstep(partitions)
     for p in range(partitions):
         barrier.queues[p] = deque()
@@ -480,9 +489,15 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
                     continue
                 if lockstep:
                     barrier.add(msg.partition(), record)
-                elif not isinstance(record, StepMark | VenueBar):
+                elif isinstance(record, StepMark):
+                    if record.kind == LOOP_END:  # what the loop sent before is handled: say so
+                        mark = encode(StepMark(wall_ms(), record.source, VENUE_END, record.step))
+                        for table in ("fills", "order_events"):
+                            for p in range(report_partitions[table]):
+                                producer.produce(topics[table], mark, None, partition=p)
+                elif not isinstance(record, VenueBar):
                     desk.request(record)
-            if not lockstep and switch.trip(wall_ms()):
+            if not lockstep and not msgs and switch.trip(wall_ms()):  # judged with nothing left to read
                 silent = switch.silence_ms(wall_ms()) or 0
                 n = desk.cancel_all(wall_ms(), f"dead man's switch: no heartbeat for {silent / 1000:.0f} s")
                 _risk(

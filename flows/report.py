@@ -131,6 +131,8 @@ def trading_summary(report) -> None:
     if s.get("strategy_errors"):
         muted = s["strategy_errors"]
         lines.append(f"  strategies muted after an error: {muted} (see the strategy_error risk events)")
+    if s.get("unsettled"):
+        lines.append(f"  not settled: {s['unsettled']} (the unsettled risk event)")
     sys.stdout.write("\n".join(lines) + "\n")
 
 

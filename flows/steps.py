@@ -35,7 +35,7 @@ from operators.features.symbol_features import FeatureSettings, SymbolFeatures
 from operators.trading_loop import TradingLoop, TradingSettings
 from schemas.codec import encode
 from schemas.correlation_rows import CorrelationRows
-from schemas.records import CAPACITY, SCHEMA, Bar, DeadLetter
+from schemas.records import CAPACITY, SCHEMA, Bar, DeadLetter, RiskEvent
 from schemas.tick_columns import TickColumns
 from sources.chunk_source import wall_ms
 from sources.control_file import ControlReader, ControlScope
@@ -577,11 +577,10 @@ def _feed(loop: TradingLoop, step: GridStep) -> None:
         loop.advance(step.done)
 
 
-SETTLE_S = 60.0
-"""At the end of a bounded read, how long an external loop waits for its working orders to finish."""
 SETTLE_QUIET_S = 3.0
-"""...and then for this long without a report: the service checks protections about once a second,
-so an exit the last step's protections fire still reaches the portfolio."""
+"""At the end of a bounded read, once the service has answered everything, how long an external loop
+still waits without a report (:meth:`~flows.external_venue.RemoteVenue.settle`; it stops waiting
+after ``kafka.timeout_s`` without any report and says what it left)."""
 
 
 def _attach_venue(loop: TradingLoop, external: RemoteVenueConfig | None) -> None:
@@ -745,16 +744,23 @@ class TradingLogic(_Step):
         out = self._controls()
         out.extend(self._rows(loop.advance(max(loop.bars, default=-1))))
         venue = loop.broker
+        left = ""
         if isinstance(venue, RemoteVenue):
             if not venue.lockstep:  # free-running: the last orders' fills come after the last step
-                late = venue.settle(SETTLE_S, SETTLE_QUIET_S)
+                late, left = venue.settle(SETTLE_QUIET_S)
                 out.extend(self._rows(loop.settle(late)))
+                if left:
+                    ts = loop.stats.last_ts or 0
+                    event = RiskEvent(ts, "execution", 2, "", 0.0, venue.timeout_s, "unsettled", left)
+                    out.append(StoreRows("risk_events", [event]))
             out.extend(self._venue_events())
             venue.close()
         out.extend(self._rows(loop.flush_backtests()))
         self._not_applied(len(loop.controls))  # dated after the data's end: never due
         if self.report is not None:
             self.report.summary = loop.summary()
+            if left:
+                self.report.summary["unsettled"] = left
         return self._observe(out), StatefulBatchLogic.RETAIN
 
     def _state(self):

@@ -777,6 +777,8 @@ class VenueBar:
 
 LOOP_MARK = "loop"
 VENUE_MARK = "venue"
+LOOP_END = "loop_end"
+VENUE_END = "venue_end"
 
 
 @dataclass(frozen=True, slots=True)
@@ -788,6 +790,13 @@ class StepMark:
     ``kind`` ``venue`` (on ``fills`` and ``order-events``): the venue has
     published everything the bars of step ``step`` did.
 
+    The end of a free-running loop's bounded run: ``kind`` ``loop_end`` (on
+    partition ``step`` of ``orders``): the loop has sent everything; ``kind``
+    ``venue_end`` (on every partition of ``fills`` and ``order-events``, with
+    the loop's ``source`` and the ``step`` it answers): the service has handled
+    all that came before that mark and published what it did (the exits of
+    protections already crossed included).
+
     Parameters
     ----------
     ts
@@ -795,9 +804,9 @@ class StepMark:
     source
         Who wrote it (the loop's or the service's name).
     kind
-        ``loop`` or ``venue``.
+        ``loop``, ``venue``, ``loop_end`` or ``venue_end``.
     step
-        The grid step.
+        The grid step (for the end marks: the ``orders`` partition).
     """
 
     ts: int
@@ -806,7 +815,7 @@ class StepMark:
     step: int
 
     def __post_init__(self) -> None:
-        if self.kind not in (LOOP_MARK, VENUE_MARK):
+        if self.kind not in (LOOP_MARK, VENUE_MARK, LOOP_END, VENUE_END):
             msg = f"unknown step mark kind {self.kind!r}"
             raise ValueError(msg)
 

@@ -51,9 +51,11 @@ from schemas.records import (
     EXTERNAL,
     FILLED,
     LIMIT,
+    LOOP_END,
     LOOP_MARK,
     MARKET,
     REJECTED,
+    VENUE_END,
     WOULD_SEND,
     CancelRequest,
     DeadLetter,
@@ -442,6 +444,57 @@ def test_cancel_requests_protections_and_lockstep_records(venue):
     assert (event.order_id, event.kind) == ("lim-9", CANCELLED) and "dry run" in event.reason
 
 
+def test_a_loops_end_mark_checks_every_protection_at_once_and_waits_to_be_answered(venue):
+    ex, out, clock = executor_at(venue.url)
+    ex.handle(encode(order(1, qty=0.02)), "o@0")
+    ex.handle(encode(Protection(7, "BTC/USDT", 0.02, 59_000.0, 61_000.0)), "o@1")
+    clock.t += 2_000
+    ex.poll(clock.t)  # checked now: 60 000 is between the levels
+    venue.tick(Tick(1, "BTC/USDT", 61_500.0, 1.0))
+    clock.t += 10
+    ex.poll(clock.t)  # within the poll interval: not looked at
+    assert "target:BTC/USDT:7" not in ex.ours and ex.ended == []
+    mark = StepMark(5, "stream@here:1", LOOP_END, 2)
+    ex.handle(encode(mark), "o@2")
+    assert ex.ended == [mark]  # answered by the service loop once delivered (flows.execute)
+    exit_fill = of(out, "fills")[-1]
+    assert (exit_fill.order_id, exit_fill.side, exit_fill.qty) == ("target:BTC/USDT:7", "sell", 0.02)
+    assert not [r for r in of(out, "dead_letters")]
+
+
+def test_the_loops_venue_counts_fills_against_final_events_and_its_own_end_marks():
+    from flows.external_venue import RemoteVenue
+
+    parent = order(1, qty=0.05)
+    loop = RemoteVenue.__new__(RemoteVenue)
+    loop.__setstate__(  # a snapshot from before the end-of-run accounting: no _filled, _owed, _ended
+        {"_config": None, "_working": {parent.order_id: [parent, parent.qty]}, "_ours": {parent.order_id},
+         "_created": {}, "_asked": set(), "_fills": {}, "_new": {}, "_cancelled": [], "_events": [],
+         "_positions": None, "_marks": {}, "_last_order_ts": 0, "_step_ts": 0, "_seq": 0, "_clients": None}
+    )  # fmt: skip
+    assert loop._left() == "1 order(s) still working"
+
+    def event(kind: str, filled: float) -> OrderEvent:
+        leaves = 0.0 if kind == FILLED else parent.qty - filled
+        return OrderEvent(2, parent.order_id, "v1", "BTC/USDT", "buy", kind, parent.qty, filled, 0.0, "",
+                          "ccxt:binance", 0, leaves)  # fmt: skip
+
+    def fill(i: int, qty: float) -> Fill:
+        return Fill(3 + i, f"{parent.order_id}/{i}", "BTC/USDT", "buy", qty, 60_000.0, 0.1, 0.0)
+
+    loop._take("fills", 0, fill(1, 0.02))  # a child's fill counts for its parent
+    loop._take("order_events", 0, event(FILLED, 0.05))
+    assert loop._left() == "fills missing for 1 finished order(s)"
+    loop._take("fills", 0, fill(2, 0.03))
+    assert loop._left() == "" and loop._owed == {} and loop._filled == {}
+    loop._take("order_events", 0, event(FILLED, 0.05))  # repeated after a service restart: not owed again
+    assert loop._left() == ""
+    loop._take("fills", 0, StepMark(4, "stream@elsewhere:2", VENUE_END, 0))
+    assert loop._ended == set()  # another loop's answer
+    left = loop._left({("fills", 0, 0)}, 30.0)
+    assert left.startswith("the execution service said nothing for 30 s") and "1 partition(s)" in left
+
+
 def test_a_resting_order_is_followed_each_poll_and_each_trade_is_one_fill(venue):
     ex, out, clock = executor_at(venue.url)
     ex.handle(encode(limit(1, 59_900.0)), "o@0")
@@ -511,6 +564,8 @@ def test_the_dead_mans_switch_cancels_open_orders_and_holds_until_heartbeats_ret
     ex.poll(clock.t)
     assert not ex.guard.holds
     clock.t += 1
+    ex.poll(clock.t, caught_up=False)  # messages wait to be read: heartbeats may be among them
+    assert not ex.guard.holds
     ex.poll(clock.t)
     assert "deadman" in ex.guard.holds
     assert client(venue.url).fetch_open_orders("BTC/USDT") == []
@@ -684,6 +739,7 @@ def test_a_twap_child_over_15_bps_is_skipped_and_the_parent_goes_on(venue):
     left = [r for r in remaining if r is not None]
     assert left == sorted(left, reverse=True) and left[0] == 0.05  # leaves_qty after each child fill
     assert booked == pytest.approx(0.05) and remaining[-1] is None and loop.open_orders() == []  # filled
+    assert loop._left() == ""  # every child final, every final event's quantity in fills: settled
     assert all(r.expected_slippage_bps <= 15.0 for r in of(out, "execution_quality"))
     assert any(r.expected_slippage_bps > 3.0 for r in of(out, "execution_quality"))  # the impact term
 

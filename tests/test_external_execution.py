@@ -13,6 +13,7 @@ from functools import partial
 
 import pytest
 from kafka_helpers import (
+    column,
     dump,
     kill_at,
     publish_sim,
@@ -175,3 +176,20 @@ def test_a_lockstep_loop_without_a_service_stops_with_one_line(kafka_bootstrap, 
     assert proc.returncode == 1, proc.stderr
     assert "lockstep: no answer from the execution service" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_free_running_loop_whose_service_never_answers_its_end_says_what_it_left(kafka_bootstrap, tmp_path):
+    source = unique("in")
+    publish_sim(kafka_bootstrap, source, tmp_path, seconds=60, rate=50, symbols=2)
+    proc = qbtc(
+        "stream", "--trade", "--until-end", "--kafka", kafka_bootstrap, "--topic", f"{source}ticks",
+        "--execution", "external", "--store", "chdb://alone.chdb", "--quiet",
+        *set_args(unique("alone"), "kafka.timeout_s=3"), cwd=tmp_path,
+    )  # fmt: skip
+    line = next(x for x in proc.stdout.splitlines() if "not settled:" in x)
+    assert "the execution service said nothing for 3 s at the end of the run" in line
+    assert "no end mark back on" in line and "not in this run's portfolio" in line
+    events = dump("chdb://alone.chdb", tmp_path, ("risk_events",))["risk_events"]
+    unsettled = [m for a, m in zip(column(events, "action"), column(events, "message"), strict=True)
+                 if a == "unsettled"]  # fmt: skip
+    assert len(unsettled) == 1 and unsettled[0] in line
