@@ -272,7 +272,7 @@ class RemoteVenue:
 
         Puts the end marks out, then reads reports until the service has answered them, nothing
         of ours works and every final event has its fills, and then ``quiet_s`` passed without a
-        report. It gives up only after :attr:`timeout_s` without any report.
+        report of ours. It gives up only after :attr:`timeout_s` without one.
         """
         clients = self._connect()
         cfg = self._config
@@ -283,10 +283,11 @@ class RemoteVenue:
         clients.flush()
         need = {(t, tp, q) for t in (cfg.fills, cfg.order_events) for tp in range(clients.partitions[t])
                 for q in range(parts)}  # fmt: skip
-        last = time.monotonic()
+        last, heard = time.monotonic(), self._heard()
         while True:
-            if clients.drain(self._take, wait_s=0.2):
-                last = time.monotonic()
+            clients.drain(self._take, wait_s=0.2)
+            if self._heard() != heard:  # a report of ours (others' traffic on the topics is not)
+                last, heard = time.monotonic(), self._heard()
                 continue
             idle = time.monotonic() - last
             if need <= self._ended and not self._left() and idle >= quiet_s:
@@ -300,6 +301,11 @@ class RemoteVenue:
         self._fills.clear()
         self._new.clear()
         return sorted(fills, key=lambda f: f.ts), left
+
+    def _heard(self) -> tuple[int, int, int, int]:
+        """How much of ours has come in so far during :meth:`settle` (each count only grows there)."""
+        fills = sum(len(v) for v in self._fills.values())
+        return fills, len(self._events), len(self._ended), sum(len(v) for v in self._new.values())
 
     def _left(self, unanswered: set | None = None, waited_s: float = 0.0) -> str:
         """What the end of a run still waits for, for a person (``""``: nothing)."""
