@@ -346,11 +346,11 @@ class RemoteVenue:
         elif isinstance(record, Fill):
             if self._is_ours(record.order_id):
                 self._fills.setdefault(record.symbol, []).append(record)
-                # a child (parent/k) counts for its parent too
+                # a child (parent/k) counts for its parent too; a child's or an exit's fill may come
+                # before its order record (another topic), so every fill of ours is counted
                 for oid in {record.order_id, record.order_id.split("/", 1)[0]}:
-                    if self._follows(oid):
-                        self._filled[oid] = self._filled.get(oid, 0.0) + record.qty
-                        self._paid(oid)
+                    self._filled[oid] = self._filled.get(oid, 0.0) + record.qty
+                    self._paid(oid)
         elif isinstance(record, Order):
             if self._is_ours(record.order_id) and record.order_id not in self._created:
                 self._ours.add(record.order_id)
@@ -385,10 +385,6 @@ class RemoteVenue:
         if code not in CANCEL_REASONS:
             code, message = (REJECTED if e.kind == REJECTED else e.kind), e.reason
         self._cancelled.append(Cancellation(e.ts, order, code, message))
-
-    def _follows(self, oid: str) -> bool:
-        """Whether the fills of ``oid`` are counted: it works, or it ended and waits for them."""
-        return oid in self._working or oid in self._created or oid in self._owed or oid in self._asked
 
     def _paid(self, oid: str) -> None:
         """Forget an order's fill count once its final event came and its fills add up to it."""

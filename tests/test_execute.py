@@ -486,9 +486,18 @@ def test_the_loops_venue_counts_fills_against_final_events_and_its_own_end_marks
     loop._take("order_events", 0, event(FILLED, 0.05))
     assert loop._left() == "fills missing for 1 finished order(s)"
     loop._take("fills", 0, fill(2, 0.03))
-    assert loop._left() == "" and loop._owed == {} and loop._filled == {}
+    assert loop._left() == "" and loop._owed == {} and parent.order_id not in loop._filled
     loop._take("order_events", 0, event(FILLED, 0.05))  # repeated after a service restart: not owed again
     assert loop._left() == ""
+    # an exit the service made: its fill (fills topic) may be read before its order (order-events)
+    exit_order = Order(5, "stop:BTC/USDT:5", "", "BTC/USDT", "sell", 0.05, MARKET, 0.0, "stop", "protection")
+    loop._take("fills", 0, Fill(6, exit_order.order_id, "BTC/USDT", "sell", 0.05, 59_000.0, 0.1, 0.0))
+    loop._take("order_events", 0, exit_order)
+    assert loop._left() == "1 order(s) still working"
+    done = OrderEvent(7, exit_order.order_id, "v2", "BTC/USDT", "sell", FILLED, 0.05, 0.05, 0.0, "",
+                      "ccxt:binance", 0, 0.0)  # fmt: skip
+    loop._take("order_events", 0, done)
+    assert loop._left() == "" and exit_order.order_id not in loop._filled
     loop._take("fills", 0, StepMark(4, "stream@elsewhere:2", VENUE_END, 0))
     assert loop._ended == set()  # another loop's answer
     left = loop._left({("fills", 0, 0)}, 30.0)
