@@ -49,8 +49,8 @@ from sources.chunk_source import wall_ms
 
 __all__ = [
     "KILL_HOOK", "KILL_POINTS", "MAX_SCAN_SYMBOLS", "RETRIES", "CcxtVenue", "Executor", "Summary",
-    "execute_options", "execution_keys", "fill_key", "fill_of", "order_events", "run_execute",
-    "state_event", "topic_records",
+    "answer_end", "execute_options", "execution_keys", "fill_key", "fill_of", "order_events",
+    "report_partitions", "run_execute", "state_event", "topic_records",
 ]  # fmt: skip
 
 VENUE_KEY_ENV = "QBTC_VENUE_API_KEY"
@@ -232,7 +232,7 @@ def run_execute(
         ControlTopicSettings(consumer_conf, topics["control"], started, k.timeout_s, f"{group}-control")
     )
     idle_since = time.monotonic()
-    reports = {t: _partitions(producer, topics[t], k.timeout_s) for t in ("fills", "order_events")}
+    reports = report_partitions(producer, topics, k.timeout_s)
     try:
         while not stop:
             msg = consumer.poll(0.2)
@@ -255,7 +255,7 @@ def run_execute(
             executor.handle(msg.value(), f"{msg.topic()}[{msg.partition()}]@{msg.offset()}")
             deliver()
             if executor.ended:  # a loop's end mark: what it sent before is handled and out
-                _answer_end(producer, topics, reports, executor.ended)
+                answer_end(producer, topics, reports, executor.ended)
                 deliver()
             executor.kill("commit")
             consumer.commit(message=msg, asynchronous=False)
@@ -273,17 +273,21 @@ def run_execute(
     return 0
 
 
-def _partitions(producer, topic: str, timeout_s: float) -> int:
-    meta = producer.producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    return len(meta.partitions) if meta is not None and meta.partitions else 1
+def report_partitions(producer, topics: dict[str, str], timeout_s: float) -> dict[str, int]:
+    """How many partitions ``fills`` and ``order-events`` have (where the end marks are answered)."""
+    counts = {}
+    for table in ("fills", "order_events"):
+        meta = producer.producer.list_topics(topics[table], timeout=timeout_s).topics.get(topics[table])
+        counts[table] = len(meta.partitions) if meta is not None and meta.partitions else 1
+    return counts
 
 
-def _answer_end(producer, topics: dict[str, str], reports: dict[str, int], ended: list) -> None:
-    """Answer each loop's end mark with a ``venue_end`` mark on every partition of ``fills`` and
-    ``order-events`` (after everything published before it)."""
+def answer_end(producer, topics: dict[str, str], partitions: dict[str, int], ended: list) -> None:
+    """Answer each loop's end mark of ``ended`` (emptied) with a ``venue_end`` mark on every
+    partition of ``fills`` and ``order-events``, after everything published before it."""
     for mark in ended:
         value = encode(StepMark(wall_ms(), mark.source, VENUE_END, mark.step))
-        for table, n in reports.items():
+        for table, n in partitions.items():
             for p in range(n):
                 producer.produce(topics[table], value, None, partition=p)
     ended.clear()

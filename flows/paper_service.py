@@ -65,7 +65,6 @@ from schemas.records import (
     PARTIALLY_FILLED,
     REJECTED,
     SCHEMA,
-    VENUE_END,
     VENUE_MARK,
     Bar,
     CancelRequest,
@@ -377,6 +376,7 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
     """The paper venue service, until a signal (or ``idle_exit_s`` without a message)."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from flows.execute import answer_end, report_partitions
     from flows.kafka_flow import ensure, topic_names
     from sinks.kafka_producer import RecordProducer
 
@@ -410,10 +410,7 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
     orders_topic = topics["orders"]
     meta = producer.producer.list_topics(orders_topic, timeout=k.timeout_s).topics[orders_topic]
     partitions = len(meta.partitions)
-    report_partitions = {
-        t: len(producer.producer.list_topics(topics[t], timeout=k.timeout_s).topics[topics[t]].partitions)
-        for t in ("fills", "order_events")
-    }
+    reports = report_partitions(producer, topics, k.timeout_s)
     barrier = Lockstep(partitions)
     for p in range(partitions):
         barrier.queues[p] = deque()
@@ -491,10 +488,7 @@ def run_paper(settings: Settings, lockstep: bool, idle_exit_s: float | None) -> 
                     barrier.add(msg.partition(), record)
                 elif isinstance(record, StepMark):
                     if record.kind == LOOP_END:  # what the loop sent before is handled: say so
-                        mark = encode(StepMark(wall_ms(), record.source, VENUE_END, record.step))
-                        for table in ("fills", "order_events"):
-                            for p in range(report_partitions[table]):
-                                producer.produce(topics[table], mark, None, partition=p)
+                        answer_end(producer, topics, reports, [record])
                 elif not isinstance(record, VenueBar):
                     desk.request(record)
             if not lockstep and not msgs and switch.trip(wall_ms()):  # judged with nothing left to read
